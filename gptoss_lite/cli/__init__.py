@@ -1,0 +1,34 @@
+"""The `gptoss-lite` command: a thin click shell over the Python API.
+
+Each command lives in its own module of this package and is registered below. A `GptossError`
+raised anywhere becomes one line on stderr and exit status 1; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import GptossError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except GptossError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="gptoss-lite")
+def main() -> None:
+    """Run gpt-oss locally with its MoE experts kept in native MXFP4."""
+
+
+# Commands register here, one line each.

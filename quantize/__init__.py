@@ -1,0 +1,1 @@
+"""MXFP4 quantization: encoder, checkpoint conversion and error measurement."""
