@@ -217,7 +217,7 @@ class ModelConfig:
             "attention_dropout": 0.0,
             "tie_word_embeddings": False,
             "eos_token_id": self.eos_token_ids[0],
-            "pad_token_id": 199999,
+            "pad_token_id": 199999 if self.vocab_size > 199999 else None,
             "router_aux_loss_coef": 0.9,
             "output_router_logits": False,
             "use_cache": True,
@@ -289,19 +289,17 @@ def preset(name: str) -> ModelConfig:
 
 
 def read_config(folder: str | Path) -> ModelConfig:
-    """The config of a checkpoint folder: `config.json` (HF) or `original/config.json`."""
+    """A checkpoint folder's config: `config.json` (either format) or `original/config.json`."""
     folder = Path(folder)
-    for path, reader in (
-        (folder / "config.json", ModelConfig.from_hf),
-        (folder / "original" / "config.json", ModelConfig.from_original),
-    ):
+    for path in (folder / "config.json", folder / "original" / "config.json"):
         if path.is_file():
             try:
                 data = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise GptossError(f"cannot read {path}: {exc}") from None
-            looks_original = "num_experts" in data and "num_local_experts" not in data
-            if reader is ModelConfig.from_hf and looks_original:
-                reader = ModelConfig.from_original
+            if not isinstance(data, dict):
+                raise GptossError(f"{path} does not hold a JSON object")
+            is_original = "num_experts" in data and "num_local_experts" not in data
+            reader = ModelConfig.from_original if is_original else ModelConfig.from_hf
             return reader(data, name=folder.name)
     raise GptossError(f"no config.json in {folder} (nor original/config.json)")

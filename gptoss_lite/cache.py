@@ -1,0 +1,96 @@
+"""Static KV cache: full buffers for full-attention layers, rings for sliding layers.
+
+Full-attention layers get `[context, kv_heads, head_dim]` buffers for k and v. Sliding layers
+only ever look `sliding_window` positions back, so they get a ring of `ring_slots` slots
+(at least the window); position p lives in slot p % ring_slots. A ring larger than the window
+lets the cache be rolled back by `ring_slots - window` tokens (used to reuse a conversation's
+cache after its last reply is re-rendered differently). Keys are cached after RoPE.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ModelConfig
+from .errors import GptossError
+
+
+class KVCache:
+    def __init__(
+        self,
+        config: ModelConfig,
+        context: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        ring_slots: int | None = None,
+    ):
+        self.config = config
+        self.context = context
+        self.ring_slots = max(ring_slots or 0, config.sliding_window)
+        shape_kv = (config.num_kv_heads, config.head_dim)
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        for layer in range(config.num_layers):
+            slots = self.ring_slots if config.is_sliding(layer) else context
+            self.k.append(torch.zeros(slots, *shape_kv, device=device, dtype=dtype))
+            self.v.append(torch.zeros(slots, *shape_kv, device=device, dtype=dtype))
+        # Absolute position held by each ring slot (-1: empty); shared by all sliding layers.
+        self.ring_pos = torch.full((self.ring_slots,), -1, dtype=torch.long, device=device)
+        self.length = 0  # tokens whose keys and values are in the cache
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
+    @property
+    def capacity(self) -> int:
+        """The most tokens (prompt + generated) this cache can hold."""
+        return self.context
+
+    def reserve(self, new_tokens: int) -> None:
+        """Fail clearly if `new_tokens` more tokens would not fit."""
+        if self.length + new_tokens > self.context:
+            raise GptossError(
+                f"{self.length + new_tokens} tokens do not fit in the context of "
+                f"{self.context} tokens; use a larger --context or a shorter prompt"
+            )
+
+    def can_rewind_to(self, length: int) -> bool:
+        """Whether the cache can be cut back to its first `length` tokens."""
+        back = self.length - length
+        return length == 0 or 0 <= back <= self.ring_slots - self.config.sliding_window
+
+    def rewind(self, length: int) -> None:
+        if not self.can_rewind_to(length):
+            raise ValueError(f"cannot rewind a cache of {self.length} tokens to {length}")
+        self.ring_pos[self.ring_pos >= length] = -1
+        self.length = length
+
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store k/v [T, Hkv, D] at `positions` (consecutive from `self.length`).
+
+        Returns the keys, values and key positions the new queries attend to.
+        """
+        start, t = self.length, k.shape[0]
+        if not self.config.is_sliding(layer):
+            self.k[layer][start : start + t] = k
+            self.v[layer][start : start + t] = v
+            keys = torch.arange(start + t, device=positions.device)
+            return self.k[layer][: start + t], self.v[layer][: start + t], keys
+        # Sliding: attend over the ring as it was plus the new tokens, then write the newest back.
+        keys = torch.cat([self.k[layer], k]), torch.cat([self.v[layer], v])
+        key_pos = torch.cat([self.ring_pos, positions])
+        keep = min(t, self.ring_slots)
+        slots = positions[-keep:] % self.ring_slots
+        self.k[layer][slots] = k[-keep:]
+        self.v[layer][slots] = v[-keep:]
+        return keys[0], keys[1], key_pos
+
+    def advance(self, positions: torch.Tensor) -> None:
+        """Mark the tokens at `positions` as cached (after every layer was updated)."""
+        keep = min(positions.shape[0], self.ring_slots)
+        self.ring_pos[positions[-keep:] % self.ring_slots] = positions[-keep:]
+        self.length += positions.shape[0]

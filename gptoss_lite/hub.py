@@ -1,0 +1,58 @@
+"""Finding the model: a local folder, or a Hugging Face Hub repo downloaded on demand.
+
+From the Hub only the files this runner reads are fetched (the HF-layout shards, their index,
+the configs and the tokenizer files); the repo's `original/` and `metal/` copies would double
+the download. huggingface_hub shows progress bars and resumes interrupted downloads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import GptossError
+
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "model.safetensors.index.json",
+    "model.safetensors",
+    "model-*.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+]
+
+
+def resolve_model(model: str | Path, *, endpoint: str | None = None) -> Path:
+    """A local folder holding the checkpoint of `model` (a path or a Hub repo id)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
+        raise GptossError(f"model {model!r} is neither a local folder nor a Hub repo id")
+    return _download(str(model), endpoint)
+
+
+def _download(repo_id: str, endpoint: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, endpoint=endpoint))
+    except LocalEntryNotFoundError:
+        raise GptossError(
+            f"cannot download {repo_id}: the Hugging Face Hub is unreachable and it is not cached; "
+            "pass a local checkpoint folder instead (--model PATH)"
+        ) from None
+    except HfHubHTTPError as exc:
+        reason = str(exc).splitlines()[0]
+        raise GptossError(
+            f"cannot download {repo_id} from the Hugging Face Hub ({reason}); "
+            "check the repo id, or pass a local checkpoint folder (--model PATH)"
+        ) from None
+    except OSError as exc:
+        raise GptossError(
+            f"cannot download {repo_id}: {exc.__class__.__name__}: {exc}; "
+            "pass a local checkpoint folder instead (--model PATH)"
+        ) from None

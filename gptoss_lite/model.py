@@ -1,0 +1,130 @@
+"""The gpt-oss transformer: plain modules over pure functions.
+
+x = embedding[tokens]; per layer: x += attn(rmsnorm(x)); x += moe(rmsnorm(x)); logits =
+unembedding(rmsnorm(x)). RMSNorm runs in float32 with float32 gains; attention and the residual
+stream run in the activation dtype (bf16, or float32 for tests); experts stay MXFP4 (moe.py).
+Parameters are created empty on the meta device and filled by `weights.load_weights`.
+The embedding table may live on another device than the rest (host RAM saves VRAM: it is only a
+row gather per token).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import attention
+from .cache import KVCache
+from .config import ModelConfig
+from .moe import PackedExperts, experts_forward, route
+from .rope import Rotary, apply_rotary
+
+
+def _empty(*shape: int, dtype: torch.dtype) -> nn.Parameter:
+    return nn.Parameter(torch.empty(*shape, dtype=dtype, device="meta"), requires_grad=False)
+
+
+def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
+    t = x.float()
+    t = t * torch.rsqrt(t.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return (t * scale).to(x.dtype)
+
+
+class AttentionBlock(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype):
+        super().__init__()
+        c = config
+        qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        self.config, self.layer = c, layer
+        self.window = c.sliding_window if c.is_sliding(layer) else None
+        self.norm = _empty(c.hidden_size, dtype=torch.float32)
+        self.qkv_weight = _empty(qkv, c.hidden_size, dtype=dtype)  # rows: q, then k, then v
+        self.qkv_bias = _empty(qkv, dtype=dtype)
+        self.sinks = _empty(c.num_heads, dtype=torch.float32)
+        self.out_weight = _empty(c.hidden_size, c.num_heads * c.head_dim, dtype=dtype)
+        self.out_bias = _empty(c.hidden_size, dtype=dtype)
+
+    def forward(
+        self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, cache: KVCache
+    ) -> torch.Tensor:
+        c = self.config
+        t = rms_norm(x, self.norm, c.rms_norm_eps)
+        qkv = F.linear(t, self.qkv_weight, self.qkv_bias)
+        nq, nkv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        q = qkv[:, :nq].reshape(-1, c.num_heads, c.head_dim)  # (T, Hq, D)
+        k = qkv[:, nq : nq + nkv].reshape(-1, c.num_kv_heads, c.head_dim)  # (T, Hkv, D)
+        v = qkv[:, nq + nkv :].reshape(-1, c.num_kv_heads, c.head_dim)
+        cos, sin = rotary.cos_sin(positions, x.dtype)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        keys, values, key_pos = cache.update(self.layer, k, v, positions)
+        o = attention(q, keys, values, self.sinks, positions, key_pos, self.window)
+        return x + F.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
+
+
+class MoEBlock(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+        super().__init__()
+        c = config
+        e, h, i = c.num_experts, c.hidden_size, c.intermediate_size
+        self.config = c
+        self.norm = _empty(h, dtype=torch.float32)
+        self.gate_weight = _empty(e, h, dtype=dtype)
+        self.gate_bias = _empty(e, dtype=dtype)
+        self.mlp1_blocks = _empty(e, 2 * i, h // 32, 16, dtype=torch.uint8)
+        self.mlp1_scales = _empty(e, 2 * i, h // 32, dtype=torch.uint8)
+        self.mlp1_bias = _empty(e, 2 * i, dtype=dtype)
+        self.mlp2_blocks = _empty(e, h, i // 32, 16, dtype=torch.uint8)
+        self.mlp2_scales = _empty(e, h, i // 32, dtype=torch.uint8)
+        self.mlp2_bias = _empty(e, h, dtype=dtype)
+
+    @property
+    def experts(self) -> PackedExperts:
+        return PackedExperts(
+            self.mlp1_blocks, self.mlp1_scales, self.mlp1_bias,
+            self.mlp2_blocks, self.mlp2_scales, self.mlp2_bias,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        t = rms_norm(x, self.norm, c.rms_norm_eps)
+        idx, weight = route(t, self.gate_weight, self.gate_bias, c.experts_per_token)
+        return x + experts_forward(t, idx, weight, self.experts, c.swiglu_alpha, c.swiglu_limit)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.bfloat16):
+        super().__init__()
+        c = config
+        self.config, self.dtype = c, dtype
+        self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
+        self.attn = nn.ModuleList(AttentionBlock(c, n, dtype) for n in range(c.num_layers))
+        self.mlp = nn.ModuleList(MoEBlock(c, dtype) for _ in range(c.num_layers))
+        self.norm = _empty(c.hidden_size, dtype=torch.float32)
+        self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
+        self.rotary: Rotary | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.unembedding.device
+
+    def forward(
+        self, tokens: torch.Tensor, cache: KVCache, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits (float32) for tokens [T] that follow the cache's contents; updates the cache.
+
+        With `last_only`, only the last position's logits are computed ([1, V]).
+        """
+        if self.rotary is None:
+            self.rotary = Rotary(self.config, self.device)
+        cache.reserve(tokens.shape[0])
+        positions = torch.arange(cache.length, cache.length + tokens.shape[0], device=self.device)
+        x = F.embedding(tokens.to(self.embedding.device), self.embedding).to(self.device)
+        for attn, mlp in zip(self.attn, self.mlp, strict=True):
+            x = attn(x, positions, self.rotary, cache)
+            x = mlp(x)
+        cache.advance(positions)
+        if last_only:
+            x = x[-1:]
+        x = rms_norm(x, self.norm, self.config.rms_norm_eps)
+        return F.linear(x, self.unembedding).float()

@@ -1,0 +1,155 @@
+"""The Python API: `load()` a model, then ask it for `logits()` or `generate()` tokens.
+
+    runner = gptoss_lite.load("openai/gpt-oss-20b")          # or a local folder
+    for token in runner.generate(ids, max_new_tokens=64, temperature=0):
+        ...
+
+`load` resolves the model (local folder or Hub id), reads its config, builds the model with empty
+parameters, fills them from the checkpoint straight onto the device (experts stay MXFP4), and
+allocates the KV cache for the context. The runner keeps one cache: a `generate` call whose
+prompt extends the tokens already cached only prefills the new tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .cache import KVCache
+from .checkpoint import open_checkpoint
+from .config import ModelConfig
+from .errors import GptossError
+from .generate import PREFILL_CHUNK, decode, prefill
+from .hub import resolve_model
+from .model import Transformer
+from .weights import load_weights
+
+DEFAULT_CONTEXT = 8192
+
+
+@dataclass
+class Runner:
+    model: Transformer
+    cache: KVCache
+    config: ModelConfig
+    prefill_chunk: int = PREFILL_CHUNK
+    folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        self._history: list[int] = []  # tokens fed or yielded; the cache holds a prefix of them
+
+    @property
+    def cached(self) -> list[int]:
+        """The tokens whose keys and values are in the cache."""
+        return self._history[: self.cache.length]
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def context(self) -> int:
+        return self.cache.capacity
+
+    def logits(self, token_ids: Iterable[int]) -> torch.Tensor:
+        """Float32 logits [len(token_ids), vocab] from one forward pass over a fresh cache."""
+        tokens = self._tensor(token_ids)
+        self.cache.rewind(0)
+        self._history = tokens.tolist()
+        return prefill(self.model, self.cache, tokens, self.prefill_chunk, all_logits=True)
+
+    def generate(
+        self,
+        token_ids: Iterable[int],
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int | None = None,
+        stop: Iterable[int] = (),
+    ) -> Iterator[int]:
+        """Yield new token ids one at a time, using (and reusing) the KV cache."""
+        tokens = self._tensor(token_ids)
+        if tokens.numel() == 0:
+            raise GptossError("the prompt is empty")
+        if tokens.numel() + max_new_tokens > self.context:
+            raise GptossError(
+                f"prompt ({tokens.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceed "
+                f"the context of {self.context} tokens; use a larger --context or fewer tokens"
+            )
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        new = self._reuse_prefix(tokens.tolist())
+        self._history = tokens.tolist()
+        logits = prefill(self.model, self.cache, tokens[new:], self.prefill_chunk)
+        for token in decode(
+            self.model, self.cache, logits, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, top_k=top_k, generator=generator, stop=stop,
+        ):
+            self._history.append(token)
+            yield token
+
+    def _reuse_prefix(self, tokens: list[int]) -> int:
+        """Rewind the cache to its longest prefix shared with `tokens` (keeping at least one
+        token to prefill, for its logits); return where prefilling must start."""
+        cached = self.cached
+        common = 0
+        limit = min(len(tokens) - 1, len(cached))
+        while common < limit and tokens[common] == cached[common]:
+            common += 1
+        if not self.cache.can_rewind_to(common):
+            common = 0
+        self.cache.rewind(common)
+        return common
+
+    def _tensor(self, token_ids: Iterable[int]) -> torch.Tensor:
+        ids = torch.as_tensor(list(token_ids), dtype=torch.long)
+        if ids.ndim != 1:
+            raise GptossError("token_ids must be a flat sequence of integers")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise GptossError(f"token ids must lie in [0, {self.config.vocab_size})")
+        return ids.to(self.device)
+
+
+def load(
+    model: str | Path,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | str | None = None,
+    context: int | None = None,
+    profile: str | Path | None = None,
+    ring_slots: int | None = None,
+) -> Runner:
+    """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
+
+    `dtype` sets the activations and the attention/router/embedding weights (default bf16);
+    the experts stay MXFP4 whatever it is.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = _dtype(dtype)
+    checkpoint = open_checkpoint(resolve_model(model))
+    config = checkpoint.config
+    context = context or min(DEFAULT_CONTEXT, config.max_context)
+    if context > config.max_context:
+        raise GptossError(f"context {context} exceeds the model's maximum of {config.max_context}")
+    net = Transformer(config, dtype)
+    load_weights(net, checkpoint, device)
+    checkpoint.close()
+    cache = KVCache(config, context, device=device, dtype=dtype, ring_slots=ring_slots)
+    return Runner(net, cache, config, folder=checkpoint.folder)
+
+
+def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
+             "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+    if dtype not in names:
+        raise GptossError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
+    return names[dtype]
