@@ -1,0 +1,144 @@
+"""Loading: experts stay packed, only routed experts are dequantized, bad input is one clear error."""
+
+import json
+import shutil
+import weakref
+
+import pytest
+import torch
+from conftest import GEOMETRIES
+
+import gptoss_lite
+from gptoss_lite import GptossError, moe
+from gptoss_lite.checkpoint import open_checkpoint
+from gptoss_lite.mxfp4 import packed_nbytes
+
+
+def load(folder):
+    return gptoss_lite.load(folder, device="cpu", dtype=torch.float32, context=32)
+
+
+def test_experts_stay_packed_uint8(checkpoint):
+    config = GEOMETRIES["g1"]
+    runner = load(checkpoint("g1"))
+    for block in runner.model.mlp:
+        assert block.mlp1_blocks.dtype == block.mlp1_scales.dtype == torch.uint8
+        assert block.mlp2_blocks.dtype == block.mlp2_scales.dtype == torch.uint8
+        resident = sum(
+            t.numel() * t.element_size()
+            for t in (block.mlp1_blocks, block.mlp1_scales, block.mlp2_blocks, block.mlp2_scales)
+        )
+        e, h, i = config.num_experts, config.hidden_size, config.intermediate_size
+        assert resident == e * (packed_nbytes(2 * i, h) + packed_nbytes(h, i))
+
+
+def test_only_routed_experts_are_dequantized_one_at_a_time(checkpoint, monkeypatch):
+    config = GEOMETRIES["g1"]
+    runner = load(checkpoint("g1"))
+    live: set[int] = set()
+    stats = {"calls": 0, "max_live": 0}
+    real = moe.mxfp4.dequantize
+
+    def tracking(blocks, scales, dtype=torch.bfloat16):
+        out = real(blocks, scales, dtype)
+        stats["calls"] += 1
+        assert blocks.ndim == 3, "more than one expert's matrix was dequantized at once"
+        live.add(id(out))
+        weakref.finalize(out, live.discard, id(out))
+        stats["max_live"] = max(stats["max_live"], len(live))
+        return out
+
+    monkeypatch.setattr(moe.mxfp4, "dequantize", tracking)
+    routed = []
+    real_route = moe.route
+
+    def counting_route(*args):
+        idx, weight = real_route(*args)
+        routed.append(len(torch.unique(idx)))
+        return idx, weight
+
+    monkeypatch.setattr("gptoss_lite.model.route", counting_route)
+    runner.logits([1, 2, 3, 4, 5])
+    # Each routed expert: one gate_up and one down matrix, each decoded once per forward call.
+    assert stats["calls"] == 2 * sum(routed)
+    assert sum(routed) < config.num_layers * config.num_experts  # not every expert of a layer
+    # At most one expert's matrix is alive at any time (the previous one is freed first).
+    assert stats["max_live"] == 1
+
+
+def test_missing_shard(checkpoint, tmp_path):
+    folder = shutil.copytree(checkpoint("g2", shards=3), tmp_path / "ckpt")
+    (folder / "model-00001-of-00002.safetensors").unlink()
+    with pytest.raises(GptossError, match="shard model-00001-of-00002.safetensors is missing"):
+        load(folder)
+
+
+def test_truncated_shard(checkpoint, tmp_path):
+    folder = shutil.copytree(checkpoint("g2", shards=3), tmp_path / "ckpt")
+    shard = folder / "model-00002-of-00002.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    with pytest.raises(GptossError, match="is truncated"):
+        load(folder)
+
+
+def test_shape_mismatch(checkpoint, tmp_path):
+    folder = shutil.copytree(checkpoint("g1"), tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["intermediate_size"] = 64  # the weights were written for 96
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GptossError, match="has shape .* the config expects"):
+        load(folder)
+
+
+def test_missing_tensor(checkpoint, tmp_path):
+    folder = shutil.copytree(checkpoint("g1"), tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 4  # one more layer than the file holds
+    config["layer_types"].append("full_attention")
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GptossError, match="missing tensor model.layers.3"):
+        load(folder)
+
+
+def test_unused_tensor(checkpoint, tmp_path):
+    folder = shutil.copytree(checkpoint("g1"), tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["num_hidden_layers"] = 2
+    config["layer_types"] = config["layer_types"][:2]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GptossError, match="not used by the model"):
+        load(folder)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(GptossError, match="holds no gpt-oss checkpoint"):
+        open_checkpoint(tmp_path)
+    with pytest.raises(GptossError, match="neither a local folder nor a Hub repo id"):
+        load(tmp_path / "nope" / "deeper")
+
+
+def test_parent_folder_with_original_subfolder(checkpoint, tmp_path):
+    shutil.copytree(checkpoint("g1", layout="original"), tmp_path / "original")
+    assert open_checkpoint(tmp_path).layout == "original"
+
+
+def test_unknown_hub_repo_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(GptossError, match="Hub is unreachable .* pass a local checkpoint folder"):
+        load("someone/not-a-model")
+
+
+def test_hub_unreachable(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from gptoss_lite.hub import resolve_model
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    # Nothing listens on the discard port of the loopback address: the connection is refused.
+    with pytest.raises(GptossError, match="pass a local checkpoint folder"):
+        resolve_model("openai/gpt-oss-20b", endpoint="http://127.0.0.1:9")
