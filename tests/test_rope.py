@@ -30,7 +30,8 @@ def test_inv_freq_matches_transformers_yarn():
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     config = preset("gpt-oss-20b")
-    hf_config = GptOssConfig(**{k: v for k, v in config.to_hf().items() if k != "quantization_config"})
+    fields = {k: v for k, v in config.to_hf().items() if k != "quantization_config"}
+    hf_config = GptOssConfig(**fields)
     hf_inv_freq, hf_scaling = ROPE_INIT_FUNCTIONS["yarn"](hf_config, "cpu")
     inv_freq, concentration = yarn_inv_freq(config)
     # Both compute in float32 from the same formula; allow one float32 ulp of difference.
