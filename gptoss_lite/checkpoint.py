@@ -25,8 +25,13 @@ from .config import ModelConfig, read_config
 from .errors import GptossError
 
 _DTYPES = {
-    "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U8": torch.uint8,
-    "I8": torch.int8, "F8_E4M3": torch.float8_e4m3fn, "F64": torch.float64,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F32": torch.float32,
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F64": torch.float64,
 }
 
 
@@ -50,7 +55,7 @@ class Checkpoint:
 
     @property
     def layout(self) -> str:
-        """"hf" or "original", from the tensor names."""
+        """ "hf" or "original", from the tensor names."""
         return "original" if "embedding.weight" in self.tensors else "hf"
 
     def __contains__(self, name: str) -> bool:

@@ -55,9 +55,18 @@ class ModelConfig:
 
     def _validate(self) -> None:
         positive = (
-            "num_layers", "num_experts", "experts_per_token", "vocab_size", "hidden_size",
-            "intermediate_size", "head_dim", "num_heads", "num_kv_heads", "sliding_window",
-            "rope_original_context", "max_context",
+            "num_layers",
+            "num_experts",
+            "experts_per_token",
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "head_dim",
+            "num_heads",
+            "num_kv_heads",
+            "sliding_window",
+            "rope_original_context",
+            "max_context",
         )
         for name in positive:
             value = getattr(self, name)
@@ -269,9 +278,18 @@ _PRESETS = {
     "gpt-oss-120b": ModelConfig(num_layers=36, num_experts=128, name="gpt-oss-120b"),
     # Small enough for unit tests, with the real vocabulary so the tokenizer works end to end.
     "tiny": ModelConfig(
-        num_layers=3, num_experts=8, experts_per_token=2, hidden_size=64,
-        intermediate_size=64, head_dim=16, num_heads=8, num_kv_heads=2,
-        sliding_window=8, rope_original_context=64, max_context=2048, name="tiny",
+        num_layers=3,
+        num_experts=8,
+        experts_per_token=2,
+        hidden_size=64,
+        intermediate_size=64,
+        head_dim=16,
+        num_heads=8,
+        num_kv_heads=2,
+        sliding_window=8,
+        rope_original_context=64,
+        max_context=2048,
+        name="tiny",
     ),
 }
 

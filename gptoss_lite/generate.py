@@ -57,8 +57,9 @@ def decode(
     """
     stop = set(stop)
     for n in range(max_new_tokens):
-        token = sample(logits[-1], temperature=temperature, top_p=top_p, top_k=top_k,
-                       generator=generator)
+        token = sample(
+            logits[-1], temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
+        )
         token_id = int(token)
         yield token_id
         if token_id in stop or n == max_new_tokens - 1:

@@ -81,8 +81,12 @@ class MoEBlock(nn.Module):
     @property
     def experts(self) -> PackedExperts:
         return PackedExperts(
-            self.mlp1_blocks, self.mlp1_scales, self.mlp1_bias,
-            self.mlp2_blocks, self.mlp2_scales, self.mlp2_bias,
+            self.mlp1_blocks,
+            self.mlp1_scales,
+            self.mlp1_bias,
+            self.mlp2_blocks,
+            self.mlp2_scales,
+            self.mlp2_bias,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

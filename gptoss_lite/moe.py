@@ -32,8 +32,12 @@ class PackedExperts:
 
     def tensors(self) -> list[torch.Tensor]:
         return [
-            self.mlp1_blocks, self.mlp1_scales, self.mlp1_bias,
-            self.mlp2_blocks, self.mlp2_scales, self.mlp2_bias,
+            self.mlp1_blocks,
+            self.mlp1_scales,
+            self.mlp1_bias,
+            self.mlp2_blocks,
+            self.mlp2_scales,
+            self.mlp2_bias,
         ]
 
     @property

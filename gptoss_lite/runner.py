@@ -87,8 +87,15 @@ class Runner:
         self._history = tokens.tolist()
         logits = prefill(self.model, self.cache, tokens[new:], self.prefill_chunk)
         for token in decode(
-            self.model, self.cache, logits, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, top_k=top_k, generator=generator, stop=stop,
+            self.model,
+            self.cache,
+            logits,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            generator=generator,
+            stop=stop,
         ):
             self._history.append(token)
             yield token
@@ -148,8 +155,14 @@ def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
         return torch.bfloat16
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp32": torch.float32,
-             "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16}
+    names = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype not in names:
         raise GptossError(f"unknown dtype {dtype!r}; use bf16, fp16 or fp32")
     return names[dtype]

@@ -47,8 +47,10 @@ def test_matches_naive_formula(hq, hkv, window):
 
 def test_key_blocks_do_not_change_the_result():
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(7, 4, 8, generator=g), torch.randn(20, 2, 8, generator=g), torch.randn(
-        20, 2, 8, generator=g
+    q, k, v = (
+        torch.randn(7, 4, 8, generator=g),
+        torch.randn(20, 2, 8, generator=g),
+        torch.randn(20, 2, 8, generator=g),
     )
     args = (q, k, v, torch.randn(4, generator=g), torch.arange(13, 20), torch.arange(20), None)
     whole = attention(*args, key_block=1024)
@@ -71,7 +73,7 @@ def test_window_is_exactly_128_keys_including_the_query():
 
 def test_sink_takes_probability_mass_without_a_value():
     q, k, v = torch.zeros(1, 1, 4), torch.zeros(1, 1, 4), torch.ones(1, 1, 4)
-    # One key with logit 0 and a sink with logit 0: the key gets weight 1/2, the sink's half is lost.
+    # A key and a sink, both with logit 0: the key gets weight 1/2, the sink's half is lost.
     out = attention(q, k, v, torch.zeros(1), torch.tensor([0]), torch.tensor([0]), None)
     assert torch.allclose(out, torch.full((1, 1, 4), 0.5))
 
@@ -79,7 +81,8 @@ def test_sink_takes_probability_mass_without_a_value():
 def test_sink_is_not_scaled():
     # With sink = ln 3 unscaled, the key (logit 0) gets 1/(1+3); a scaled sink would give more.
     q, k, v = torch.zeros(1, 1, 64), torch.zeros(1, 1, 64), torch.ones(1, 1, 64)
-    out = attention(q, k, v, torch.tensor([math.log(3)]), torch.tensor([0]), torch.tensor([0]), None)
+    sink = torch.tensor([math.log(3)])
+    out = attention(q, k, v, sink, torch.tensor([0]), torch.tensor([0]), None)
     assert math.isclose(out[0, 0, 0].item(), 0.25, rel_tol=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""Loading: experts stay packed, only routed experts are dequantized, bad input is one clear error."""
+"""Loading: experts stay packed, only routed experts are dequantized, bad input fails clearly."""
 
 import json
 import shutil

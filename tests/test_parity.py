@@ -23,9 +23,7 @@ def prompt(geometry: str, length: int = 41) -> list[int]:
     return torch.randint(0, vocab, (length,), generator=g).tolist()
 
 
-@pytest.mark.parametrize(
-    ("geometry", "shards"), [("g1", 1), ("g2", 3), ("g3", 2)]
-)
+@pytest.mark.parametrize(("geometry", "shards"), [("g1", 1), ("g2", 3), ("g3", 2)])
 def test_logits_match_transformers(checkpoint, geometry, shards):
     folder = checkpoint(geometry, shards=shards)
     ids = prompt(geometry)  # 41 tokens: longer than every geometry's window
@@ -57,4 +55,3 @@ def test_chunked_prefill_matches_one_pass(checkpoint):
     runner.prefill_chunk = 7  # chunks that straddle the 8-token window
     # Chunks change only the float32 summation order of attention.
     torch.testing.assert_close(runner.logits(ids), whole, rtol=0, atol=1e-4)
-
