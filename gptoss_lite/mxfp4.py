@@ -7,7 +7,8 @@ Layout (OCP Microscaling, as published for gpt-oss; the same bytes in both check
 - Block g holds elements g*32 .. g*32+31 of the LAST (input, reduction) axis, so the result has
   shape `[..., G * 32]`: a weight in nn.Linear orientation [out, in].
 
-Decoding is exact in bf16: every value is ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}·2^k.
+Decoding is exact in bf16: every value is ±{0, 0.5, 1, 1.5, 2, 3, 4, 6}·2^k. (Scale 255, NaN in
+the OCP spec, decodes as 2^128 = inf, as no published checkpoint uses it.)
 `dequantize` is the one decode in the project; fast kernels are tested against it.
 """
 
@@ -51,13 +52,11 @@ def dequantize(
         raise ValueError(
             f"MXFP4 shapes do not match: blocks {tuple(blocks.shape)}, scales {tuple(scales.shape)}"
         )
-    pairs = _PAIRS.to(blocks.device)
-    values = pairs[blocks.long()]  # (..., G, 16, 2): low nibble first
-    values = values.reshape(*scales.shape, BLOCK)  # (..., G, 32)
-    exponents = scales.to(torch.int32) - 127
-    values = torch.ldexp(values, exponents.unsqueeze(-1))
-    return values.reshape(*scales.shape[:-1], scales.shape[-1] * BLOCK).to(dtype)
-
+    values = _PAIRS.to(blocks.device, dtype)[blocks.int()]  # (..., G, 16, 2): low nibble first
+    values = values.view(*scales.shape, BLOCK)  # (..., G, 32)
+    # Powers of two multiply exactly in float32 and bf16 (same exponent range, subnormals kept).
+    factors = torch.exp2(scales.to(torch.float32) - 127).to(dtype)
+    return (values * factors.unsqueeze(-1)).view(*scales.shape[:-1], scales.shape[-1] * BLOCK)
 
 def packed_nbytes(out_features: int, in_features: int) -> int:
     """Bytes of one packed [out, in] MXFP4 matrix: half a byte per weight plus a scale per 32."""
