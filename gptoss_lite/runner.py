@@ -25,9 +25,9 @@ from .errors import GptossError
 from .generate import PREFILL_CHUNK, decode, prefill
 from .hub import resolve_model
 from .model import Transformer
+from .plan import Plan, plan
+from .profile import Profile, cpu_profile, host_memory_bytes, load_profile
 from .weights import load_weights
-
-DEFAULT_CONTEXT = 8192
 
 
 @dataclass
@@ -37,6 +37,7 @@ class Runner:
     config: ModelConfig
     prefill_chunk: int = PREFILL_CHUNK
     folder: Path | None = None
+    plan: Plan | None = None
 
     def __post_init__(self) -> None:
         self._history: list[int] = []  # tokens fed or yielded; the cache holds a prefix of them
@@ -128,26 +129,41 @@ def load(
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     context: int | None = None,
-    profile: str | Path | None = None,
+    profile: str | Path | Profile | None = None,
     ring_slots: int | None = None,
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
-    `dtype` sets the activations and the attention/router/embedding weights (default bf16);
-    the experts stay MXFP4 whatever it is.
+    The memory profile (default: detected from this machine) and the plan made from it decide
+    the context (the largest that fits, unless `context` asks for one, which must fit), the
+    prefill chunk and where the embedding table lives; the plan is made before any weight is
+    read, so a model that cannot fit fails at once. `dtype` sets the activations and the
+    attention/router/embedding weights (default bf16); the experts stay MXFP4 whatever it is.
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = _dtype(dtype)
     checkpoint = open_checkpoint(resolve_model(model))
     config = checkpoint.config
-    context = context or min(DEFAULT_CONTEXT, config.max_context)
-    if context > config.max_context:
-        raise GptossError(f"context {context} exceeds the model's maximum of {config.max_context}")
+    profile = _profile(profile, device)
+    memory_plan = plan(config, profile, context)
+    device = torch.device(device or profile.device)
+    embedding_device = device if profile.embedding_on_device else torch.device("cpu")
     net = Transformer(config, dtype)
-    load_weights(net, checkpoint, device)
+    load_weights(net, checkpoint, device, embedding_device)
     checkpoint.close()
-    cache = KVCache(config, context, device=device, dtype=dtype, ring_slots=ring_slots)
-    return Runner(net, cache, config, folder=checkpoint.folder)
+    cache = KVCache(config, memory_plan.context, device=device, dtype=dtype, ring_slots=ring_slots)
+    return Runner(
+        net, cache, config, memory_plan.prefill_chunk, folder=checkpoint.folder, plan=memory_plan
+    )
+
+
+def _profile(profile: str | Path | Profile | None, device: str | torch.device | None) -> Profile:
+    if isinstance(profile, Profile):
+        return profile
+    if profile is not None:
+        return load_profile(profile)
+    if device is not None and torch.device(device).type == "cpu":
+        return cpu_profile(host_memory_bytes())
+    return load_profile("auto")
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:

@@ -6,6 +6,8 @@ import pytest
 
 from gptoss_lite.config import ModelConfig
 
+pytest_plugins = ["vocab"]  # o200k vocabulary fixtures (tests/vocab.py)
+
 # Tiny geometries that differ from gpt-oss-20b in every dimension the code must not hard-code:
 # odd layer counts, experts_per_token != 4, GQA groups of 1, 4 and 8, intermediate != hidden,
 # windows far shorter than the test prompts, a non-alternating layer pattern.

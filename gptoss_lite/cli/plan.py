@@ -1,0 +1,128 @@
+"""`gptoss-lite plan`: print the memory plan of a model on a profile, without weights or a GPU.
+
+The model is a preset name, a Hub-like id whose last part is a preset (`openai/gpt-oss-20b`),
+or a local checkpoint folder / `config.json`. The human output is a table of bytes per category,
+the context chosen and what bound it, and the KV-cache growth per token; `--json` prints
+`Plan.to_json()` for scripts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..config import ModelConfig, preset, preset_names, read_config
+from ..errors import GptossError
+from ..plan import CONTEXT_GRANULE, Plan
+from ..plan import plan as make_plan
+from ..profile import GIB, load_profile
+
+MIB = 1 << 20
+LABELS = {
+    "experts": "experts (MXFP4 + bias)",
+    "attention": "attention (+ sinks)",
+    "router": "router",
+    "norms": "norms (fp32)",
+    "embedding": "embedding",
+    "lm_head": "lm_head",
+}
+
+
+@click.command()
+@click.option(
+    "--model",
+    "-m",
+    default="gpt-oss-20b",
+    show_default=True,
+    help="Preset (gpt-oss-20b, gpt-oss-120b), Hub id, checkpoint folder or config.json.",
+)
+@click.option(
+    "--profile",
+    "-p",
+    "profile_name",
+    default="auto",
+    show_default=True,
+    help="Built-in profile name, a .toml file, or 'auto' to detect this machine.",
+)
+@click.option(
+    "--context",
+    "-c",
+    type=int,
+    default=None,
+    help="Context to check (tokens); default: the largest that fits.",
+)
+@click.option(
+    "--prefill-chunk",
+    type=int,
+    default=None,
+    help="Prompt tokens per forward pass; default: the profile's.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan(
+    model: str, profile_name: str, context: int | None, prefill_chunk: int | None, as_json: bool
+) -> None:
+    """Show how a model fits a device: weights, KV cache, activations, and the context."""
+    config = model_config(model)
+    profile = load_profile(profile_name)
+    result = make_plan(config, profile, context, prefill_chunk=prefill_chunk)
+    click.echo(result.to_json() if as_json else render(result, profile.description))
+
+
+def model_config(model: str) -> ModelConfig:
+    """A config from a local folder or config.json, else from a preset name or Hub id."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return read_config(path)
+    if path.is_file():
+        if path.name != "config.json":
+            raise GptossError(f"--model {model}: expected a folder or a config.json file")
+        return read_config(path.parent)
+    if model.split("/")[-1].lower() in preset_names():
+        return preset(model)
+    raise GptossError(
+        f"--model {model}: not a folder, a config.json or a known model "
+        f"({', '.join(preset_names())})"
+    )
+
+
+def render(p: Plan, description: str = "") -> str:
+    """The plan as a table of MiB / GiB per category, then the context and KV notes."""
+    title = f"{p.model} on {p.profile} ({p.device})"
+    lines = [f"{title}: {description}" if description else title, ""]
+    lines.append(_row(f"on {p.device}", "MiB", "GiB"))
+    lines += [_row(LABELS[name], *_sizes(n)) for name, n in p.weights.items()]
+    lines.append(_row("weights", *_sizes(p.weights_bytes)))
+    lines.append(_row(f"KV cache ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
+    lines.append(_row(f"activations (chunk {p.prefill_chunk})", *_sizes(p.activation_bytes)))
+    lines.append(_row("reserve (context, allocator)", *_sizes(p.reserve_bytes)))
+    lines.append(_row("total", *_sizes(p.total_bytes)))
+    lines.append(_row("budget", *_sizes(p.budget_bytes)))
+    for name, n in p.host_weights.items():
+        lines.append(_row(f"{LABELS[name]}, on the host", *_sizes(n)))
+    return "\n".join([*lines, "", *_notes(p)])
+
+
+def _notes(p: Plan) -> list[str]:
+    why = {
+        "budget": f"the most that fits the budget, rounded down to a multiple of {CONTEXT_GRANULE}",
+        "cap": "the cap of the profile or the model; the budget would allow more",
+        "requested": "as requested, and it fits",
+    }[p.bound]
+    phases = {k: v for k, v in p.activations.items() if k != "resident"}
+    peak = max(phases, key=phases.get)
+    return [
+        f"context: {p.context:,} tokens ({why})",
+        f"KV cache: {p.kv_bytes_per_token:,} B per token ({p.kv_cache_dtype}, full-attention "
+        f"layers) + {p.kv_ring_bytes / MIB:,.2f} MiB of sliding-window rings",
+        f"activations: peak in the {peak} phase ({phases[peak] / MIB:,.1f} MiB) + "
+        f"{p.activations['resident'] / MIB:,.1f} MiB resident",
+    ]
+
+
+def _row(label: str, mib: str, gib: str) -> str:
+    return f"  {label:<34}{mib:>12}{gib:>10}"
+
+
+def _sizes(n: int) -> tuple[str, str]:
+    return f"{n / MIB:,.1f}", f"{n / GIB:.3f}"

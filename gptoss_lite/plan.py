@@ -1,0 +1,244 @@
+"""Memory planning: from a model config and a profile to the largest context that fits.
+
+Pure arithmetic, no torch and no weights. The device holds the weights (MXFP4 experts as
+published, everything else bf16 except the norms, which the model keeps in fp32; the embedding
+table stays on the host when the profile says so), a KV cache (full-attention layers grow by
+2·kv_heads·head_dim·dtype bytes per token each; sliding layers keep a fixed ring of
+`sliding_window` slots), the peak activations of one prefill chunk, and the profile's reserve.
+`plan()` picks the largest context within the budget (rounded down to `CONTEXT_GRANULE`,
+capped by the profile and the model), or checks a requested one and refuses it with the numbers.
+The activation model below is what the runner must match: see `activation_phases`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+
+from .config import ModelConfig
+from .errors import GptossError
+from .mxfp4 import packed_nbytes
+from .profile import GIB, Profile
+
+BF16, FP32, INT64 = 2, 4, 8
+CONTEXT_GRANULE = 256  # contexts the planner picks are multiples of this
+ATTN_KEY_BLOCK = 1024  # keys per block in chunked attention (attention.KEY_BLOCK)
+# Score-sized fp32 tensors alive at once in attention.attention(), measured on CPU: the new
+# block's scores, scores - max and exp, while the previous block's exp is still referenced.
+ATTN_SCORE_COPIES = 4
+LOGITS_ROWS = 1  # prefill computes logits for the chunk's last token only (last_only)
+DEQUANT_FP32_COPIES = 2  # MXFP4 decode holds two fp32 copies of the matrix (gather, ldexp)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Where the bytes go for one model on one profile, and the context that fits."""
+
+    model: str
+    profile: str
+    device: str
+    context: int
+    bound: str  # "budget", "cap" or "requested"
+    context_granule: int
+    prefill_chunk: int
+    kv_cache_dtype: str
+    weights: dict[str, int]  # bytes on the device per category
+    host_weights: dict[str, int]  # categories kept in host memory instead
+    kv_bytes_per_token: int
+    kv_ring_bytes: int  # the sliding layers' fixed rings
+    activations: dict[str, int]  # "resident" plus the peak of each phase
+    reserve_bytes: int
+    budget_bytes: int
+
+    @property
+    def weights_bytes(self) -> int:
+        return sum(self.weights.values())
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.kv_ring_bytes + self.kv_bytes_per_token * self.context
+
+    @property
+    def activation_bytes(self) -> int:
+        phases = [v for k, v in self.activations.items() if k != "resident"]
+        return self.activations["resident"] + max(phases)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights_bytes + self.kv_bytes + self.activation_bytes + self.reserve_bytes
+
+    def to_json(self) -> str:
+        """The plan as JSON: every field plus the derived totals."""
+        data = asdict(self)
+        for key in ("weights_bytes", "kv_bytes", "activation_bytes", "total_bytes"):
+            data[key] = getattr(self, key)
+        return json.dumps(data, indent=2)
+
+
+def weight_bytes(config: ModelConfig) -> dict[str, int]:
+    """Checkpoint bytes per category (MXFP4 experts, bf16 rest): they sum to the file sizes."""
+    h, i, e = config.hidden_size, config.intermediate_size, config.num_experts
+    layers = config.num_layers
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    experts = e * (packed_nbytes(2 * i, h) + packed_nbytes(h, i) + (2 * i + h) * BF16)
+    attention = ((q + 2 * kv) * h + h * q + (q + 2 * kv + h) + config.num_heads) * BF16
+    return {
+        "experts": layers * experts,
+        "attention": layers * attention,
+        "router": layers * (e * h + e) * BF16,
+        "norms": (2 * layers + 1) * h * BF16,
+        "embedding": config.vocab_size * h * BF16,
+        "lm_head": config.vocab_size * h * BF16,
+    }
+
+
+def device_weights(config: ModelConfig, profile: Profile) -> tuple[dict[str, int], dict[str, int]]:
+    """(bytes on the device, bytes on the host) per category, as the model holds them."""
+    on_device = weight_bytes(config)
+    # The model keeps the norm gains and the attention sinks in fp32.
+    on_device["norms"] = on_device["norms"] // BF16 * FP32
+    on_device["attention"] += config.num_layers * config.num_heads * (FP32 - BF16)
+    host = {}
+    if not profile.embedding_on_device:
+        host["embedding"] = on_device.pop("embedding")
+    return on_device, host
+
+
+def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
+    """KV-cache growth per token: K and V of every full-attention layer."""
+    return config.num_full_layers * 2 * config.num_kv_heads * config.head_dim * dtype_bytes
+
+
+def kv_ring_bytes(config: ModelConfig, dtype_bytes: int) -> int:
+    """The sliding layers' rings: `sliding_window` slots each, whatever the context."""
+    per_slot = 2 * config.num_kv_heads * config.head_dim * dtype_bytes
+    return config.num_sliding_layers * config.sliding_window * per_slot
+
+
+def activation_phases(config: ModelConfig, chunk: int) -> dict[str, int]:
+    """Peak bytes of one prefill chunk of `chunk` tokens, by phase of a layer.
+
+    "resident" lives through the whole forward; the other phases follow each other, so the
+    activation peak is resident + the largest phase. Each phase sums the tensors that can be
+    alive at once in it, an upper bound of its peak. Assumptions the runner must match:
+    - attention: the query chunk against key blocks of ATTN_KEY_BLOCK, online softmax in fp32;
+      ATTN_SCORE_COPIES fp32 [heads, chunk, block] tensors alive at once, and a bool
+      visibility mask; sliding layers concatenate ring and chunk keys and values;
+    - MoE: ONE expert at a time, its gate_up [2I, H] and down [H, I] dequantized to bf16, the
+      decode staging DEQUANT_FP32_COPIES fp32 copies of gate_up; at most `chunk` tokens go
+      through it; outputs are weighted and summed in fp32;
+    - logits: LOGITS_ROWS rows (the chunk's last token), in bf16 then fp32;
+    - RMSNorm: two fp32 copies of its input.
+    """
+    h, i, d, v = config.hidden_size, config.intermediate_size, config.head_dim, config.vocab_size
+    c, nq, kb = chunk, config.num_heads, ATTN_KEY_BLOCK
+    q_width, k_width = nq * d, config.num_kv_heads * d
+    normed = c * h * BF16
+    attention = (
+        normed
+        + c * (q_width + 2 * k_width) * BF16  # qkv projection
+        + 3 * c * (d // 2) * FP32  # RoPE angles, cos, sin
+        + c * (q_width + k_width) * BF16  # q and k after RoPE
+        + (config.sliding_window + c) * 2 * k_width * BF16  # ring + chunk keys and values
+        + c * q_width * FP32  # q in fp32, scaled
+        + 2 * kb * k_width * FP32  # one block of keys and values in fp32
+        + ATTN_SCORE_COPIES * nq * c * kb * FP32  # scores and what is derived from them
+        + 3 * c * kb  # visibility mask and its parts (bool)
+        + nq * c * d * FP32  # output accumulator
+        + 2 * nq * c * FP32  # running max and denominator
+    )
+    moe = (
+        normed
+        + c * config.num_experts * FP32  # router logits
+        + c * config.experts_per_token * (INT64 + FP32)  # top-k ids and weights
+        + c * h * FP32  # summed expert outputs
+        + (2 * i * h + h * i) * BF16  # one expert dequantized: gate_up and down
+        + DEQUANT_FP32_COPIES * 2 * i * h * FP32  # decode staging of gate_up
+        + c * (h + 2 * i + 2 * i + h) * BF16  # its tokens: rows in, gate_up out, swiglu, down out
+        + 2 * c * h * FP32  # down output in fp32, then weighted
+    )
+    return {
+        "resident": 2 * c * h * BF16 + c * INT64,  # residual stream in and out, positions
+        "norm": 2 * c * h * FP32 + normed,
+        "attention": attention,
+        "moe": moe,
+        "logits": LOGITS_ROWS * (h * BF16 + v * (BF16 + FP32)),
+    }
+
+
+def plan(
+    config: ModelConfig,
+    profile: Profile,
+    context: int | None = None,
+    *,
+    prefill_chunk: int | None = None,
+) -> Plan:
+    """The memory plan of `config` on `profile` for `context` tokens, or the largest that fits.
+
+    Without `context`: the largest multiple of CONTEXT_GRANULE that fits the budget, capped by
+    the profile's and the model's max_context. With it: that context, or a `GptossError` with
+    the KV bytes needed, the bytes free and the largest context that fits.
+    """
+    chunk = profile.prefill_chunk if prefill_chunk is None else prefill_chunk
+    if chunk <= 0:
+        raise GptossError(f"prefill chunk must be positive, got {chunk}")
+    weights, host = device_weights(config, profile)
+    draft = Plan(
+        model=config.name,
+        profile=profile.name,
+        device=profile.device,
+        context=0,
+        bound="budget",
+        context_granule=CONTEXT_GRANULE,
+        prefill_chunk=chunk,
+        kv_cache_dtype=profile.kv_cache_dtype,
+        weights=weights,
+        host_weights=host,
+        kv_bytes_per_token=kv_bytes_per_token(config, profile.kv_dtype_bytes),
+        kv_ring_bytes=kv_ring_bytes(config, profile.kv_dtype_bytes),
+        activations=activation_phases(config, chunk),
+        reserve_bytes=profile.reserve_bytes,
+        budget_bytes=profile.budget_bytes,
+    )
+    free = draft.budget_bytes - draft.total_bytes  # total at context 0 includes the rings
+    fits = max(free, 0) // draft.kv_bytes_per_token // CONTEXT_GRANULE * CONTEXT_GRANULE
+    fits = min(fits, config.max_context)
+    if fits == 0:
+        raise GptossError(_no_room(draft, free))
+    if context is None:
+        cap = min(profile.max_context, config.max_context)
+        return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
+    if context <= 0 or context > config.max_context:
+        raise GptossError(f"context {context} is outside 1..{config.max_context} for {config.name}")
+    if context * draft.kv_bytes_per_token > free:
+        raise GptossError(_refusal(draft, context, free, fits))
+    return _with_context(draft, context, "requested")
+
+
+def _with_context(draft: Plan, context: int, bound: str) -> Plan:
+    return replace(draft, context=context, bound=bound)
+
+
+def _refusal(draft: Plan, context: int, free: int, fits: int) -> str:
+    kv = draft.kv_ring_bytes + context * draft.kv_bytes_per_token
+    return (
+        f"context {context} needs {kv / GIB:.2f} GiB of KV cache, "
+        f"{(free + draft.kv_ring_bytes) / GIB:.2f} GiB are free in profile {draft.profile}; "
+        f"the most that fits is {fits}: use --context {fits} or a larger profile"
+    )
+
+
+def _no_room(draft: Plan, free: int) -> str:
+    gib = {
+        "weights": draft.weights_bytes,
+        "activations": draft.activation_bytes,
+        "reserve": draft.reserve_bytes,
+        "sliding-window cache": draft.kv_ring_bytes,
+    }
+    parts = " + ".join(f"{name} {n / GIB:.2f}" for name, n in gib.items())
+    tokens = max(free, 0) // draft.kv_bytes_per_token
+    return (
+        f"{draft.model} does not fit profile {draft.profile}: {parts} = "
+        f"{sum(gib.values()) / GIB:.2f} GiB of its {draft.budget_bytes / GIB:.2f} GiB budget "
+        f"leave room for {tokens} tokens of context, fewer than {CONTEXT_GRANULE}"
+    )

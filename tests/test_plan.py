@@ -1,0 +1,228 @@
+"""The memory planner and `gptoss-lite plan`, checked against hand-computed bytes."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+
+import pytest
+from click.testing import CliRunner
+
+from gptoss_lite import GptossError
+from gptoss_lite.cli import main
+from gptoss_lite.config import preset
+from gptoss_lite.plan import (
+    CONTEXT_GRANULE,
+    activation_phases,
+    device_weights,
+    kv_bytes_per_token,
+    kv_ring_bytes,
+    plan,
+    weight_bytes,
+)
+from gptoss_lite.profile import GIB, load_profile
+
+GPT20, GPT120 = preset("gpt-oss-20b"), preset("gpt-oss-120b")
+RTX4090 = load_profile("rtx4090")
+
+# ------------------------------------------------------------------ weights
+
+
+def test_20b_categories_sum_to_the_checkpoint():
+    w = weight_bytes(GPT20)
+    assert sum(w.values()) == 13_761_264_768  # model.safetensors.index.json total_size
+    # Per layer: gate_up blocks + scales, down blocks + scales (spec §2.1), then both biases.
+    per_layer = 265_420_800 + 16_588_800 + 132_710_400 + 8_294_400 + 32 * (5760 + 2880) * 2
+    assert w["experts"] == 24 * per_layer == 10_165_616_640  # 10.15 GB packed + 13.3 MB biases
+    # q, k, v, o weights + their biases + sinks, bf16.
+    attention = (2880 * (4096 + 512 + 512) + 4096 * 2880 + 4096 + 512 + 512 + 2880 + 64) * 2
+    assert w["attention"] == 24 * attention == 1_274_406_912
+    assert w["router"] == 24 * (32 * 2880 + 32) * 2
+    assert w["norms"] == (24 * 2 + 1) * 2880 * 2
+    assert w["embedding"] == w["lm_head"] == 201_088 * 2880 * 2 == 1_158_266_880
+
+
+def test_120b_categories_sum_to_the_predicted_checkpoint():
+    assert sum(weight_bytes(GPT120).values()) == 65_248_815_744
+
+
+def test_device_weights_keep_norms_and_sinks_fp32_and_embedding_on_host():
+    device, host = device_weights(GPT20, RTX4090)
+    assert device["norms"] == 49 * 2880 * 4
+    assert device["attention"] == 1_274_406_912 + 24 * 64 * 2  # sinks: bf16 on disk, fp32 held
+    assert "embedding" not in device and host == {"embedding": 1_158_266_880}
+    assert sum(device.values()) == 13_761_264_768 - 1_158_266_880 + 49 * 2880 * 2 + 24 * 64 * 2
+    device, host = device_weights(GPT20, replace(RTX4090, embedding="device"))
+    assert device["embedding"] == 1_158_266_880 and host == {}
+    _, host = device_weights(GPT20, load_profile("cpu"))
+    assert host == {}  # on the cpu device the host is the device
+
+
+# ------------------------------------------------------------------ KV cache and activations
+
+
+def test_kv_bytes():
+    assert kv_bytes_per_token(GPT20.with_(num_layers=2), 2) == 2048  # one full layer, bf16
+    assert kv_bytes_per_token(GPT20, 2) == 12 * 2048 == 24_576
+    assert kv_bytes_per_token(GPT120, 2) == 18 * 2048 == 36_864
+    assert kv_ring_bytes(GPT20, 2) == 12 * 128 * 2048
+
+
+def test_activation_phases_20b_chunk_512():
+    a = activation_phases(GPT20, 512)
+    assert a["resident"] == 2 * 512 * 2880 * 2 + 512 * 8
+    attention = (
+        512 * 2880 * 2  # normed input
+        + 512 * 5120 * 2  # qkv
+        + 3 * 512 * 32 * 4  # RoPE angles, cos, sin
+        + 512 * (4096 + 512) * 2  # q, k rotated
+        + (128 + 512) * 2 * 512 * 2  # sliding layer: ring + chunk keys and values
+        + 512 * 4096 * 4  # q fp32
+        + 2 * 1024 * 512 * 4  # K and V block fp32
+        + 4 * 64 * 512 * 1024 * 4  # scores, scores - max, exp, the previous block's exp
+        + 3 * 512 * 1024  # masks
+        + 64 * 512 * 64 * 4  # accumulator
+        + 2 * 64 * 512 * 4  # max, denominator
+    )
+    assert a["attention"] == attention == 574_095_360
+    moe = (
+        512 * 2880 * 2  # normed input
+        + 512 * 32 * 4  # router logits
+        + 512 * 4 * (8 + 4)  # top-4 ids and weights
+        + 512 * 2880 * 4  # fp32 sum
+        + (5760 * 2880 + 2880 * 2880) * 2  # one expert in bf16
+        + 2 * 5760 * 2880 * 4  # two fp32 copies while decoding gate_up
+        + 512 * (2880 + 5760 + 5760 + 2880) * 2  # routed tokens through that expert
+        + 2 * 512 * 2880 * 4  # its output in fp32, weighted
+    )
+    assert a["moe"] == moe == 220_905_472
+    assert a["logits"] == 2880 * 2 + 201_088 * (2 + 4)
+
+
+# ------------------------------------------------------------------ plan
+
+
+def test_rtx4090_default_plan_is_near_14_gib():
+    p = plan(GPT20, RTX4090)
+    assert p.bound == "budget" and p.context % CONTEXT_GRANULE == 0
+    assert p.context == 31_232
+    assert 13.9 * GIB < p.total_bytes <= p.budget_bytes == 14 * GIB
+    assert p.total_bytes == p.weights_bytes + p.kv_bytes + p.activation_bytes + p.reserve_bytes
+    assert p.kv_bytes == 12 * 128 * 2048 + 31_232 * 24_576
+    assert p.activation_bytes == 5_902_336 + 574_095_360
+    with pytest.raises(GptossError):
+        plan(GPT20, RTX4090, p.context + CONTEXT_GRANULE)
+
+
+def test_refusal_names_the_numbers_and_its_suggestion_fits():
+    with pytest.raises(GptossError) as err:
+        plan(GPT20, RTX4090, 131_072)
+    message = str(err.value)
+    assert message.startswith("context 131072 needs 3.00 GiB of KV cache, 0.72 GiB are free")
+    assert "in profile rtx4090; the most that fits is 31232: use --context 31232" in message
+    assert "\n" not in message
+    suggested = int(re.search(r"--context (\d+)", message).group(1))
+    assert plan(GPT20, RTX4090, suggested).context == suggested
+
+
+def test_requested_context_is_kept_exactly():
+    p = plan(GPT20, RTX4090, 1000)
+    assert (p.context, p.bound) == (1000, "requested")
+    with pytest.raises(GptossError, match=r"outside 1\.\.131072"):
+        plan(GPT20, RTX4090, 0)
+    with pytest.raises(GptossError, match=r"outside 1\.\.131072"):
+        plan(GPT20, load_profile("h200"), 131_073)
+
+
+def test_120b_on_h100_is_cap_bound():
+    p = plan(GPT120, load_profile("h100-80gb"))
+    assert (p.context, p.bound) == (131_072, "cap")
+    assert p.kv_bytes == 18 * 128 * 2048 + 131_072 * 36_864
+    assert p.total_bytes < p.budget_bytes
+
+
+def test_profile_cap_bounds_the_choice():
+    p = plan(GPT20, load_profile("cpu"))
+    assert (p.context, p.bound) == (32_768, "cap")
+
+
+def test_model_that_does_not_fit_says_so():
+    with pytest.raises(GptossError) as err:
+        plan(GPT20, load_profile("rtx3060-12gb"))
+    assert str(err.value).startswith("gpt-oss-20b does not fit profile rtx3060-12gb: weights 11.74")
+    with pytest.raises(GptossError, match="does not fit profile rtx4090"):
+        plan(GPT120, RTX4090)
+
+
+def test_prefill_chunk_override():
+    assert plan(GPT20, RTX4090, prefill_chunk=256).activations == activation_phases(GPT20, 256)
+    with pytest.raises(GptossError, match="prefill chunk must be positive"):
+        plan(GPT20, RTX4090, prefill_chunk=0)
+
+
+def test_to_json_has_the_numbers():
+    p = plan(GPT20, RTX4090)
+    data = json.loads(p.to_json())
+    assert data["weights_bytes"] == p.weights_bytes == 12_603_283_200
+    assert data["weights"]["experts"] == 10_165_616_640
+    assert data["kv_bytes_per_token"] == 24_576 and data["kv_bytes"] == p.kv_bytes
+    assert data["activation_bytes"] == p.activation_bytes
+    assert data["total_bytes"] == p.total_bytes and data["budget_bytes"] == 14 * GIB
+    assert (data["model"], data["profile"], data["context"]) == ("gpt-oss-20b", "rtx4090", 31_232)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def run_cli(*args: str):
+    return CliRunner().invoke(main, ["plan", *args])
+
+
+def test_cli_human_output():
+    result = run_cli("--model", "gpt-oss-20b", "--profile", "rtx4090")
+    assert result.exit_code == 0, result.output
+    for text in (
+        "experts (MXFP4 + bias)",
+        "9,694.7",
+        "KV cache (31,232 tokens)",
+        "embedding, on the host",
+        "context: 31,232 tokens (the most that fits the budget",
+        "24,576 B per token",
+    ):
+        assert text in result.output
+
+
+def test_cli_json_with_a_hub_id():
+    result = run_cli("--model", "openai/gpt-oss-120b", "--profile", "h100-80gb", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert (data["model"], data["context"], data["bound"]) == ("gpt-oss-120b", 131_072, "cap")
+
+
+def test_cli_reads_a_local_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(GPT20.to_hf()))
+    for model in (str(tmp_path), str(tmp_path / "config.json")):
+        result = run_cli("--model", model, "--profile", "rtx4090", "--json")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["context"] == 31_232
+
+
+def test_cli_errors_are_one_line():
+    for args, start in [
+        (("--profile", "rtx4090", "--context", "131072"), "error: context 131072 needs"),
+        (("--profile", "nope"), "error: unknown profile 'nope'"),
+        (("--model", "llama-7b", "--profile", "rtx4090"), "error: --model llama-7b: not a folder"),
+    ]:
+        result = run_cli(*args)
+        assert result.exit_code == 1 and result.output.startswith(start)
+        assert result.output.count("\n") == 1
+
+
+def test_cli_auto_profile_without_a_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = run_cli("--model", "tiny", "--profile", "auto", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["profile"] == "cpu"
