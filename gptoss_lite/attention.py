@@ -29,25 +29,27 @@ def attention(
 ) -> torch.Tensor:
     """q [T, Hq, D], k/v [S, Hkv, D], sinks [Hq], q_pos [T], k_pos [S] → [T, Hq, D] in q's dtype."""
     t, hq, d = q.shape
-    hkv = k.shape[1]
-    qg = q.float().view(t, hkv, hq // hkv, d).permute(1, 2, 0, 3) * d**-0.5  # (Hkv, G, T, D)
+    hkv, g = k.shape[1], hq // k.shape[1]
+    # Rows (g, t) of each kv head side by side, so one batched matmul per kv head, no broadcast.
+    qg = (q.float() * d**-0.5).view(t, hkv, g, d).permute(1, 2, 0, 3).reshape(hkv, g * t, d)
     # Running max starts at the sink; the denominator starts with exp(sink - max) = 1.
-    m = sinks.float().view(hkv, hq // hkv, 1).expand(hkv, hq // hkv, t).clone()
+    m = sinks.float().view(hkv, g, 1).expand(hkv, g, t).reshape(hkv, g * t).clone()
     denom = torch.ones_like(m)
-    acc = torch.zeros(hkv, hq // hkv, t, d, dtype=torch.float32, device=q.device)
+    acc = torch.zeros(hkv, g * t, d, dtype=torch.float32, device=q.device)
     for start in range(0, k.shape[0], key_block):
         kb = k[start : start + key_block].float().permute(1, 2, 0)  # (Hkv, D, B)
         vb = v[start : start + key_block].float().transpose(0, 1)  # (Hkv, B, D)
-        scores = torch.matmul(qg, kb.unsqueeze(1))  # (Hkv, G, T, B)
+        scores = torch.bmm(qg, kb)  # (Hkv, G*T, B)
         visible = _visible(q_pos, k_pos[start : start + key_block], window)  # (T, B)
-        scores = scores.masked_fill(~visible, float("-inf"))
+        scores.view(hkv, g, t, -1).masked_fill_(~visible, float("-inf"))
         m_new = torch.maximum(m, scores.amax(dim=-1))
-        p = torch.exp(scores - m_new.unsqueeze(-1))
+        p = scores.sub_(m_new.unsqueeze(-1)).exp_()  # in place: one score-sized tensor per block
         rescale = torch.exp(m - m_new)
-        denom = denom * rescale + p.sum(dim=-1)
-        acc = acc * rescale.unsqueeze(-1) + torch.matmul(p, vb.unsqueeze(1))
+        denom.mul_(rescale).add_(p.sum(dim=-1))
+        acc.mul_(rescale.unsqueeze(-1)).baddbmm_(p, vb)
         m = m_new
-    out = acc / denom.unsqueeze(-1)  # (Hkv, G, T, D)
+        del scores, p  # free before the next block's scores are made
+    out = acc.div_(denom.unsqueeze(-1)).view(hkv, g, t, d)
     return out.permute(2, 0, 1, 3).reshape(t, hq, d).to(q.dtype)
 
 

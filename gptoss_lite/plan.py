@@ -23,11 +23,13 @@ from .profile import GIB, Profile
 BF16, FP32, INT64 = 2, 4, 8
 CONTEXT_GRANULE = 256  # contexts the planner picks are multiples of this
 ATTN_KEY_BLOCK = 1024  # keys per block in chunked attention (attention.KEY_BLOCK)
-# Score-sized fp32 tensors alive at once in attention.attention(), measured on CPU: the new
-# block's scores, scores - max and exp, while the previous block's exp is still referenced.
-ATTN_SCORE_COPIES = 4
+# Score-sized fp32 tensors alive at once in attention.attention(): the block's scores, turned
+# into probabilities in place and freed before the next block (measured on CPU).
+ATTN_SCORE_COPIES = 1
 LOGITS_ROWS = 1  # prefill computes logits for the chunk's last token only (last_only)
-DEQUANT_FP32_COPIES = 2  # MXFP4 decode holds two fp32 copies of the matrix (gather, ldexp)
+# MXFP4 decode stages an int32 index per byte and the gathered values in bf16 before scaling:
+# together the size of one fp32 copy of the matrix.
+DEQUANT_FP32_COPIES = 1
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,12 @@ def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
     return config.num_full_layers * 2 * config.num_kv_heads * config.head_dim * dtype_bytes
 
 
-def kv_ring_bytes(config: ModelConfig, dtype_bytes: int) -> int:
-    """The sliding layers' rings: `sliding_window` slots each, whatever the context."""
+def kv_ring_bytes(config: ModelConfig, dtype_bytes: int, ring_slots: int | None = None) -> int:
+    """The sliding layers' rings, whatever the context: `ring_slots` slots each (at least, and by
+    default, `sliding_window`; more let the cache rewind, as a chat does after each reply)."""
+    slots = max(ring_slots or 0, config.sliding_window)
     per_slot = 2 * config.num_kv_heads * config.head_dim * dtype_bytes
-    return config.num_sliding_layers * config.sliding_window * per_slot
+    return config.num_sliding_layers * slots * per_slot
 
 
 def activation_phases(config: ModelConfig, chunk: int) -> dict[str, int]:
@@ -140,7 +144,7 @@ def activation_phases(config: ModelConfig, chunk: int) -> dict[str, int]:
         + 3 * c * (d // 2) * FP32  # RoPE angles, cos, sin
         + c * (q_width + k_width) * BF16  # q and k after RoPE
         + (config.sliding_window + c) * 2 * k_width * BF16  # ring + chunk keys and values
-        + c * q_width * FP32  # q in fp32, scaled
+        + 2 * c * q_width * FP32  # q in fp32, then scaled
         + 2 * kb * k_width * FP32  # one block of keys and values in fp32
         + ATTN_SCORE_COPIES * nq * c * kb * FP32  # scores and what is derived from them
         + 3 * c * kb  # visibility mask and its parts (bool)
@@ -172,12 +176,14 @@ def plan(
     context: int | None = None,
     *,
     prefill_chunk: int | None = None,
+    ring_slots: int | None = None,
 ) -> Plan:
     """The memory plan of `config` on `profile` for `context` tokens, or the largest that fits.
 
     Without `context`: the largest multiple of CONTEXT_GRANULE that fits the budget, capped by
     the profile's and the model's max_context. With it: that context, or a `GptossError` with
-    the KV bytes needed, the bytes free and the largest context that fits.
+    the KV bytes needed, the bytes free and the largest context that fits. `ring_slots` sizes
+    the sliding layers' rings as the cache will (`KVCache(ring_slots=...)`).
     """
     chunk = profile.prefill_chunk if prefill_chunk is None else prefill_chunk
     if chunk <= 0:
@@ -195,7 +201,7 @@ def plan(
         weights=weights,
         host_weights=host,
         kv_bytes_per_token=kv_bytes_per_token(config, profile.kv_dtype_bytes),
-        kv_ring_bytes=kv_ring_bytes(config, profile.kv_dtype_bytes),
+        kv_ring_bytes=kv_ring_bytes(config, profile.kv_dtype_bytes, ring_slots),
         activations=activation_phases(config, chunk),
         reserve_bytes=profile.reserve_bytes,
         budget_bytes=profile.budget_bytes,

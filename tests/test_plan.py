@@ -78,25 +78,25 @@ def test_activation_phases_20b_chunk_512():
         + 3 * 512 * 32 * 4  # RoPE angles, cos, sin
         + 512 * (4096 + 512) * 2  # q, k rotated
         + (128 + 512) * 2 * 512 * 2  # sliding layer: ring + chunk keys and values
-        + 512 * 4096 * 4  # q fp32
+        + 2 * 512 * 4096 * 4  # q in fp32, then scaled
         + 2 * 1024 * 512 * 4  # K and V block fp32
-        + 4 * 64 * 512 * 1024 * 4  # scores, scores - max, exp, the previous block's exp
+        + 64 * 512 * 1024 * 4  # one block's scores, made probabilities in place
         + 3 * 512 * 1024  # masks
         + 64 * 512 * 64 * 4  # accumulator
         + 2 * 64 * 512 * 4  # max, denominator
     )
-    assert a["attention"] == attention == 574_095_360
+    assert a["attention"] == attention == 179_830_784
     moe = (
         512 * 2880 * 2  # normed input
         + 512 * 32 * 4  # router logits
         + 512 * 4 * (8 + 4)  # top-4 ids and weights
         + 512 * 2880 * 4  # fp32 sum
         + (5760 * 2880 + 2880 * 2880) * 2  # one expert in bf16
-        + 2 * 5760 * 2880 * 4  # two fp32 copies while decoding gate_up
+        + 5760 * 2880 * 4  # decode staging of gate_up: int32 index + bf16 values
         + 512 * (2880 + 5760 + 5760 + 2880) * 2  # routed tokens through that expert
         + 2 * 512 * 2880 * 4  # its output in fp32, weighted
     )
-    assert a["moe"] == moe == 220_905_472
+    assert a["moe"] == moe == 154_550_272
     assert a["logits"] == 2880 * 2 + 201_088 * (2 + 4)
 
 
@@ -106,11 +106,11 @@ def test_activation_phases_20b_chunk_512():
 def test_rtx4090_default_plan_is_near_14_gib():
     p = plan(GPT20, RTX4090)
     assert p.bound == "budget" and p.context % CONTEXT_GRANULE == 0
-    assert p.context == 31_232
+    assert p.context == 47_360
     assert 13.9 * GIB < p.total_bytes <= p.budget_bytes == 14 * GIB
     assert p.total_bytes == p.weights_bytes + p.kv_bytes + p.activation_bytes + p.reserve_bytes
-    assert p.kv_bytes == 12 * 128 * 2048 + 31_232 * 24_576
-    assert p.activation_bytes == 5_902_336 + 574_095_360
+    assert p.kv_bytes == 12 * 128 * 2048 + 47_360 * 24_576
+    assert p.activation_bytes == 5_902_336 + 179_830_784
     with pytest.raises(GptossError):
         plan(GPT20, RTX4090, p.context + CONTEXT_GRANULE)
 
@@ -119,8 +119,8 @@ def test_refusal_names_the_numbers_and_its_suggestion_fits():
     with pytest.raises(GptossError) as err:
         plan(GPT20, RTX4090, 131_072)
     message = str(err.value)
-    assert message.startswith("context 131072 needs 3.00 GiB of KV cache, 0.72 GiB are free")
-    assert "in profile rtx4090; the most that fits is 31232: use --context 31232" in message
+    assert message.startswith("context 131072 needs 3.00 GiB of KV cache, 1.09 GiB are free")
+    assert "in profile rtx4090; the most that fits is 47360: use --context 47360" in message
     assert "\n" not in message
     suggested = int(re.search(r"--context (\d+)", message).group(1))
     assert plan(GPT20, RTX4090, suggested).context == suggested
@@ -169,7 +169,7 @@ def test_to_json_has_the_numbers():
     assert data["kv_bytes_per_token"] == 24_576 and data["kv_bytes"] == p.kv_bytes
     assert data["activation_bytes"] == p.activation_bytes
     assert data["total_bytes"] == p.total_bytes and data["budget_bytes"] == 14 * GIB
-    assert (data["model"], data["profile"], data["context"]) == ("gpt-oss-20b", "rtx4090", 31_232)
+    assert (data["model"], data["profile"], data["context"]) == ("gpt-oss-20b", "rtx4090", 47_360)
 
 
 # ------------------------------------------------------------------ CLI
@@ -185,9 +185,9 @@ def test_cli_human_output():
     for text in (
         "experts (MXFP4 + bias)",
         "9,694.7",
-        "KV cache (31,232 tokens)",
+        "KV cache (47,360 tokens)",
         "embedding, on the host",
-        "context: 31,232 tokens (the most that fits the budget",
+        "context: 47,360 tokens (the most that fits the budget",
         "24,576 B per token",
     ):
         assert text in result.output
@@ -205,7 +205,7 @@ def test_cli_reads_a_local_config(tmp_path):
     for model in (str(tmp_path), str(tmp_path / "config.json")):
         result = run_cli("--model", model, "--profile", "rtx4090", "--json")
         assert result.exit_code == 0, result.output
-        assert json.loads(result.output)["context"] == 31_232
+        assert json.loads(result.output)["context"] == 47_360
 
 
 def test_cli_errors_are_one_line():
