@@ -1,0 +1,37 @@
+"""Triton kernels for the GPU fast path: fused MXFP4 experts and attention with sinks.
+
+`moe_triton` and `attention_triton` import Triton at import time; this package does not, so
+`triton_available()` can be asked anywhere. The kernels run on CUDA tensors when compiled, and on
+CPU tensors under the Triton interpreter, which is how they are tested without a GPU: then
+TRITON_INTERPRET=1 must be set before Triton is first imported (its standard library is jit code
+too) and when the kernel modules are imported."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+_TRUE = ("1", "true", "on", "yes")  # the spellings Triton itself accepts
+
+
+def interpreter_enabled() -> bool:
+    """True when TRITON_INTERPRET is set: kernels defined now run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "").strip().lower() in _TRUE
+
+
+def triton_available() -> bool:
+    """True where the kernels run: Triton importable and a CUDA device, or the interpreter on."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return interpreter_enabled() or torch.cuda.is_available()
+
+
+def dot_dtype(device: torch.device, dtype: torch.dtype = torch.bfloat16):
+    """The `tl.dot` operand type for operands holding `dtype` values: that type on a GPU, fp32 on
+    CPU (the interpreter), which multiplies bf16 bit patterns as integers (triton#11584)."""
+    import triton.language as tl
+
+    types = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+    return tl.float32 if device.type == "cpu" else types[dtype]

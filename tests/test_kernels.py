@@ -1,0 +1,283 @@
+"""Triton kernels vs their torch references: MXFP4 decode, fused MoE (decode, prefill), attention.
+
+Without a GPU the kernels run on CPU under the Triton interpreter. TRITON_INTERPRET must be on when
+triton is first imported (its standard library, `tl.sum` included, is jit code decorated then) and
+when a kernel module is imported; it is switched on only around those imports here and around each
+test of this module, so test modules collected later never see it. If triton was already imported
+without it, the CPU tests skip: run `pytest tests/test_kernels.py` on its own then.
+Tolerances: the kernels accumulate in fp32 in another order than torch, so fp32 results agree to
+~1e-6 relative; bf16 outputs may differ by one bf16 rounding (2**-8 relative) and the prefill path
+rounds its matmul operands (the SwiGLU output) to bf16, ~2**-9 relative per term.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+import torch
+
+from gptoss_lite.kernels import triton_available
+from gptoss_lite.mxfp4 import dequantize
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+LIMIT, ALPHA = 7.0, 1.702
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+
+
+def _import_kernels():
+    names = ("gptoss_lite.kernels.moe_triton", "gptoss_lite.kernels.attention_triton")
+    if CUDA:
+        return [importlib.import_module(n) for n in names]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TRITON_INTERPRET", "1")
+        pytest.importorskip("triton")
+        from triton.runtime.interpreter import InterpretedFunction
+
+        if not isinstance(sys.modules["triton.language"].sum, InterpretedFunction):
+            pytest.skip(
+                "triton was imported without TRITON_INTERPRET=1: run tests/test_kernels.py alone",
+                allow_module_level=True,
+            )
+        return [importlib.reload(importlib.import_module(n)) for n in names]
+
+
+moe, attn = _import_kernels()
+
+
+@pytest.fixture(autouse=True)
+def _interpreter(monkeypatch):
+    """Keep Triton's runtime switches in interpreter mode while a CPU test runs."""
+    if not CUDA:
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
+def test_triton_available_follows_the_interpreter_switch(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert triton_available()
+    monkeypatch.delenv("TRITON_INTERPRET")
+    assert triton_available() == CUDA
+
+
+# ------------------------------------------------------------------ MXFP4 decode
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_tile_is_bit_exact(dtype):
+    gen = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (2, 40, 5, 16), dtype=torch.uint8, generator=gen)
+    scales = (torch.arange(400) % 256).to(torch.uint8).reshape(2, 40, 5)  # every E8M0 value
+    if dtype == torch.bfloat16 and DEVICE == "cpu":
+        scales = scales.clamp(min=2)  # the interpreter flushes bf16 subnormals (s = 0, 1) to zero
+    ref = dequantize(blocks, scales, dtype)  # ragged tiles: 40 rows of 80 bytes
+    out = moe.mxfp4_dequantize(blocks.to(DEVICE), scales.to(DEVICE), dtype).cpu()
+    nan = ref.isnan()  # 0·2**128 (scale 255): NaN, whose bits differ by platform
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    assert nan.any() and torch.equal(out.isnan(), nan)
+    assert torch.equal(out[~nan].view(bits), ref[~nan].view(bits))
+
+
+# ------------------------------------------------------------------ MoE
+
+
+def _experts(num_experts: int, hidden: int, inter: int, device: str, seed: int = 0) -> dict:
+    """Random packed experts; scales 2**-6..2**-3 keep the activations in the SwiGLU's range."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def packed(rows: int, cols: int):
+        blocks = torch.randint(
+            0, 256, (num_experts, rows, cols // 32, 16), dtype=torch.uint8, generator=gen
+        )
+        scales = torch.randint(
+            121, 125, (num_experts, rows, cols // 32), dtype=torch.uint8, generator=gen
+        )
+        return blocks.to(device), scales.to(device)
+
+    w1_blocks, w1_scales = packed(2 * inter, hidden)
+    w2_blocks, w2_scales = packed(hidden, inter)
+    b1 = torch.randn(num_experts, 2 * inter, generator=gen).bfloat16().to(device)
+    b2 = torch.randn(num_experts, hidden, generator=gen).bfloat16().to(device)
+    return dict(
+        w1_blocks=w1_blocks,
+        w1_scales=w1_scales,
+        b1=b1,
+        w2_blocks=w2_blocks,
+        w2_scales=w2_scales,
+        b2=b2,
+    )
+
+
+def _routing(tokens: int, k: int, num_experts: int, shared: int, seed: int = 0):
+    """Distinct experts per token, expert `shared` in every token; softmax weights."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(tokens):
+        others = [e for e in torch.randperm(num_experts, generator=gen).tolist() if e != shared]
+        rows.append([shared, *others[: k - 1]])
+    weight = torch.randn(tokens, k, generator=gen).softmax(-1).bfloat16()
+    return torch.tensor(rows), weight
+
+
+def _run(fn, x, idx, weight, experts):
+    return fn(x, idx, weight, **experts, limit=LIMIT, alpha=ALPHA)
+
+
+def _assert_close_scaled(out, ref, rel):
+    """max |out - ref| <= rel · max |ref|: matmul errors scale with the largest outputs."""
+    err = (out.float() - ref.float()).abs().max().item()
+    assert err <= rel * ref.float().abs().max().item(), err
+
+
+@pytest.mark.parametrize("tokens", [1, 3])
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_moe_decode_matches_reference(tokens, k):
+    dev = DEVICE
+    experts = _experts(6, 64, 96, dev)
+    idx, weight = _routing(tokens, k, 6, shared=2, seed=tokens * 10 + k)
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(k))
+    args = (idx.to(dev), weight.to(dev), experts)
+    ref = _run(moe.moe_forward_reference, x.to(dev), *args)
+    _assert_close_scaled(_run(moe.moe_decode, x.to(dev), *args), ref, 1e-5)  # fp32 path
+    xb = x.bfloat16().to(dev)
+    ref_b = _run(moe.moe_forward_reference, xb, *args)
+    out_b = _run(moe.moe_forward, xb, *args)  # T <= DECODE_MAX_TOKENS: the decode kernels
+    torch.testing.assert_close(out_b.float(), ref_b.float(), rtol=2**-7, atol=1e-3)
+
+
+def test_tile_schedule_by_hand():
+    idx = torch.tensor([[2, 0], [2, 0], [0, 2], [2, 2]])  # expert 0: 3 pairs, 1: none, 2: 5
+    pairs, sched = moe._tile_schedule(idx.to(DEVICE), 3, 2)
+    assert pairs.tolist() == [1, 3, 4, 0, 2, 5, 6, 7]
+    # (expert, first row, end row): 2 tiles for expert 0, 3 for expert 2, then room for
+    # cdiv(8 pairs, 2) + 3 experts = 7 tiles in all, the last 2 empty
+    assert sched[:5].tolist() == [[0, 0, 3], [0, 2, 3], [2, 3, 8], [2, 5, 8], [2, 7, 8]]
+    assert sched.shape == (7, 3) and (sched[5:, 1] == sched[5:, 2]).all()
+
+
+def test_moe_prefill_matches_reference():
+    dev = DEVICE
+    tokens, k, num_experts = 24, 4, 8
+    experts = _experts(num_experts, 64, 64, dev, seed=1)
+    t = torch.arange(tokens)
+    # pairs per expert 0..7: 24 (two tiles of 16), 20, 4, 12, 12, 0 (empty), 21, 3
+    idx = torch.stack([0 * t, 1 + (t >= 20), 3 + t % 2, torch.where(t % 8 > 0, 6, 7)], dim=1)
+    weight = torch.rand(tokens, k, generator=torch.Generator().manual_seed(3)).softmax(-1)
+    x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(4)).bfloat16().to(dev)
+    args = (x, idx.to(dev), weight.to(dev), experts)
+    ref = _run(moe.moe_forward_reference, *args)
+    out = moe.moe_prefill(*args[:3], **experts, limit=LIMIT, alpha=ALPHA, block_m=16)
+    _assert_close_scaled(out, ref, 1e-2)
+    _assert_close_scaled(_run(moe.moe_forward, *args), ref, 1e-2)  # T > 8: prefill
+
+
+@pytest.mark.parametrize("path", ["moe_decode", "moe_prefill"])
+@pytest.mark.parametrize(("gate_bias", "up_bias"), [(-30.0, 0.0), (30.0, 30.0), (30.0, -30.0)])
+def test_moe_swiglu_clamps(path, gate_bias, up_bias):
+    """Biases push gate/up past the limit: the gate is clamped above only, up both ways.
+    With b2 = 0 a very negative gate makes the output tiny, so any lower gate clamp shows."""
+    experts = _experts(4, 64, 64, DEVICE, seed=5)
+    experts["b1"][:, 0::2] = gate_bias
+    experts["b1"][:, 1::2] = up_bias
+    experts["b2"].zero_()
+    idx, weight = _routing(12, 2, 4, shared=1, seed=6)
+    x = torch.randn(12, 64, generator=torch.Generator().manual_seed(7)).bfloat16().to(DEVICE)
+    args = (x, idx.to(DEVICE), weight.to(DEVICE), experts)
+    _assert_close_scaled(
+        _run(getattr(moe, path), *args), _run(moe.moe_forward_reference, *args), 1e-2
+    )
+
+
+def test_moe_forward_is_a_drop_in_for_the_model_path():
+    """Same result as `gptoss_lite.moe.experts_forward` (fp32, so both paths are exact-ish)."""
+    from gptoss_lite.moe import PackedExperts, experts_forward
+
+    experts = PackedExperts(*_experts(8, 64, 96, DEVICE, seed=8).values())
+    idx, weight = _routing(5, 4, 8, shared=3, seed=9)
+    x = torch.randn(5, 64, generator=torch.Generator().manual_seed(10)).to(DEVICE)
+    idx, weight = idx.to(DEVICE), weight.float().to(DEVICE)
+    ref = experts_forward(x, idx, weight, experts, ALPHA, LIMIT)
+    out = moe.moe_forward(x, idx, weight, *experts.tensors(), limit=LIMIT, alpha=ALPHA)
+    _assert_close_scaled(out, ref, 1e-5)
+
+
+# ------------------------------------------------------------------ attention
+
+
+def _attention_case(tokens, keys, heads, kv_heads, dim=16, empty=0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(tokens, heads, dim, generator=gen).bfloat16()
+    k = torch.randn(keys, kv_heads, dim, generator=gen).bfloat16()
+    v = torch.randn(keys, kv_heads, dim, generator=gen).bfloat16()
+    sinks = torch.randn(heads, generator=gen).bfloat16()
+    k_pos = torch.arange(keys)
+    k_pos[:empty] = -1  # empty cache slots
+    q_pos = torch.arange(keys - tokens, keys)  # the query chunk ends the sequence
+    return q, k, v, sinks, q_pos, k_pos
+
+
+def _check_attention(case, window):
+    ref = attn.attention_reference(*case, window)
+    out = attn.attention(*(t.to(DEVICE) for t in case), window).cpu()
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)  # p·V in bf16
+    return out
+
+
+@pytest.mark.parametrize("kv_heads", [8, 2, 1])  # GQA groups 1, 4, 8
+@pytest.mark.parametrize("window", [None, 8])
+@pytest.mark.parametrize(("tokens", "keys", "empty"), [(20, 20, 0), (7, 150, 5), (1, 150, 3)])
+def test_attention_matches_reference(kv_heads, window, tokens, keys, empty):
+    case = _attention_case(tokens, keys, 8, kv_heads, empty=empty, seed=tokens + kv_heads)
+    _check_attention(case, window)
+
+
+def test_attention_fp32_is_tight():
+    case = [t.float() if t.is_floating_point() else t for t in _attention_case(9, 90, 8, 2)]
+    ref = attn.attention_reference(*case, 16)
+    out = attn.attention(*(t.to(DEVICE) for t in case), 16).cpu()
+    tol = 2e-3 if CUDA else 1e-5  # a GPU multiplies fp32 operands in tf32
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+
+
+def test_attention_ring_cache_and_blind_query():
+    q, k, v, sinks, _, _ = _attention_case(2, 16, 8, 2)
+    k_pos = torch.arange(4, 20).roll(4)  # a ring of 16 slots after 20 tokens: slot = pos % 16
+    k_pos[10] = -1  # an empty slot inside the window
+    q_pos = torch.tensor([3, 19])  # position 3 sees no key: all of 0..3 were overwritten
+    out = _check_attention((q, k, v, sinks, q_pos, k_pos), 12)
+    assert not out[0].any()  # only the sink, which has no value: the output is zero
+
+
+def test_attention_is_a_drop_in_for_the_model_path():
+    from gptoss_lite.attention import attention as model_attention
+
+    case = _attention_case(6, 70, 8, 2, empty=2, seed=11)
+    ref = model_attention(*case, 8, key_block=32)
+    out = attn.attention(*(t.to(DEVICE) for t in case), 8).cpu()
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
+
+
+# ------------------------------------------------------------------ GPU, real gpt-oss-20b shapes
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("tokens", [1, 4, 300])
+def test_moe_20b_shapes_gpu(tokens):
+    experts = _experts(32, 2880, 2880, "cuda")
+    idx = torch.rand(tokens, 32, device="cuda").topk(4).indices
+    weight = torch.rand(tokens, 4, device="cuda").softmax(-1).bfloat16()
+    x = torch.randn(tokens, 2880, device="cuda").bfloat16()
+    ref = _run(moe.moe_forward_reference, x, idx, weight, experts)
+    _assert_close_scaled(_run(moe.moe_forward, x, idx, weight, experts), ref, 1e-2)
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("window", [None, 128])
+@pytest.mark.parametrize(("tokens", "keys"), [(1, 4096), (512, 1024)])
+def test_attention_20b_shapes_gpu(window, tokens, keys):
+    case = _attention_case(tokens, keys, 64, 8, dim=64)
+    _check_attention(case, window)
