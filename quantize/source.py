@@ -1,0 +1,153 @@
+"""Find and check the dense gpt-oss checkpoint that `quantize` reads.
+
+SRC is a local folder or a Hugging Face Hub id (downloaded with `snapshot_download`, only the
+files conversion needs). `read_source` checks it before anything is written: a HF gpt-oss
+`config.json` without a quantization_config, every shard present and complete (a truncated
+safetensors file fails at open), every tensor of the index found in its shard, and the dense
+expert weights of every layer with the shapes the config implies. It only reads: SRC is never
+written. Each problem is one `GptossError` line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
+
+from gptoss_lite.config import ModelConfig
+from gptoss_lite.errors import GptossError
+
+from .experts import DENSE_EXPERT
+from .stream import TORCH_DTYPES, TensorSpec
+
+INDEX = "model.safetensors.index.json"
+# Copied unchanged to DST when present.
+AUX_FILES = (
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+HUB_PATTERNS = ["config.json", INDEX, "model*.safetensors", *AUX_FILES]
+
+
+@dataclass(frozen=True)
+class Source:
+    """A checked dense checkpoint: its folder, config.json, and every tensor with its shard."""
+
+    folder: Path
+    config: dict
+    tensors: dict[str, tuple[Path, TensorSpec]]
+
+
+def resolve_source(src: str) -> Path:
+    """The local folder for `src`: the folder itself, or a Hub snapshot of the needed files."""
+    path = Path(src).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise GptossError(f"{src} is a file; pass a checkpoint folder or a Hub id (owner/name)")
+    if not re.fullmatch(r"[\w][\w.-]*/[\w.-]+", src):
+        raise GptossError(f"no checkpoint folder at {src}")
+    return _download(src)
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        # config.json alone first: an MXFP4 repo is refused before its weights are fetched
+        _read_config(Path(snapshot_download(repo_id, allow_patterns=["config.json"])))
+        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GptossError(
+            f"no folder {repo_id} here and the Hugging Face Hub gave no {repo_id} ({reason}); "
+            "pass a local folder"
+        ) from None
+
+
+def read_source(folder: Path) -> Source:
+    """Check `folder` as a dense-expert HF gpt-oss checkpoint and list its tensors."""
+    config = _read_config(folder)
+    tensors = _read_tensors(folder)
+    _check_experts(ModelConfig.from_hf(config, name=folder.name), tensors)
+    return Source(folder, config, tensors)
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise GptossError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise GptossError(f"cannot read {path}: {exc}") from None
+    method = (config.get("quantization_config") or {}).get("quant_method")
+    if method == "mxfp4":
+        raise GptossError(f"{folder} is already an MXFP4 checkpoint: run it as it is")
+    if method:
+        raise GptossError(f"{folder} is quantized with {method!r}; quantize needs bf16 experts")
+    return config
+
+
+def _read_tensors(folder: Path) -> dict[str, tuple[Path, TensorSpec]]:
+    index = folder / INDEX
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise GptossError(f"cannot read {index}: {exc!r}") from None
+    elif (folder / "model.safetensors").is_file():
+        weight_map = None
+    else:
+        raise GptossError(f"{folder} has neither {INDEX} nor model.safetensors")
+    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+    tensors = {}
+    for file in files:
+        for spec in _shard_specs(folder / file):
+            if weight_map is None or weight_map.get(spec.name) == file:
+                tensors[spec.name] = (folder / file, spec)
+    missing = sorted(set(weight_map or ()) - set(tensors))
+    if missing:
+        raise GptossError(f"{missing[0]} is in {INDEX} but not in {weight_map[missing[0]]}")
+    if any(name.endswith(("_blocks", "_scales")) for name in tensors):
+        raise GptossError(f"{folder} already holds MXFP4 tensors (*_blocks/*_scales)")
+    return tensors
+
+
+def _shard_specs(path: Path) -> list[TensorSpec]:
+    if not path.is_file():
+        raise GptossError(f"shard {path} is missing")
+    try:
+        with safe_open(path, "pt") as f:
+            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
+            specs = [TensorSpec(n, s.get_dtype(), tuple(s.get_shape())) for n, s in slices.items()]
+    except SafetensorError as exc:
+        raise GptossError(f"shard {path} is truncated or corrupt ({exc})") from None
+    unknown = [s for s in specs if s.dtype not in TORCH_DTYPES]
+    if unknown:
+        raise GptossError(f"{unknown[0].name} in {path} has unsupported dtype {unknown[0].dtype}")
+    return specs
+
+
+def _check_experts(cfg: ModelConfig, tensors: dict[str, tuple[Path, TensorSpec]]) -> None:
+    e, h, i = cfg.num_experts, cfg.hidden_size, cfg.intermediate_size
+    expected = {"gate_up_proj": (e, h, 2 * i), "down_proj": (e, i, h)}
+    for layer in range(cfg.num_layers):
+        for proj, shape in expected.items():
+            name = f"model.layers.{layer}.mlp.experts.{proj}"
+            if name not in tensors:
+                raise GptossError(f"{name} is missing: quantize needs dense experts in every layer")
+            spec = tensors[name][1]
+            if spec.shape != shape or spec.dtype not in ("BF16", "F16", "F32"):
+                raise GptossError(
+                    f"{name} is {spec.dtype} {list(spec.shape)}; expected a float {list(shape)}"
+                )
+    extra = [n for n in tensors if DENSE_EXPERT.match(n) and int(n.split(".")[2]) >= cfg.num_layers]
+    if extra:
+        raise GptossError(f"{extra[0]} is beyond num_hidden_layers={cfg.num_layers}")
