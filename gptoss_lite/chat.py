@@ -1,0 +1,153 @@
+"""Conversations on a `Runner`: a prompt in, a stream of reply tokens out, history between turns.
+
+`ChatSession.send(text)` renders the harmony conversation plus a new user message and returns a
+`Generation`: an iterator over the reply's token ids that counts and times them (`ReplyStats`).
+The caller parses the reply as it streams (`harmony_parser.StreamParser`) and hands it back with
+`commit(completion)` to keep the turn. Each new prompt begins with the tokens already cached, so
+the runner prefills only what is new; but harmony drops the last reply's analysis when it
+re-renders it, so the cache must rewind over a whole reply: load the runner with
+`ring_slots=chat_ring_slots(config)`. A `Generation` also serves any other prompt, e.g. plain
+text stopping at <|endoftext|>.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+
+from .config import ModelConfig
+from .errors import GptossError
+from .harmony import EFFORTS, STOP_TOKENS, Conversation, Message, render_prompt
+from .harmony_parser import Completion
+from .runner import Runner
+from .stats import ReplyStats
+from .tokenizer import Tokenizer
+
+REWIND_TOKENS = 4096  # a longer reply makes the next turn prefill the whole conversation again
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How replies are sampled; `max_new_tokens` None means until the context is full."""
+
+    max_new_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+
+
+class Generation:
+    """The token ids of one reply as the runner makes them, counted and timed on the way."""
+
+    def __init__(
+        self, runner: Runner, prompt: list[int], sampling: Sampling, stop: Sequence[int]
+    ) -> None:
+        room = check_fits(len(prompt), runner.context)
+        self.max_new_tokens = min(sampling.max_new_tokens or room, room)
+        self.stop = tuple(stop)
+        self.output: list[int] = []
+        self.stats = ReplyStats(prompt_tokens=len(prompt))
+        self._runner = runner
+        self._tokens = runner.generate(
+            prompt,
+            max_new_tokens=self.max_new_tokens,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=sampling.seed,
+            stop=self.stop,
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            start = time.perf_counter()
+            token = next(self._tokens, None)
+            elapsed = time.perf_counter() - start
+            if token is None:
+                return
+            if self.output:
+                self.stats.decode_seconds += elapsed
+            else:
+                self.stats.prefill_seconds = elapsed
+                self.stats.cached_tokens = self.stats.prompt_tokens - self._runner.prefilled
+            self.output.append(token)
+            self.stats.generated_tokens += 1
+            yield token
+
+    @property
+    def finish_reason(self) -> str:
+        """ "stop" (a stop token), "length" (the token limit) or "interrupted" (neither, yet)."""
+        if self.output and self.output[-1] in self.stop:
+            return "stop"
+        return "length" if len(self.output) == self.max_new_tokens else "interrupted"
+
+
+class ChatSession:
+    """A harmony conversation with one runner, reusing the KV cache from turn to turn."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        tokenizer: Tokenizer,
+        conversation: Conversation | None = None,
+        sampling: Sampling | None = None,
+    ) -> None:
+        self.runner, self.tokenizer = runner, tokenizer
+        self.conversation = conversation or Conversation()
+        self.sampling = sampling or Sampling()
+        self._pending: Message | None = None
+
+    def send(self, text: str) -> Generation:
+        """Start the reply to user message `text`; iterate the result for its token ids."""
+        self._pending = Message.user(text)
+        prompt = user_prompt(self.conversation, text, self.tokenizer)
+        return Generation(self.runner, prompt, self.sampling, STOP_TOKENS)
+
+    def commit(self, completion: Completion) -> None:
+        """Keep the last user message and its reply in the history (skip this to drop them)."""
+        if self._pending is None:
+            raise GptossError("commit() needs a send() first")
+        self.conversation.messages += [self._pending, *completion.messages]
+        self._pending = None
+
+    def reset(self) -> None:
+        """Forget every turn; the settings (effort, instructions, identity) stay."""
+        self.conversation.messages.clear()
+        self._pending = None
+
+    def set_effort(self, effort: str) -> None:
+        """Reasoning effort for the next turns: low, medium or high."""
+        self.conversation.reasoning_effort = check_effort(effort)
+
+
+def user_prompt(conversation: Conversation, text: str, tokenizer: Tokenizer) -> list[int]:
+    """The prompt asking for the reply to user message `text` after `conversation`."""
+    turns = [*conversation.messages, Message.user(text)]
+    return render_prompt(replace(conversation, messages=turns), tokenizer)
+
+
+def check_fits(prompt_tokens: int, context: int) -> int:
+    """How many tokens can follow a prompt of `prompt_tokens`; a `GptossError` if none can."""
+    if prompt_tokens == 0:
+        raise GptossError("the prompt is empty")
+    if prompt_tokens >= context:
+        raise GptossError(
+            f"the prompt is {prompt_tokens:,} tokens but the context holds {context:,}; "
+            "use a larger --context or a shorter prompt"
+        )
+    return context - prompt_tokens
+
+
+def check_effort(effort: str) -> str:
+    """`effort` in lower case if it is one of EFFORTS, else a one-line `GptossError`."""
+    if effort.strip().lower() not in EFFORTS:
+        raise GptossError(f"reasoning effort {effort!r} is not one of: {', '.join(EFFORTS)}")
+    return effort.strip().lower()
+
+
+def chat_ring_slots(config: ModelConfig, reply_tokens: int | None = None) -> int:
+    """Ring slots that let the cache rewind over a reply of `reply_tokens` (default
+    REWIND_TOKENS), as it must when the next turn re-renders that reply without its analysis."""
+    return config.sliding_window + (reply_tokens or REWIND_TOKENS)

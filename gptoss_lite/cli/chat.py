@@ -1,0 +1,138 @@
+"""`gptoss-lite chat`: an interactive conversation, one user message per line.
+
+Each reply streams like `run`'s. The conversation's KV cache is kept between turns, so a turn
+prefills only its new tokens (`--verbose` shows how many were cached). Lines starting with `/`
+are commands: /reset, /effort low|medium|high, /help, /exit (or EOF). On a terminal the input has
+a `>>> ` prompt and line editing; from a pipe nothing but the replies reaches stdout. On a
+terminal Ctrl-C stops a reply (the turn is then forgotten) or clears the line being typed; from a
+pipe it ends the chat with status 130. An error in one turn (e.g. the context is full) is printed
+and the chat goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import click
+
+from ..chat import ChatSession
+from ..errors import GptossError
+from .common import Model, open_model, stats_lines
+from .display import show_harmony
+from .options import Options, env_option, model_options
+
+PROMPT = ">>> "
+HELP = "commands: /reset (forget the conversation), /effort low|medium|high, /help, /exit"
+
+
+@click.command()
+@model_options
+@env_option(
+    "--verbose",
+    "-v",
+    env="VERBOSE",
+    is_flag=True,
+    help="After each reply, print token counts (cached / new), tok/s and peak memory on stderr.",
+)
+def chat(verbose: bool, **kwargs) -> None:
+    """Chat with the model, reusing the conversation's KV cache from turn to turn.
+
+    Every option can also be set with the environment variable shown beside it.
+    """
+    options = Options.take(kwargs)
+    model = open_model(options, chat=True)
+    session = ChatSession(model.runner, model.tokenizer, options.conversation(), options.sampling())
+    loop = ChatLoop(session, model, options.show_reasoning, verbose, is_terminal())
+    if loop.interactive:
+        click.echo(f"{HELP}; Ctrl-D also exits", err=True)
+    for line in loop.lines():
+        if not loop.handle(line):
+            return
+
+
+def is_terminal() -> bool:
+    """Whether a person types the input (prompt, line editing) rather than a pipe."""
+    return sys.stdin.isatty()
+
+
+@dataclass
+class ChatLoop:
+    """Reads lines, runs commands and turns, prints replies (and stats when verbose)."""
+
+    session: ChatSession
+    model: Model
+    show_reasoning: bool
+    verbose: bool
+    interactive: bool
+
+    def lines(self) -> Iterator[str]:
+        """Non-empty input lines until EOF; on a terminal with a prompt and line editing, where
+        Ctrl-C drops the line being typed, like a shell."""
+        if self.interactive:
+            import readline  # noqa: F401  (gives input() history and line editing)
+        while True:
+            try:
+                line = input(PROMPT) if self.interactive else sys.stdin.readline()
+            except EOFError:
+                return
+            except KeyboardInterrupt:
+                if not self.interactive:
+                    raise
+                click.echo()
+                continue
+            if not line:
+                return
+            if line.strip():
+                yield line.strip()
+
+    def handle(self, line: str) -> bool:
+        """Run a /command or a turn; False means leave the chat. Errors are printed and the
+        chat goes on."""
+        try:
+            if line.startswith("/"):
+                return self.command(line)
+            self.turn(line)
+        except GptossError as exc:
+            click.echo(f"error: {exc}", err=True)
+        if self.interactive:
+            click.echo()
+        return True
+
+    def command(self, line: str) -> bool:
+        """Run a /command; False means leave the chat."""
+        name, _, argument = line.partition(" ")
+        session = self.session
+        if name in ("/exit", "/quit", "/bye"):
+            return False
+        if name == "/reset":
+            session.reset()
+            click.echo("(conversation forgotten)", err=True)
+        elif name == "/effort":
+            if argument.strip():
+                session.set_effort(argument)
+            click.echo(f"(reasoning effort: {session.conversation.reasoning_effort})", err=True)
+        elif name == "/help":
+            click.echo(HELP, err=True)
+        else:
+            raise GptossError(f"unknown command {name}; {HELP}")
+        return True
+
+    def turn(self, text: str) -> None:
+        """One user message and its streamed reply. Ctrl-C stops the reply and forgets the
+        turn; from a pipe it then also ends the chat (status 130)."""
+        generation = self.session.send(text)
+        try:
+            completion = show_harmony(generation, self.model.tokenizer, self.show_reasoning)
+        except KeyboardInterrupt:
+            click.echo("(interrupted; this turn is forgotten)", err=True)
+            if not self.interactive:
+                raise
+        else:
+            self.session.commit(completion)
+        finally:
+            if self.verbose:
+                device = self.model.runner.device
+                for line in stats_lines(generation.stats, generation.finish_reason, device):
+                    click.echo(line, err=True)

@@ -1,0 +1,130 @@
+"""What `run` and `chat` share besides their options: opening a model, one-line reports on stderr.
+
+`open_model` checks the device, resolves the model, loads its tokenizer and makes the prompt (so
+a missing tokenizer or a prompt too long fails before the slow part), prints the memory plan on
+stderr and only then reads the weights. `read_prompt` takes the prompt from the argument or
+stdin; `plan_line` and `stats_lines` are the summaries printed on stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+import torch
+
+from ..chat import chat_ring_slots, check_fits
+from ..config import read_config
+from ..errors import GptossError
+from ..hub import resolve_model
+from ..plan import Plan
+from ..profile import GIB, load_profile
+from ..runner import Runner, load
+from ..stats import ReplyStats, peak_memory
+from ..tokenizer import Tokenizer, load_tokenizer
+from .options import Options
+
+MIB = 1 << 20
+
+
+@dataclass
+class Model:
+    """A loaded runner, its tokenizer, how long loading took, and the prompt it was loaded for."""
+
+    runner: Runner
+    tokenizer: Tokenizer
+    load_seconds: float
+    prompt: list[int]
+
+
+def open_model(
+    options: Options,
+    *,
+    chat: bool = False,
+    prompt_of: Callable[[Tokenizer], list[int]] | None = None,
+) -> Model:
+    """Find the model and its tokenizer, make the prompt with `prompt_of(tokenizer)`, print the
+    memory plan on stderr (refusing a prompt that does not fit it), then read the weights.
+
+    Every check runs before the slow load. For a chat the sliding-window rings get room to
+    rewind over a whole reply."""
+    if options.device is not None:
+        check_device(options.device)
+    profile = load_profile(options.profile) if options.profile else None
+    folder = resolve_model(options.model)
+    tokenizer = load_tokenizer(folder)
+    prompt = prompt_of(tokenizer) if prompt_of else []
+    ring = chat_ring_slots(read_config(folder), options.max_tokens) if chat else None
+
+    def show(plan: Plan) -> None:
+        if prompt:
+            check_fits(len(prompt), plan.context)
+        click.echo(plan_line(plan), err=True)
+
+    start = time.perf_counter()
+    runner = load(
+        folder,
+        device=options.device,
+        context=options.context,
+        profile=profile,
+        ring_slots=ring,
+        on_plan=show,
+    )
+    return Model(runner, tokenizer, time.perf_counter() - start, prompt)
+
+
+def check_device(name: str) -> None:
+    """A one-line `GptossError` unless `name` is a torch device this machine has."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GptossError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GptossError(f"--device {name}: no CUDA device is available here")
+    if device.type not in ("cpu", "cuda"):
+        raise GptossError(f"--device {name}: gptoss-lite runs on cpu or cuda")
+
+
+def read_prompt(argument: str | None) -> str:
+    """The PROMPT argument, else all of stdin when it is not a terminal."""
+    if argument is None and not sys.stdin.isatty():
+        argument = sys.stdin.read()
+    if argument is None or not argument.strip():
+        raise GptossError("no prompt: give it as an argument or on stdin")
+    return argument
+
+
+def plan_line(p: Plan) -> str:
+    """The memory plan in one line: context, then weights + KV + activations + reserve."""
+    parts = {
+        "weights": p.weights_bytes,
+        "KV cache": p.kv_bytes,
+        "activations": p.activation_bytes,
+        "reserve": p.reserve_bytes,
+    }
+    sums = " + ".join(f"{name} {_size(n)}" for name, n in parts.items())
+    return (
+        f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens; "
+        f"{sums} = {_size(p.total_bytes)} of {_size(p.budget_bytes)}"
+    )
+
+
+def stats_lines(stats: ReplyStats, finish_reason: str, device: torch.device) -> list[str]:
+    """Prompt and reply token counts with their speeds, and the peak memory so far."""
+    lines = [
+        f"prompt: {stats.prompt_tokens:,} tokens ({stats.cached_tokens:,} cached), prefilled at "
+        f"{stats.prefill_rate:,.1f} tok/s ({stats.prefill_seconds:.2f} s)",
+        f"reply: {stats.generated_tokens:,} tokens ({finish_reason}), decoded at "
+        f"{stats.decode_rate:,.1f} tok/s ({stats.decode_seconds:.2f} s)",
+    ]
+    peak = peak_memory(device)
+    if peak is not None:
+        lines.append(f"peak memory: {_size(peak[0])} ({peak[1]})")
+    return lines
+
+
+def _size(n: int) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"

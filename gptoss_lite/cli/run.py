@@ -1,0 +1,127 @@
+"""`gptoss-lite run`: answer one prompt and exit, like `ollama run MODEL PROMPT`.
+
+The prompt is the argument or, without one, stdin. It becomes a harmony conversation (system,
+optional developer instructions, the user message) and the reply streams to stdout: the reasoning
+dim under "Thinking...", then the answer. `--raw` continues the text as it is and stops at
+<|endoftext|>; `--json` prints one JSON object at the end instead of streaming; `--verbose` adds
+token counts, speeds and peak memory on stderr. Ctrl-C stops the reply, keeps what was printed
+(and still prints the JSON or the numbers asked for) and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import click
+
+from ..chat import Generation, user_prompt
+from ..harmony import STOP_TOKENS
+from ..harmony_parser import parse_completion
+from ..stats import peak_memory
+from ..tokenizer import ENDOFTEXT, Tokenizer
+from .common import Model, open_model, read_prompt, stats_lines
+from .display import show_harmony, show_text
+from .options import Options, env_option, model_options
+
+
+@click.command()
+@click.argument("prompt", required=False)
+@model_options
+@env_option(
+    "--raw",
+    env="RAW",
+    is_flag=True,
+    help="Plain text completion: no harmony, stop at <|endoftext|>.",
+)
+@env_option(
+    "--json",
+    "as_json",
+    env="JSON",
+    is_flag=True,
+    help="Print one JSON object (answer, reasoning, tool calls, token counts, timings).",
+)
+@env_option(
+    "--verbose",
+    "-v",
+    env="VERBOSE",
+    is_flag=True,
+    help="After the reply, print token counts, tok/s and peak memory on stderr.",
+)
+def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -> None:
+    """Answer PROMPT (or stdin) and exit.
+
+    The memory plan is printed on stderr before the weights load. Every option can also be set
+    with the environment variable shown beside it.
+    """
+    options = Options.take(kwargs)
+    text = read_prompt(prompt)
+    conversation = options.conversation()
+
+    def encode(tokenizer: Tokenizer) -> list[int]:
+        return tokenizer.encode(text) if raw else user_prompt(conversation, text.strip(), tokenizer)
+
+    model = open_model(options, prompt_of=encode)
+    stop = (ENDOFTEXT,) if raw else STOP_TOKENS
+    generation = Generation(model.runner, model.prompt, options.sampling(), stop)
+    interrupted = False
+    try:
+        _stream(generation, model, raw=raw, quiet=as_json, show_reasoning=options.show_reasoning)
+    except KeyboardInterrupt:
+        interrupted = True
+        click.echo("(interrupted)", err=True)
+    if as_json:
+        click.echo(json.dumps(report(generation, model, raw), indent=2, ensure_ascii=False))
+    if verbose:
+        for line in stats_lines(generation.stats, generation.finish_reason, model.runner.device):
+            click.echo(line, err=True)
+    if interrupted:
+        sys.exit(130)
+
+
+def _stream(
+    generation: Generation, model: Model, *, raw: bool, quiet: bool, show_reasoning: bool
+) -> None:
+    if quiet:
+        for _ in generation:
+            pass
+    elif raw:
+        show_text(generation, model.tokenizer, generation.stop)
+    else:
+        show_harmony(generation, model.tokenizer, show_reasoning)
+
+
+def report(generation: Generation, model: Model, raw: bool) -> dict:
+    """The reply as a JSON-ready dict: texts, tool calls, token ids and counts, timings."""
+    tokens, stats = generation.output, generation.stats
+    if raw:
+        text = model.tokenizer.decode(t for t in tokens if t not in generation.stop)
+        final, analysis, calls = text, "", []
+    else:
+        completion = parse_completion(tokens, model.tokenizer)
+        final, analysis = completion.final_text, completion.analysis_text
+        calls = [{"name": c.name, **asdict(c)} for c in completion.tool_calls]
+    peak = peak_memory(model.runner.device)
+    return {
+        "model": str(model.runner.folder),
+        "final": final,
+        "analysis": analysis,
+        "tool_calls": calls,
+        "finish_reason": generation.finish_reason,
+        "output_ids": tokens,
+        "usage": {
+            "prompt_tokens": stats.prompt_tokens,
+            "cached_tokens": stats.cached_tokens,
+            "completion_tokens": stats.generated_tokens,
+        },
+        "timings": {
+            "load_s": model.load_seconds,
+            "prefill_s": stats.prefill_seconds,
+            "decode_s": stats.decode_seconds,
+            "prompt_tokens_per_s": stats.prefill_rate,
+            "completion_tokens_per_s": stats.decode_rate,
+        },
+        "context": model.runner.context,
+        "peak_memory_bytes": None if peak is None else peak[0],
+    }
