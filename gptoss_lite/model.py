@@ -5,7 +5,9 @@ unembedding(rmsnorm(x)). RMSNorm runs in float32 with float32 gains; attention a
 stream run in the activation dtype (bf16, or float32 for tests); experts stay MXFP4 (moe.py).
 Parameters are created empty on the meta device and filled by `weights.load_weights`.
 The embedding table may live on another device than the rest (host RAM saves VRAM: it is only a
-row gather per token).
+row gather per token). `kernels` picks the implementation of attention and of the experts when the
+model is built: "torch" (the functions in attention.py and moe.py, any device) or "triton" (the
+fused kernels in kernels/, CUDA or the Triton interpreter); both have the same signatures.
 """
 
 from __future__ import annotations
@@ -20,6 +22,24 @@ from .config import ModelConfig
 from .moe import PackedExperts, experts_forward, route
 from .rope import Rotary, apply_rotary
 
+KERNELS = ("torch", "triton")
+
+
+def kernel_functions(kernels: str) -> tuple:
+    """(attention, experts_forward) of the chosen implementation."""
+    if kernels == "torch":
+        return attention, experts_forward
+    if kernels != "triton":
+        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+    from .kernels.attention_triton import attention as triton_attention
+    from .kernels.moe_triton import moe_forward
+
+    def triton_experts(x, expert_idx, expert_weight, experts, alpha, limit):
+        weights = experts.tensors()
+        return moe_forward(x, expert_idx, expert_weight, *weights, limit=limit, alpha=alpha)
+
+    return triton_attention, triton_experts
+
 
 def _empty(*shape: int, dtype: torch.dtype) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape, dtype=dtype, device="meta"), requires_grad=False)
@@ -32,11 +52,11 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype, attend=attention):
         super().__init__()
         c = config
         qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-        self.config, self.layer = c, layer
+        self.config, self.layer, self.attend = c, layer, attend
         self.window = c.sliding_window if c.is_sliding(layer) else None
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.qkv_weight = _empty(qkv, c.hidden_size, dtype=dtype)  # rows: q, then k, then v
@@ -58,16 +78,16 @@ class AttentionBlock(nn.Module):
         cos, sin = rotary.cos_sin(positions, x.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         keys, values, key_pos = cache.update(self.layer, k, v, positions)
-        o = attention(q, keys, values, self.sinks, positions, key_pos, self.window)
+        o = self.attend(q, keys, values, self.sinks, positions, key_pos, self.window)
         return x + F.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
 
 
 class MoEBlock(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype):
+    def __init__(self, config: ModelConfig, dtype: torch.dtype, run_experts=experts_forward):
         super().__init__()
         c = config
         e, h, i = c.num_experts, c.hidden_size, c.intermediate_size
-        self.config = c
+        self.config, self.run_experts = c, run_experts
         self.norm = _empty(h, dtype=torch.float32)
         self.gate_weight = _empty(e, h, dtype=dtype)
         self.gate_bias = _empty(e, dtype=dtype)
@@ -93,17 +113,20 @@ class MoEBlock(nn.Module):
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
         idx, weight = route(t, self.gate_weight, self.gate_bias, c.experts_per_token)
-        return x + experts_forward(t, idx, weight, self.experts, c.swiglu_alpha, c.swiglu_limit)
+        return x + self.run_experts(t, idx, weight, self.experts, c.swiglu_alpha, c.swiglu_limit)
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.bfloat16):
+    def __init__(
+        self, config: ModelConfig, dtype: torch.dtype = torch.bfloat16, kernels: str = "torch"
+    ):
         super().__init__()
         c = config
-        self.config, self.dtype = c, dtype
+        self.config, self.dtype, self.kernels = c, dtype, kernels
+        attend, run_experts = kernel_functions(kernels)
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
-        self.attn = nn.ModuleList(AttentionBlock(c, n, dtype) for n in range(c.num_layers))
-        self.mlp = nn.ModuleList(MoEBlock(c, dtype) for _ in range(c.num_layers))
+        self.attn = nn.ModuleList(AttentionBlock(c, n, dtype, attend) for n in range(c.num_layers))
+        self.mlp = nn.ModuleList(MoEBlock(c, dtype, run_experts) for _ in range(c.num_layers))
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.rotary: Rotary | None = None

@@ -1,0 +1,158 @@
+"""Speed and memory of one runner: prefill tok/s, decode tok/s, achieved bandwidth, peak memory.
+
+`bench` feeds a random prompt and decodes greedily, timing each phase with the device
+synchronized, and relates the decode time to the bytes a decode step must read
+(`decode_bytes_per_token`: the routed experts' packed MXFP4 bytes, the attention and router
+weights, the lm_head, and the KV cache it attends over). `bench_transformers` runs HF
+transformers on the same checkpoint for a side-by-side figure.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .generate import prefill
+from .mxfp4 import packed_nbytes
+from .runner import Runner
+from .stats import peak_memory
+
+
+@dataclass
+class BenchResult:
+    engine: str
+    device: str
+    prompt_tokens: int
+    gen_tokens: int
+    prefill_seconds: float
+    decode_seconds: float  # for gen_tokens decode steps
+    decode_bytes_per_token: int
+    peak_memory_bytes: int | None
+    peak_memory_kind: str
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds
+
+    @property
+    def decode_tok_s(self) -> float:
+        return self.gen_tokens / self.decode_seconds
+
+    @property
+    def ms_per_token(self) -> float:
+        return 1000 * self.decode_seconds / self.gen_tokens
+
+    @property
+    def decode_gb_s(self) -> float:
+        return self.decode_bytes_per_token * self.decode_tok_s / 1e9
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        for name in ("prefill_tok_s", "decode_tok_s", "ms_per_token", "decode_gb_s"):
+            out[name] = getattr(self, name)
+        return out
+
+
+def decode_bytes_per_token(
+    config: ModelConfig, context_tokens: int, kv_dtype_bytes: int = 2
+) -> int:
+    """Bytes one decode step reads at `context_tokens` of context (bf16 weights besides experts)."""
+    c = config
+    h, i = c.hidden_size, c.intermediate_size
+    expert = packed_nbytes(2 * i, h) + packed_nbytes(h, i) + (2 * i + h) * 2
+    qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+    attention = (qkv * h + qkv + h * c.num_heads * c.head_dim + h + c.num_heads) * 2
+    router = (c.num_experts * h + c.num_experts) * 2
+    kv_row = 2 * c.num_kv_heads * c.head_dim * kv_dtype_bytes
+    kv = kv_row * (
+        c.num_full_layers * context_tokens
+        + c.num_sliding_layers * min(context_tokens, c.sliding_window)
+    )
+    per_layer = c.experts_per_token * expert + attention + router + 2 * h * 4  # + fp32 norms
+    return c.num_layers * per_layer + kv + c.vocab_size * h * 2 + h * 2  # + lm_head, embed row
+
+
+def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) -> BenchResult:
+    """Prefill `prompt_tokens` random tokens, then decode `gen_tokens` greedily."""
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, runner.config.vocab_size, (prompt_tokens,), generator=g)
+    device = runner.device
+    _reset_peak(device)
+    runner.cache.rewind(0)
+    start = _now(device)
+    logits = prefill(runner.model, runner.cache, prompt.to(device), runner.prefill_chunk)
+    prefill_seconds = _now(device) - start
+    token = logits[-1].argmax().view(1)
+    start = _now(device)
+    with torch.inference_mode():
+        for _ in range(gen_tokens):
+            token = runner.model(token, runner.cache, last_only=True)[-1].argmax().view(1)
+    decode_seconds = _now(device) - start
+    peak = peak_memory(device)
+    return BenchResult(
+        engine="gptoss-lite",
+        device=str(device),
+        prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens,
+        prefill_seconds=prefill_seconds,
+        decode_seconds=decode_seconds,
+        decode_bytes_per_token=decode_bytes_per_token(
+            runner.config, prompt_tokens + gen_tokens // 2
+        ),
+        peak_memory_bytes=peak[0] if peak else None,
+        peak_memory_kind=peak[1] if peak else "unknown",
+    )
+
+
+def bench_transformers(
+    folder: Path, prompt_tokens: int, gen_tokens: int, device: torch.device, seed: int = 0
+) -> BenchResult:
+    """The same measurement with HF transformers' GptOssForCausalLM on the same checkpoint."""
+    from transformers import GptOssForCausalLM, Mxfp4Config
+
+    config = GptOssForCausalLM.config_class.from_pretrained(folder)
+    quant = Mxfp4Config(dequantize=device.type == "cpu")  # CPU: transformers must dequantize
+    model = GptOssForCausalLM.from_pretrained(
+        folder, quantization_config=quant, dtype=torch.bfloat16, device_map=str(device)
+    )
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(0, config.vocab_size, (1, prompt_tokens), generator=g).to(device)
+    _reset_peak(device)
+    with torch.inference_mode():
+        start = _now(device)
+        out = model(prompt, use_cache=True)
+        prefill_seconds = _now(device) - start
+        past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        start = _now(device)
+        for _ in range(gen_tokens):
+            out = model(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        decode_seconds = _now(device) - start
+    peak = peak_memory(device)
+    lite_config = ModelConfig.from_hf(config.to_dict())
+    return BenchResult(
+        engine="transformers",
+        device=str(device),
+        prompt_tokens=prompt_tokens,
+        gen_tokens=gen_tokens,
+        prefill_seconds=prefill_seconds,
+        decode_seconds=decode_seconds,
+        decode_bytes_per_token=decode_bytes_per_token(lite_config, prompt_tokens + gen_tokens // 2),
+        peak_memory_bytes=peak[0] if peak else None,
+        peak_memory_kind=peak[1] if peak else "unknown",
+    )
+
+
+def _now(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

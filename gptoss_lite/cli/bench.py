@@ -1,0 +1,80 @@
+"""`gptoss-lite bench`: prefill and decode speed, achieved bandwidth and peak memory."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import click
+import torch
+
+from ..bench import bench, bench_transformers
+from ..config import preset
+from ..errors import GptossError
+from ..runner import load
+from ..synth_memory import SyntheticCheckpoint
+
+
+@click.command()
+@click.option("--model", help="Local checkpoint folder or Hub repo id.")
+@click.option(
+    "--synthetic",
+    metavar="GEOMETRY",
+    help="Random weights of a real geometry made in memory (gpt-oss-20b, gpt-oss-120b, tiny).",
+)
+@click.option("--profile", help="Memory profile (name or .toml); default: detected.")
+@click.option("--context", type=int, help="KV cache size in tokens; default: from the plan.")
+@click.option("--prompt-tokens", default=512, show_default=True, help="Random prompt length.")
+@click.option("--gen-tokens", default=32, show_default=True, help="Tokens to decode greedily.")
+@click.option("--device", help="cuda or cpu; default: the profile's device.")
+@click.option(
+    "--compare",
+    type=click.Choice(["transformers"]),
+    help="Also run HF transformers on the same checkpoint and print the ratio (needs --model).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench_command(
+    model, synthetic, profile, context, prompt_tokens, gen_tokens, device, compare, as_json
+):
+    """Measure prefill tok/s, decode tok/s and GB/s, and peak memory."""
+    if bool(model) == bool(synthetic):
+        raise GptossError("give exactly one of --model or --synthetic")
+    if compare and not model:
+        raise GptossError("--compare transformers needs a checkpoint folder (--model)")
+    if prompt_tokens < 1 or gen_tokens < 1:
+        raise GptossError("--prompt-tokens and --gen-tokens must be at least 1")
+    source = model or SyntheticCheckpoint(preset(synthetic))
+    start = time.perf_counter()
+    runner = load(source, device=device, profile=profile, context=context)
+    load_seconds = time.perf_counter() - start
+    results = [bench(runner, prompt_tokens, gen_tokens)]
+    if compare:
+        del runner
+        results.append(
+            bench_transformers(model, prompt_tokens, gen_tokens, torch.device(results[0].device))
+        )
+    if as_json:
+        payload = {"load_seconds": load_seconds, "results": [r.to_dict() for r in results]}
+        click.echo(json.dumps(payload, indent=2))
+        return
+    click.echo(f"loaded in {load_seconds:.1f} s")
+    for r in results:
+        click.echo(_describe(r))
+    if compare:
+        click.echo(f"decode speed-up over transformers: {_ratio(results)}x")
+
+
+def _describe(r) -> str:
+    peak = "unknown"
+    if r.peak_memory_bytes is not None:
+        peak = f"{r.peak_memory_bytes / 2**30:.2f} GiB ({r.peak_memory_kind})"
+    return (
+        f"{r.engine} on {r.device}: prefill {r.prompt_tokens} tokens at {r.prefill_tok_s:,.1f} "
+        f"tok/s; decode {r.gen_tokens} tokens at {r.decode_tok_s:,.2f} tok/s "
+        f"({r.ms_per_token:,.1f} ms/token, {r.decode_gb_s:,.2f} GB/s of "
+        f"{r.decode_bytes_per_token / 1e9:.2f} GB/token); peak {peak}"
+    )
+
+
+def _ratio(results) -> str:
+    return f"{results[0].decode_tok_s / results[1].decode_tok_s:.2f}"
