@@ -12,21 +12,24 @@ prompt extends the tokens already cached only prefills the new tokens.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .cache import KVCache
-from .checkpoint import open_checkpoint
+from .checkpoint import Checkpoint, open_checkpoint
 from .config import ModelConfig
 from .errors import GptossError
 from .generate import PREFILL_CHUNK, decode, prefill
 from .hub import resolve_model
-from .model import Transformer
+from .kernels import triton_available
+from .model import KERNELS, Transformer
 from .plan import Plan, plan
 from .profile import Profile, cpu_profile, host_memory_bytes, load_profile
+from .quantized_load import QuantizingCheckpoint, has_dense_experts
+from .synth_memory import SyntheticCheckpoint
 from .weights import load_weights
 
 
@@ -41,6 +44,7 @@ class Runner:
 
     def __post_init__(self) -> None:
         self._history: list[int] = []  # tokens fed or yielded; the cache holds a prefix of them
+        self.prefilled = 0  # prompt tokens the last generate() fed; the rest came from the cache
 
     @property
     def cached(self) -> list[int]:
@@ -85,7 +89,7 @@ class Runner:
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
         new = self._reuse_prefix(tokens.tolist())
-        self._history = tokens.tolist()
+        self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
         logits = prefill(self.model, self.cache, tokens[new:], self.prefill_chunk)
         for token in decode(
             self.model,
@@ -124,13 +128,15 @@ class Runner:
 
 
 def load(
-    model: str | Path,
+    model: str | Path | Checkpoint | SyntheticCheckpoint,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     context: int | None = None,
     profile: str | Path | Profile | None = None,
     ring_slots: int | None = None,
+    on_plan: Callable[[Plan], None] | None = None,
+    kernels: str = "auto",
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
@@ -139,15 +145,26 @@ def load(
     prefill chunk and where the embedding table lives; the plan is made before any weight is
     read, so a model that cannot fit fails at once. `dtype` sets the activations and the
     attention/router/embedding weights (default bf16); the experts stay MXFP4 whatever it is.
+    `ring_slots` enlarges the sliding layers' rings so the cache can rewind that far back
+    (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it.
+    `kernels` is "torch", "triton" (the fused GPU kernels) or "auto" (triton on CUDA when
+    Triton is installed, else torch). `model` may also be an opened checkpoint:
+    `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that geometry made in
+    memory, to check the fit before a download.
     """
     dtype = _dtype(dtype)
-    checkpoint = open_checkpoint(resolve_model(model))
+    is_path = isinstance(model, (str, Path))
+    checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
+    if isinstance(checkpoint, Checkpoint) and has_dense_experts(checkpoint):
+        checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     config = checkpoint.config
     profile = _profile(profile, device)
-    memory_plan = plan(config, profile, context)
+    memory_plan = plan(config, profile, context, ring_slots=ring_slots)
+    if on_plan is not None:
+        on_plan(memory_plan)
     device = torch.device(device or profile.device)
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
-    net = Transformer(config, dtype)
+    net = Transformer(config, dtype, _kernels(kernels, device))
     load_weights(net, checkpoint, device, embedding_device)
     checkpoint.close()
     cache = KVCache(config, memory_plan.context, device=device, dtype=dtype, ring_slots=ring_slots)
@@ -164,6 +181,14 @@ def _profile(profile: str | Path | Profile | None, device: str | torch.device | 
     if device is not None and torch.device(device).type == "cpu":
         return cpu_profile(host_memory_bytes())
     return load_profile("auto")
+
+
+def _kernels(kernels: str, device: torch.device) -> str:
+    if kernels not in ("auto", *KERNELS):
+        raise GptossError(f"unknown kernels {kernels!r}; use auto, torch or triton")
+    if kernels != "auto":
+        return kernels
+    return "triton" if device.type == "cuda" and triton_available() else "torch"
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
