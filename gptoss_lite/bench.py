@@ -92,19 +92,14 @@ def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) ->
         for _ in range(gen_tokens):
             token = runner.model(token, runner.cache, last_only=True)[-1].argmax().view(1)
     decode_seconds = _now(device) - start
-    peak = peak_memory(device)
-    return BenchResult(
-        engine="gptoss-lite",
-        device=str(device),
-        prompt_tokens=prompt_tokens,
-        gen_tokens=gen_tokens,
-        prefill_seconds=prefill_seconds,
-        decode_seconds=decode_seconds,
-        decode_bytes_per_token=decode_bytes_per_token(
-            runner.config, prompt_tokens + gen_tokens // 2
-        ),
-        peak_memory_bytes=peak[0] if peak else None,
-        peak_memory_kind=peak[1] if peak else "unknown",
+    return _result(
+        "gptoss-lite",
+        runner.config,
+        device,
+        prompt_tokens,
+        gen_tokens,
+        prefill_seconds,
+        decode_seconds,
     )
 
 
@@ -132,16 +127,36 @@ def bench_transformers(
             out = model(token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
         decode_seconds = _now(device) - start
+    return _result(
+        "transformers",
+        ModelConfig.from_hf(config.to_dict()),
+        device,
+        prompt_tokens,
+        gen_tokens,
+        prefill_seconds,
+        decode_seconds,
+    )
+
+
+def _result(
+    engine: str,
+    config: ModelConfig,
+    device: torch.device,
+    prompt_tokens: int,
+    gen_tokens: int,
+    prefill_seconds: float,
+    decode_seconds: float,
+) -> BenchResult:
     peak = peak_memory(device)
-    lite_config = ModelConfig.from_hf(config.to_dict())
     return BenchResult(
-        engine="transformers",
+        engine=engine,
         device=str(device),
         prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens,
         prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
-        decode_bytes_per_token=decode_bytes_per_token(lite_config, prompt_tokens + gen_tokens // 2),
+        # the cache holds the prompt plus, on average, half the generated tokens
+        decode_bytes_per_token=decode_bytes_per_token(config, prompt_tokens + gen_tokens // 2),
         peak_memory_bytes=peak[0] if peak else None,
         peak_memory_kind=peak[1] if peak else "unknown",
     )

@@ -15,6 +15,16 @@ from pathlib import Path
 
 from .errors import GptossError
 
+# The config.json quantization_config of the published checkpoints.
+QUANTIZATION_CONFIG = {
+    "quant_method": "mxfp4",
+    "modules_to_not_convert": [
+        "model.layers.*.self_attn",
+        "model.layers.*.mlp.router",
+        "model.embed_tokens",
+        "lm_head",
+    ],
+}
 SLIDING = "sliding_attention"
 FULL = "full_attention"
 
@@ -231,15 +241,7 @@ class ModelConfig:
             "output_router_logits": False,
             "use_cache": True,
             "initializer_range": 0.02,
-            "quantization_config": {
-                "quant_method": "mxfp4",
-                "modules_to_not_convert": [
-                    "model.layers.*.self_attn",
-                    "model.layers.*.mlp.router",
-                    "model.embed_tokens",
-                    "lm_head",
-                ],
-            },
+            "quantization_config": QUANTIZATION_CONFIG,
         }
 
     def to_original(self) -> dict:

@@ -31,15 +31,16 @@ def resolve_model(model: str | Path, *, endpoint: str | None = None) -> Path:
         return path
     if str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
         raise GptossError(f"model {model!r} is neither a local folder nor a Hub repo id")
-    return _download(str(model), endpoint)
+    return download(str(model), HUB_FILES, endpoint=endpoint)
 
 
-def _download(repo_id: str, endpoint: str | None) -> Path:
+def download(repo_id: str, files: list[str], *, endpoint: str | None = None) -> Path:
+    """The local snapshot of the `files` (glob patterns) of Hub repo `repo_id`, with progress."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_FILES, endpoint=endpoint))
+        return Path(snapshot_download(repo_id, allow_patterns=files, endpoint=endpoint))
     except LocalEntryNotFoundError:
         raise GptossError(
             f"cannot download {repo_id}: the Hugging Face Hub is unreachable and it is not cached; "

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from gptoss_lite.config import QUANTIZATION_CONFIG
 from gptoss_lite.errors import GptossError
 
-from .experts import DENSE_EXPERT, QUANTIZATION_CONFIG, packed_shapes, quantize_dense
+from .experts import DENSE_EXPERT, packed_shapes, quantize_dense
 from .source import AUX_FILES, INDEX, Source, read_source, resolve_source
 from .stream import StreamWriter, TensorSpec
 

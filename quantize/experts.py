@@ -19,16 +19,6 @@ from .mxfp4 import quantize_mxfp4
 PROJECTIONS = ("gate_up_proj", "down_proj")
 # Names of the dense expert weights in a HF gpt-oss checkpoint.
 DENSE_EXPERT = re.compile(r"^model\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)$")
-# The config.json quantization_config of the published checkpoints.
-QUANTIZATION_CONFIG = {
-    "quant_method": "mxfp4",
-    "modules_to_not_convert": [
-        "model.layers.*.self_attn",
-        "model.layers.*.mlp.router",
-        "model.embed_tokens",
-        "lm_head",
-    ],
-}
 
 
 def quantize_dense_experts(

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 
 from gptoss_lite.config import ModelConfig
 from gptoss_lite.errors import GptossError
+from gptoss_lite.hub import download
 
 from .experts import DENSE_EXPERT
 from .stream import TORCH_DTYPES, TensorSpec
@@ -57,18 +58,9 @@ def resolve_source(src: str) -> Path:
 
 
 def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        # config.json alone first: an MXFP4 repo is refused before its weights are fetched
-        _read_config(Path(snapshot_download(repo_id, allow_patterns=["config.json"])))
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
-    except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GptossError(
-            f"no folder {repo_id} here and the Hugging Face Hub gave no {repo_id} ({reason}); "
-            "pass a local folder"
-        ) from None
+    # config.json alone first: an MXFP4 repo is refused before its weights are fetched
+    _read_config(download(repo_id, ["config.json"]))
+    return download(repo_id, HUB_PATTERNS)
 
 
 def read_source(folder: Path) -> Source:
