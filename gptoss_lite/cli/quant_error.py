@@ -1,0 +1,122 @@
+"""`gptoss-lite quant-error`: measure quantization error and write report.md + report.json.
+
+Two modes, exactly one per run: `--tensors`, the per-tensor error of MXFP4 and the bitsandbytes
+4-bit formats on a random expert of a preset geometry (`quantize/report.py`); and `--model SRC`,
+the KL divergence and top-1 agreement of this runner with MXFP4 experts against a float32
+transformers reference on a checkpoint with dense bf16 experts (`quantize/kld.py`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from gptoss_lite.config import preset, preset_names
+from quantize.kld import DTYPES, model_error_report
+from quantize.report import render_markdown, tensor_error_report, write_report
+
+from .common import check_device
+
+
+@click.command("quant-error")
+@click.option(
+    "--tensors",
+    is_flag=True,
+    help="Per-tensor error (SQNR, rel. Frobenius, cosine, max) of MXFP4 vs bitsandbytes "
+    "NF4/FP4 on a random expert.",
+)
+@click.option(
+    "--model",
+    "src",
+    metavar="SRC",
+    help="Model-level KL divergence and top-1 agreement of gptoss-lite with MXFP4 experts vs "
+    "transformers in float32, on SRC: a checkpoint folder or Hub id with dense bf16 experts.",
+)
+@click.option(
+    "--geometry",
+    type=click.Choice(preset_names()),
+    default="gpt-oss-20b",
+    show_default=True,
+    help="Architecture preset whose expert shapes are used (--tensors).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Seed of the random weights (--tensors) and of the random token ids (--model).",
+)
+@click.option(
+    "--tokens",
+    type=click.IntRange(min=2),
+    default=2048,
+    show_default=True,
+    help="Tokens to evaluate (--model): random ids, or the first N of --prompts.",
+)
+@click.option(
+    "--context",
+    type=click.IntRange(min=2),
+    default=512,
+    show_default=True,
+    help="Tokens per sequence, each run from an empty KV cache, like llama.cpp's -c (--model).",
+)
+@click.option(
+    "--prompts",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A text file tokenized as a whole, instead of random ids (--model); gives perplexities.",
+)
+@click.option(
+    "--dtype",
+    "dtypes",
+    type=click.Choice(list(DTYPES)),
+    multiple=True,
+    default=("fp32", "bf16"),
+    show_default=True,
+    help="Activation and KV-cache dtypes of gptoss-lite to measure, one row each (--model).",
+)
+@click.option(
+    "--device",
+    help="Device of the reference and of gptoss-lite, e.g. cpu or cuda (--model; default: cuda "
+    "if there is one).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("out/quant-error"),
+    show_default=True,
+    help="Folder for report.md and report.json.",
+)
+def quant_error(
+    tensors: bool,
+    src: str | None,
+    geometry: str,
+    seed: int,
+    tokens: int,
+    context: int,
+    prompts: Path | None,
+    dtypes: tuple[str, ...],
+    device: str | None,
+    out: Path,
+) -> None:
+    """Measure how much quantization changes a model, and write a report."""
+    if tensors == (src is not None):
+        raise click.UsageError("say what to measure: --tensors or --model SRC (one of them)")
+    if tensors:
+        report = tensor_error_report(preset(geometry), seed)
+    else:
+        if device is not None:
+            check_device(device)
+        report = model_error_report(
+            src,
+            tokens=tokens,
+            context=context,
+            prompts=prompts,
+            seed=seed,
+            device=device,
+            dtypes=tuple(dict.fromkeys(dtypes)),
+            log=lambda message: click.echo(message, err=True),
+        )
+    md, js = write_report(report, out)
+    click.echo(render_markdown(report))
+    click.echo(f"wrote {md} and {js}")
