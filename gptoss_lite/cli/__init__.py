@@ -32,3 +32,27 @@ def main() -> None:
 
 
 # Commands register here, one line each.
+from .plan import plan  # noqa: E402
+
+main.add_command(plan)
+from .synth import synth  # noqa: E402
+
+main.add_command(synth)
+from .quantize import quantize  # noqa: E402
+
+main.add_command(quantize)
+from .quant_error import quant_error  # noqa: E402
+
+main.add_command(quant_error)
+from .bench import bench_command  # noqa: E402
+
+main.add_command(bench_command, name="bench")
+from .run import run  # noqa: E402
+
+main.add_command(run)
+from .chat import chat  # noqa: E402
+
+main.add_command(chat)
+from .profile import profile  # noqa: E402
+
+main.add_command(profile)
