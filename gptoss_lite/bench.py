@@ -76,6 +76,14 @@ def decode_bytes_per_token(
     return c.num_layers * per_layer + kv + c.vocab_size * h * 2 + h * 2  # + lm_head, embed row
 
 
+def resident_bytes(runner: Runner) -> dict[str, int]:
+    """Bytes of the loaded weights: all of them, and the packed MXFP4 expert blocks + scales."""
+    packed = ("mlp1_blocks", "mlp1_scales", "mlp2_blocks", "mlp2_scales")
+    params = dict(runner.model.named_parameters())
+    experts = sum(t.nbytes for name, t in params.items() if name.endswith(packed))
+    return {"weights": sum(t.nbytes for t in params.values()), "experts_packed": experts}
+
+
 def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) -> BenchResult:
     """Prefill `prompt_tokens` random tokens, then decode `gen_tokens` greedily."""
     g = torch.Generator().manual_seed(seed)

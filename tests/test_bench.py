@@ -4,10 +4,12 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from conftest import GEOMETRIES
 
 from gptoss_lite.bench import decode_bytes_per_token
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
+from gptoss_lite.mxfp4 import packed_nbytes
 
 
 def test_20b_decode_reads_3_71_gb_per_token():
@@ -32,7 +34,13 @@ def test_bench_command_on_a_tiny_checkpoint(checkpoint, compare):
             "--gen-tokens", "3", "--json"]  # fmt: skip
     result = CliRunner().invoke(main, args + (["--compare", "transformers"] if compare else []))
     assert result.exit_code == 0, result.output
-    runs = json.loads(result.stdout)["results"]  # stderr carries transformers' progress bars
+    payload = json.loads(result.stdout)  # stderr carries transformers' progress bars
+    config = GEOMETRIES["g1"]
+    e, h, i = config.num_experts, config.hidden_size, config.intermediate_size
+    packed = config.num_layers * e * (packed_nbytes(2 * i, h) + packed_nbytes(h, i))
+    assert payload["load"]["experts_packed"] == packed
+    assert payload["load"]["weights"] > packed
+    runs = payload["results"]
     assert [r["engine"] for r in runs] == ["gptoss-lite", "transformers"][: 1 + compare]
     for r in runs:
         assert (r["prompt_tokens"], r["gen_tokens"]) == (12, 3)

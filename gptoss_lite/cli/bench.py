@@ -8,10 +8,11 @@ import time
 import click
 import torch
 
-from ..bench import bench, bench_transformers
+from ..bench import bench, bench_transformers, resident_bytes
 from ..config import preset
 from ..errors import GptossError
 from ..runner import load
+from ..stats import peak_memory
 from ..synth_memory import SyntheticCheckpoint
 
 
@@ -47,6 +48,9 @@ def bench_command(
     start = time.perf_counter()
     runner = load(source, device=device, profile=profile, context=context)
     load_seconds = time.perf_counter() - start
+    loaded = {"seconds": load_seconds, **resident_bytes(runner)}
+    peak = peak_memory(runner.device)
+    loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
     results = [bench(runner, prompt_tokens, gen_tokens)]
     if compare:
         del runner
@@ -54,14 +58,23 @@ def bench_command(
             bench_transformers(model, prompt_tokens, gen_tokens, torch.device(results[0].device))
         )
     if as_json:
-        payload = {"load_seconds": load_seconds, "results": [r.to_dict() for r in results]}
+        payload = {"load": loaded, "results": [r.to_dict() for r in results]}
         click.echo(json.dumps(payload, indent=2))
         return
-    click.echo(f"loaded in {load_seconds:.1f} s")
+    click.echo(_describe_load(loaded))
     for r in results:
         click.echo(_describe(r))
     if compare:
         click.echo(f"decode speed-up over transformers: {_ratio(results)}x")
+
+
+def _describe_load(loaded: dict) -> str:
+    peak = loaded["peak_memory_bytes"]
+    peak_text = "unknown" if peak is None else f"{peak / 1e9:.2f} GB ({loaded['peak_memory_kind']})"
+    return (
+        f"loaded in {loaded['seconds']:.1f} s: weights {loaded['weights'] / 1e9:.2f} GB resident, "
+        f"experts {loaded['experts_packed'] / 1e9:.2f} GB packed MXFP4; peak after load {peak_text}"
+    )
 
 
 def _describe(r) -> str:
