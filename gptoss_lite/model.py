@@ -12,6 +12,8 @@ fused kernels in kernels/, CUDA or the Triton interpreter); both have the same s
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -100,14 +102,7 @@ class MoEBlock(nn.Module):
 
     @property
     def experts(self) -> PackedExperts:
-        return PackedExperts(
-            self.mlp1_blocks,
-            self.mlp1_scales,
-            self.mlp1_bias,
-            self.mlp2_blocks,
-            self.mlp2_scales,
-            self.mlp2_bias,
-        )
+        return PackedExperts(*(getattr(self, f.name) for f in fields(PackedExperts)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config

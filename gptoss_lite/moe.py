@@ -11,7 +11,7 @@ gate·sigmoid(alpha·gate)·(up + 1); y = W2·a + b2, the bias added per expert 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -31,14 +31,7 @@ class PackedExperts:
     mlp2_bias: torch.Tensor  # (E, H)
 
     def tensors(self) -> list[torch.Tensor]:
-        return [
-            self.mlp1_blocks,
-            self.mlp1_scales,
-            self.mlp1_bias,
-            self.mlp2_blocks,
-            self.mlp2_scales,
-            self.mlp2_bias,
-        ]
+        return [getattr(self, f.name) for f in fields(self)]
 
     @property
     def nbytes(self) -> int:
