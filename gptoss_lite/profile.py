@@ -72,11 +72,17 @@ class Profile:
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
-    """A built-in profile by name, a profile file by path, or "auto" for this machine."""
+    """A built-in profile by name, a profile file by path, or "auto" for this machine.
+
+    The built-in `cpu` profile is always sized to this host's RAM: a budget larger than the
+    machine would plan contexts that cannot be held.
+    """
     if isinstance(name_or_path, Path):
         return read_profile(name_or_path)
     if name_or_path == "auto":
         return auto_profile()
+    if name_or_path == "cpu":
+        return cpu_profile(host_memory_bytes())
     if name_or_path.endswith(".toml") or "/" in name_or_path or os.sep in name_or_path:
         return read_profile(Path(name_or_path))
     known = builtin_profiles()

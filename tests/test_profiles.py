@@ -229,3 +229,11 @@ def test_wheel_carries_the_profiles(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in (REPO / "profiles").glob("*.toml"):
         assert f"gptoss_lite/_profiles/{path.name}" in names
+
+
+def test_named_cpu_profile_is_sized_to_this_host():
+    from gptoss_lite.profile import host_memory_bytes, load_profile
+
+    profile = load_profile("cpu")
+    assert profile.memory_bytes == host_memory_bytes()
+    assert profile.budget_bytes < profile.memory_bytes
