@@ -15,6 +15,7 @@ from .report import MemoryReport, Row
 from .report_chart import draw_chart
 
 MIB = 1 << 20
+REPORT_FILES = ("report.md", "report.json", "report.png")
 PNG_SKIPPED = "chart skipped: matplotlib is not installed (pip install gptoss-lite[report])"
 
 
@@ -23,7 +24,7 @@ def write_report(report: MemoryReport, out_dir: str | Path) -> list[Path]:
     returns the files written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path, md_path = out / "report.json", out / "report.png", out / "report.md"
+    md_path, json_path, png_path = (out / name for name in REPORT_FILES)
     json_path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     drew = draw_chart(report, png_path)
     md_path.write_text(render_markdown(report, png_path.name if drew else None))

@@ -236,7 +236,9 @@ def test_mxfp4_source_is_refused_in_one_line(dense, tmp_path):
 def test_text_beyond_the_vocabulary_is_refused(dense, tmp_path, o200k_env):
     prompts = tmp_path / "text.txt"
     prompts.write_text("Some text whose tokens the tiny vocabulary does not have.")
-    line = one_error_line(run_cli("--model", str(dense), "--prompts", str(prompts)))
+    line = one_error_line(
+        run_cli("--model", str(dense), "--prompts", str(prompts), "--out", str(tmp_path / "out"))
+    )
     assert "beyond this model's vocabulary of 128" in line
 
 

@@ -301,3 +301,15 @@ def test_cuda_report_reads_the_allocator():
     assert load.reading.allocated >= r.plan.weights_bytes + r.cache_bytes
     assert prefill.reading.peak >= prefill.start and load.reading.resident_peak > 0
     assert r.verdict()[0], r.verdict()[1]
+
+
+def test_an_earlier_report_is_kept_unless_overwrite(tmp_path):
+    (tmp_path / "report.md").write_text("mine")
+    args = ["profile", "--synthetic", "tiny", "--profile", "cpu", "--prompt-tokens", "8",
+            "--gen-tokens", "1", "--out", str(tmp_path)]  # fmt: skip
+    refused = CliRunner().invoke(main, args)
+    assert refused.exit_code == 1 and "pass --overwrite" in refused.output
+    assert (tmp_path / "report.md").read_text() == "mine"
+    replaced = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert (tmp_path / "report.md").read_text() != "mine"

@@ -14,8 +14,9 @@ import click
 
 from ..config import preset
 from ..errors import GptossError
+from ..outputs import check_outputs
 from ..report import measure_memory
-from ..report_files import PNG_SKIPPED, comparison_table, write_report
+from ..report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
 from ..synth_memory import SyntheticCheckpoint
 
 
@@ -44,12 +45,14 @@ from ..synth_memory import SyntheticCheckpoint
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
               default=Path("profile-report"), show_default=True,
               help="Folder for report.md, report.json and report.png.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in --out.")
 def profile(model: str | None, synthetic: str | None, seed: int, profile_name: str | None,
             context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
-            enforce: bool | None, out: Path) -> None:
+            enforce: bool | None, out: Path, overwrite: bool) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
     if (model is None) == (synthetic is None):
         raise GptossError("pass exactly one of --model PATH|HUB_ID and --synthetic GEOMETRY")
+    check_outputs(out, REPORT_FILES, overwrite)
     source = SyntheticCheckpoint(preset(synthetic), seed) if synthetic else model
     report = measure_memory(source, profile=profile_name, context=context,
                             prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,

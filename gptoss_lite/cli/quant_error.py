@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from gptoss_lite.config import preset, preset_names
+from gptoss_lite.outputs import check_outputs
 from quantize.kld import DTYPES, model_error_report
 from quantize.report import render_markdown, tensor_error_report, write_report
 
@@ -87,6 +88,7 @@ from .common import check_device
     show_default=True,
     help="Folder for report.md and report.json.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an earlier report in --out.")
 def quant_error(
     tensors: bool,
     src: str | None,
@@ -98,10 +100,12 @@ def quant_error(
     dtypes: tuple[str, ...],
     device: str | None,
     out: Path,
+    overwrite: bool,
 ) -> None:
     """Measure how much quantization changes a model, and write a report."""
     if tensors == (src is not None):
         raise click.UsageError("say what to measure: --tensors or --model SRC (one of them)")
+    check_outputs(out, ("report.md", "report.json"), overwrite)
     if tensors:
         report = tensor_error_report(preset(geometry), seed)
     else:
