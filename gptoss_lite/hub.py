@@ -11,27 +11,30 @@ from pathlib import Path
 
 from .errors import GptossError
 
-HUB_FILES = [
+# Small files, fetched first so the memory plan can be shown before the weights download.
+METADATA_FILES = [
     "config.json",
     "generation_config.json",
-    "model.safetensors.index.json",
-    "model.safetensors",
-    "model-*.safetensors",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "chat_template.jinja",
 ]
+WEIGHT_FILES = ["model.safetensors.index.json", "model.safetensors", "model-*.safetensors"]
 
 
-def resolve_model(model: str | Path, *, endpoint: str | None = None) -> Path:
-    """A local folder holding the checkpoint of `model` (a path or a Hub repo id)."""
+def resolve_model(model: str | Path, *, weights: bool = True, endpoint: str | None = None) -> Path:
+    """A local folder holding the checkpoint of `model` (a path or a Hub repo id).
+
+    With `weights=False` a Hub repo is fetched without its weights (configs and tokenizer only).
+    """
     path = Path(model).expanduser()
     if path.exists():
         return path
     if str(model).startswith((".", "/", "~")) or str(model).count("/") != 1:
         raise GptossError(f"model {model!r} is neither a local folder nor a Hub repo id")
-    return download(str(model), HUB_FILES, endpoint=endpoint)
+    files = METADATA_FILES + WEIGHT_FILES if weights else METADATA_FILES
+    return download(str(model), files, endpoint=endpoint)
 
 
 def download(repo_id: str, files: list[str], *, endpoint: str | None = None) -> Path:

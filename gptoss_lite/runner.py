@@ -20,7 +20,7 @@ import torch
 
 from .cache import KVCache
 from .checkpoint import Checkpoint, open_checkpoint
-from .config import ModelConfig
+from .config import ModelConfig, read_config
 from .errors import GptossError
 from .generate import PREFILL_CHUNK, decode, prefill
 from .hub import resolve_model
@@ -154,14 +154,16 @@ def load(
     """
     dtype = _dtype(dtype)
     is_path = isinstance(model, (str, Path))
-    checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
-    if isinstance(checkpoint, Checkpoint) and has_dense_experts(checkpoint):
-        checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
-    config = checkpoint.config
+    # From the Hub, only the configs come before the plan: a model that cannot fit is refused
+    # before its weights are downloaded.
+    config = read_config(resolve_model(model, weights=False)) if is_path else model.config
     profile = _profile(profile, device)
     memory_plan = plan(config, profile, context, ring_slots=ring_slots)
     if on_plan is not None:
         on_plan(memory_plan)
+    checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
+    if isinstance(checkpoint, Checkpoint) and has_dense_experts(checkpoint):
+        checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     device = torch.device(device or profile.device)
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
     net = Transformer(config, dtype, _kernels(kernels, device))

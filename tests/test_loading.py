@@ -142,3 +142,25 @@ def test_hub_unreachable(tmp_path, monkeypatch):
     # Nothing listens on the discard port of the loopback address: the connection is refused.
     with pytest.raises(GptossError, match="pass a local checkpoint folder"):
         resolve_model("openai/gpt-oss-20b", endpoint="http://127.0.0.1:9")
+
+
+def test_hub_weights_are_fetched_only_after_the_plan_fits(checkpoint, monkeypatch):
+    import huggingface_hub
+
+    from gptoss_lite.hub import METADATA_FILES
+
+    requests = []
+
+    def fake_snapshot(repo_id, allow_patterns, endpoint=None):
+        requests.append(list(allow_patterns))
+        return str(checkpoint("g1"))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
+    with pytest.raises(GptossError, match="outside 1..1024"):
+        gptoss_lite.load("someone/model", device="cpu", context=4096)
+    assert requests == [METADATA_FILES]  # refused before any weight file was asked for
+    requests.clear()
+    gptoss_lite.load("someone/model", device="cpu", dtype=torch.float32, context=32)
+    assert requests[0] == METADATA_FILES
+    assert any(p.endswith(".safetensors") for p in requests[1])
+    assert not any(p.startswith(("original", "metal")) for p in requests[1])

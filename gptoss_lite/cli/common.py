@@ -54,7 +54,7 @@ def open_model(
     if options.device is not None:
         check_device(options.device)
     profile = load_profile(options.profile) if options.profile else None
-    folder = resolve_model(options.model)
+    folder = resolve_model(options.model, weights=False)  # the weights come after the plan
     tokenizer = load_tokenizer(folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
     ring = chat_ring_slots(read_config(folder), options.max_tokens) if chat else None
@@ -66,7 +66,7 @@ def open_model(
 
     start = time.perf_counter()
     runner = load(
-        folder,
+        options.model,
         device=options.device,
         context=options.context,
         profile=profile,
