@@ -11,6 +11,7 @@ import sys
 import click
 
 from ..errors import GptossError
+from ..host import release_freed_memory
 
 
 class _Group(click.Group):
@@ -29,6 +30,7 @@ class _Group(click.Group):
 @click.version_option(package_name="gptoss-lite")
 def main() -> None:
     """Run gpt-oss locally with its MoE experts kept in native MXFP4."""
+    release_freed_memory()
 
 
 # Commands register here, one line each.
