@@ -58,6 +58,7 @@ def dequantize(
     factors = torch.exp2(scales.to(torch.float32) - 127).to(dtype)
     return (values * factors.unsqueeze(-1)).view(*scales.shape[:-1], scales.shape[-1] * BLOCK)
 
+
 def packed_nbytes(out_features: int, in_features: int) -> int:
     """Bytes of one packed [out, in] MXFP4 matrix: half a byte per weight plus a scale per 32."""
     return out_features * in_features // 2 + out_features * in_features // BLOCK
