@@ -68,8 +68,13 @@ class AttentionBlock(nn.Module):
         self.out_bias = _empty(c.hidden_size, dtype=dtype)
 
     def forward(
-        self, x: torch.Tensor, positions: torch.Tensor, rotary: Rotary, cache: KVCache
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache,
     ) -> torch.Tensor:
+        """x [T, H] at `positions` [T], with their RoPE (cos, sin) [T, head_dim/2]."""
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
         qkv = F.linear(t, self.qkv_weight, self.qkv_bias)
@@ -77,8 +82,7 @@ class AttentionBlock(nn.Module):
         q = qkv[:, :nq].reshape(-1, c.num_heads, c.head_dim)  # (T, Hq, D)
         k = qkv[:, nq : nq + nkv].reshape(-1, c.num_kv_heads, c.head_dim)  # (T, Hkv, D)
         v = qkv[:, nq + nkv :].reshape(-1, c.num_kv_heads, c.head_dim)
-        cos, sin = rotary.cos_sin(positions, x.dtype)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         keys, values, key_pos = cache.update(self.layer, k, v, positions)
         o = self.attend(q, keys, values, self.sinks, positions, key_pos, self.window)
         return x + F.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
@@ -142,8 +146,9 @@ class Transformer(nn.Module):
         cache.reserve(tokens.shape[0])
         positions = torch.arange(cache.length, cache.length + tokens.shape[0], device=self.device)
         x = F.embedding(tokens.to(self.embedding.device), self.embedding).to(self.device)
+        rope = self.rotary.cos_sin(positions, x.dtype)  # the same for every layer
         for attn, mlp in zip(self.attn, self.mlp, strict=True):
-            x = attn(x, positions, self.rotary, cache)
+            x = attn(x, positions, rope, cache)
             x = mlp(x)
         cache.advance(positions)
         if last_only:
