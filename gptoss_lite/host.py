@@ -6,7 +6,7 @@ gpt-oss-20b that kept 4.4 GiB of freed activation and dequantization buffers res
 18.70 GiB against 14.31 GiB with the threshold fixed at 1 MiB, the tensors being the same).
 `release_freed_memory` fixes it; a user's own MALLOC_MMAP_THRESHOLD_ wins. The price is page
 faults on every large allocation: CPU decode of the 20b geometry went from 10.1 to 12.5 s per
-token on 2 cores (MALLOC_MMAP_THRESHOLD_=33554432 roughly restores the default behaviour).
+token on 2 cores. Set MALLOC_MMAP_THRESHOLD_ yourself to choose otherwise.
 """
 
 from __future__ import annotations
