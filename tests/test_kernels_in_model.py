@@ -56,9 +56,9 @@ def test_prefill_kernels_match_torch(checkpoint):
     got = triton_logits(folder, ids, chunk=64)
     # The grouped prefill kernels round matmul operands and the SwiGLU output to bf16
     # (relative error 2**-9 each): logits of magnitude ~5 move by ~0.02. Where that rounding
-    # tips a near-tied router choice, a different expert is used from then on and the logits
-    # of that token (and, through attention, of a few after it) differ by O(1); on this seed
-    # that happens at one position. Everywhere else the difference is the rounding alone.
+    # tips a near-tied router choice, another expert is used and the logits of that token
+    # differ by O(1), and those of a few after it (through attention) by ~0.1. On this prompt:
+    # 2 positions by ~1.1, the next 5 by 0.06-0.19 (7 of 40); elsewhere ~0.015, the rounding.
     per_position = (got - ref).abs().amax(dim=-1)
     assert (per_position < 0.05).float().mean() >= 0.75
     assert per_position.median() < 0.05
