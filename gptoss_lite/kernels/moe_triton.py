@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..moe import swiglu
-from ..mxfp4 import BYTES_PER_BLOCK, dequantize
+from ..moe import PackedExperts, experts_forward
+from ..mxfp4 import BYTES_PER_BLOCK
 from . import dot_dtype
 
 DECODE_MAX_TOKENS = 8  # up to this many tokens use the per-pair decode kernels (untuned)
@@ -397,14 +397,8 @@ def moe_forward_reference(
     limit: float,
     alpha: float,
 ) -> torch.Tensor:
-    """`moe_forward` in fp32 torch, one routed expert at a time, weights from `dequantize`."""
-    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    xf = x.float()
-    for e in expert_idx.unique().tolist():
-        token, slot = (expert_idx == e).nonzero(as_tuple=True)
-        w1 = dequantize(w1_blocks[e], w1_scales[e], torch.float32)  # (2I, H)
-        w2 = dequantize(w2_blocks[e], w2_scales[e], torch.float32)  # (H, I)
-        a = swiglu(xf[token] @ w1.T + b1[e].float(), alpha, limit)  # (n, I)
-        y = a @ w2.T + b2[e].float()  # (n, H)
-        out.index_add_(0, token, y * expert_weight[token, slot].float()[:, None])
+    """`moe_forward` in fp32 torch: the model's own `moe.experts_forward`, one routed expert
+    at a time with weights from `dequantize`."""
+    experts = PackedExperts(w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    out = experts_forward(x.float(), expert_idx, expert_weight, experts, alpha, limit)
     return out.to(x.dtype)
