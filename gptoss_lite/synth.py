@@ -42,7 +42,7 @@ _SPREAD = torch.tensor([-1, 0, 0, 1])
 # RMS of a uniformly random FP4 code (mean square 8.5625) times 2**spread (mean square 1.5625).
 _MXFP4_RMS = math.sqrt(8.5625 * 1.5625)
 _ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8"}
-_WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunk generators running beside the writer
+WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunk generators running beside the writer
 _ORIGINAL_KIND = {"fp4": "FP4", "e8m0": "UE8"}  # dtypes.json names of the two uint8 kinds
 _PUBLISHED_SHARDS = {
     "gpt-oss-20b": {"hf": 3, "original": 1},
@@ -177,7 +177,7 @@ def _original_layer(specs: list[_Spec], n: int) -> list[_Entry]:
     ]
 
 
-def _entries(config: ModelConfig, layout: str) -> list[_Entry]:
+def tensor_entries(config: ModelConfig, layout: str) -> list[_Entry]:
     """Every tensor of the checkpoint in file order: layers first, then the globals."""
     out = []
     for n in range(config.num_layers):
@@ -227,7 +227,7 @@ def _chunk_seed(seed: int, name: str, index: int) -> int:
     return int.from_bytes(digest, "little")
 
 
-def _chunk(spec: _Spec, seed: int, index: int, dtype: torch.dtype) -> torch.Tensor:
+def draw_chunk(spec: _Spec, seed: int, index: int, dtype: torch.dtype) -> torch.Tensor:
     """Flat elements [index*CHUNK, ...) of `spec`, from a generator of their own."""
     n = min(CHUNK, spec.numel - index * CHUNK)
     gen = torch.Generator().manual_seed(_chunk_seed(seed, spec.name, index))
@@ -247,15 +247,15 @@ def random_state_dict(
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The tensors `write_checkpoint` writes for `seed`, in HF naming, one at a time."""
     _check_dtype(dtype)
-    for entry in _entries(config, "hf"):
+    for entry in tensor_entries(config, "hf"):
         spec = entry.parts[0]
-        chunks = [_chunk(spec, seed, i, dtype) for i in range(spec.num_chunks)]
+        chunks = [draw_chunk(spec, seed, i, dtype) for i in range(spec.num_chunks)]
         yield spec.name, torch.cat(chunks).view(spec.shape)
 
 
 def tensor_nbytes(config: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> int:
     """Bytes of all tensors of a checkpoint (the index's total_size; the same in both layouts)."""
-    return sum(e.nbytes(dtype) for e in _entries(config, "hf"))
+    return sum(e.nbytes(dtype) for e in tensor_entries(config, "hf"))
 
 
 # ---------------------------------------------------------------------------- files
@@ -303,11 +303,11 @@ def _write_shards(
     progress: Callable[[int], None],
 ) -> None:  # fmt: skip
     """Every shard file; worker threads generate the chunks while this thread writes them."""
-    with ThreadPoolExecutor(_WORKERS) as pool:
+    with ThreadPoolExecutor(WORKERS) as pool:
         for name, entries in files.items():
             parts = [s for e in entries for s in e.parts]
             jobs = [(s, seed, i, dtype) for s in parts for i in range(s.num_chunks)]
-            chunks = _in_order(pool, _chunk, jobs, ahead=2 * _WORKERS)
+            chunks = _in_order(pool, draw_chunk, jobs, ahead=2 * WORKERS)
             _write_safetensors(folder / name, _header(entries, dtype), chunks, progress)
 
 
@@ -412,7 +412,7 @@ def write_checkpoint(
     if not isinstance(shards, int) or shards < 1:
         raise GptossError(f"synth: shards must be a positive integer, got {shards!r}")
     _check_target(out_dir, overwrite)
-    cut = _split(_entries(config, layout), shards, dtype)
+    cut = _split(tensor_entries(config, layout), shards, dtype)
     files = dict(zip(_file_names(layout, shards), cut, strict=True))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))

@@ -19,7 +19,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import GptossError
-from .synth import _WORKERS, CHUNK, _chunk, _entries
+from .synth import CHUNK, WORKERS, draw_chunk, tensor_entries
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class SyntheticCheckpoint:
 
     def __init__(self, config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16):
         self.config, self.seed, self.dtype = config, seed, dtype
-        self._specs = {e.name: e.parts[0] for e in _entries(config, "hf")}
+        self._specs = {e.name: e.parts[0] for e in tensor_entries(config, "hf")}
         self.tensors = {
             name: SyntheticTensor(s.shape, s.dtype(dtype)) for name, s in self._specs.items()
         }
@@ -61,9 +61,9 @@ class SyntheticCheckpoint:
         out = torch.empty(spec.numel, dtype=spec.dtype(self.dtype), device=device)
 
         def fill(i: int) -> None:  # chunks are disjoint slices: threads write them independently
-            out[i * CHUNK : (i + 1) * CHUNK] = _chunk(spec, self.seed, i, self.dtype)
+            out[i * CHUNK : (i + 1) * CHUNK] = draw_chunk(spec, self.seed, i, self.dtype)
 
-        with ThreadPoolExecutor(_WORKERS) as pool:
+        with ThreadPoolExecutor(WORKERS) as pool:
             list(pool.map(fill, range(spec.num_chunks)))
         return out.view(spec.shape)
 
