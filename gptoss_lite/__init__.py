@@ -6,7 +6,7 @@ logits = runner.logits(token_ids)                  # float32 [len(token_ids), vo
 for token in runner.generate(token_ids, max_new_tokens=64, temperature=0): ...
 """
 
+from .engine.runner import Runner, load
 from .errors import GptossError
-from .runner import Runner, load
 
 __all__ = ["GptossError", "Runner", "load"]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .chat.stats import peak_memory
 from .config import ModelConfig
-from .generate import prefill
-from .mxfp4 import packed_nbytes
-from .runner import Runner
-from .stats import peak_memory
+from .engine.generate import prefill
+from .engine.runner import Runner
+from .model.mxfp4 import packed_nbytes
 
 
 @dataclass

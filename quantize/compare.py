@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gptoss_lite.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize
 
 from .metrics import ErrorMetrics, error_metrics
 from .mxfp4 import quantize_mxfp4

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
+from gptoss_lite.chat.tokenizer import N_TEXT, load_tokenizer
 from gptoss_lite.config import ModelConfig
+from gptoss_lite.engine.runner import load
 from gptoss_lite.errors import GptossError
-from gptoss_lite.runner import load
-from gptoss_lite.tokenizer import N_TEXT, load_tokenizer
 
 from .divergence import (
     Positions,

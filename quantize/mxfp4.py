@@ -1,8 +1,8 @@
 """MXFP4 encoding: dense weights → packed uint8 blocks + E8M0 scales (OCP Microscaling v1.0).
 
-The exact inverse of `gptoss_lite.mxfp4.dequantize`, same layout: blocks of 32 elements along the
-last (input, reduction) axis; `blocks[..., G, 16]` holds element 2j in the low nibble of byte j and
-element 2j+1 in the high nibble; `scales[..., G]` is the E8M0 exponent s, value 2**(s - 127).
+The exact inverse of `gptoss_lite.model.mxfp4.dequantize`, same layout: blocks of 32 elements along
+the last (input, reduction) axis; `blocks[..., G, 16]` holds element 2j in the low nibble of byte j
+and element 2j+1 in the high nibble; `scales[..., G]` is the E8M0 exponent s, value 2**(s - 127).
 Per block: s = floor(log2(amax)) - 2 + 127 (2 is the largest E2M1 exponent), clamped to [0, 254],
 and an all-zero block gets s = 0. Each element x/2**(s-127) is rounded to nearest, ties to even
 code, onto the E2M1 magnitudes {0, .5, 1, 1.5, 2, 3, 4, 6}, saturating at 6 (magnitudes in (6, 8)
@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from gptoss_lite.errors import GptossError
-from gptoss_lite.mxfp4 import BLOCK, BYTES_PER_BLOCK
+from gptoss_lite.model.mxfp4 import BLOCK, BYTES_PER_BLOCK
 
 _EMAX_E2M1 = 2  # 6 = 1.5 * 2**2
 _SCALE_MAX = 254  # E8M0: 255 is NaN

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from gptoss_lite.errors import GptossError
-from gptoss_lite.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize
 
 from .experts import PROJECTIONS, quantize_dense_experts
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
+from gptoss_lite.checkpoint.hub import download
 from gptoss_lite.config import ModelConfig
 from gptoss_lite.errors import GptossError
-from gptoss_lite.hub import download
 
 from .experts import DENSE_EXPERT
 from .stream import TORCH_DTYPES, TensorSpec

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from gptoss_lite.checkpoint.synthetic import write_checkpoint
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
-from gptoss_lite.runner import Runner
-from gptoss_lite.synth import write_checkpoint
+from gptoss_lite.engine.runner import Runner
 
 
 @pytest.fixture(scope="session")

@@ -70,7 +70,7 @@ GEOMETRIES = {
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """`checkpoint(geometry, layout="hf", shards=1, seed=0)` → path of a written checkpoint."""
-    from gptoss_lite.synth import write_checkpoint
+    from gptoss_lite.checkpoint.synthetic import write_checkpoint
 
     made = {}
 

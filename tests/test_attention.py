@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from gptoss_lite.attention import attention
+from gptoss_lite.model.attention import attention
 
 
 def naive(q, k, v, sinks, q_pos, k_pos, window):

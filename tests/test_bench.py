@@ -9,7 +9,7 @@ from conftest import GEOMETRIES
 from gptoss_lite.bench import decode_bytes_per_token
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
-from gptoss_lite.mxfp4 import packed_nbytes
+from gptoss_lite.model.mxfp4 import packed_nbytes
 
 
 def test_20b_decode_reads_3_71_gb_per_token():

@@ -14,13 +14,13 @@ import re
 
 import pytest
 
-import gptoss_lite.runner as runner_module
-from gptoss_lite.chat import ChatSession, Sampling, chat_ring_slots, user_prompt
+import gptoss_lite.engine.runner as runner_module
+from gptoss_lite.chat.harmony import Conversation
+from gptoss_lite.chat.harmony_parser import parse_completion
+from gptoss_lite.chat.session import ChatSession, Sampling, chat_ring_slots, user_prompt
 from gptoss_lite.cli.display import show_harmony
 from gptoss_lite.config import read_config
-from gptoss_lite.harmony import Conversation
-from gptoss_lite.harmony_parser import parse_completion
-from gptoss_lite.runner import Runner, load
+from gptoss_lite.engine.runner import Runner, load
 
 pytest_plugins = ["cli_fixtures"]
 

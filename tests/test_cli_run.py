@@ -14,11 +14,11 @@ import pytest
 import tiktoken
 from click.testing import Result
 
-from gptoss_lite.chat import user_prompt
+from gptoss_lite.chat.harmony import STOP_TOKENS, Conversation
+from gptoss_lite.chat.harmony_parser import parse_completion
+from gptoss_lite.chat.session import user_prompt
+from gptoss_lite.chat.tokenizer import ENDOFTEXT
 from gptoss_lite.cli.display import show_harmony, show_text
-from gptoss_lite.harmony import STOP_TOKENS, Conversation
-from gptoss_lite.harmony_parser import parse_completion
-from gptoss_lite.tokenizer import ENDOFTEXT
 
 pytest_plugins = ["cli_fixtures"]
 

@@ -5,7 +5,7 @@ import torch
 from conftest import GEOMETRIES
 
 import gptoss_lite
-from gptoss_lite.cache import KVCache
+from gptoss_lite.model.cache import KVCache
 
 
 @pytest.fixture(scope="module")

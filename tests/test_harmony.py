@@ -7,8 +7,7 @@ import random
 import openai_harmony as oh
 import pytest
 
-from gptoss_lite.errors import GptossError
-from gptoss_lite.harmony import (
+from gptoss_lite.chat.harmony import (
     STOP_TOKENS,
     Conversation,
     Message,
@@ -17,7 +16,8 @@ from gptoss_lite.harmony import (
     render_conversation,
     render_prompt,
 )
-from gptoss_lite.tokenizer import END, RETURN
+from gptoss_lite.chat.tokenizer import END, RETURN
+from gptoss_lite.errors import GptossError
 
 WEATHER = ToolDef(
     "get_weather",

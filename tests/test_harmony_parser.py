@@ -8,9 +8,9 @@ import random
 import openai_harmony as oh
 import pytest
 
-from gptoss_lite.harmony import Conversation, Message, render_conversation
-from gptoss_lite.harmony_parser import StreamParser, parse_completion
-from gptoss_lite.tokenizer import CALL, END, ENDOFTEXT, N_VOCAB, RETURN
+from gptoss_lite.chat.harmony import Conversation, Message, render_conversation
+from gptoss_lite.chat.harmony_parser import StreamParser, parse_completion
+from gptoss_lite.chat.tokenizer import CALL, END, ENDOFTEXT, N_VOCAB, RETURN
 
 WEATHER_CALL = Message(
     "assistant", '{"location": "東京"}', "commentary", "functions.get_weather", "<|constrain|>json"

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from gptoss_lite.host import release_freed_memory
+from gptoss_lite.cli.host import release_freed_memory
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from gptoss_lite.kernels import triton_available
-from gptoss_lite.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -191,8 +191,8 @@ def test_moe_swiglu_clamps(path, gate_bias, up_bias):
 
 
 def test_moe_forward_is_a_drop_in_for_the_model_path():
-    """Same result as `gptoss_lite.moe.experts_forward` (fp32, so both paths are exact-ish)."""
-    from gptoss_lite.moe import PackedExperts, experts_forward
+    """Same result as `gptoss_lite.model.moe.experts_forward` (fp32: both paths are exact-ish)."""
+    from gptoss_lite.model.moe import PackedExperts, experts_forward
 
     experts = PackedExperts(*_experts(8, 64, 96, DEVICE, seed=8).values())
     idx, weight = _routing(5, 4, 8, shared=3, seed=9)
@@ -251,7 +251,7 @@ def test_attention_ring_cache_and_blind_query():
 
 
 def test_attention_is_a_drop_in_for_the_model_path():
-    from gptoss_lite.attention import attention as model_attention
+    from gptoss_lite.model.attention import attention as model_attention
 
     case = _attention_case(6, 70, 8, 2, empty=2, seed=11)
     ref = model_attention(*case, 8, key_block=32)

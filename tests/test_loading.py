@@ -9,9 +9,10 @@ import torch
 from conftest import GEOMETRIES
 
 import gptoss_lite
-from gptoss_lite import GptossError, moe
-from gptoss_lite.checkpoint import open_checkpoint
-from gptoss_lite.mxfp4 import packed_nbytes
+from gptoss_lite import GptossError
+from gptoss_lite.checkpoint.reader import open_checkpoint
+from gptoss_lite.model import moe
+from gptoss_lite.model.mxfp4 import packed_nbytes
 
 
 def load(folder):
@@ -57,7 +58,7 @@ def test_only_routed_experts_are_dequantized_one_at_a_time(checkpoint, monkeypat
         routed.append(len(torch.unique(idx)))
         return idx, weight
 
-    monkeypatch.setattr("gptoss_lite.model.route", counting_route)
+    monkeypatch.setattr("gptoss_lite.model.transformer.route", counting_route)
     runner.logits([1, 2, 3, 4, 5])
     # Each routed expert: one gate_up and one down matrix, each decoded once per forward call.
     assert stats["calls"] == 2 * sum(routed)
@@ -136,7 +137,7 @@ def test_unknown_hub_repo_offline(tmp_path, monkeypatch):
 def test_hub_unreachable(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
-    from gptoss_lite.hub import resolve_model
+    from gptoss_lite.checkpoint.hub import resolve_model
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     # Nothing listens on the discard port of the loopback address: the connection is refused.
@@ -147,7 +148,7 @@ def test_hub_unreachable(tmp_path, monkeypatch):
 def test_hub_weights_are_fetched_only_after_the_plan_fits(checkpoint, monkeypatch):
     import huggingface_hub
 
-    from gptoss_lite.hub import METADATA_FILES
+    from gptoss_lite.checkpoint.hub import METADATA_FILES
 
     requests = []
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gptoss_lite.mxfp4 import FP4_VALUES, dequantize, packed_nbytes
+from gptoss_lite.model.mxfp4 import FP4_VALUES, dequantize, packed_nbytes
 
 
 def one_block(byte_values, scale):

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from gptoss_lite import GptossError
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
-from gptoss_lite.plan import (
+from gptoss_lite.memory.plan import (
     CONTEXT_GRANULE,
     activation_phases,
     device_weights,
@@ -21,7 +21,7 @@ from gptoss_lite.plan import (
     plan,
     weight_bytes,
 )
-from gptoss_lite.profile import GIB, load_profile
+from gptoss_lite.memory.profiles import GIB, load_profile
 
 GPT20, GPT120 = preset("gpt-oss-20b"), preset("gpt-oss-120b")
 RTX4090 = load_profile("rtx4090")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from gptoss_lite import GptossError
-from gptoss_lite import profile as profiles
-from gptoss_lite.profile import GIB, load_profile, match_gpu, read_profile
+from gptoss_lite.memory import profiles as profiles
+from gptoss_lite.memory.profiles import GIB, load_profile, match_gpu, read_profile
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = {
@@ -232,7 +232,7 @@ def test_wheel_carries_the_profiles(tmp_path):
 
 
 def test_named_cpu_profile_is_sized_to_this_host():
-    from gptoss_lite.profile import host_memory_bytes, load_profile
+    from gptoss_lite.memory.profiles import host_memory_bytes, load_profile
 
     profile = load_profile("cpu")
     assert profile.memory_bytes == host_memory_bytes()

@@ -22,7 +22,7 @@ import quantize.convert as convert
 from gptoss_lite.cli import main
 from gptoss_lite.config import QUANTIZATION_CONFIG
 from gptoss_lite.errors import GptossError
-from gptoss_lite.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize
 from quantize.convert import convert_checkpoint
 from quantize.experts import quantize_dense
 from quantize.metrics import error_metrics

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gptoss_lite.errors import GptossError
-from gptoss_lite.mxfp4 import FP4_VALUES, dequantize
+from gptoss_lite.model.mxfp4 import FP4_VALUES, dequantize
 from quantize.experts import quantize_dense_experts
 from quantize.mxfp4 import quantize_mxfp4
 

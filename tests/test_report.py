@@ -13,15 +13,15 @@ from conftest import GEOMETRIES
 
 import gptoss_lite
 from gptoss_lite import GptossError
-from gptoss_lite.checkpoint import open_checkpoint
+from gptoss_lite.checkpoint.reader import open_checkpoint
+from gptoss_lite.checkpoint.synthetic import tensor_nbytes
+from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
 from gptoss_lite.cli import main
-from gptoss_lite.meter import CpuMeter
-from gptoss_lite.plan import plan
-from gptoss_lite.profile import load_profile
-from gptoss_lite.report import measure_memory
-from gptoss_lite.report_files import PNG_SKIPPED, write_report
-from gptoss_lite.synth import tensor_nbytes
-from gptoss_lite.synth_memory import SyntheticCheckpoint
+from gptoss_lite.memory.meter import CpuMeter
+from gptoss_lite.memory.plan import plan
+from gptoss_lite.memory.profiles import load_profile
+from gptoss_lite.memory.report import measure_memory
+from gptoss_lite.memory.report_files import PNG_SKIPPED, write_report
 
 G1 = GEOMETRIES["g1"].with_(max_context=4096)
 CPU = load_profile("cpu")

@@ -5,7 +5,7 @@ import math
 import torch
 
 from gptoss_lite.config import preset
-from gptoss_lite.rope import Rotary, apply_rotary, yarn_inv_freq
+from gptoss_lite.model.rope import Rotary, apply_rotary, yarn_inv_freq
 
 # Spec §4.3, read from the reference implementation (truncate=false).
 SPEC_INV_FREQ = [

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gptoss_lite.sampling import sample
+from gptoss_lite.engine.sampling import sample
 
 
 def test_temperature_zero_is_argmax():

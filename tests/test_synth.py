@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
+from gptoss_lite.checkpoint.synthetic import random_state_dict, tensor_nbytes, write_checkpoint
 from gptoss_lite.cli import main
 from gptoss_lite.config import ModelConfig, preset
 from gptoss_lite.errors import GptossError
-from gptoss_lite.mxfp4 import dequantize
-from gptoss_lite.synth import random_state_dict, tensor_nbytes, write_checkpoint
+from gptoss_lite.model.mxfp4 import dequantize
 
 TINY = preset("tiny")
 

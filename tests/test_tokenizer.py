@@ -13,8 +13,7 @@ import requests
 import tiktoken
 from vocab import o200k_environ
 
-from gptoss_lite.errors import GptossError
-from gptoss_lite.tokenizer import (
+from gptoss_lite.chat.tokenizer import (
     CALL,
     CHANNEL,
     CONSTRAIN,
@@ -29,6 +28,7 @@ from gptoss_lite.tokenizer import (
     Tokenizer,
     load_tokenizer,
 )
+from gptoss_lite.errors import GptossError
 
 CORPUS = [
     "Hello, world! How's it going? I'M FINE, they'd said.",

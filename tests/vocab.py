@@ -59,7 +59,7 @@ def o200k_env(o200k_dir: Path) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def o200k_tokenizer(o200k_dir: Path):
     """gptoss_lite's tokenizer, loaded through tiktoken from the offline vocabulary."""
-    from gptoss_lite.tokenizer import load_tokenizer
+    from gptoss_lite.chat.tokenizer import load_tokenizer
 
     with o200k_environ(o200k_dir):
         return load_tokenizer()

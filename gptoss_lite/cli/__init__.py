@@ -11,7 +11,7 @@ import sys
 import click
 
 from ..errors import GptossError
-from ..host import release_freed_memory
+from .host import release_freed_memory
 
 
 class _Group(click.Group):

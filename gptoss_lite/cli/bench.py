@@ -9,11 +9,11 @@ import click
 import torch
 
 from ..bench import bench, bench_transformers, resident_bytes
+from ..chat.stats import peak_memory
+from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import preset
+from ..engine.runner import load
 from ..errors import GptossError
-from ..runner import load
-from ..stats import peak_memory
-from ..synth_memory import SyntheticCheckpoint
 
 
 @click.command()

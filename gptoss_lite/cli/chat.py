@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import click
 
-from ..chat import ChatSession
+from ..chat.session import ChatSession
 from ..errors import GptossError
 from .common import Model, open_model, stats_lines
 from .display import show_harmony

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 import click
 import torch
 
-from ..chat import chat_ring_slots, check_fits
+from ..chat.session import chat_ring_slots, check_fits
+from ..chat.stats import ReplyStats, peak_memory
+from ..chat.tokenizer import Tokenizer, load_tokenizer
+from ..checkpoint.hub import resolve_model
 from ..config import read_config
+from ..engine.runner import Runner, load
 from ..errors import GptossError
-from ..hub import resolve_model
-from ..plan import Plan
-from ..profile import GIB, load_profile
-from ..runner import Runner, load
-from ..stats import ReplyStats, peak_memory
-from ..tokenizer import Tokenizer, load_tokenizer
+from ..memory.plan import Plan
+from ..memory.profiles import GIB, load_profile
 from .options import Options
 
 MIB = 1 << 20

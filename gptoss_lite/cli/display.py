@@ -14,8 +14,8 @@ from collections.abc import Iterable
 
 import click
 
-from ..harmony_parser import Completion, Event, StreamParser
-from ..tokenizer import ENDOFTEXT, Tokenizer
+from ..chat.harmony_parser import Completion, Event, StreamParser
+from ..chat.tokenizer import ENDOFTEXT, Tokenizer
 
 THINKING = "Thinking..."
 DONE_THINKING = "...done thinking."

@@ -14,9 +14,9 @@ import click
 
 from ..config import ModelConfig, preset, preset_names, read_config
 from ..errors import GptossError
-from ..plan import CONTEXT_GRANULE, Plan
-from ..plan import plan as make_plan
-from ..profile import GIB, load_profile
+from ..memory.plan import CONTEXT_GRANULE, Plan
+from ..memory.plan import plan as make_plan
+from ..memory.profiles import GIB, load_profile
 
 MIB = 1 << 20
 LABELS = {

@@ -1,6 +1,6 @@
 """`gptoss-lite profile`: load a model, prefill and decode, and report memory against the plan.
 
-A thin shell over `gptoss_lite.report`: `--model` loads a real checkpoint (folder or Hub id),
+A thin shell over `gptoss_lite.memory.report`: `--model` loads a real checkpoint (folder or Hub id),
 `--synthetic GEOMETRY` random weights of a preset geometry made in memory (check the fit before a
 13 GB download). It prints the verdict and the plan-vs-measured table, and writes report.md,
 report.json and report.png into `--out`.
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
+from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import preset
 from ..errors import GptossError
+from ..memory.report import measure_memory
+from ..memory.report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
 from ..outputs import check_outputs
-from ..report import measure_memory
-from ..report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
-from ..synth_memory import SyntheticCheckpoint
 
 
 # fmt: off

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from gptoss_lite.config import preset, preset_names
-from gptoss_lite.outputs import check_outputs
 from quantize.kld import DTYPES, model_error_report
 from quantize.report import render_markdown, tensor_error_report, write_report
 
+from ..config import preset, preset_names
+from ..outputs import check_outputs
 from .common import check_device
 
 

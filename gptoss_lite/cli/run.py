@@ -16,11 +16,11 @@ from dataclasses import asdict
 
 import click
 
-from ..chat import Generation, user_prompt
-from ..harmony import STOP_TOKENS
-from ..harmony_parser import parse_completion
-from ..stats import peak_memory
-from ..tokenizer import ENDOFTEXT, Tokenizer
+from ..chat.harmony import STOP_TOKENS
+from ..chat.harmony_parser import parse_completion
+from ..chat.session import Generation, user_prompt
+from ..chat.stats import peak_memory
+from ..chat.tokenizer import ENDOFTEXT, Tokenizer
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_harmony, show_text
 from .options import Options, env_option, model_options

@@ -1,8 +1,8 @@
 """`gptoss-lite synth`: write random weights in the exact published checkpoint layout.
 
-A thin shell over `gptoss_lite.synth.write_checkpoint`: it takes a preset geometry (optionally
-with fewer layers), shows a progress bar on stderr while the tensors stream to disk, and prints
-the files it wrote with their sizes, the tensor bytes and the time taken.
+A thin shell over `gptoss_lite.checkpoint.synthetic.write_checkpoint`: it takes a preset
+geometry (optionally with fewer layers), shows a progress bar on stderr while the tensors stream
+to disk, and prints the files it wrote with their sizes, the tensor bytes and the time taken.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
+from ..checkpoint.synthetic import tensor_nbytes, write_checkpoint
 from ..config import preset, preset_names
-from ..synth import tensor_nbytes, write_checkpoint
 
 
 # fmt: off

@@ -1,6 +1,6 @@
 """Fused MXFP4 expert kernels: the gpt-oss MoE computed from packed weights, never a bf16 copy.
 
-Weights stay as published (see `gptoss_lite.mxfp4`): `w1_blocks [E, 2I, H/32, 16]` and
+Weights stay as published (see `gptoss_lite.model.mxfp4`): `w1_blocks [E, 2I, H/32, 16]` and
 `w1_scales [E, 2I, H/32]` (gate/up interleaved on the out axis: row 2j = gate j, 2j+1 = up j),
 `w2_blocks [E, H, I/32, 16]`, `w2_scales [E, H, I/32]`, biases `b1 [E, 2I]`, `b2 [E, H]`. A row's
 bytes are contiguous, so byte c of row n holds elements 2c (low nibble) and 2c+1 (high nibble),
@@ -21,8 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..moe import PackedExperts, experts_forward
-from ..mxfp4 import BYTES_PER_BLOCK
+from ..model.moe import PackedExperts, experts_forward
+from ..model.mxfp4 import BYTES_PER_BLOCK
 from . import dot_dtype
 
 DECODE_MAX_TOKENS = 8  # up to this many tokens use the per-pair decode kernels (untuned)

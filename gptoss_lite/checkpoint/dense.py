@@ -14,7 +14,7 @@ import torch
 
 from quantize.experts import DENSE_EXPERT, packed_shapes, quantize_dense
 
-from .checkpoint import Checkpoint, TensorInfo
+from .reader import Checkpoint, TensorInfo
 
 
 def has_dense_experts(checkpoint: Checkpoint) -> bool:

@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 
 def yarn_inv_freq(config: ModelConfig) -> tuple[torch.Tensor, float]:

@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, preset
-from .errors import GptossError
-from .mxfp4 import BLOCK, BYTES_PER_BLOCK
+from ..config import ModelConfig, preset
+from ..errors import GptossError
+from ..model.mxfp4 import BLOCK, BYTES_PER_BLOCK
 
 CHUNK = 1 << 22  # elements per independently seeded piece of a tensor
 BIAS_STD = 0.02

@@ -16,11 +16,11 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from .config import ModelConfig
-from .errors import GptossError
+from ..config import ModelConfig
+from ..engine.runner import Runner
+from ..errors import GptossError
 from .harmony import EFFORTS, STOP_TOKENS, Conversation, Message, render_prompt
 from .harmony_parser import Completion
-from .runner import Runner
 from .stats import ReplyStats
 from .tokenizer import Tokenizer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .errors import GptossError
+from ..errors import GptossError
 
 # Small files, fetched first so the memory plan can be shown before the weights download.
 METADATA_FILES = [

@@ -15,10 +15,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, replace
 
-from .config import ModelConfig
-from .errors import GptossError
-from .mxfp4 import packed_nbytes
-from .profile import GIB, Profile
+from ..config import ModelConfig
+from ..errors import GptossError
+from ..model.mxfp4 import packed_nbytes
+from .profiles import GIB, Profile
 
 BF16, FP32, INT64 = 2, 4, 8
 CONTEXT_GRANULE = 256  # contexts the planner picks are multiples of this

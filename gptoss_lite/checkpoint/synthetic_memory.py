@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import ModelConfig
-from .errors import GptossError
-from .synth import CHUNK, WORKERS, draw_chunk, tensor_entries
+from ..config import ModelConfig
+from ..errors import GptossError
+from .synthetic import CHUNK, WORKERS, draw_chunk, tensor_entries
 
 
 @dataclass(frozen=True)

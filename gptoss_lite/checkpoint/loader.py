@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint
-from .config import ModelConfig
-from .errors import GptossError
+from ..config import ModelConfig
+from ..errors import GptossError
+from .reader import Checkpoint
 
 _HF_LAYER = {
     "attn.{n}.norm": ("model.layers.{n}.input_layernorm.weight",),

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
-from .errors import GptossError
+from ..config import ModelConfig
+from ..errors import GptossError
 
 
 class KVCache:

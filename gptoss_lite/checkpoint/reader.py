@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from .config import ModelConfig, read_config
-from .errors import GptossError
+from ..config import ModelConfig, read_config
+from ..errors import GptossError
 
 _DTYPES = {
     "BF16": torch.bfloat16,

@@ -18,19 +18,19 @@ from pathlib import Path
 
 import torch
 
-from .cache import KVCache
-from .checkpoint import Checkpoint, open_checkpoint
-from .config import ModelConfig, read_config
-from .errors import GptossError
+from ..checkpoint.dense import QuantizingCheckpoint, has_dense_experts
+from ..checkpoint.hub import resolve_model
+from ..checkpoint.loader import load_weights
+from ..checkpoint.reader import Checkpoint, open_checkpoint
+from ..checkpoint.synthetic_memory import SyntheticCheckpoint
+from ..config import ModelConfig, read_config
+from ..errors import GptossError
+from ..kernels import triton_available
+from ..memory.plan import Plan, plan
+from ..memory.profiles import Profile, cpu_profile, host_memory_bytes, load_profile
+from ..model.cache import KVCache
+from ..model.transformer import KERNELS, Transformer
 from .generate import PREFILL_CHUNK, decode, prefill
-from .hub import resolve_model
-from .kernels import triton_available
-from .model import KERNELS, Transformer
-from .plan import Plan, plan
-from .profile import Profile, cpu_profile, host_memory_bytes, load_profile
-from .quantized_load import QuantizingCheckpoint, has_dense_experts
-from .synth_memory import SyntheticCheckpoint
-from .weights import load_weights
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import tiktoken
 
-from .errors import GptossError
+from ..errors import GptossError
 
 STARTOFTEXT = 199998
 ENDOFTEXT = 199999

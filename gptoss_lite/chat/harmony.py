@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import GptossError
+from ..errors import GptossError
 from .tokenizer import CALL, CHANNEL, CONSTRAIN, END, ENDOFTEXT, MESSAGE, RETURN, START, Tokenizer
 
 # Generation stops here. Never on <|end|>: it closes the analysis, before the final answer.

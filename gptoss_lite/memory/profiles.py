@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
-from .errors import GptossError
+from ..errors import GptossError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,7 +103,7 @@ def _profile_dir() -> Path:
     packaged = Path(str(resources.files("gptoss_lite") / "_profiles"))
     if packaged.is_dir():
         return packaged
-    return Path(__file__).resolve().parent.parent / "profiles"
+    return Path(__file__).resolve().parents[2] / "profiles"
 
 
 def read_profile(path: Path) -> Profile:

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ModelConfig
 from .attention import attention
 from .cache import KVCache
-from .config import ModelConfig
 from .moe import PackedExperts, experts_forward, route
 from .rope import Rotary, apply_rotary
 
@@ -33,8 +33,8 @@ def kernel_functions(kernels: str) -> tuple:
         return attention, experts_forward
     if kernels != "triton":
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    from .kernels.attention_triton import attention as triton_attention
-    from .kernels.moe_triton import moe_forward
+    from ..kernels.attention_triton import attention as triton_attention
+    from ..kernels.moe_triton import moe_forward
 
     def triton_experts(x, expert_idx, expert_weight, experts, alpha, limit):
         weights = experts.tensors()

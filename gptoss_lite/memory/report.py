@@ -21,13 +21,13 @@ from pathlib import Path
 
 import torch
 
-from .errors import GptossError
-from .generate import decode, prefill
+from ..checkpoint.synthetic_memory import SyntheticCheckpoint
+from ..engine.generate import decode, prefill
+from ..engine.runner import Runner, load
+from ..errors import GptossError
 from .meter import CpuMeter, CudaMeter, Meter, Reading, cap_memory
 from .plan import Plan
-from .profile import Profile, cpu_profile, host_memory_bytes, load_profile
-from .runner import Runner, load
-from .synth_memory import SyntheticCheckpoint
+from .profiles import Profile, cpu_profile, host_memory_bytes, load_profile
 
 SCHEMA = "gptoss-lite/memory-report/1"
 CATEGORIES = ("experts", "attention", "router", "norms", "embedding", "lm_head")

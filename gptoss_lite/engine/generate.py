@@ -11,8 +11,8 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from .cache import KVCache
-from .model import Transformer
+from ..model.cache import KVCache
+from ..model.transformer import Transformer
 from .sampling import sample
 
 PREFILL_CHUNK = 512  # tokens per prefill step unless the memory profile says otherwise

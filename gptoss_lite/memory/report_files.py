@@ -93,8 +93,8 @@ def _method(report: MemoryReport) -> list[str]:
         f"- tensors: {how.get('allocated', '')}; weights per category from the loaded "
         "parameters, KV cache from its tensors; activations = phase peak − tensors at its start",
         f"- {report.resident_label}: {how.get('resident', '')}",
-        "- plan: `gptoss_lite.plan` for this config, profile and context (weights and KV exact, "
-        "activations an upper bound for one prefill chunk)",
+        "- plan: `gptoss_lite.memory.plan` for this config, profile and context "
+        "(weights and KV exact, activations an upper bound for one prefill chunk)",
     ]
 
 
