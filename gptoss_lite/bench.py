@@ -78,7 +78,7 @@ def decode_bytes_per_token(
 
 def resident_bytes(runner: Runner) -> dict[str, int]:
     """Bytes of the loaded weights: all of them, and the packed MXFP4 expert blocks + scales."""
-    packed = ("mlp1_blocks", "mlp1_scales", "mlp2_blocks", "mlp2_scales")
+    packed = ("gate_up_blocks", "gate_up_scales", "down_blocks", "down_scales")
     params = dict(runner.model.named_parameters())
     experts = sum(t.nbytes for name, t in params.items() if name.endswith(packed))
     return {"weights": sum(t.nbytes for t in params.values()), "experts_packed": experts}

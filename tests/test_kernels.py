@@ -96,16 +96,16 @@ def _experts(num_experts: int, hidden: int, inter: int, device: str, seed: int =
         )
         return blocks.to(device), scales.to(device)
 
-    w1_blocks, w1_scales = packed(2 * inter, hidden)
-    w2_blocks, w2_scales = packed(hidden, inter)
+    gate_up_blocks, gate_up_scales = packed(2 * inter, hidden)
+    down_blocks, down_scales = packed(hidden, inter)
     b1 = torch.randn(num_experts, 2 * inter, generator=gen).bfloat16().to(device)
     b2 = torch.randn(num_experts, hidden, generator=gen).bfloat16().to(device)
     return dict(
-        w1_blocks=w1_blocks,
-        w1_scales=w1_scales,
+        gate_up_blocks=gate_up_blocks,
+        gate_up_scales=gate_up_scales,
         b1=b1,
-        w2_blocks=w2_blocks,
-        w2_scales=w2_scales,
+        down_blocks=down_blocks,
+        down_scales=down_scales,
         b2=b2,
     )
 

@@ -23,11 +23,16 @@ def test_experts_stay_packed_uint8(checkpoint):
     config = GEOMETRIES["g1"]
     runner = load(checkpoint("g1"))
     for block in runner.model.mlp:
-        assert block.mlp1_blocks.dtype == block.mlp1_scales.dtype == torch.uint8
-        assert block.mlp2_blocks.dtype == block.mlp2_scales.dtype == torch.uint8
+        assert block.gate_up_blocks.dtype == block.gate_up_scales.dtype == torch.uint8
+        assert block.down_blocks.dtype == block.down_scales.dtype == torch.uint8
         resident = sum(
             t.numel() * t.element_size()
-            for t in (block.mlp1_blocks, block.mlp1_scales, block.mlp2_blocks, block.mlp2_scales)
+            for t in (
+                block.gate_up_blocks,
+                block.gate_up_scales,
+                block.down_blocks,
+                block.down_scales,
+            )
         )
         e, h, i = config.num_experts, config.hidden_size, config.intermediate_size
         assert resident == e * (packed_nbytes(2 * i, h) + packed_nbytes(h, i))

@@ -41,7 +41,7 @@ def test_load_time_quantization_equals_the_converted_checkpoint(dense_checkpoint
     ids = list(range(5, 35))
     direct = load(dense_checkpoint)
     for block in direct.model.mlp:
-        assert block.mlp1_blocks.dtype == torch.uint8 and block.mlp2_scales.dtype == torch.uint8
+        assert block.gate_up_blocks.dtype == torch.uint8 and block.down_scales.dtype == torch.uint8
     converted = tmp_path / "mxfp4"
     convert_checkpoint(str(dense_checkpoint), converted)
     assert torch.equal(direct.logits(ids), load(converted).logits(ids))

@@ -1,11 +1,11 @@
 """Fused MXFP4 expert kernels: the gpt-oss MoE computed from packed weights, never a bf16 copy.
 
-Weights stay as published (see `gptoss_lite.model.mxfp4`): `w1_blocks [E, 2I, H/32, 16]` and
-`w1_scales [E, 2I, H/32]` (gate/up interleaved on the out axis: row 2j = gate j, 2j+1 = up j),
-`w2_blocks [E, H, I/32, 16]`, `w2_scales [E, H, I/32]`, biases `b1 [E, 2I]`, `b2 [E, H]`. A row's
-bytes are contiguous, so byte c of row n holds elements 2c (low nibble) and 2c+1 (high nibble),
-scaled by `scales[n, c // 16]`; kernels decode tiles in registers and multiply the even and odd
-activations separately. Per token t and routed expert e with weight w:
+Weights stay as published (see `gptoss_lite.model.mxfp4`): `gate_up_blocks [E, 2I, H/32, 16]` and
+`gate_up_scales [E, 2I, H/32]` (gate/up interleaved on the out axis: row 2j = gate j, 2j+1 = up j),
+`down_blocks [E, H, I/32, 16]`, `down_scales [E, H, I/32]`, biases `b1 [E, 2I]`, `b2 [E, H]`. A
+row's bytes are contiguous, so byte c of row n holds elements 2c (low nibble) and 2c+1 (high
+nibble), scaled by `scales[n, c // 16]`; kernels decode tiles in registers and multiply the even
+and odd activations separately. Per token t and routed expert e with weight w:
 h = W1[e]·x + b1[e]; gate = min(h[0::2], limit); up = clamp(h[1::2], ±limit);
 a = gate·sigmoid(alpha·gate)·(up + 1); out += w·(W2[e]·a + b2[e]).
 Decode (few tokens) runs one program per (token, expert) pair and fp32 math throughout; prefill
@@ -237,11 +237,11 @@ def moe_forward(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    w1_blocks: torch.Tensor,
-    w1_scales: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
     b1: torch.Tensor,
-    w2_blocks: torch.Tensor,
-    w2_scales: torch.Tensor,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
     b2: torch.Tensor,
     *,
     limit: float,
@@ -250,7 +250,7 @@ def moe_forward(
     """MoE output [T, H] for x [T, H] routed to experts `expert_idx [T, k]` with `expert_weight`:
     the decode kernels for up to DECODE_MAX_TOKENS tokens, the grouped prefill kernels beyond."""
     forward = moe_decode if x.shape[0] <= DECODE_MAX_TOKENS else moe_prefill
-    weights = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    weights = (gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
     return forward(x, expert_idx, expert_weight, *weights, limit=limit, alpha=alpha)
 
 
@@ -258,28 +258,39 @@ def moe_decode(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    w1_blocks: torch.Tensor,
-    w1_scales: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
     b1: torch.Tensor,
-    w2_blocks: torch.Tensor,
-    w2_scales: torch.Tensor,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
     b2: torch.Tensor,
     *,
     limit: float,
     alpha: float,
 ) -> torch.Tensor:
     """`moe_forward` by matrix-vector kernels, one program per (token, expert) pair; fp32 math."""
-    weights = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    weights = (gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
     t, h, i, k = _check(x, expert_idx, expert_weight, *weights)
     idx, wt = expert_idx.contiguous(), expert_weight.contiguous()
     act = torch.empty(t * k, i, dtype=torch.float32, device=x.device)  # (T·k, I)
     out = torch.empty_like(x)
     blocks = dict(BLOCK_N=DECODE_BLOCK_N, BLOCK_KB=DECODE_BLOCK_KB)
     _gate_up_decode_kernel[(t * k, triton.cdiv(i, DECODE_BLOCK_N))](
-        x, idx, w1_blocks, w1_scales, b1, act, h, i, k, float(limit), float(alpha), **blocks
+        x,
+        idx,
+        gate_up_blocks,
+        gate_up_scales,
+        b1,
+        act,
+        h,
+        i,
+        k,
+        float(limit),
+        float(alpha),
+        **blocks,
     )
     _down_decode_kernel[(t, triton.cdiv(h, DECODE_BLOCK_N))](
-        act, idx, wt, w2_blocks, w2_scales, b2, out, h, i, k, **blocks
+        act, idx, wt, down_blocks, down_scales, b2, out, h, i, k, **blocks
     )
     return out
 
@@ -288,11 +299,11 @@ def moe_prefill(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    w1_blocks: torch.Tensor,
-    w1_scales: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
     b1: torch.Tensor,
-    w2_blocks: torch.Tensor,
-    w2_scales: torch.Tensor,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
     b2: torch.Tensor,
     *,
     limit: float,
@@ -301,9 +312,9 @@ def moe_prefill(
 ) -> torch.Tensor:
     """`moe_forward` by grouped matmuls over the (token, expert) pairs sorted by expert:
     each expert's weight tiles are read once per `block_m` of its pairs."""
-    weights = (w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    weights = (gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
     t, h, i, k = _check(x, expert_idx, expert_weight, *weights)
-    pairs, sched = _tile_schedule(expert_idx, w1_blocks.shape[0], block_m)
+    pairs, sched = _tile_schedule(expert_idx, gate_up_blocks.shape[0], block_m)
     tiles = sched.shape[0]
     blocks = dict(
         BLOCK_M=block_m, BLOCK_N=PREFILL_BLOCK_N, BLOCK_KB=PREFILL_BLOCK_KB, DOT=dot_dtype(x.device)
@@ -314,8 +325,8 @@ def moe_prefill(
         x,
         pairs,
         sched,
-        w1_blocks,
-        w1_scales,
+        gate_up_blocks,
+        gate_up_scales,
         b1,
         act,
         h,
@@ -326,7 +337,17 @@ def moe_prefill(
         **blocks,
     )
     _down_grouped_kernel[(tiles, triton.cdiv(h, PREFILL_BLOCK_N))](
-        act, pairs, expert_weight.contiguous(), sched, w2_blocks, w2_scales, b2, y, h, i, **blocks
+        act,
+        pairs,
+        expert_weight.contiguous(),
+        sched,
+        down_blocks,
+        down_scales,
+        b2,
+        y,
+        h,
+        i,
+        **blocks,
     )
     return y.view(t, k, h).sum(dim=1).to(x.dtype)
 
@@ -362,15 +383,19 @@ def _check_packed(blocks: torch.Tensor, scales: torch.Tensor, name: str) -> None
         raise ValueError(f"{name}: must be contiguous (the kernels never copy weights)")
 
 
-def _check(x, expert_idx, expert_weight, w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2):
+def _check(
+    x, expert_idx, expert_weight, gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2
+):
     """Validate shapes and layout; return (T, H, I, k)."""
-    _check_packed(w1_blocks, w1_scales, "w1")
-    _check_packed(w2_blocks, w2_scales, "w2")
+    _check_packed(gate_up_blocks, gate_up_scales, "w1")
+    _check_packed(down_blocks, down_scales, "w2")
     t, h = x.shape
-    e, two_i, g1, _ = w1_blocks.shape
+    e, two_i, g1, _ = gate_up_blocks.shape
     i = two_i // 2
-    if g1 * 32 != h or tuple(w2_blocks.shape[:3]) != (e, h, i // 32):
-        raise ValueError(f"expert weights {tuple(w1_blocks.shape)}, {tuple(w2_blocks.shape)}")
+    if g1 * 32 != h or tuple(down_blocks.shape[:3]) != (e, h, i // 32):
+        raise ValueError(
+            f"expert weights {tuple(gate_up_blocks.shape)}, {tuple(down_blocks.shape)}"
+        )
     if tuple(b1.shape) != (e, two_i) or tuple(b2.shape) != (e, h):
         raise ValueError(f"expert biases {tuple(b1.shape)}, {tuple(b2.shape)}")
     if expert_idx.shape != expert_weight.shape or expert_idx.shape[0] != t:
@@ -387,11 +412,11 @@ def moe_forward_reference(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    w1_blocks: torch.Tensor,
-    w1_scales: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
     b1: torch.Tensor,
-    w2_blocks: torch.Tensor,
-    w2_scales: torch.Tensor,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
     b2: torch.Tensor,
     *,
     limit: float,
@@ -399,6 +424,6 @@ def moe_forward_reference(
 ) -> torch.Tensor:
     """`moe_forward` in fp32 torch: the model's own `moe.experts_forward`, one routed expert
     at a time with weights from `dequantize`."""
-    experts = PackedExperts(w1_blocks, w1_scales, b1, w2_blocks, w2_scales, b2)
+    experts = PackedExperts(gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
     out = experts_forward(x.float(), expert_idx, expert_weight, experts, alpha, limit)
     return out.to(x.dtype)

@@ -332,7 +332,7 @@ def _category(name: str) -> str:
         return "norms"
     if name.startswith("attn."):
         return "attention"
-    return "router" if ".gate_" in name else "experts"
+    return "router" if ".router_" in name else "experts"
 
 
 def _tensors(runner: Runner) -> list[torch.Tensor]:

@@ -23,12 +23,12 @@ from . import mxfp4
 class PackedExperts:
     """One layer's experts: MXFP4 blocks/scales in [out, in] orientation, biases in bf16/fp32."""
 
-    mlp1_blocks: torch.Tensor  # (E, 2I, H/32, 16) uint8
-    mlp1_scales: torch.Tensor  # (E, 2I, H/32) uint8
-    mlp1_bias: torch.Tensor  # (E, 2I)
-    mlp2_blocks: torch.Tensor  # (E, H, I/32, 16) uint8
-    mlp2_scales: torch.Tensor  # (E, H, I/32) uint8
-    mlp2_bias: torch.Tensor  # (E, H)
+    gate_up_blocks: torch.Tensor  # (E, 2I, H/32, 16) uint8
+    gate_up_scales: torch.Tensor  # (E, 2I, H/32) uint8
+    gate_up_bias: torch.Tensor  # (E, 2I)
+    down_blocks: torch.Tensor  # (E, H, I/32, 16) uint8
+    down_scales: torch.Tensor  # (E, H, I/32) uint8
+    down_bias: torch.Tensor  # (E, H)
 
     def tensors(self) -> list[torch.Tensor]:
         return [getattr(self, f.name) for f in fields(self)]
@@ -64,15 +64,15 @@ def experts_forward(
     limit: float,
 ) -> torch.Tensor:
     """Σ_e w_e·expert_e(x) for x [T, H]; dequantizes each routed expert once."""
-    out = torch.zeros(x.shape[0], experts.mlp2_bias.shape[1], dtype=torch.float32, device=x.device)
+    out = torch.zeros(x.shape[0], experts.down_bias.shape[1], dtype=torch.float32, device=x.device)
     for e in torch.unique(expert_idx).tolist():
         tokens, slots = torch.nonzero(expert_idx == e, as_tuple=True)
-        w1 = mxfp4.dequantize(experts.mlp1_blocks[e], experts.mlp1_scales[e], x.dtype)
-        h = F.linear(x[tokens], w1, experts.mlp1_bias[e].to(x.dtype))
+        w1 = mxfp4.dequantize(experts.gate_up_blocks[e], experts.gate_up_scales[e], x.dtype)
+        h = F.linear(x[tokens], w1, experts.gate_up_bias[e].to(x.dtype))
         del w1
         a = swiglu(h, alpha, limit)
-        w2 = mxfp4.dequantize(experts.mlp2_blocks[e], experts.mlp2_scales[e], x.dtype)
-        y = F.linear(a, w2, experts.mlp2_bias[e].to(x.dtype))
+        w2 = mxfp4.dequantize(experts.down_blocks[e], experts.down_scales[e], x.dtype)
+        y = F.linear(a, w2, experts.down_bias[e].to(x.dtype))
         del w2
         out.index_add_(0, tokens, y.float() * expert_weight[tokens, slots, None].float())
     return out.to(x.dtype)

@@ -95,14 +95,14 @@ class MoEBlock(nn.Module):
         e, h, i = c.num_experts, c.hidden_size, c.intermediate_size
         self.config, self.run_experts = c, run_experts
         self.norm = _empty(h, dtype=torch.float32)
-        self.gate_weight = _empty(e, h, dtype=dtype)
-        self.gate_bias = _empty(e, dtype=dtype)
-        self.mlp1_blocks = _empty(e, 2 * i, h // 32, 16, dtype=torch.uint8)
-        self.mlp1_scales = _empty(e, 2 * i, h // 32, dtype=torch.uint8)
-        self.mlp1_bias = _empty(e, 2 * i, dtype=dtype)
-        self.mlp2_blocks = _empty(e, h, i // 32, 16, dtype=torch.uint8)
-        self.mlp2_scales = _empty(e, h, i // 32, dtype=torch.uint8)
-        self.mlp2_bias = _empty(e, h, dtype=dtype)
+        self.router_weight = _empty(e, h, dtype=dtype)
+        self.router_bias = _empty(e, dtype=dtype)
+        self.gate_up_blocks = _empty(e, 2 * i, h // 32, 16, dtype=torch.uint8)
+        self.gate_up_scales = _empty(e, 2 * i, h // 32, dtype=torch.uint8)
+        self.gate_up_bias = _empty(e, 2 * i, dtype=dtype)
+        self.down_blocks = _empty(e, h, i // 32, 16, dtype=torch.uint8)
+        self.down_scales = _empty(e, h, i // 32, dtype=torch.uint8)
+        self.down_bias = _empty(e, h, dtype=dtype)
 
     @property
     def experts(self) -> PackedExperts:
@@ -111,7 +111,7 @@ class MoEBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
-        idx, weight = route(t, self.gate_weight, self.gate_bias, c.experts_per_token)
+        idx, weight = route(t, self.router_weight, self.router_bias, c.experts_per_token)
         return x + self.run_experts(t, idx, weight, self.experts, c.swiglu_alpha, c.swiglu_limit)
 
 
