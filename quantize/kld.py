@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from gptoss_lite.chat.tokenizer import N_TEXT, load_tokenizer
+from gptoss_lite.chat.tokenizer import load_tokenizer
+from gptoss_lite.chat.tokens import N_TEXT
 from gptoss_lite.config import ModelConfig
 from gptoss_lite.engine.runner import load
 from gptoss_lite.errors import GptossError

@@ -14,10 +14,10 @@ import pytest
 import tiktoken
 from click.testing import Result
 
-from gptoss_lite.chat.harmony import STOP_TOKENS, Conversation
+from gptoss_lite.chat.harmony import Conversation
 from gptoss_lite.chat.harmony_parser import parse_completion
 from gptoss_lite.chat.session import user_prompt
-from gptoss_lite.chat.tokenizer import ENDOFTEXT
+from gptoss_lite.chat.tokens import ENDOFTEXT, STOP_TOKENS
 from gptoss_lite.cli.display import show_harmony, show_text
 
 pytest_plugins = ["cli_fixtures"]
@@ -83,13 +83,15 @@ def test_tool_call_is_shown_and_reported(cli, tiny_model, scripted):
     scripted(TOOL_SCRIPT)
     shown = cli("run", "-m", tiny_model, "--hide-reasoning", "Weather in SF?")
     assert shown.stdout == '-> functions.get_weather {"city":"SF"}\n'
-    call = json.loads(cli("run", "-m", tiny_model, "--json", "Weather?").stdout)["tool_calls"]
+    out = json.loads(cli("run", "-m", tiny_model, "--json", "Weather?").stdout)
+    call = out["tool_calls"]
+    assert out["finish_reason"] == "tool_calls"
     assert call == [
         {
             "name": "get_weather",
             "recipient": "functions.get_weather",
             "arguments": '{"city":"SF"}',
-            "content_type": "<|constrain|>json",
+            "content_type": "json",
         }
     ]
 

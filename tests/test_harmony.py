@@ -8,15 +8,16 @@ import openai_harmony as oh
 import pytest
 
 from gptoss_lite.chat.harmony import (
-    STOP_TOKENS,
     Conversation,
     Message,
     ToolDef,
     prompt_text,
     render_conversation,
     render_prompt,
+    tools_from_openai,
 )
-from gptoss_lite.chat.tokenizer import END, RETURN
+from gptoss_lite.chat.harmony_parser import parse_completion
+from gptoss_lite.chat.tokens import CONSTRAIN, END, MARKUP, RETURN, STOP_TOKENS
 from gptoss_lite.errors import GptossError
 
 WEATHER = ToolDef(
@@ -76,13 +77,7 @@ SEARCH = ToolDef(
     },
 )
 NO_ARGS = ToolDef("ping", "")
-CALL = Message(
-    "assistant",
-    '{"location":"Paris, FR"}',
-    "commentary",
-    "functions.get_weather",
-    "<|constrain|>json",
-)
+CALL = Message.tool_call("get_weather", '{"location":"Paris, FR"}')
 RESULT = Message.tool_result("functions.get_weather", '{"temp_c": 21}')
 
 
@@ -154,6 +149,31 @@ CASES = {
         ],
         tools=[NO_ARGS],
     ),
+    "earlier-answer-then-tool-chain": Conversation(
+        [
+            Message.user("a"),
+            think("t1"),
+            answer("A"),
+            Message.user("Weather?"),
+            think("t2"),
+            Message("assistant", "Checking.", channel="commentary"),
+            CALL,
+            RESULT,
+        ],
+        tools=[WEATHER],
+    ),
+    "two-calls-in-a-chain": Conversation(
+        [
+            Message.user("Paris and Tokyo?"),
+            think("Paris first."),
+            CALL,
+            RESULT,
+            think("Now Tokyo."),
+            Message.tool_call("get_weather", '{"location":"Tokyo, JP"}'),
+            Message.tool_result("functions.get_weather", '{"temp_c": 30}'),
+        ],
+        tools=[WEATHER, SEARCH],
+    ),
     "markup-in-text-stays-text": Conversation(
         [Message.user("say <|end|><|start|>system<|message|> literally")],
         instructions="",
@@ -169,13 +189,20 @@ def oracle_tool(tool: ToolDef) -> oh.ToolDescription:
     return oh.ToolDescription.new(tool.name, tool.description, tool.parameters)
 
 
+def oracle_content_type(message: Message) -> str | None:
+    """openai-harmony's spelling of a content type: the `<|constrain|>` marker is part of it."""
+    if message.content_type is None:
+        return None
+    return MARKUP[CONSTRAIN] * message.constrained + message.content_type
+
+
 def oracle_message(message: Message) -> oh.Message:
     author = oh.Author(role=oh.Role(message.role), name=message.name)
     out = oh.Message.from_author_and_content(author, message.content)
     for value, setter in [
         (message.channel, out.with_channel),
         (message.recipient, out.with_recipient),
-        (message.content_type, out.with_content_type),
+        (oracle_content_type(message), out.with_content_type),
     ]:
         if value is not None:
             out = setter(value)
@@ -296,3 +323,99 @@ def test_reasoning_effort_typo_lists_the_choices(o200k_tokenizer):
 def test_malformed_messages_are_gptoss_errors(o200k_tokenizer, message, error):
     with pytest.raises(GptossError, match=error):
         render_prompt(Conversation([message]), o200k_tokenizer)
+
+
+OPENAI_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": WEATHER.description,
+            "parameters": WEATHER.parameters,
+        },
+    },
+    {"type": "function", "function": {"name": "ping"}},
+    {
+        "type": "function",
+        "name": "search",
+        "description": "Flat, as the Responses API sends it.",
+        "parameters": SEARCH.parameters,
+    },
+]
+
+
+def test_openai_function_tools_render_as_openai_harmony(o200k_tokenizer, harmony_oracle):
+    conversation = Conversation([Message.user("Hi")], tools=tools_from_openai(OPENAI_TOOLS))
+    described = []
+    for tool in OPENAI_TOOLS:
+        function = tool.get("function", tool)
+        described.append(
+            oh.ToolDescription.new(
+                function["name"], function.get("description", ""), function.get("parameters")
+            )
+        )
+    system = oh.SystemContent.new()
+    developer = oh.DeveloperContent.new().with_function_tools(described)
+    expected = harmony_oracle.render_conversation_for_completion(
+        oh.Conversation.from_messages(
+            [
+                oh.Message.from_role_and_content(oh.Role.SYSTEM, system),
+                oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer),
+                oh.Message.from_role_and_content(oh.Role.USER, "Hi"),
+            ]
+        ),
+        oh.Role.ASSISTANT,
+    )
+    assert render_prompt(conversation, o200k_tokenizer) == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "error"),
+    [
+        ({"type": "function"}, "expected a list"),
+        (["get_weather"], r"tools\[0\]: only"),
+        ([{"type": "web_search"}], "only"),
+        ([{"type": "function", "function": {"name": "a b"}}], "'a b' is not 1-64 of"),
+        ([{"type": "function", "function": {"name": "<|start|>"}}], "is not 1-64 of"),
+        ([{"type": "function", "function": {"name": "f", "parameters": []}}], "not a JSON schema"),
+        ([{"type": "function", "function": {"name": "f", "description": 3}}], "not a string"),
+        ([{"type": "function", "function": "f"}], r"tools\[0\].function: expected an object"),
+    ],
+)
+def test_malformed_openai_tools_are_one_line(spec, error):
+    with pytest.raises(GptossError, match=error) as info:
+        tools_from_openai(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_tool_call_message_is_harmonys(o200k_tokenizer, harmony_oracle):
+    expected = (
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, '{"location":"Paris, FR"}')
+        .with_channel("commentary")
+        .with_recipient("functions.get_weather")
+        .with_content_type("<|constrain|>json")
+    )
+    ours = render_conversation(Conversation([CALL]), o200k_tokenizer)
+    assert ours[-len(harmony_oracle.render(expected)) :] == harmony_oracle.render(expected)
+
+
+def test_a_parsed_tool_call_goes_back_into_history_as_harmony_puts_it(
+    o200k_tokenizer, harmony_oracle
+):
+    generated = (
+        "<|channel|>analysis<|message|>Need the weather.<|end|>"
+        "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+        '<|message|>{"location":"Paris, FR"}<|call|>'
+    )
+    tokens = o200k_tokenizer.encode(generated, allow_special=True)
+    ours = parse_completion(tokens, o200k_tokenizer).messages
+    theirs = harmony_oracle.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT)
+    result = ("functions.get_weather", '{"temp_c": 21}')
+    conversation = Conversation([Message.user("Weather?"), *ours, Message.tool_result(*result)])
+    oracle = oracle_conversation(Conversation([Message.user("Weather?")]))
+    author = oh.Author(role=oh.Role.TOOL, name=result[0])
+    tool_message = oh.Message.from_author_and_content(author, result[1])
+    tool_message = tool_message.with_channel("commentary").with_recipient("assistant")
+    oracle = oh.Conversation.from_messages([*oracle.messages, *theirs, tool_message])
+    expected = harmony_oracle.render_conversation_for_completion(oracle, oh.Role.ASSISTANT)
+    assert render_prompt(conversation, o200k_tokenizer) == expected

@@ -7,14 +7,14 @@ import random
 
 import openai_harmony as oh
 import pytest
+from test_harmony import oracle_content_type, oracle_message
 
 from gptoss_lite.chat.harmony import Conversation, Message, render_conversation
-from gptoss_lite.chat.harmony_parser import StreamParser, parse_completion
-from gptoss_lite.chat.tokenizer import CALL, END, ENDOFTEXT, N_VOCAB, RETURN
+from gptoss_lite.chat.harmony_parser import ReplyStream, StreamParser, parse_completion
+from gptoss_lite.chat.tokens import CALL, END, ENDOFTEXT, N_VOCAB, RETURN
+from gptoss_lite.cli.display import show_harmony
 
-WEATHER_CALL = Message(
-    "assistant", '{"location": "東京"}', "commentary", "functions.get_weather", "<|constrain|>json"
-)
+WEATHER_CALL = Message.tool_call("get_weather", '{"location": "東京"}')
 WELL_FORMED = {
     "analysis-final": (
         [Message("assistant", "2+2 is 4.", "analysis"), Message("assistant", "**4**", "final")],
@@ -47,16 +47,6 @@ WELL_FORMED = {
 }
 
 
-def oracle_message(message: Message) -> oh.Message:
-    out = oh.Message.from_role_and_content(oh.Role(message.role), message.content)
-    out = out.with_channel(message.channel)
-    if message.recipient is not None:
-        out = out.with_recipient(message.recipient)
-    if message.content_type is not None:
-        out = out.with_content_type(message.content_type)
-    return out
-
-
 def completion_tokens(oracle, messages: list[Message], stop: int | None) -> list[int]:
     """What the model generates after the prompt's `<|start|>assistant`."""
     tokens = [t for m in messages for t in oracle.render(oracle_message(m))][2:]
@@ -73,7 +63,7 @@ def fields(message) -> tuple:
             message.name,
             message.channel,
             message.recipient,
-            message.content_type,
+            oracle_content_type(message),
             message.content,
         )
     text = "".join(c.text for c in message.content)
@@ -97,30 +87,29 @@ def visible(tokens: list[int], tokenizer) -> list[tuple[str | None, str]]:
     return [(m.channel, m.content) for m in messages]
 
 
-@pytest.mark.parametrize("name", WELL_FORMED)
-def test_messages_match_openai_harmony(name, o200k_tokenizer, harmony_oracle):
-    messages, stop = WELL_FORMED[name]
-    tokens = completion_tokens(harmony_oracle, messages, stop)
-    expected = harmony_oracle.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT)
-    parsed = parse_completion(tokens, o200k_tokenizer)
+def check_whole(messages: list[Message], stop: int | None, tokenizer, oracle) -> None:
+    """Parsing the completion at once gives openai-harmony's messages and the ones rendered."""
+    tokens = completion_tokens(oracle, messages, stop)
+    expected = oracle.parse_messages_from_completion_tokens(tokens, oh.Role.ASSISTANT)
+    parsed = parse_completion(tokens, tokenizer)
     assert [fields(m) for m in parsed.messages] == [fields(m) for m in expected]
     assert [fields(m) for m in parsed.messages] == [fields(m) for m in messages]
     assert parsed.stop_token == stop
 
 
-@pytest.mark.parametrize("name", WELL_FORMED)
-def test_stream_matches_openai_harmony_token_by_token(name, o200k_tokenizer, harmony_oracle):
-    messages, stop = WELL_FORMED[name]
-    oracle = oh.StreamableParser(harmony_oracle, oh.Role.ASSISTANT)
-    parser = StreamParser(o200k_tokenizer)
-    for token in completion_tokens(harmony_oracle, messages, stop):
+def check_stream(messages: list[Message], stop: int | None, tokenizer, harmony) -> None:
+    """Token by token, the deltas and the live message equal openai-harmony's StreamableParser."""
+    oracle = oh.StreamableParser(harmony, oh.Role.ASSISTANT)
+    parser = StreamParser(tokenizer)
+    for token in completion_tokens(harmony, messages, stop):
         oracle.process(token)
         delta = "".join(e.text for e in parser.feed(token) if e.kind == "text")
         assert delta == (oracle.last_content_delta or "")
         assert "\ufffd" not in delta
         current = parser.current
         if oracle.state == oh.StreamState.CONTENT:
-            assert (current.role, current.channel, current.recipient, current.content_type) == (
+            ours = (current.role, current.channel, current.recipient, oracle_content_type(current))
+            assert ours == (
                 oracle.current_role.value,
                 oracle.current_channel,
                 oracle.current_recipient,
@@ -129,6 +118,55 @@ def test_stream_matches_openai_harmony_token_by_token(name, o200k_tokenizer, har
             assert current.content == oracle.current_content
         else:
             assert current is None
+
+
+@pytest.mark.parametrize("name", WELL_FORMED)
+def test_messages_match_openai_harmony(name, o200k_tokenizer, harmony_oracle):
+    check_whole(*WELL_FORMED[name], o200k_tokenizer, harmony_oracle)
+
+
+@pytest.mark.parametrize("name", WELL_FORMED)
+def test_stream_matches_openai_harmony_token_by_token(name, o200k_tokenizer, harmony_oracle):
+    check_stream(*WELL_FORMED[name], o200k_tokenizer, harmony_oracle)
+
+
+WORDS = [
+    "Hello",
+    " world",
+    " 42",
+    " é",
+    " 日本",
+    "🦜",
+    " json",
+    " to",
+    "=",
+    " <",
+    " {",
+    '"a"',
+    "\n",
+]
+
+
+def random_completion(rng: random.Random) -> tuple[list[Message], int | None]:
+    """A well-formed reply: reasoning, preambles and answers, maybe ending in a tool call."""
+    messages = []
+    for _ in range(rng.randint(1, 4)):
+        text = "".join(rng.choices(WORDS, k=rng.randint(1, 12))).strip() or "x"
+        messages.append(Message("assistant", text, rng.choice(["analysis", "commentary", "final"])))
+    if rng.random() < 0.5:
+        name = rng.choice(["get_weather", "f", "lookup-2"])
+        plain = Message("assistant", "{}", "commentary", f"functions.{name}", "json")
+        messages.append(Message.tool_call(name, '{"q": "東京"}') if rng.random() < 0.7 else plain)
+        return messages, CALL
+    return messages, rng.choice([RETURN, None])
+
+
+def test_random_well_formed_replies_match_openai_harmony(o200k_tokenizer, harmony_oracle):
+    rng = random.Random(1)
+    for _ in range(60):
+        messages, stop = random_completion(rng)
+        check_whole(messages, stop, o200k_tokenizer, harmony_oracle)
+        check_stream(messages, stop, o200k_tokenizer, harmony_oracle)
 
 
 def test_split_characters_stream_without_replacement(o200k_tokenizer, harmony_oracle):
@@ -155,9 +193,9 @@ def test_events_and_completion_for_a_cli(o200k_tokenizer, harmony_oracle):
         "get_weather",
         "functions.get_weather",
         '{"location": "東京"}',
-        "<|constrain|>json",
+        "json",
     )
-    assert result.analysis_text == "Think." and result.final_text == ""
+    assert result.analysis_text == "Think." and result.final_text == messages[0].content
 
 
 def test_parsed_turn_goes_back_into_history(o200k_tokenizer, harmony_oracle):
@@ -283,11 +321,139 @@ def test_unfinished_character_at_the_end_matches_openai_harmony(o200k_tokenizer,
     assert parsed[0].content == "ok\ufffd"
 
 
+def header_fields(message: Message) -> list[str | None]:
+    return [message.role, message.name, message.channel, message.recipient, message.content_type]
+
+
+def check_no_markup(tokens: list[int], tokenizer, clean_text: bool) -> None:
+    """Streamed and whole, no field of any message, call or delta holds `<|`; with `clean_text`
+    (no markup spelled in ordinary tokens) neither does any text. The deltas add up to the
+    completion, and streaming and parsing at once agree."""
+    stream, deltas, fields_seen = ReplyStream(tokenizer), [], []
+    for token in tokens:
+        deltas += stream.feed(token)
+        if stream.parser.current is not None:
+            fields_seen += header_fields(stream.parser.current)
+    deltas += stream.finish()
+    completion = stream.completion
+    whole = parse_completion(tokens, tokenizer)
+    assert whole.messages == completion.messages and whole.stop_token == completion.stop_token
+    calls = completion.tool_calls
+    fields_seen += [f for m in completion.messages for f in header_fields(m)]
+    fields_seen += [f for c in calls for f in (c.name, c.recipient, c.content_type)]
+    fields_seen += [d.name for d in deltas]
+    assert not [f for f in fields_seen if f is not None and "<|" in f]
+    texts = [d.text for d in deltas] + [m.content for m in completion.messages]
+    if clean_text:
+        assert not [t for t in texts if "<|" in t]
+    assert "".join(d.text for d in deltas if d.kind == "text") == completion.final_text
+    assert "".join(d.text for d in deltas if d.kind == "reasoning") == completion.analysis_text
+    assert [d.name for d in deltas if d.kind == "tool_call"] == [c.name for c in calls]
+    for i, call in enumerate(calls):
+        assert "".join(d.text for d in deltas if d.index == i and d.text) == call.arguments
+
+
+SOUP_SPECIALS = [*range(199998, 200019), 200500, N_VOCAB - 1, N_VOCAB, -3]
+SOUP_WORDS = "hello world 42 é 日本 🦜 json to=functions.f to= analysis final commentary user"
+
+
 def test_random_token_soup_never_raises_or_shows_markup(o200k_tokenizer):
     rng = random.Random(0)
-    text = o200k_tokenizer.encode("hello world 42 é 日本 🦜 json to=functions.f analysis final")
-    specials = [*range(199998, 200019), 200500, N_VOCAB - 1, N_VOCAB, -3]
-    for _ in range(200):
-        tokens = [rng.choice(text if rng.random() < 0.6 else specials) for _ in range(40)]
-        shown = visible(tokens, o200k_tokenizer)
-        assert all("<|" not in content for _, content in shown)
+    text = o200k_tokenizer.encode(SOUP_WORDS)
+    for _ in range(300):
+        tokens = [rng.choice(text if rng.random() < 0.6 else SOUP_SPECIALS) for _ in range(40)]
+        check_no_markup(tokens, o200k_tokenizer, clean_text=True)
+
+
+def test_markup_spelled_in_ordinary_tokens_never_reaches_a_field(o200k_tokenizer):
+    rng = random.Random(2)
+    encode = o200k_tokenizer.encode
+    words = [encode(w) for w in SOUP_WORDS.split()]
+    words += [encode(m) for m in ["<|channel|>", "<|constrain|>json", "to=<|call|>", " <|x|>"]]
+    for _ in range(300):
+        tokens = []
+        while len(tokens) < 40:
+            tokens += rng.choice(words) if rng.random() < 0.6 else [rng.choice(SOUP_SPECIALS)]
+        check_no_markup(tokens, o200k_tokenizer, clean_text=False)
+
+
+# Headers with a special token where harmony's text-based reading put markup into a field.
+MARKUP_IN_HEADER = {
+    "doubled channel": "<|channel|>commentary <|channel|><|message|>{}<|call|>",
+    "channel as the recipient": "<|channel|>commentary<|channel|>analysis<|message|>{}<|call|>",
+    "channel inside to=": "<|channel|>commentary to=<|channel|>x<|message|>{}<|call|>",
+    "channel as content type": "<|channel|>commentary to=functions.f <|channel|>json<|message|>{}",
+    "doubled constrain": "<|channel|>commentary to=functions.f<|constrain|><|constrain|>json"
+    "<|message|>{}<|call|>",
+    "bare constrain": "<|channel|>commentary to=functions.f<|constrain|><|message|>{}<|call|>",
+    "channel first": "<|channel|><|channel|>commentary to=functions.f<|message|>{}<|call|>",
+}
+
+
+@pytest.mark.parametrize("name", MARKUP_IN_HEADER)
+def test_special_tokens_inside_a_header_never_become_fields(name, o200k_tokenizer, cli_shown):
+    tokens = o200k_tokenizer.encode(MARKUP_IN_HEADER[name], allow_special=True)
+    check_no_markup(tokens, o200k_tokenizer, clean_text=True)
+    for call in parse_completion(tokens, o200k_tokenizer).tool_calls:
+        assert call.recipient == "functions.f" and call.content_type in (None, "json")
+    assert "<|" not in cli_shown(tokens)
+
+
+@pytest.fixture
+def cli_shown(o200k_tokenizer, capsys):
+    """What `run` prints for a reply of these tokens."""
+
+    def show(tokens: list[int]) -> str:
+        show_harmony(tokens, o200k_tokenizer)
+        return capsys.readouterr().out
+
+    return show
+
+
+def test_doubled_channel_calls_the_named_tool(o200k_tokenizer):
+    text = "<|channel|>commentary<|channel|>commentary to=functions.get_weather <|constrain|>json"
+    tokens = o200k_tokenizer.encode(f'{text}<|message|>{{"city":"SF"}}<|call|>', allow_special=True)
+    (call,) = parse_completion(tokens, o200k_tokenizer).tool_calls
+    assert (call.name, call.arguments, call.content_type) == (
+        "get_weather",
+        '{"city":"SF"}',
+        "json",
+    )
+
+
+def test_reply_stream_for_a_server(o200k_tokenizer, harmony_oracle):
+    messages = [
+        Message("assistant", "Two cities.", "analysis"),
+        Message("assistant", "Checking both…", "commentary"),
+        Message.tool_call("get_weather", '{"city": "Paris"}'),
+        Message("assistant", "Now Tokyo.", "analysis"),
+        Message.tool_call("get_weather", '{"city": "東京"}'),
+    ]
+    tokens = completion_tokens(harmony_oracle, messages, CALL)
+    stream = ReplyStream(o200k_tokenizer)
+    deltas = [d for t in tokens for d in stream.feed(t)] + stream.finish()
+    opened = [(d.index, d.name) for d in deltas if d.kind == "tool_call"]
+    assert opened == [(0, "get_weather"), (1, "get_weather")]
+    arguments = [
+        "".join(d.text for d in deltas if d.kind == "arguments" and d.index == i) for i in (0, 1)
+    ]
+    assert arguments == ['{"city": "Paris"}', '{"city": "東京"}']
+    result = stream.completion
+    assert result.analysis_text == "Two cities.\n\nNow Tokyo."
+    assert "".join(d.text for d in deltas if d.kind == "reasoning") == result.analysis_text
+    assert result.final_text == "Checking both…" and result.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("tail", "reason"),
+    [
+        ("<|channel|>final<|message|>A<|return|>", "stop"),
+        ("<|channel|>final<|message|>A<|endoftext|>", "stop"),
+        ("<|channel|>final<|message|>A", "length"),
+        ("<|channel|>commentary to=functions.f<|message|>{}<|call|>", "tool_calls"),
+        ("<|channel|>commentary<|message|>no recipient<|call|>", "stop"),
+    ],
+)
+def test_finish_reason(o200k_tokenizer, tail, reason):
+    tokens = o200k_tokenizer.encode(tail, allow_special=True)
+    assert parse_completion(tokens, o200k_tokenizer).finish_reason == reason

@@ -6,6 +6,7 @@ the special-token list of the HF convert script, as the published gpt-oss tokeni
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -13,7 +14,8 @@ import requests
 import tiktoken
 from vocab import o200k_environ
 
-from gptoss_lite.chat.tokenizer import (
+from gptoss_lite.chat.tokenizer import Tokenizer, encoding_from_spec, load_tokenizer
+from gptoss_lite.chat.tokens import (
     CALL,
     CHANNEL,
     CONSTRAIN,
@@ -22,11 +24,11 @@ from gptoss_lite.chat.tokenizer import (
     MESSAGE,
     N_VOCAB,
     NAMED_SPECIALS,
+    O200K_PATTERN,
     RETURN,
+    SPECIAL_TOKENS,
     START,
     STARTOFTEXT,
-    Tokenizer,
-    load_tokenizer,
 )
 from gptoss_lite.errors import GptossError
 
@@ -183,4 +185,105 @@ def test_foreign_tokenizer_json_is_rejected(tmp_path):
     }
     (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
     with pytest.raises(GptossError, match="not o200k_harmony"):
+        load_tokenizer(tmp_path)
+
+
+def test_special_tokens_and_pattern_are_tiktokens(reference):
+    assert reference._special_tokens == SPECIAL_TOKENS
+    assert reference._pat_str == O200K_PATTERN
+
+
+@pytest.fixture(scope="module")
+def hf_spec(hf_model_dir) -> dict:
+    """The parsed tokenizer.json of the real vocabulary."""
+    return json.loads((hf_model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+
+
+def _added(spec: dict, text: str) -> dict:
+    return next(t for t in spec["added_tokens"] if t["content"] == text)
+
+
+def _split(spec: dict) -> dict:
+    return spec["pre_tokenizer"]["pretokenizers"][0]
+
+
+TAMPERED = {
+    "text mapped to a special id": (
+        lambda s: s["model"]["vocab"].update(hello=START),
+        "'hello' maps to 200006, a special-token id",
+    ),
+    "a rank that is not an int": (
+        lambda s: s["model"]["vocab"].update(hello="7"),
+        "'hello' maps to '7', no rank",
+    ),
+    "two pieces share an id": (
+        lambda s: s["model"]["vocab"].update(hello=s["model"]["vocab"]["world"]),
+        "does not give each of the ids 0..199997 to one piece",
+    ),
+    "a piece missing": (
+        lambda s: s["model"]["vocab"].pop("world"),
+        "does not give each of the ids",
+    ),
+    "special token at another id": (
+        lambda s: _added(s, "<|start|>").update(id=200100),
+        "'<|start|>' has id 200100, not one of o200k_harmony's",
+    ),
+    "special token text changed": (
+        lambda s: _added(s, "<|start|>").update(content="<|strat|>"),
+        "'<|strat|>' has id 200006",
+    ),
+    "ordinary text added as a special token": (
+        lambda s: s["added_tokens"].append({"content": "hello", "id": 200500}),
+        "'hello' has id 200500",
+    ),
+    "special id given twice": (
+        lambda s: s["added_tokens"].append({"content": "<|start|>", "id": START}),
+        "id 200006 is given to both '<|start|>' and '<|start|>'",
+    ),
+    "format token missing": (
+        lambda s: s["added_tokens"].remove(_added(s, "<|call|>")),
+        "<|call|> is missing (it must have id 200012)",
+    ),
+    "pre-tokenizer regex replaced": (
+        lambda s: _split(s).update(pattern={"Regex": r"\S+|\s+"}),
+        "pre-tokenizer is not o200k's",
+    ),
+    "pre-tokenizer split inverted": (
+        lambda s: _split(s).update(invert=True),
+        "pre-tokenizer is not o200k's",
+    ),
+    "a second regex after the split": (
+        lambda s: s["pre_tokenizer"]["pretokenizers"][1].update(use_regex=True),
+        "pre-tokenizer is not o200k's",
+    ),
+    "pre-tokenizer not a sequence": (
+        lambda s: s.update(pre_tokenizer={**_split(s), "pretokenizers": []}),
+        "pre-tokenizer is not o200k's",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", TAMPERED)
+def test_tampered_tokenizer_json_is_refused_in_one_line(hf_spec, hf_model_dir, name):
+    change, problem = TAMPERED[name]
+    spec = {
+        **hf_spec,
+        "model": {**hf_spec["model"], "vocab": dict(hf_spec["model"]["vocab"])},
+        "added_tokens": [dict(t) for t in hf_spec["added_tokens"]],
+        "pre_tokenizer": copy.deepcopy(hf_spec["pre_tokenizer"]),
+    }
+    change(spec)
+    path = hf_model_dir / "tokenizer.json"
+    with pytest.raises(GptossError) as info:
+        encoding_from_spec(spec, path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is not o200k_harmony: ") and "\n" not in message
+    assert problem in message
+
+
+def test_tampered_tokenizer_json_file_is_refused_before_use(hf_spec, tmp_path):
+    spec = {**hf_spec, "model": {**hf_spec["model"], "vocab": dict(hf_spec["model"]["vocab"])}}
+    spec["model"]["vocab"]["hello"] = START  # typed "hello" would become <|start|>
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(GptossError, match=f"{tmp_path / 'tokenizer.json'} is not o200k_harmony"):
         load_tokenizer(tmp_path)

@@ -2,35 +2,30 @@
 
 A `Conversation` holds the system settings (identity, knowledge cutoff, date, reasoning effort),
 the developer instructions and function tools (`ToolDef`, JSON-schema parameters shown to the
-model as a TypeScript-like `namespace functions`), and the turns (`Message`). `render_prompt`
-gives every token up to the completion prefix `<|start|>assistant`, the same ids openai-harmony
-renders: header and body text are encoded with special tokens off (markup a user types stays
-text) and the format tokens are put in by id. Multi-turn history follows harmony's
+model as a TypeScript-like `namespace functions`; `tools_from_openai` reads OpenAI's function-tool
+JSON), and the turns (`Message`; `Message.tool_call` and `.tool_result` for a tool chain).
+`render_prompt` gives every token up to the completion prefix `<|start|>assistant`, the same ids
+openai-harmony renders: header and body text are encoded with special tokens off (markup a user
+types stays text) and the format tokens are put in by id. Multi-turn history follows harmony's
 `auto_drop_analysis`; a finished answer is stored ending in `<|end|>`, never `<|return|>`.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import GptossError
-from .tokenizer import CALL, CHANNEL, CONSTRAIN, END, ENDOFTEXT, MESSAGE, RETURN, START, Tokenizer
+from .tokenizer import Tokenizer
+from .tokens import CALL, CHANNEL, CONSTRAIN, END, MARKUP, MESSAGE, START
 
-# Generation stops here. Never on <|end|>: it closes the analysis, before the final answer.
-STOP_TOKENS = (RETURN, CALL, ENDOFTEXT)
 ROLES = ("system", "developer", "user", "assistant", "tool")
 EFFORTS = ("low", "medium", "high")
 DEFAULT_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
-_MARKUP = {
-    START: "<|start|>",
-    CHANNEL: "<|channel|>",
-    CONSTRAIN: "<|constrain|>",
-    MESSAGE: "<|message|>",
-    END: "<|end|>",
-    CALL: "<|call|>",
-}
+FUNCTIONS = "functions."  # the namespace of function tools, in recipients and tool names
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what the OpenAI API allows a function name
 _CHANNELS = (
     "# Valid channels: analysis, commentary, final. Channel must be included for every message."
 )
@@ -48,9 +43,38 @@ class ToolDef:
     parameters: dict[str, Any] | None = None
 
 
+def tools_from_openai(spec: Any, source: str = "tools") -> list[ToolDef]:
+    """Function tools from OpenAI's JSON: a list of `{"type": "function", "function": {"name",
+    "description", "parameters"}}` (Chat Completions) or of the same fields without the
+    "function" wrapper (Responses). Anything else is a one-line `GptossError` naming `source`."""
+    if not isinstance(spec, list):
+        raise GptossError(f"{source}: expected a list of function tools, got {type(spec).__name__}")
+    return [_tool_from_openai(item, f"{source}[{i}]") for i, item in enumerate(spec)]
+
+
+def _tool_from_openai(item: Any, where: str) -> ToolDef:
+    if not isinstance(item, dict) or item.get("type") != "function":
+        raise GptossError(f'{where}: only {{"type": "function", ...}} tools are supported')
+    function = item.get("function", item)
+    if not isinstance(function, dict):
+        raise GptossError(f"{where}.function: expected an object")
+    name, description = function.get("name"), function.get("description", "")
+    parameters = function.get("parameters")
+    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+        raise GptossError(f"{where}: the name {name!r} is not 1-64 of a-z, A-Z, 0-9, _ and -")
+    if not isinstance(description, str):
+        raise GptossError(f"{where}: the description of {name} is not a string")
+    if parameters is not None and not isinstance(parameters, dict):
+        raise GptossError(f"{where}: the parameters of {name} are not a JSON schema object")
+    return ToolDef(name, description, parameters)
+
+
 @dataclass
 class Message:
-    """One harmony message. Tool results have role "tool" and name "functions.<tool>"."""
+    """One harmony message. Tool results have role "tool" and name "functions.<tool>".
+
+    `content_type` is the word after the channel (e.g. "json"); `constrained` puts the
+    `<|constrain|>` token before it, as tool calls have. No field ever holds markup."""
 
     role: str
     content: str = ""
@@ -58,11 +82,19 @@ class Message:
     recipient: str | None = None
     content_type: str | None = None
     name: str | None = None
+    constrained: bool = False
 
     @classmethod
     def user(cls, text: str) -> Message:
         """A user turn."""
         return cls("user", text)
+
+    @classmethod
+    def tool_call(cls, name: str, arguments: str) -> Message:
+        """The assistant calling function tool `name` with JSON `arguments`, as gpt-oss does:
+        on the commentary channel, to functions.<name>, constrained to json."""
+        recipient = f"{FUNCTIONS}{name}"
+        return cls("assistant", arguments, "commentary", recipient, "json", constrained=True)
 
     @classmethod
     def tool_result(cls, name: str, output: str) -> Message:
@@ -96,7 +128,7 @@ def render_conversation(conversation: Conversation, tokenizer: Tokenizer) -> lis
 def prompt_text(conversation: Conversation) -> str:
     """The prompt as text with markup, for display (`render_prompt` decoded)."""
     pieces = [*conversation_pieces(conversation), START, "assistant"]
-    return "".join(p if isinstance(p, str) else _MARKUP[p] for p in pieces)
+    return "".join(p if isinstance(p, str) else MARKUP[p] for p in pieces)
 
 
 def conversation_pieces(conversation: Conversation) -> list[Piece]:
@@ -127,17 +159,15 @@ def message_pieces(message: Message) -> list[Piece]:
     if message.channel is not None:
         pieces += [CHANNEL, message.channel]
     if message.content_type is not None:
-        pieces += _content_type(message.content_type)
+        kind = message.content_type
+        pieces += [" ", CONSTRAIN, kind] if message.constrained else [f" {kind}"]
     tool_call = message.role == "assistant" and message.recipient is not None
     return [*pieces, MESSAGE, message.content, CALL if tool_call else END]
 
 
 def system_text(conversation: Conversation) -> str:
     """Body of the system message."""
-    effort = conversation.reasoning_effort.lower()
-    if effort not in EFFORTS:
-        given, choices = conversation.reasoning_effort, ", ".join(EFFORTS)
-        raise GptossError(f"reasoning effort {given!r} is not one of: {choices}")
+    effort = check_effort(conversation.reasoning_effort)
     top = [] if conversation.model_identity is None else [conversation.model_identity]
     if conversation.knowledge_cutoff is not None:
         top.append(f"Knowledge cutoff: {conversation.knowledge_cutoff}")
@@ -146,6 +176,13 @@ def system_text(conversation: Conversation) -> str:
     channels = f"{_CHANNELS}\n{_TOOLS_CHANNEL}" if conversation.tools else _CHANNELS
     sections = ["\n".join(top)] if top else []
     return "\n\n".join([*sections, f"Reasoning: {effort}", channels])
+
+
+def check_effort(effort: str) -> str:
+    """`effort` in lower case if it is one of EFFORTS, else a one-line `GptossError`."""
+    if effort.strip().lower() not in EFFORTS:
+        raise GptossError(f"reasoning effort {effort!r} is not one of: {', '.join(EFFORTS)}")
+    return effort.strip().lower()
 
 
 def developer_text(conversation: Conversation) -> str | None:
@@ -300,15 +337,6 @@ def _author(message: Message) -> list[Piece]:
             raise GptossError("a tool message needs the tool's name, e.g. functions.get_weather")
         return [message.name]
     return [message.role] if message.name is None else [message.role, f":{message.name}"]
-
-
-def _content_type(content_type: str) -> list[Piece]:
-    """` json` as text; `<|constrain|>json` as a space, the special token, then the rest."""
-    marker = _MARKUP[CONSTRAIN]
-    if not content_type.startswith(marker):
-        return [f" {content_type}"]
-    rest = content_type.removeprefix(marker)
-    return [" ", CONSTRAIN, rest] if rest else [" ", CONSTRAIN]
 
 
 def _encode(pieces: list[Piece], tokenizer: Tokenizer) -> list[int]:

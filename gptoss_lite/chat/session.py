@@ -19,10 +19,11 @@ from dataclasses import dataclass, replace
 from ..config import ModelConfig
 from ..engine.runner import Runner
 from ..errors import GptossError
-from .harmony import EFFORTS, STOP_TOKENS, Conversation, Message, render_prompt
+from .harmony import Conversation, Message, check_effort, render_prompt
 from .harmony_parser import Completion
 from .stats import ReplyStats
 from .tokenizer import Tokenizer
+from .tokens import STOP_TOKENS
 
 REWIND_TOKENS = 4096  # a longer reply makes the next turn prefill the whole conversation again
 
@@ -138,13 +139,6 @@ def check_fits(prompt_tokens: int, context: int) -> int:
             "use a larger --context or a shorter prompt"
         )
     return context - prompt_tokens
-
-
-def check_effort(effort: str) -> str:
-    """`effort` in lower case if it is one of EFFORTS, else a one-line `GptossError`."""
-    if effort.strip().lower() not in EFFORTS:
-        raise GptossError(f"reasoning effort {effort!r} is not one of: {', '.join(EFFORTS)}")
-    return effort.strip().lower()
 
 
 def chat_ring_slots(config: ModelConfig, reply_tokens: int | None = None) -> int:

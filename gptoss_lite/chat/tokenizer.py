@@ -2,9 +2,12 @@
 
 `load_tokenizer(model_dir)` builds it offline from the model folder's `tokenizer.json` when there
 is one (its byte-level BPE vocab maps strings to ids that equal the tiktoken ranks), and otherwise
-asks tiktoken for `o200k_harmony` (from its cache, or a download). `Tokenizer` never adds a BOS
-token and treats `<|...|>` markup in text as plain text unless told otherwise; `StreamDecoder`
-turns a token stream into text without ever splitting a UTF-8 character across two pieces.
+asks tiktoken for `o200k_harmony` (from its cache, or a download). A `tokenizer.json` is trusted
+only as far as it is checked: its vocabulary must give the ids 0..199997 to one piece each, its
+added tokens must be o200k_harmony's at their own ids, and its pre-tokenizer o200k's regex (else
+typed text could become control tokens, or split differently from training). `Tokenizer` never
+adds a BOS token and treats `<|...|>` markup in text as plain text unless told otherwise;
+`StreamDecoder` turns a token stream into text without ever splitting a UTF-8 character.
 """
 
 from __future__ import annotations
@@ -17,30 +20,8 @@ from pathlib import Path
 import tiktoken
 
 from ..errors import GptossError
+from .tokens import N_TEXT, NAMED_SPECIALS, O200K_PATTERN, SPECIAL_TOKENS
 
-STARTOFTEXT = 199998
-ENDOFTEXT = 199999
-RETURN = 200002
-CONSTRAIN = 200003
-CHANNEL = 200005
-START = 200006
-END = 200007
-MESSAGE = 200008
-CALL = 200012
-N_TEXT = 199998  # ids below are BPE ranks, ids from here on are special tokens
-N_VOCAB = 201088
-
-NAMED_SPECIALS = {
-    "<|startoftext|>": STARTOFTEXT,
-    "<|endoftext|>": ENDOFTEXT,
-    "<|return|>": RETURN,
-    "<|constrain|>": CONSTRAIN,
-    "<|channel|>": CHANNEL,
-    "<|start|>": START,
-    "<|end|>": END,
-    "<|message|>": MESSAGE,
-    "<|call|>": CALL,
-}
 _TIKTOKEN_URL = "https://openaipublic.blob.core.windows.net/encodings/o200k_base.tiktoken"
 _TIKTOKEN_CACHE_NAME = "fb374d419588a4632f3f557e76b4b70aebbca790"  # sha1 of the URL
 
@@ -111,26 +92,75 @@ def encoding_from_tokenizer_json(path: Path) -> tiktoken.Encoding:
     """Rebuild o200k_harmony from a Hugging Face `tokenizer.json`, offline."""
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
-        to_byte = _unicode_to_byte()
-        ranks = {bytes(to_byte[c] for c in s): i for s, i in spec["model"]["vocab"].items()}
-        pattern = spec["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"]
-        added = {t["content"]: t["id"] for t in spec["added_tokens"]}
-    except (OSError, ValueError, LookupError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise GptossError(f"cannot read {path} as a gpt-oss tokenizer.json ({exc!r})") from exc
-    for name, token in NAMED_SPECIALS.items():
-        if added.get(name) != token:
-            raise GptossError(
-                f"{path} is not o200k_harmony: {name} is {added.get(name)}, not {token}"
-            )
-    # o200k_harmony calls every other id up to 201087 <|reserved_N|>; HF stops at 200018.
-    named = set(NAMED_SPECIALS.values())
-    reserved = {f"<|reserved_{i}|>": i for i in range(N_TEXT, N_VOCAB) if i not in named}
+    return encoding_from_spec(spec, path)
+
+
+def encoding_from_spec(spec: object, path: Path) -> tiktoken.Encoding:
+    """o200k_harmony from the parsed JSON of `path`, refusing one whose vocabulary, special
+    tokens or pre-tokenizer are not o200k_harmony's."""
+    try:
+        to_byte = _unicode_to_byte()
+        vocab = spec["model"]["vocab"]
+        ranks = {bytes(to_byte[c] for c in s): i for s, i in vocab.items()}
+        pre_tokenizer = spec["pre_tokenizer"]
+        steps = pre_tokenizer["pretokenizers"]
+        added = [(t["content"], t["id"]) for t in spec["added_tokens"]]
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        raise GptossError(f"cannot read {path} as a gpt-oss tokenizer.json ({exc!r})") from exc
+    problem = _vocab_problem(vocab, ranks) or _specials_problem(added)
+    problem = problem or _pretokenizer_problem(pre_tokenizer, steps)
+    if problem:
+        raise GptossError(f"{path} is not o200k_harmony: {problem}")
     return tiktoken.Encoding(
         name="o200k_harmony",
-        pat_str=pattern,
+        pat_str=O200K_PATTERN,
         mergeable_ranks=ranks,
-        special_tokens=reserved | added,
+        special_tokens=SPECIAL_TOKENS,
     )
+
+
+def _vocab_problem(vocab: dict, ranks: dict[bytes, int]) -> str | None:
+    """What is wrong with the BPE vocabulary: its ids must be 0..N_TEXT-1, each once."""
+    for text, rank in vocab.items():
+        if type(rank) is not int or not 0 <= rank < N_TEXT:
+            what = "a special-token id" if isinstance(rank, int) and rank >= N_TEXT else "no rank"
+            return f"vocabulary entry {text!r} maps to {rank!r}, {what}"
+    if len(vocab) != N_TEXT or len(set(vocab.values())) != N_TEXT or len(ranks) != N_TEXT:
+        return f"the vocabulary does not give each of the ids 0..{N_TEXT - 1} to one piece"
+    return None
+
+
+def _specials_problem(added: list[tuple[object, object]]) -> str | None:
+    """What is wrong with `added_tokens`: each must be one of o200k_harmony's special tokens, at
+    its own id, once; the harmony format tokens must all be there."""
+    seen: dict[object, object] = {}
+    for text, token in added:
+        if token in seen:
+            return f"id {token} is given to both {seen[token]!r} and {text!r}"
+        seen[token] = text
+        if SPECIAL_TOKENS.get(text) != token:  # type: ignore[call-overload]
+            return f"added token {text!r} has id {token!r}, not one of o200k_harmony's"
+    for text, token in NAMED_SPECIALS.items():
+        if seen.get(token) != text:
+            return f"{text} is missing (it must have id {token})"
+    return None
+
+
+def _pretokenizer_problem(pre_tokenizer: dict, steps: object) -> str | None:
+    """The pre-tokenizer must split with o200k's regex, then map bytes without another regex."""
+    expected_split = {"type": "Split", "pattern": {"Regex": O200K_PATTERN}, "behavior": "Isolated"}
+    ok = (
+        pre_tokenizer.get("type") == "Sequence"
+        and isinstance(steps, list)
+        and all(isinstance(step, dict) for step in steps)
+        and len(steps) >= 1
+        and all(steps[0].get(key) == value for key, value in expected_split.items())
+        and steps[0].get("invert") is False
+        and all(s.get("type") == "ByteLevel" and s.get("use_regex") is False for s in steps[1:])
+    )
+    return None if ok else "its pre-tokenizer is not o200k's regex split and a byte-level map"
 
 
 def _unicode_to_byte() -> dict[str, int]:

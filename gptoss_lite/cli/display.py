@@ -14,8 +14,9 @@ from collections.abc import Iterable
 
 import click
 
-from ..chat.harmony_parser import Completion, Event, StreamParser
-from ..chat.tokenizer import ENDOFTEXT, Tokenizer
+from ..chat.harmony_parser import Completion, Event, StreamParser, message_kind
+from ..chat.tokenizer import Tokenizer
+from ..chat.tokens import ENDOFTEXT
 
 THINKING = "Thinking..."
 DONE_THINKING = "...done thinking."
@@ -49,14 +50,14 @@ class HarmonyPrinter:
     def show(self, events: Iterable[Event]) -> None:
         """Print what each event adds."""
         for event in events:
-            kind = _kind(event)
+            kind = message_kind(event.message)
             if kind == "reasoning" and not self.show_reasoning:
                 continue
             if event.kind == "start":
                 self._start(kind, event)
             elif event.kind == "text":
                 self.out.write(event.text, dim=kind != "answer")
-            elif kind == "tool":
+            elif kind == "call":
                 self.out.end_line()
 
     def _start(self, kind: str, event: Event) -> None:
@@ -72,7 +73,7 @@ class HarmonyPrinter:
         elif kind == "answer" and self._answered:  # a blank line between answer messages
             self.out.end_line()
             self.out.write("\n")
-        if kind == "tool":
+        if kind == "call":
             self.out.end_line()
             self.out.write(f"-> {event.message.recipient} ", dim=True)
         self._answered = self._answered or kind == "answer"
@@ -107,10 +108,3 @@ def show_text(
     finally:
         writer.end_line()
     return "".join(pieces)
-
-
-def _kind(event: Event) -> str:
-    """How a message is shown: "reasoning", "tool" (a call) or "answer" (everything else)."""
-    if event.message.recipient is not None:
-        return "tool"
-    return "reasoning" if event.channel == "analysis" else "answer"

@@ -13,8 +13,8 @@ from dataclasses import dataclass, fields
 
 import click
 
-from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation
-from ..chat.session import Sampling, check_effort
+from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort
+from ..chat.session import Sampling
 
 ENV_PREFIX = "GPTOSS_LITE_"
 

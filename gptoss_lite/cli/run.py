@@ -16,11 +16,11 @@ from dataclasses import asdict
 
 import click
 
-from ..chat.harmony import STOP_TOKENS
 from ..chat.harmony_parser import parse_completion
 from ..chat.session import Generation, user_prompt
 from ..chat.stats import peak_memory
-from ..chat.tokenizer import ENDOFTEXT, Tokenizer
+from ..chat.tokenizer import Tokenizer
+from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_harmony, show_text
 from .options import Options, env_option, model_options
@@ -94,7 +94,7 @@ def _stream(
 
 def report(generation: Generation, model: Model, raw: bool) -> dict:
     """The reply as a JSON-ready dict: texts, tool calls, token ids and counts, timings."""
-    tokens, stats = generation.output, generation.stats
+    tokens, stats, finish = generation.output, generation.stats, generation.finish_reason
     if raw:
         text = model.tokenizer.decode(t for t in tokens if t not in generation.stop)
         final, analysis, calls = text, "", []
@@ -102,13 +102,14 @@ def report(generation: Generation, model: Model, raw: bool) -> dict:
         completion = parse_completion(tokens, model.tokenizer)
         final, analysis = completion.final_text, completion.analysis_text
         calls = [{"name": c.name, **asdict(c)} for c in completion.tool_calls]
+        finish = completion.finish_reason if finish == "stop" else finish  # maybe "tool_calls"
     peak = peak_memory(model.runner.device)
     return {
         "model": str(model.runner.folder),
         "final": final,
         "analysis": analysis,
         "tool_calls": calls,
-        "finish_reason": generation.finish_reason,
+        "finish_reason": finish,
         "output_ids": tokens,
         "usage": {
             "prompt_tokens": stats.prompt_tokens,
