@@ -45,15 +45,19 @@ def cli(o200k_env: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Resul
 @pytest.fixture
 def scripted(monkeypatch: pytest.MonkeyPatch, o200k_tokenizer) -> Callable[..., list[list[int]]]:
     """`scripted(text, interrupt_after=None)`: every `Runner.generate` call yields the tokens of
-    `text` (harmony markup allowed), up to max_new_tokens, raising KeyboardInterrupt after
-    `interrupt_after` of them. Returns the list of prompts it was called with."""
+    `text` (harmony markup allowed; a list gives the n-th call its n-th text, the last one
+    repeating), up to max_new_tokens, raising KeyboardInterrupt after `interrupt_after` of them.
+    Returns the list of prompts it was called with."""
 
-    def install(text: str, interrupt_after: int | None = None) -> list[list[int]]:
-        reply, prompts = o200k_tokenizer.encode(text, allow_special=True), []
+    def install(text: str | list[str], interrupt_after: int | None = None) -> list[list[int]]:
+        texts = [text] if isinstance(text, str) else text
+        replies = [o200k_tokenizer.encode(t, allow_special=True) for t in texts]
+        prompts: list[list[int]] = []
 
         def generate(self: Runner, token_ids, *, max_new_tokens: int, **_):
             prompts.append(list(token_ids))
             self.prefilled = len(prompts[-1])
+            reply = replies[min(len(prompts), len(replies)) - 1]
             for n, token in enumerate(reply[:max_new_tokens]):
                 if n == interrupt_after:
                     raise KeyboardInterrupt

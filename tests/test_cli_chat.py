@@ -9,9 +9,12 @@ the larger sliding-window ring that `chat` loads with).
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
+import json
 import re
 
+import openai_harmony as oh
 import pytest
 
 import gptoss_lite.engine.runner as runner_module
@@ -155,3 +158,122 @@ def test_plan_counts_the_chat_ring(tiny_model, reply_tokens):
     per_slot = 2 * config.num_kv_heads * config.head_dim * 2  # k and v in bf16
     assert runner.plan.kv_ring_bytes == config.num_sliding_layers * ring * per_slot
     assert runner.plan.kv_bytes == runner.cache.nbytes
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+CALL_SCRIPT = (
+    "<|channel|>analysis<|message|>Need the weather.<|end|>"
+    "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json"
+    '<|message|>{"city":"SF"}<|call|>'
+)
+ANSWER_SCRIPT = (
+    "<|channel|>analysis<|message|>It is 21 C.<|end|>"
+    "<|start|>assistant<|channel|>final<|message|>21 °C in SF.<|return|>"
+)
+
+
+@pytest.fixture
+def tools_file(tmp_path):
+    path = tmp_path / "tools.json"
+    path.write_text(json.dumps(TOOLS))
+    return path
+
+
+def oracle_prompt(harmony, *turns) -> list[int]:
+    """openai-harmony's prompt for the TOOLS conversation so far: `turns` are user texts, token
+    lists of model replies (parsed by harmony) and (tool name, output) results."""
+    tool = TOOLS[0]["function"]
+    described = oh.ToolDescription.new(tool["name"], tool["description"], tool["parameters"])
+    system = oh.SystemContent.new().with_conversation_start_date(datetime.date.today().isoformat())
+    developer = oh.DeveloperContent.new().with_function_tools([described])
+    messages = [
+        oh.Message.from_role_and_content(oh.Role.SYSTEM, system),
+        oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer),
+    ]
+    for turn in turns:
+        if isinstance(turn, str):
+            messages.append(oh.Message.from_role_and_content(oh.Role.USER, turn))
+        elif isinstance(turn, list):
+            messages += harmony.parse_messages_from_completion_tokens(turn, oh.Role.ASSISTANT)
+        else:
+            author = oh.Author(role=oh.Role.TOOL, name=f"functions.{turn[0]}")
+            result = oh.Message.from_author_and_content(author, turn[1])
+            messages.append(result.with_channel("commentary").with_recipient("assistant"))
+    conversation = oh.Conversation.from_messages(messages)
+    return harmony.render_conversation_for_completion(conversation, oh.Role.ASSISTANT)
+
+
+def test_chat_runs_a_tool_chain(
+    cli, tiny_model, scripted, tools_file, o200k_tokenizer, harmony_oracle
+):
+    prompts = scripted([CALL_SCRIPT, ANSWER_SCRIPT, SCRIPT])
+    lines = ["Weather in SF?", '{"temp_c": 21}', "Thanks"]
+    result = cli(
+        "chat", "-m", tiny_model, "--tools", tools_file, "--hide-reasoning", input="\n".join(lines)
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == '-> functions.get_weather {"city":"SF"}\n21 °C in SF.\n2 + 2 = 4.\n'
+    call, answer = (
+        o200k_tokenizer.encode(t, allow_special=True) for t in (CALL_SCRIPT, ANSWER_SCRIPT)
+    )
+    oracle = functools.partial(oracle_prompt, harmony_oracle)
+    chain = ["Weather in SF?", call, ("get_weather", '{"temp_c": 21}')]
+    assert prompts[0] == oracle(chain[0])
+    assert prompts[1] == oracle(*chain)  # the chain's reasoning kept
+    assert prompts[2] == oracle(*chain, answer, "Thanks")  # dropped once answered
+
+
+def test_chat_without_a_tool_result_forgets_the_turn(
+    cli, tiny_model, scripted, tools_file, monkeypatch, o200k_tokenizer
+):
+    monkeypatch.setattr(CHAT_MODULE, "is_terminal", lambda: True)
+    typed = iter(["Weather in SF?", KeyboardInterrupt, "Hi"])  # Ctrl-C at `result of ...>`
+    shown = []
+
+    def fake_input(prompt: str) -> str:
+        shown.append(prompt)
+        line = next(typed, EOFError)
+        if isinstance(line, type):
+            raise line
+        return line
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    prompts = scripted([CALL_SCRIPT, SCRIPT])
+    result = cli("chat", "-m", tiny_model, "--tools", tools_file, "--hide-reasoning")
+    assert result.exit_code == 0, result.output
+    assert shown == [">>> ", "result of get_weather> ", ">>> ", ">>> "]
+    assert "(no tool result; this turn is forgotten)" in result.stderr
+    assert len(prompts) == 2 and "Weather" not in o200k_tokenizer.decode(prompts[1])
+
+
+def test_piped_chat_ending_before_the_tool_result(cli, tiny_model, scripted, tools_file):
+    prompts = scripted(CALL_SCRIPT)
+    result = cli("chat", "-m", tiny_model, "--tools", tools_file, input="Weather in SF?\n")
+    assert result.exit_code == 0, result.output
+    assert len(prompts) == 1 and "(no tool result; this turn is forgotten)" in result.stderr
+
+
+def test_bad_tools_file_is_one_line_before_loading(cli, tiny_model, tmp_path):
+    bad = tmp_path / "tools.json"
+    for content, problem in [
+        ("[{", "cannot read"),
+        ('[{"type": "function", "function": {"name": "no spaces"}}]', "'no spaces' is not 1-64"),
+    ]:
+        bad.write_text(content)
+        result = cli("chat", "-m", tiny_model, "--tools", bad, input="Hi\n")
+        assert result.exit_code == 1 and result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: {bad}") and problem in line

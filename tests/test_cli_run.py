@@ -13,6 +13,7 @@ import json
 import pytest
 import tiktoken
 from click.testing import Result
+from test_cli_chat import TOOLS, oracle_prompt
 
 from gptoss_lite.chat.harmony import Conversation
 from gptoss_lite.chat.harmony_parser import parse_completion
@@ -94,6 +95,15 @@ def test_tool_call_is_shown_and_reported(cli, tiny_model, scripted):
             "content_type": "json",
         }
     ]
+
+
+def test_tools_file_is_declared_to_the_model(cli, tiny_model, scripted, tmp_path, harmony_oracle):
+    prompts = scripted(TOOL_SCRIPT)
+    (tmp_path / "tools.json").write_text(json.dumps(TOOLS))
+    result = cli("run", "-m", tiny_model, "--tools", tmp_path / "tools.json", "Weather in SF?")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith('-> functions.get_weather {"city":"SF"}\n')
+    assert prompts == [oracle_prompt(harmony_oracle, "Weather in SF?")]
 
 
 def test_ctrl_c_keeps_what_was_printed_and_exits_130(cli, tiny_model, scripted, o200k_tokenizer):

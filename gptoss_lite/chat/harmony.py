@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import GptossError
@@ -50,6 +51,16 @@ def tools_from_openai(spec: Any, source: str = "tools") -> list[ToolDef]:
     if not isinstance(spec, list):
         raise GptossError(f"{source}: expected a list of function tools, got {type(spec).__name__}")
     return [_tool_from_openai(item, f"{source}[{i}]") for i, item in enumerate(spec)]
+
+
+def read_tools(path: str | Path) -> list[ToolDef]:
+    """Function tools from a file of OpenAI function-tool JSON (see `tools_from_openai`)."""
+    try:
+        spec = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise GptossError(f"{path}: cannot read it as JSON: {reason}") from exc
+    return tools_from_openai(spec, source=str(path))
 
 
 def _tool_from_openai(item: Any, where: str) -> ToolDef:

@@ -3,11 +3,12 @@
 `ChatSession.send(text)` renders the harmony conversation plus a new user message and returns a
 `Generation`: an iterator over the reply's token ids that counts and times them (`ReplyStats`).
 The caller parses the reply as it streams (`harmony_parser.StreamParser`) and hands it back with
-`commit(completion)` to keep the turn. Each new prompt begins with the tokens already cached, so
-the runner prefills only what is new; but harmony drops the last reply's analysis when it
-re-renders it, so the cache must rewind over a whole reply: load the runner with
-`ring_slots=chat_ring_slots(config)`. A `Generation` also serves any other prompt, e.g. plain
-text stopping at <|endoftext|>.
+`commit(completion)` to keep the turn; a reply that called a tool is followed by
+`send_tool_result(call, output)`, which continues the chain (whose reasoning is kept). Each new
+prompt begins with the tokens already cached, so the runner prefills only what is new; but
+harmony drops the last reply's analysis when it re-renders it, so the cache must rewind over a
+whole reply: load the runner with `ring_slots=chat_ring_slots(config)`. A `Generation` also
+serves any other prompt, e.g. plain text stopping at <|endoftext|>.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..config import ModelConfig
 from ..engine.runner import Runner
 from ..errors import GptossError
 from .harmony import Conversation, Message, check_effort, render_prompt
-from .harmony_parser import Completion
+from .harmony_parser import Completion, ToolCall
 from .stats import ReplyStats
 from .tokenizer import Tokenizer
 from .tokens import STOP_TOKENS
@@ -102,16 +103,29 @@ class ChatSession:
 
     def send(self, text: str) -> Generation:
         """Start the reply to user message `text`; iterate the result for its token ids."""
-        self._pending = Message.user(text)
-        prompt = user_prompt(self.conversation, text, self.tokenizer)
-        return Generation(self.runner, prompt, self.sampling, STOP_TOKENS)
+        return self._reply_to(Message.user(text))
+
+    def send_tool_result(self, call: ToolCall, output: str) -> Generation:
+        """After a reply that ended in `call` (kept with `commit`), give the tool's `output` and
+        start the reply that continues the chain."""
+        return self._reply_to(Message.tool_result(call.recipient, output))
 
     def commit(self, completion: Completion) -> None:
-        """Keep the last user message and its reply in the history (skip this to drop them)."""
+        """Keep the last message sent and its reply in the history (skip this to drop them)."""
         if self._pending is None:
             raise GptossError("commit() needs a send() first")
         self.conversation.messages += [self._pending, *completion.messages]
         self._pending = None
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first `length` messages of the history (to drop an abandoned turn)."""
+        del self.conversation.messages[length:]
+        self._pending = None
+
+    def _reply_to(self, message: Message) -> Generation:
+        self._pending = message
+        prompt = next_prompt(self.conversation, message, self.tokenizer)
+        return Generation(self.runner, prompt, self.sampling, STOP_TOKENS)
 
     def reset(self) -> None:
         """Forget every turn; the settings (effort, instructions, identity) stay."""
@@ -125,7 +139,13 @@ class ChatSession:
 
 def user_prompt(conversation: Conversation, text: str, tokenizer: Tokenizer) -> list[int]:
     """The prompt asking for the reply to user message `text` after `conversation`."""
-    turns = [*conversation.messages, Message.user(text)]
+    return next_prompt(conversation, Message.user(text), tokenizer)
+
+
+def next_prompt(conversation: Conversation, message: Message, tokenizer: Tokenizer) -> list[int]:
+    """The prompt asking for the reply to `message` (a user turn, a tool result) after
+    `conversation`."""
+    turns = [*conversation.messages, message]
     return render_prompt(replace(conversation, messages=turns), tokenizer)
 
 

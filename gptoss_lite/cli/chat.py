@@ -6,7 +6,10 @@ are commands: /reset, /effort low|medium|high, /help, /exit (or EOF). On a termi
 a `>>> ` prompt and line editing; from a pipe nothing but the replies reaches stdout. On a
 terminal Ctrl-C stops a reply (the turn is then forgotten) or clears the line being typed; from a
 pipe it ends the chat with status 130. An error in one turn (e.g. the context is full) is printed
-and the chat goes on.
+and the chat goes on. With `--tools`, a reply that calls a tool is shown as `-> functions.name
+arguments`; the next line (`result of name> ` on a terminal) is the tool's output, and the
+reply goes on from it, until the model answers. Without a result (EOF, Ctrl-C) the turn is
+forgotten.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 
 import click
 
-from ..chat.session import ChatSession
+from ..chat.harmony_parser import Completion, ToolCall
+from ..chat.session import ChatSession, Generation
 from ..errors import GptossError
 from .common import Model, open_model, stats_lines
 from .display import show_harmony
@@ -41,8 +45,9 @@ def chat(verbose: bool, **kwargs) -> None:
     Every option can also be set with the environment variable shown beside it.
     """
     options = Options.take(kwargs)
+    conversation = options.conversation()  # a bad --tools file fails before the load
     model = open_model(options, chat=True)
-    session = ChatSession(model.runner, model.tokenizer, options.conversation(), options.sampling())
+    session = ChatSession(model.runner, model.tokenizer, conversation, options.sampling())
     loop = ChatLoop(session, model, options.show_reasoning, verbose, is_terminal())
     if loop.interactive:
         click.echo(f"{HELP}; Ctrl-D also exits", err=True)
@@ -119,19 +124,57 @@ class ChatLoop:
         return True
 
     def turn(self, text: str) -> None:
-        """One user message and its streamed reply. Ctrl-C stops the reply and forgets the
-        turn; from a pipe it then also ends the chat (status 130)."""
-        generation = self.session.send(text)
+        """One user message and its streamed reply; while the reply calls a tool (and tools were
+        declared), the tool's result is read and the reply goes on. Ctrl-C stops the reply and
+        forgets the turn; from a pipe it then also ends the chat (status 130)."""
+        session = self.session
+        start = len(session.conversation.messages)
+        try:
+            completion = self.reply(session.send(text))
+            while completion is not None and (call := self.pending_call(completion)):
+                output = self.tool_result(call)
+                if output is None:
+                    click.echo("(no tool result; this turn is forgotten)", err=True)
+                    break
+                completion = self.reply(session.send_tool_result(call, output))
+        except BaseException:
+            session.truncate(start)
+            raise
+        if completion is None or self.pending_call(completion):
+            session.truncate(start)
+
+    def reply(self, generation: Generation) -> Completion | None:
+        """Stream one reply and keep it in the history; None when Ctrl-C stopped it."""
         try:
             completion = show_harmony(generation, self.model.tokenizer, self.show_reasoning)
         except KeyboardInterrupt:
             click.echo("(interrupted; this turn is forgotten)", err=True)
             if not self.interactive:
                 raise
-        else:
-            self.session.commit(completion)
+            return None
         finally:
             if self.verbose:
                 device = self.model.runner.device
                 for line in stats_lines(generation.stats, generation.finish_reason, device):
                     click.echo(line, err=True)
+        self.session.commit(completion)
+        return completion
+
+    def pending_call(self, completion: Completion) -> ToolCall | None:
+        """The tool call a reply stopped on, when the conversation declares tools."""
+        calls = completion.tool_calls
+        wanted = completion.wants_tool and calls and self.session.conversation.tools
+        return calls[-1] if wanted else None
+
+    def tool_result(self, call: ToolCall) -> str | None:
+        """The tool's output, one line of input; None at EOF (or Ctrl-C on a terminal)."""
+        try:
+            line = input(f"result of {call.name}> ") if self.interactive else sys.stdin.readline()
+        except EOFError:
+            return None
+        except KeyboardInterrupt:
+            if not self.interactive:
+                raise
+            click.echo()
+            return None
+        return line.strip() if line else None

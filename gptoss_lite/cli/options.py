@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 
 import click
 
-from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort
+from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort, read_tools
 from ..chat.session import Sampling
 from ..config import ModelConfig, preset, preset_names
 from ..engine.runner import check_device
@@ -139,6 +139,7 @@ class Options:
     reasoning_effort: str
     system: str | None
     developer: str | None
+    tools: str | None
     show_reasoning: bool
 
     def __post_init__(self) -> None:
@@ -160,9 +161,10 @@ class Options:
         return Sampling(self.max_tokens, self.temperature, self.top_p, self.top_k, self.seed)
 
     def conversation(self) -> Conversation:
-        """An empty conversation with these settings and today's date."""
+        """An empty conversation with these settings, tools and today's date."""
         return Conversation(
             instructions=self.developer,
+            tools=read_tools(self.tools) if self.tools else [],
             reasoning_effort=self.reasoning_effort,
             date=datetime.date.today().isoformat(),
             model_identity=self.system or DEFAULT_IDENTITY,
@@ -240,6 +242,13 @@ _OPTIONS = [
         "--developer",
         default=None,
         help="Instructions for the model (the harmony developer message).",
+    ),
+    click.option(
+        "--tools",
+        metavar="FILE",
+        default=None,
+        help="Function tools the model may call: OpenAI function-tool JSON, a list of "
+        '{"type": "function", "function": {"name", "description", "parameters"}}.',
     ),
     click.option(
         "--show-reasoning/--hide-reasoning",
