@@ -53,7 +53,12 @@ class ToolCall:
     @property
     def name(self) -> str:
         """The function name, without the "functions." namespace."""
-        return self.recipient.removeprefix(FUNCTIONS)
+        return tool_name(self.recipient)
+
+
+def tool_name(recipient: str) -> str:
+    """The tool a recipient names: "functions.get_weather" -> "get_weather"."""
+    return recipient.removeprefix(FUNCTIONS)
 
 
 def message_kind(message: Message) -> str:
@@ -84,11 +89,7 @@ class Completion:
     @property
     def tool_calls(self) -> list[ToolCall]:
         """Assistant messages to a tool, in order."""
-        return [
-            ToolCall(m.recipient, m.content, m.content_type)
-            for m in self._assistant("call")
-            if m.recipient is not None
-        ]
+        return [ToolCall(m.recipient, m.content, m.content_type) for m in self._assistant("call")]
 
     @property
     def finish_reason(self) -> str:
@@ -285,7 +286,7 @@ class ReplyStream:
             if event.kind == "start":
                 self._fresh = True
                 if kind == "call":
-                    name = ToolCall(event.message.recipient, "").name
+                    name = tool_name(event.message.recipient)
                     out.append(Delta("tool_call", index=self._calls, name=name))
                     self._calls += 1
             elif event.kind == "text" and kind == "call":
