@@ -58,3 +58,6 @@ main.add_command(chat)
 from .profile import profile  # noqa: E402
 
 main.add_command(profile)
+from .serve import serve  # noqa: E402
+
+main.add_command(serve)
