@@ -5,7 +5,8 @@ URL; leaving the block shuts it down (bounded waits only). `ScriptedRunner` stan
 `Runner`: each `generate` call records its prompt and yields the tokens of a harmony completion
 (written as text with markup, tokenized with the real o200k vocabulary) up to the first stop
 token or `max_new_tokens`, optionally waiting on a gate before the first token or pausing after
-each one, so a test can hold the queue. `scripted_service` builds a `Service` around one; `serve_http` serves it for one test.
+each one, so a test can hold the queue. `scripted_service` builds a `Service` around one;
+`serve_http` serves it for one test.
 """
 
 from __future__ import annotations

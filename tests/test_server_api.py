@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 
+import httpx
 import openai
 import openai_harmony as oh
 import pytest
@@ -276,7 +277,7 @@ def test_responses_reasoning_and_answer(serve):
 def test_responses_tool_chain_with_previous_response_id(serve):
     client, service = serve(ONE_CALL)
     first = client.responses.create(model="gpt-oss-test", input="Tokyo?", tools=RESPONSE_TOOLS)
-    [reasoning, call] = first.output
+    [_, call] = first.output
     assert (call.type, call.name, call.arguments) == ("function_call", "get_weather", WEATHER_ARGS)
 
     service.runner.script(REASONED)
@@ -318,7 +319,7 @@ def test_responses_streams_function_call_arguments(serve):
 
 
 def test_stop_strings_cut_the_content(serve):
-    client, service = serve(REASONED)
+    client, _ = serve(REASONED)
     reply = client.chat.completions.create(model="gpt-oss-test", messages=USER, stop=[" = "])
     assert reply.choices[0].message.content == "2 + 2"
     assert reply.choices[0].finish_reason == "stop"
@@ -340,9 +341,7 @@ def test_raw_completions(serve):
 
 
 def test_models_and_health(serve):
-    client, service = serve(REASONED)
+    client, _ = serve(REASONED)
     assert [m.id for m in client.models.list()] == ["gpt-oss-test"]
-    import httpx
-
     health = httpx.get(str(client.base_url).removesuffix("/v1/") + "/health").json()
     assert health["status"] == "ok" and health["queue"]["running"] == 0

@@ -145,7 +145,7 @@ def test_requests_the_server_cannot_honour(http, path, body, param):
 
 
 def test_a_body_larger_than_the_context_needs(http):
-    client, service = http(context=64)
+    client, _ = http(context=64)
     huge = b'{"model": "gpt-oss-test", "messages": [{"role": "user", "content": "'
     huge += b"x" * body_limit(64) + b'"}]}'
     headers = {"Content-Type": "application/json"}

@@ -132,11 +132,12 @@ def test_a_disconnect_mid_stream_frees_the_queue(served):
         "temperature": 0,
         "stream": True,
     }
-    with httpx.Client(base_url=base, timeout=WAIT_S) as http:
-        with http.stream("POST", "chat/completions", json=body) as stream:
-            lines = stream.iter_lines()
-            assert next(lines).startswith("data: ")
-            next(lines)
+    http = httpx.Client(base_url=base, timeout=WAIT_S)
+    with http.stream("POST", "chat/completions", json=body) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("data: ")
+        next(lines)
+    http.close()
     deadline = threading.Event()
     for _ in range(int(WAIT_S * 10)):
         if service.queue.counts() == (0, 0):

@@ -18,7 +18,7 @@ from ..errors import GptossError
 from ..server.app import create_app
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
 from .common import open_model
-from .options import env_option
+from .options import context_option, device_option, model_option, profile_option
 
 
 @dataclass(frozen=True)
@@ -33,48 +33,23 @@ class ServeOptions:
 
 
 @click.command()
-@env_option(
-    "--model",
-    "-m",
-    env="MODEL",
-    default="openai/gpt-oss-20b",
-    show_default=True,
-    help="Hugging Face repo id or local checkpoint folder.",
-)
-@env_option(
-    "--profile",
-    "-p",
-    env="PROFILE",
-    default=None,
-    help="Memory profile: built-in name, .toml file or 'auto' [default: this machine].",
-)
-@env_option(
-    "--context",
-    "-c",
-    env="CONTEXT",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Context length in tokens [default: the largest that fits the profile].",
-)
-@env_option("--device", env="DEVICE", default=None, help="cpu, cuda or cuda:N.")
-@env_option("--host", env="HOST", default="127.0.0.1", show_default=True, help="Address to bind.")
-@env_option(
+@model_option("Hugging Face repo id or local checkpoint folder.", default="openai/gpt-oss-20b")
+@profile_option()
+@context_option("Context length in tokens [default: the largest that fits the profile].")
+@device_option()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
     "--port",
-    env="PORT",
     type=click.IntRange(0, 65535),
     default=8000,
     show_default=True,
     help="Port to listen on (0: any free one).",
 )
-@env_option(
-    "--api-key",
-    env="API_KEY",
-    default=None,
-    help="Require 'Authorization: Bearer KEY' on /v1 [default: no key].",
+@click.option(
+    "--api-key", default=None, help="Require 'Authorization: Bearer KEY' on /v1 [default: none]."
 )
-@env_option(
+@click.option(
     "--max-queue",
-    env="MAX_QUEUE",
     type=click.IntRange(min=0),
     default=DEFAULT_MAX_QUEUE,
     show_default=True,
