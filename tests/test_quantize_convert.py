@@ -19,14 +19,13 @@ import torch
 from click.testing import CliRunner
 
 import quantize.convert as convert
+from gptoss_lite.checkpoint.dense import quantize_dense
 from gptoss_lite.cli import main
 from gptoss_lite.config import QUANTIZATION_CONFIG
 from gptoss_lite.errors import GptossError
-from gptoss_lite.model.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize, quantize_mxfp4
 from quantize.convert import convert_checkpoint
-from quantize.experts import quantize_dense
 from quantize.metrics import error_metrics
-from quantize.mxfp4 import quantize_mxfp4
 
 transformers = pytest.importorskip("transformers")
 
