@@ -292,3 +292,10 @@ def test_the_cli_says_it_in_one_line(cli, tiny_model, tmp_path):
         == f"error: checkpoint file {folder / SINGLE} has a corrupt header (not a JSON object)"
     )
     assert not any("Traceback" in line for line in lines)
+
+
+def test_a_tensor_in_two_files_without_an_index(copy):
+    folder = copy()
+    shutil.copy(folder / SINGLE, folder / "model-copy.safetensors")
+    with pytest.raises(GptossError, match="tensor .* is in both .*model-copy.safetensors"):
+        load(folder)

@@ -39,6 +39,10 @@ class FileCheckpoint:
                 if name not in specs:
                     raise GptossError(f"tensor {name} is in the index but not in {file}")
             for name, spec in specs.items():
+                if name in self.tensors and names is None:
+                    raise GptossError(
+                        f"tensor {name} is in both {self.tensors[name].file} and {file}"
+                    )
                 if names is None or name in names:
                     self.tensors[name] = TensorInfo(spec.shape, spec.torch_dtype, file)
         self._open: dict[tuple[Path, str], object] = {}
