@@ -27,6 +27,7 @@ class Options:
     profile: str | None
     context: int | None
     device: str | None
+    budget: float | None
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -75,6 +76,16 @@ def env_option(*decls: str, env: str, **kwargs) -> Callable:
     return click.option(*decls, envvar=ENV_PREFIX + env, show_envvar=True, **kwargs)
 
 
+budget_option = env_option(
+    "--budget",
+    env="BUDGET",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="GIB",
+    help="Memory the run may use, in GiB, up to the profile's card memory "
+    "[default: the profile's budget].",
+)
+
 _OPTIONS = [
     env_option(
         "--model",
@@ -105,6 +116,7 @@ _OPTIONS = [
         default=None,
         help="cpu, cuda or cuda:N [default: the profile's device].",
     ),
+    budget_option,
     env_option(
         "--max-tokens",
         "-n",

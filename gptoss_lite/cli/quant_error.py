@@ -16,8 +16,8 @@ from quantize.kld import DTYPES, model_error_report
 from quantize.report import render_markdown, tensor_error_report, write_report
 
 from ..config import preset, preset_names
+from ..memory.profiles import check_device
 from ..outputs import check_outputs
-from .common import check_device
 
 
 @click.command("quant-error")
