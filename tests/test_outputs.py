@@ -42,10 +42,10 @@ def test_the_old_report_goes_whole_even_files_the_new_one_lacks(tmp_path):
 @pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyError])
 def test_a_failure_mid_write_leaves_the_old_report(tmp_path, failure):
     before = old_report(tmp_path / "out")
-    with pytest.raises(GptossError if isinstance(failure, OSError) else KeyError) as err:
-        with replacing(tmp_path / "out", NAMES) as new:
-            (new / "report.json").write_text("new json")
-            raise failure
+    expected = GptossError if isinstance(failure, OSError) else KeyError
+    with pytest.raises(expected) as err, replacing(tmp_path / "out", NAMES) as new:
+        (new / "report.json").write_text("new json")
+        raise failure
     if isinstance(failure, OSError):
         assert str(err.value) == (
             f"cannot write the report into {tmp_path / 'out'}: No space left on device; "
