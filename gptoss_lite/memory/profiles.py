@@ -155,12 +155,11 @@ def check_device(name: str | torch.device) -> torch.device:
     if device.type == "cpu":
         return device
     if not torch.cuda.is_available():
-        raise GptossError(f"--device {name}: no CUDA device is available here")
+        raise GptossError(f"--device {name}: no CUDA device is available here; use cpu")
     index = torch.cuda.current_device() if device.index is None else device.index
     if index >= torch.cuda.device_count():
-        raise GptossError(
-            f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices"
-        )
+        count = torch.cuda.device_count()
+        raise GptossError(f"--device {name}: this machine has {count} CUDA device(s)")
     return torch.device("cuda", index)
 
 
