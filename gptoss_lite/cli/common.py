@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import click
 import torch
@@ -26,7 +27,17 @@ from ..errors import GptossError
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile, run_device
 from ..units import format_bytes
-from .options import Options
+
+
+class ModelChoice(Protocol):
+    """What `open_model` reads of a command's options (`Options` of run and chat has it all)."""
+
+    model: str
+    profile: str | None
+    context: int | None
+    device: str | None
+    budget: float | None
+    max_tokens: int | None
 
 
 @dataclass
@@ -40,7 +51,7 @@ class Model:
 
 
 def open_model(
-    options: Options,
+    options: ModelChoice,
     *,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,
