@@ -231,6 +231,25 @@ def test_attention_matches_reference(kv_heads, window, tokens, keys, empty):
     _check_attention(case, window)
 
 
+@pytest.mark.parametrize("window", [None, 8])
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_attention_split_keys(monkeypatch, window, tokens):
+    """Keys split across programs (as in decode): the partial states merge to the same result,
+    also where a split holds no key visible to a row (the window leaves split 0 empty)."""
+    monkeypatch.setattr(attn, "SPLIT_MIN_KEYS", attn.BLOCK_N)
+    assert attn._key_splits(150, 2) == (128, 2)
+    case = _attention_case(tokens, 150, 8, 2, empty=3, seed=tokens)
+    _check_attention(case, window)
+
+
+def test_key_splits_by_hand():
+    # decode at 32k context on 8 kv heads: 32 splits of 1024 keys make 256 programs
+    assert attn._key_splits(32768, 8) == (1024, 32)
+    assert attn._key_splits(4096, 8) == (256, 16)  # at least SPLIT_MIN_KEYS keys per split
+    assert attn._key_splits(129, 8) == (192, 1)  # a sliding layer's ring and one new key
+    assert attn._key_splits(2000, 512) == (2048, 1)  # prefill fills the GPU without splits
+
+
 def test_attention_fp32_is_tight():
     case = [t.float() if t.is_floating_point() else t for t in _attention_case(9, 90, 8, 2)]
     ref = attn.attention_reference(*case, 16)
