@@ -44,7 +44,8 @@ def direct_rate(model: str, prompt_tokens: int, gen_tokens: int) -> float:
     """The same greedy decode on the runner itself, loaded as `serve` loads it (chat rings)."""
     import gptoss_lite
     from gptoss_lite.chat.session import chat_ring_slots
-    from gptoss_lite.chat.tokenizer import ENDOFTEXT, load_tokenizer
+    from gptoss_lite.chat.tokenizer import load_tokenizer
+    from gptoss_lite.chat.tokens import ENDOFTEXT
     from gptoss_lite.config import read_config
 
     ring = chat_ring_slots(read_config(model))
