@@ -105,7 +105,16 @@ def test_malformed_bodies(http, body, param):
     ("path", "body", "param"),
     [
         ("/v1/chat/completions", {**CHAT, "reasoning_effort": "extreme"}, "reasoning_effort"),
-        ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),
+        ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),  # no tools
+        (
+            "/v1/chat/completions",
+            {
+                **CHAT,
+                "tool_choice": {"type": "function", "function": {"name": "nope"}},
+                "tools": [{"type": "function", "function": {"name": "get_time"}}],
+            },
+            "tool_choice",
+        ),
         (
             "/v1/chat/completions",
             {**CHAT, "messages": [{"role": "tool", "tool_call_id": "call_x", "content": "1"}]},

@@ -98,14 +98,16 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         conv.function_tool(t.function.name, t.function.description, t.function.parameters)
         for t in body.tools or []
     ]
+    tools, forced = conv.tools_for(tools, body.tool_choice)
     chat = conv.conversation(
         turns,
         instructions=instructions,
-        tools=conv.tools_for(tools, body.tool_choice),
+        tools=tools,
         effort=body.reasoning_effort,
         effort_param="reasoning_effort",
     )
-    prompt = render_prompt(chat, service.tokenizer)
+    call = conv.forced_call(forced, service.tokenizer)
+    prompt = render_prompt(chat, service.tokenizer) + call
     limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     sampling = service.sampling(
         prompt,
@@ -116,7 +118,7 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         seed=body.seed,
     )
     stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
-    return service.submit(prompt, sampling), Reply(service.tokenizer, stops)
+    return service.submit(prompt, sampling), Reply(service.tokenizer, stops, prefix=call)
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:

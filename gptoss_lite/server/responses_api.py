@@ -131,14 +131,16 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
     turns = store.get(body.previous_response_id) if body.previous_response_id else Turns()
     instructions = add_input(turns, body.input)
     tools = [_tool(t, i) for i, t in enumerate(body.tools or [])]
+    tools, forced = conv.tools_for(tools, body.tool_choice)
     chat = conv.conversation(
         turns.messages,
         instructions=[body.instructions or "", *instructions],
-        tools=conv.tools_for(tools, body.tool_choice),
+        tools=tools,
         effort=body.reasoning.effort if body.reasoning else None,
         effort_param="reasoning.effort",
     )
-    prompt = render_prompt(chat, service.tokenizer)
+    call = conv.forced_call(forced, service.tokenizer)
+    prompt = render_prompt(chat, service.tokenizer) + call
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_output_tokens,
@@ -146,7 +148,8 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         temperature=body.temperature,
         top_p=body.top_p,
     )
-    return Pending(body, turns, service.submit(prompt, sampling), Reply(service.tokenizer))
+    reply = Reply(service.tokenizer, prefix=call)
+    return Pending(body, turns, service.submit(prompt, sampling), reply)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
