@@ -56,6 +56,10 @@ def test_prompt_longer_than_the_context(http):
     assert error["param"] == "max_tokens" and "300" in error["message"]
     response = {"model": "gpt-oss-test", "input": "Hi", "max_output_tokens": 10_000}
     assert _error(client.post("/v1/responses", json=response), 400)["param"] == "max_output_tokens"
+    long = {"model": "gpt-oss-test", "input": "word " * 400}
+    assert _error(client.post("/v1/responses", json=long), 400)["param"] == "input"
+    long = {"model": "gpt-oss-test", "prompt": "word " * 400}
+    assert _error(client.post("/v1/completions", json=long), 400)["param"] == "prompt"
     assert service.runner.prompts == []  # nothing reached the model
 
 

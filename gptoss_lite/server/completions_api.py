@@ -39,6 +39,7 @@ def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
         prompt,
         max_tokens=body.max_tokens,
         max_param="max_tokens",
+        prompt_param="prompt",
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,

@@ -145,6 +145,7 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         prompt,
         max_tokens=body.max_output_tokens,
         max_param="max_output_tokens",
+        prompt_param="input",
         temperature=body.temperature,
         top_p=body.top_p,
     )
@@ -167,7 +168,9 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
         elif item.type == "message" and item.role == "assistant":
             turns.messages.append(conv.answer(_text(item.content, where)))
         elif item.type == "reasoning":
-            turns.messages.append(conv.reasoning(_text(item.content or item.summary, where)))
+            thought = _text(item.content or item.summary, where)
+            if thought:
+                turns.messages.append(conv.reasoning(thought))
         elif item.type == "function_call" and item.name and item.call_id:
             turns.names[item.call_id] = item.name
             turns.messages.append(conv.tool_call(item.name, item.arguments or ""))
