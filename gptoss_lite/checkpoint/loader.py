@@ -9,6 +9,8 @@ checkpoint tensor used. The MXFP4 expert blocks and scales stay uint8.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -79,10 +81,13 @@ def load_weights(
     checkpoint: Checkpoint,
     device: torch.device | str,
     embedding_device: torch.device | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device`."""
+    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device`;
+    `progress(done, total)` is told the parameter bytes filled after each one."""
     table = name_table(model.config, checkpoint.layout)
     params = dict(model.named_parameters())
+    total, done = sum(p.numel() * p.element_size() for p in params.values()), 0
     if set(table) != set(params):
         raise AssertionError(f"name table and model disagree: {set(table) ^ set(params)}")
     used: set[str] = set()
@@ -101,6 +106,9 @@ def load_weights(
             )
         _assign(model, param_name, tensor.to(target.dtype))
         used.update(sources)
+        done += target.numel() * target.element_size()
+        if progress is not None:
+            progress(done, total)
     unused = sorted(set(checkpoint.tensors) - used)
     if unused:
         raise GptossError(

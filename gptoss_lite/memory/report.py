@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
-from ..engine.generate import decode, prefill
-from ..engine.runner import Runner, load
+from ..engine.generate import check_fits, decode_step, next_token, prefill
+from ..engine.runner import Runner, load, resolve_profile
 from ..errors import GptossError
 from .meter import CpuMeter, CudaMeter, Meter, Reading, cap_memory
 from .plan import Plan
-from .profiles import Profile, cpu_profile, host_memory_bytes, load_profile
+from .profiles import Profile
 
 SCHEMA = "gptoss-lite/memory-report/1"
 CATEGORIES = ("experts", "attention", "router", "norms", "embedding", "lm_head")
@@ -230,11 +230,11 @@ def measure_memory(
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
-    prof = _profile(profile, device)
+    prof = resolve_profile(profile, device)
     dev = _device(device or prof.device)
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
-        runner, phases = _load(model, prof, dev, meter, context, prompt_tokens + gen_tokens)
+        runner, phases = _load(model, prof, dev, meter, context, prompt_tokens, gen_tokens)
         _prefill_and_decode(runner, meter, phases, prompt_tokens, gen_tokens, seed)
     weights, host = weights_by_category(runner.model, dev)
     return MemoryReport(
@@ -260,16 +260,13 @@ def _load(
     dev: torch.device,
     meter: Meter,
     context: int | None,
-    tokens: int,
+    prompt_tokens: int,
+    gen_tokens: int,
 ) -> tuple[Runner, list[Phase]]:
     """The runner, and the measured load phase (weights and KV cache)."""
 
     def fits(p: Plan) -> None:  # called with the plan, before any weight is read
-        if tokens > p.context:
-            raise GptossError(
-                f"{tokens} prompt + generated tokens exceed the context of {p.context}; "
-                "pass a larger --context or fewer tokens"
-            )
+        check_fits(prompt_tokens, gen_tokens, p.context)
 
     start = time.perf_counter()
     try:
@@ -292,7 +289,11 @@ def _prefill_and_decode(
         return prefill(runner.model, runner.cache, tokens, runner.prefill_chunk)
 
     def run_decode() -> list[int]:  # m forward passes: the first token comes from the prefill
-        return list(decode(runner.model, runner.cache, logits, max_new_tokens=m + 1, temperature=0))
+        tokens = [next_token(logits[-1], temperature=0)]
+        for _ in range(m):
+            step = decode_step(runner.model, runner.cache, tokens[-1])
+            tokens.append(next_token(step[-1], temperature=0))
+        return tokens
 
     logits = _phase(meter, phases, "prefill", n, run_prefill)
     if m and logits is not None:
@@ -338,14 +339,6 @@ def _category(name: str) -> str:
 def _tensors(runner: Runner) -> list[torch.Tensor]:
     cache = runner.cache
     return [*runner.model.parameters(), *cache.k, *cache.v, cache.ring_pos]
-
-
-def _profile(profile: str | Path | Profile | None, device: str | torch.device | None) -> Profile:
-    if isinstance(profile, Profile):
-        return profile
-    if profile is None and device is not None and torch.device(device).type == "cpu":
-        return cpu_profile(host_memory_bytes())
-    return load_profile(profile or "auto")
 
 
 def _device(device: str | torch.device) -> torch.device:

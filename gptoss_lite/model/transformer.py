@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import GptossError
 from .attention import attention
 from .cache import KVCache
 from .moe import PackedExperts, experts_forward, route
@@ -32,7 +33,7 @@ def kernel_functions(kernels: str) -> tuple:
     if kernels == "torch":
         return attention, experts_forward
     if kernels != "triton":
-        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
+        raise GptossError(f"unknown kernels {kernels!r}; use auto, {' or '.join(KERNELS)}")
     from ..kernels.attention_triton import attention as triton_attention
     from ..kernels.moe_triton import moe_forward
 
