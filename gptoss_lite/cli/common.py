@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Protocol, TextIO
 
 import click
 import torch
@@ -27,9 +27,18 @@ from ..engine.runner import Runner, find_model, load, resolve_profile
 from ..errors import GptossError
 from ..memory.plan import Plan
 from ..memory.profiles import GIB
-from .options import Options
 
 MIB = 1 << 20
+
+
+class ModelChoice(Protocol):
+    """What `open_model` reads of a command's options (`Options` of run and chat has it all)."""
+
+    model: str
+    profile: str | None
+    context: int | None
+    device: str | None
+    max_tokens: int | None
 
 
 @dataclass
@@ -43,7 +52,7 @@ class Model:
 
 
 def open_model(
-    options: Options,
+    options: ModelChoice,
     *,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,
