@@ -23,12 +23,11 @@ from ..chat.session import chat_ring_slots
 from ..chat.stats import ReplyStats, peak_memory
 from ..chat.tokenizer import Tokenizer, load_tokenizer
 from ..engine.generate import check_fits
-from ..engine.runner import Runner, find_model, load, resolve_profile
+from ..engine.runner import Runner, find_model, load
 from ..errors import GptossError
 from ..memory.plan import Plan
-from ..memory.profiles import GIB
-
-MIB = 1 << 20
+from ..memory.profiles import resolve_profile, run_device
+from ..units import format_bytes
 
 
 class ModelChoice(Protocol):
@@ -38,6 +37,7 @@ class ModelChoice(Protocol):
     profile: str | None
     context: int | None
     device: str | None
+    budget: float | None
     max_tokens: int | None
 
 
@@ -62,7 +62,8 @@ def open_model(
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
     rewind over a whole reply."""
-    profile = resolve_profile(options.profile, options.device)
+    profile = resolve_profile(options.profile, options.device, options.budget)
+    run_device(profile, options.device)  # before anything is read or downloaded
     source = find_model(options.model)  # from the Hub: the weights come after the plan
     tokenizer = load_tokenizer(source.folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
@@ -81,7 +82,7 @@ def open_model(
         profile=profile,
         ring_slots=ring,
         on_plan=show,
-        progress=Progress.on_stderr("loading weights", _size),
+        progress=Progress.on_stderr("loading weights", format_bytes),
     )
     runner.progress = Progress.on_stderr("prefill", lambda n: f"{n:,} tokens")
     return Model(runner, tokenizer, time.perf_counter() - start, prompt)
@@ -122,10 +123,10 @@ def plan_line(p: Plan) -> str:
         "activations": p.activation_bytes,
         "reserve": p.reserve_bytes,
     }
-    sums = " + ".join(f"{name} {_size(n)}" for name, n in parts.items())
+    sums = " + ".join(f"{name} {format_bytes(n)}" for name, n in parts.items())
     return (
         f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens; "
-        f"{sums} = {_size(p.total_bytes)} of {_size(p.budget_bytes)}"
+        f"{sums} = {format_bytes(p.total_bytes)} of {format_bytes(p.budget_bytes)}"
     )
 
 
@@ -139,9 +140,5 @@ def stats_lines(stats: ReplyStats, finish_reason: str, device: torch.device) -> 
     ]
     peak = peak_memory(device)
     if peak is not None:
-        lines.append(f"peak memory: {_size(peak[0])} ({peak[1]})")
+        lines.append(f"peak memory: {format_bytes(peak[0])} ({peak[1]})")
     return lines
-
-
-def _size(n: int) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"

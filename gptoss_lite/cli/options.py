@@ -21,8 +21,8 @@ import click
 from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation
 from ..chat.session import Sampling, check_effort
 from ..config import ModelConfig, preset, preset_names
-from ..engine.runner import check_device
 from ..engine.sampling import check_sampling
+from ..memory.profiles import check_device
 
 ENV_PREFIX = "GPTOSS_LITE_"
 
@@ -88,6 +88,18 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def budget_option() -> Callable:
+    """--budget, the memory a run may use, replacing the profile's budget."""
+    return click.option(
+        "--budget",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="GIB",
+        help="Memory the run may use, in GiB, up to the profile's card memory "
+        "[default: the profile's budget].",
+    )
+
+
 class Geometry(click.ParamType):
     """A preset geometry name, converted to its `ModelConfig`; a bad name is one error line."""
 
@@ -131,6 +143,7 @@ class Options:
     profile: str | None
     context: int | None
     device: str | None
+    budget: float | None
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -189,6 +202,7 @@ _OPTIONS = [
     profile_option(),
     context_option("Context length in tokens [default: the largest that fits the profile]."),
     device_option(),
+    budget_option(),
     click.option(
         "--max-tokens",
         "-n",

@@ -18,7 +18,7 @@ from ..errors import GptossError
 from ..server.app import create_app
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
 from .common import open_model
-from .options import context_option, device_option, model_option, profile_option
+from .options import budget_option, context_option, device_option, model_option, profile_option
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class ServeOptions:
     profile: str | None
     context: int | None
     device: str | None
+    budget: float | None = None
     max_tokens: int | None = None
 
 
@@ -37,6 +38,7 @@ class ServeOptions:
 @profile_option()
 @context_option("Context length in tokens [default: the largest that fits the profile].")
 @device_option()
+@budget_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -60,6 +62,7 @@ def serve(
     profile: str | None,
     context: int | None,
     device: str | None,
+    budget: float | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -70,7 +73,7 @@ def serve(
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
     listener = bind(host, port)
-    loaded = open_model(ServeOptions(model, profile, context, device), chat=True)
+    loaded = open_model(ServeOptions(model, profile, context, device, budget), chat=True)
     service = Service(
         loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue
     )

@@ -33,7 +33,7 @@ from ..config import ModelConfig, read_config
 from ..errors import GptossError
 from ..kernels import triton_available
 from ..memory.plan import Plan, plan
-from ..memory.profiles import Profile, cpu_profile, host_memory_bytes, load_profile
+from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
 from .generate import PREFILL_CHUNK, Progress, check_fits, decode_step, next_token, prefill
@@ -234,16 +234,11 @@ def load(
     geometry made in memory, to check the fit before a download.
     """
     dtype = _dtype(dtype)
+    profile = resolve_profile(profile, device)
+    device = run_device(profile, device)  # before anything is read or downloaded
     if isinstance(model, (str, Path)):
         model = find_model(model)
     config = model.config
-    profile = resolve_profile(profile, device)
-    if device is None and profile.device.startswith("cuda") and not torch.cuda.is_available():
-        raise GptossError(
-            f"profile {profile.name} runs on CUDA and no CUDA device is available here; "
-            "use --profile cpu (or --device cpu)"
-        )
-    device = check_device(device or profile.device)
     memory_plan = plan(config, profile, context, ring_slots=ring_slots)
     if on_plan is not None:
         on_plan(memory_plan)
@@ -266,36 +261,6 @@ def load(
         plan=memory_plan,
         name=name,
     )
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """The torch device `device` names, or a one-line `GptossError` unless this machine has it."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise GptossError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise GptossError(f"--device {device}: gptoss-lite runs on cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GptossError(f"--device {device}: no CUDA device is available here; use cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise GptossError(f"--device {device}: this machine has {count} CUDA device(s)")
-    return dev
-
-
-def resolve_profile(
-    profile: str | Path | Profile | None, device: str | torch.device | None = None
-) -> Profile:
-    """The profile named (a `Profile`, a built-in name or .toml file, "auto"); by default the
-    cpu profile sized to this host when `device` is a cpu, else "auto"."""
-    if isinstance(profile, Profile):
-        return profile
-    if profile is not None:
-        return load_profile(profile)
-    if device is not None and torch.device(device).type == "cpu":
-        return cpu_profile(host_memory_bytes())
-    return load_profile("auto")
 
 
 def _kernels(kernels: str, device: torch.device) -> str:
