@@ -21,14 +21,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..checkpoint.dense import QuantizingCheckpoint, has_dense_experts
 from ..checkpoint.hub import resolve_model
 from ..checkpoint.loader import load_weights
-from ..checkpoint.reader import Checkpoint, open_checkpoint
+from ..checkpoint.protocol import Checkpoint
+from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
 from ..kernels import triton_available
@@ -38,9 +38,6 @@ from ..model.cache import KVCache
 from ..model.transformer import Transformer
 from .generate import PREFILL_CHUNK, Progress, check_fits, decode_step, next_token, prefill
 from .sampling import check_sampling
-
-if TYPE_CHECKING:  # only for annotations: the engine does not import the synthetic writer
-    from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 
 BUSY = (
     "this Runner is already computing for another call (another thread?): it holds one KV "
@@ -207,7 +204,7 @@ class Runner:
 
 
 def load(
-    model: str | Path | ModelSource | Checkpoint | SyntheticCheckpoint,
+    model: str | Path | ModelSource | Checkpoint,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -243,8 +240,8 @@ def load(
     if on_plan is not None:
         on_plan(memory_plan)
     found = isinstance(model, ModelSource)
-    checkpoint = open_checkpoint(model.weights_folder()) if found else model
-    if isinstance(checkpoint, Checkpoint) and has_dense_experts(checkpoint):
+    checkpoint = open_checkpoint(model.weights_folder(), config) if found else model
+    if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
     net = Transformer(config, dtype, _kernels(kernels, device))
