@@ -31,7 +31,7 @@ from ..checkpoint.protocol import Checkpoint
 from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
-from ..kernels import triton_available
+from ..kernels import kernel_functions, triton_available
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
@@ -244,7 +244,7 @@ def load(
     if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
-    net = Transformer(config, dtype, _kernels(kernels, device))
+    net = Transformer(config, dtype, kernel_functions(_kernels(kernels, device)))
     load_weights(net, checkpoint, device, embedding_device, progress=progress)
     checkpoint.close()
     cache = KVCache(config, memory_plan.context, device=device, dtype=dtype, ring_slots=ring_slots)
@@ -261,7 +261,7 @@ def load(
 
 
 def _kernels(kernels: str, device: torch.device) -> str:
-    """ "auto" made concrete; any other name is the model's to check."""
+    """ "auto" made concrete; any other name is `kernel_functions`' to check."""
     if kernels != "auto":
         return kernels
     return "triton" if device.type == "cuda" and triton_available() else "torch"
