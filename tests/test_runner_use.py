@@ -212,3 +212,8 @@ def test_a_cached_repo_goes_by_its_repo_id(cli, tiny_model, hub_cache):
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("someone/tiny-oss on ")
     assert '"model": "someone/tiny-oss"' in result.stdout
+
+
+def test_an_unknown_kernel_name_is_one_line(checkpoint):
+    with pytest.raises(GptossError, match="^unknown kernels 'cuda-fast'; use auto, torch or"):
+        gptoss_lite.load(checkpoint("g1"), device="cpu", context=64, kernels="cuda-fast")
