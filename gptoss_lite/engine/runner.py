@@ -16,6 +16,7 @@ cache a later call took over raises on its next step instead of yielding wrong t
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -31,7 +32,7 @@ from ..checkpoint.protocol import Checkpoint
 from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
-from ..kernels import kernel_functions, triton_available
+from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
@@ -261,10 +262,19 @@ def load(
 
 
 def _kernels(kernels: str, device: torch.device) -> str:
-    """ "auto" made concrete; any other name is `kernel_functions`' to check."""
+    """ "auto" made concrete (a card the kernels cannot run on gets torch); any other name is
+    `kernel_functions`' to check."""
+    refusal = triton_refusal(device) if device.type == "cuda" else None
+    if kernels == "triton" and refusal:
+        raise GptossError(refusal)
     if kernels != "auto":
         return kernels
-    return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if device.type != "cuda" or not triton_available():
+        return "torch"
+    if refusal:
+        logging.getLogger(__name__).warning("%s: running the torch path", refusal)
+        return "torch"
+    return "triton"
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
