@@ -71,12 +71,13 @@ class Service:
         *,
         max_tokens: int | None,
         max_param: str,
+        prompt_param: str = "messages",
         temperature: float | None,
         top_p: float | None,
         seed: int | None = None,
     ) -> Sampling:
         """How to sample the reply to `prompt`, which must leave room for `max_tokens`."""
-        for param, new_tokens in (("messages", None), (max_param, max_tokens)):
+        for param, new_tokens in ((prompt_param, None), (max_param, max_tokens)):
             try:
                 room = check_fits(len(prompt), new_tokens, self.context)
             except GptossError as exc:
