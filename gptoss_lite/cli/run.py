@@ -102,7 +102,7 @@ def report(generation: Generation, model: Model, raw: bool) -> dict:
         finish = completion.finish_reason if finish == "stop" else finish  # maybe "tool_calls"
     peak = peak_memory(model.runner.device)
     return {
-        "model": str(model.runner.folder),
+        "model": model.runner.name,
         "final": final,
         "analysis": analysis,
         "tool_calls": calls,
