@@ -9,6 +9,8 @@ checkpoint tensor used. The MXFP4 expert blocks and scales stay uint8.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import nn
 
@@ -79,8 +81,10 @@ def load_weights(
     checkpoint: Checkpoint,
     device: torch.device | str,
     embedding_device: torch.device | str | None = None,
+    host_parameters: Collection[str] = (),
 ) -> None:
-    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device`."""
+    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device` (the
+    embedding onto `embedding_device`, `host_parameters` into host memory)."""
     table = name_table(model.config, checkpoint.layout)
     params = dict(model.named_parameters())
     if set(table) != set(params):
@@ -89,6 +93,8 @@ def load_weights(
     for param_name, sources in table.items():
         target = params[param_name]
         where = embedding_device if param_name == "embedding" and embedding_device else device
+        if param_name in host_parameters:
+            where = torch.device("cpu")
         tensor = _read(checkpoint, sources, where)
         if tuple(tensor.shape) != tuple(target.shape):
             raise GptossError(

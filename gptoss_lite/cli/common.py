@@ -72,6 +72,7 @@ def open_model(
         profile=profile,
         ring_slots=ring,
         on_plan=show,
+        cpu_experts=options.cpu_experts,
     )
     return Model(runner, tokenizer, time.perf_counter() - start, prompt)
 
@@ -106,9 +107,10 @@ def plan_line(p: Plan) -> str:
         "reserve": p.reserve_bytes,
     }
     sums = " + ".join(f"{name} {_size(n)}" for name, n in parts.items())
+    host = f"; experts of {p.cpu_experts} layers in host RAM" if p.cpu_experts else ""
     return (
         f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens; "
-        f"{sums} = {_size(p.total_bytes)} of {_size(p.budget_bytes)}"
+        f"{sums} = {_size(p.total_bytes)} of {_size(p.budget_bytes)}{host}"
     )
 
 

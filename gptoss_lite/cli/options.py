@@ -27,6 +27,7 @@ class Options:
     profile: str | None
     context: int | None
     device: str | None
+    cpu_experts: int | str | None
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -70,9 +71,39 @@ class Effort(click.ParamType):
         return check_effort(str(value))
 
 
+class Layers(click.ParamType):
+    """A number of layers or "all" (for --cpu-experts)."""
+
+    name = "layers"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[N|all]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
+        if value == "all" or isinstance(value, int):
+            return value
+        if not str(value).isdigit():
+            self.fail(f"{value!r} is not a number of layers or 'all'", param, ctx)
+        return int(str(value))
+
+
 def env_option(*decls: str, env: str, **kwargs) -> Callable:
     """A click option also read from the environment variable GPTOSS_LITE_<env>."""
     return click.option(*decls, envvar=ENV_PREFIX + env, show_envvar=True, **kwargs)
+
+
+def cpu_experts_option(command: Callable) -> Callable:
+    """--cpu-experts N|all, also read from GPTOSS_LITE_CPU_EXPERTS."""
+    return env_option(
+        "--cpu-experts",
+        env="CPU_EXPERTS",
+        type=Layers(),
+        default=None,
+        help="Keep the experts of the first N layers (or all) in host RAM and run them on the "
+        "CPU [default: the profile's, else as few as the GPU needs].",
+    )(command)
 
 
 _OPTIONS = [
@@ -105,6 +136,7 @@ _OPTIONS = [
         default=None,
         help="cpu, cuda or cuda:N [default: the profile's device].",
     ),
+    cpu_experts_option,
     env_option(
         "--max-tokens",
         "-n",

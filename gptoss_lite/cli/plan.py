@@ -17,6 +17,7 @@ from ..errors import GptossError
 from ..memory.plan import CONTEXT_GRANULE, Plan
 from ..memory.plan import plan as make_plan
 from ..memory.profiles import GIB, load_profile
+from .options import cpu_experts_option
 
 MIB = 1 << 20
 LABELS = {
@@ -58,14 +59,22 @@ LABELS = {
     default=None,
     help="Prompt tokens per forward pass; default: the profile's.",
 )
+@cpu_experts_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
-    model: str, profile_name: str, context: int | None, prefill_chunk: int | None, as_json: bool
+    model: str,
+    profile_name: str,
+    context: int | None,
+    prefill_chunk: int | None,
+    cpu_experts: int | str | None,
+    as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
     config = model_config(model)
     profile = load_profile(profile_name)
-    result = make_plan(config, profile, context, prefill_chunk=prefill_chunk)
+    result = make_plan(
+        config, profile, context, prefill_chunk=prefill_chunk, cpu_experts=cpu_experts
+    )
     click.echo(result.to_json() if as_json else render(result, profile.description))
 
 
@@ -111,7 +120,14 @@ def _notes(p: Plan) -> list[str]:
     }[p.bound]
     phases = {k: v for k, v in p.activations.items() if k != "resident"}
     peak = max(phases, key=phases.get)
+    split = []
+    if p.cpu_experts:
+        split = [
+            f"experts: {p.cpu_experts} layers' in host RAM (run by the CPU kernel), the other "
+            f"layers' on {p.device}"
+        ]
     return [
+        *split,
         f"context: {p.context:,} tokens ({why})",
         f"KV cache: {p.kv_bytes_per_token:,} B per token ({p.kv_cache_dtype}, full-attention "
         f"layers) + {p.kv_ring_bytes / MIB:,.2f} MiB of sliding-window rings",
@@ -121,7 +137,7 @@ def _notes(p: Plan) -> list[str]:
 
 
 def _row(label: str, mib: str, gib: str) -> str:
-    return f"  {label:<34}{mib:>12}{gib:>10}"
+    return f"  {label:<38}{mib:>12}{gib:>10}"
 
 
 def _sizes(n: int) -> tuple[str, str]:

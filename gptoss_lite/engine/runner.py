@@ -25,6 +25,7 @@ from ..checkpoint.reader import Checkpoint, open_checkpoint
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
+from ..kernels import cpu as cpu_kernels
 from ..kernels import triton_available
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, cpu_profile, host_memory_bytes, load_profile
@@ -137,6 +138,7 @@ def load(
     ring_slots: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     kernels: str = "auto",
+    cpu_experts: int | str | None = None,
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
@@ -147,8 +149,11 @@ def load(
     attention/router/embedding weights (default bf16); the experts stay MXFP4 whatever it is.
     `ring_slots` enlarges the sliding layers' rings so the cache can rewind that far back
     (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it.
-    `kernels` is "torch", "triton" (the fused GPU kernels) or "auto" (triton on CUDA when
-    Triton is installed, else torch). `model` may also be an opened checkpoint:
+    `kernels` is "torch", "triton" (the fused GPU kernels), "cpu" (the compiled CPU kernels) or
+    "auto" (triton on CUDA when Triton is installed, cpu on the CPU when a C compiler is there,
+    else torch). `cpu_experts` (a layer count or "all"; default: the profile's, else as few as
+    the plan needs) keeps those leading layers' experts in host RAM, run by the CPU kernel.
+    `model` may also be an opened checkpoint:
     `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that geometry made in
     memory, to check the fit before a download.
     """
@@ -158,7 +163,7 @@ def load(
     # before its weights are downloaded.
     config = read_config(resolve_model(model, weights=False)) if is_path else model.config
     profile = _profile(profile, device)
-    memory_plan = plan(config, profile, context, ring_slots=ring_slots)
+    memory_plan = plan(config, profile, context, ring_slots=ring_slots, cpu_experts=cpu_experts)
     if on_plan is not None:
         on_plan(memory_plan)
     checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
@@ -166,8 +171,11 @@ def load(
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     device = torch.device(device or profile.device)
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
-    net = Transformer(config, dtype, _kernels(kernels, device))
-    load_weights(net, checkpoint, device, embedding_device)
+    host_kernels = _kernels("auto", torch.device("cpu"))
+    net = Transformer(
+        config, dtype, _kernels(kernels, device), memory_plan.cpu_experts, host_kernels
+    )
+    load_weights(net, checkpoint, device, embedding_device, net.host_parameters())
     checkpoint.close()
     cache = KVCache(config, memory_plan.context, device=device, dtype=dtype, ring_slots=ring_slots)
     return Runner(
@@ -187,10 +195,14 @@ def _profile(profile: str | Path | Profile | None, device: str | torch.device | 
 
 def _kernels(kernels: str, device: torch.device) -> str:
     if kernels not in ("auto", *KERNELS):
-        raise GptossError(f"unknown kernels {kernels!r}; use auto, torch or triton")
+        raise GptossError(f"unknown kernels {kernels!r}; use auto, {', '.join(KERNELS)}")
+    if kernels == "cpu" and not cpu_kernels.available():
+        raise GptossError("the compiled CPU kernels need a C compiler (gcc or clang, or set CC)")
     if kernels != "auto":
         return kernels
-    return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if device.type == "cuda":
+        return "triton" if triton_available() else "torch"
+    return "cpu" if device.type == "cpu" and cpu_kernels.available() else "torch"
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:

@@ -7,6 +7,9 @@ table stays on the host when the profile says so), a KV cache (full-attention la
 `sliding_window` slots), the peak activations of one prefill chunk, and the profile's reserve.
 `plan()` picks the largest context within the budget (rounded down to `CONTEXT_GRANULE`,
 capped by the profile and the model), or checks a requested one and refuses it with the numbers.
+On a GPU the experts of the first `cpu_experts` layers may stay in host RAM (run there by the CPU
+kernel); unless the profile or the caller sets that number, the planner takes the fewest layers
+that let the model fit with at least CONTEXT_GRANULE tokens of context.
 The activation model below is what the runner must match: see `activation_phases`.
 """
 
@@ -51,6 +54,7 @@ class Plan:
     activations: dict[str, int]  # "resident" plus the peak of each phase
     reserve_bytes: int
     budget_bytes: int
+    cpu_experts: int = 0  # leading layers whose experts stay in host RAM
 
     @property
     def weights_bytes(self) -> int:
@@ -94,8 +98,11 @@ def weight_bytes(config: ModelConfig) -> dict[str, int]:
     }
 
 
-def device_weights(config: ModelConfig, profile: Profile) -> tuple[dict[str, int], dict[str, int]]:
-    """(bytes on the device, bytes on the host) per category, as the model holds them."""
+def device_weights(
+    config: ModelConfig, profile: Profile, cpu_experts: int = 0
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(bytes on the device, bytes on the host) per category, as the model holds them, with the
+    experts of the first `cpu_experts` layers on the host (on a cpu device, the same memory)."""
     on_device = weight_bytes(config)
     # The model keeps the norm gains and the attention sinks in fp32.
     on_device["norms"] = on_device["norms"] // BF16 * FP32
@@ -103,6 +110,9 @@ def device_weights(config: ModelConfig, profile: Profile) -> tuple[dict[str, int
     host = {}
     if not profile.embedding_on_device:
         host["embedding"] = on_device.pop("embedding")
+    if cpu_experts and profile.device != "cpu":
+        host["experts"] = on_device["experts"] // config.num_layers * cpu_experts
+        on_device["experts"] -= host["experts"]
     return on_device, host
 
 
@@ -177,18 +187,75 @@ def plan(
     *,
     prefill_chunk: int | None = None,
     ring_slots: int | None = None,
+    cpu_experts: int | str | None = None,
 ) -> Plan:
     """The memory plan of `config` on `profile` for `context` tokens, or the largest that fits.
 
     Without `context`: the largest multiple of CONTEXT_GRANULE that fits the budget, capped by
     the profile's and the model's max_context. With it: that context, or a `GptossError` with
     the KV bytes needed, the bytes free and the largest context that fits. `ring_slots` sizes
-    the sliding layers' rings as the cache will (`KVCache(ring_slots=...)`).
+    the sliding layers' rings as the cache will (`KVCache(ring_slots=...)`). `cpu_experts`
+    (layers, or "all"; default: the profile's, else the fewest that fit) keeps those layers'
+    experts in host RAM.
     """
     chunk = profile.prefill_chunk if prefill_chunk is None else prefill_chunk
     if chunk <= 0:
         raise GptossError(f"prefill chunk must be positive, got {chunk}")
-    weights, host = device_weights(config, profile)
+    layers = host_expert_layers(config, profile.cpu_experts if cpu_experts is None else cpu_experts)
+    if layers is None:
+        layers = _fewest_host_layers(config, profile, chunk, ring_slots)
+    draft, free = _free(config, profile, chunk, ring_slots, layers)
+    fits = max(free, 0) // draft.kv_bytes_per_token // CONTEXT_GRANULE * CONTEXT_GRANULE
+    fits = min(fits, config.max_context)
+    if fits == 0:
+        raise GptossError(_no_room(draft, free))
+    if context is None:
+        cap = min(profile.max_context, config.max_context)
+        return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
+    if context <= 0 or context > config.max_context:
+        raise GptossError(f"context {context} is outside 1..{config.max_context} for {config.name}")
+    if context * draft.kv_bytes_per_token > free:
+        raise GptossError(_refusal(draft, context, free, fits))
+    return _with_context(draft, context, "requested")
+
+
+def host_expert_layers(config: ModelConfig, cpu_experts: int | str | None) -> int | None:
+    """`cpu_experts` (a layer count or "all") as a layer count; None stays None (the planner's
+    choice)."""
+    if cpu_experts is None:
+        return None
+    if cpu_experts == "all":
+        return config.num_layers
+    if isinstance(cpu_experts, bool) or not isinstance(cpu_experts, int):
+        raise GptossError(f"cpu_experts must be a number of layers or 'all', got {cpu_experts!r}")
+    if not 0 <= cpu_experts <= config.num_layers:
+        raise GptossError(
+            f"cpu_experts {cpu_experts}: {config.name} has {config.num_layers} layers; "
+            f"use 0..{config.num_layers} or 'all'"
+        )
+    return cpu_experts
+
+
+def _fewest_host_layers(
+    config: ModelConfig, profile: Profile, chunk: int, ring_slots: int | None
+) -> int:
+    """The fewest layers whose experts must go to host RAM for the smallest context the planner
+    gives (CONTEXT_GRANULE) to fit; 0 on a cpu device or when not even all of them make it fit."""
+    if profile.device == "cpu":
+        return 0
+    for layers in range(config.num_layers + 1):
+        draft, free = _free(config, profile, chunk, ring_slots, layers)
+        if free >= CONTEXT_GRANULE * draft.kv_bytes_per_token:
+            return layers
+    return 0
+
+
+def _free(
+    config: ModelConfig, profile: Profile, chunk: int, ring_slots: int | None, cpu_experts: int
+) -> tuple[Plan, int]:
+    """The plan at context 0 with `cpu_experts` host layers, and the bytes left for the KV
+    cache (its total at context 0 includes the rings)."""
+    weights, host = device_weights(config, profile, cpu_experts)
     draft = Plan(
         model=config.name,
         profile=profile.name,
@@ -205,20 +272,9 @@ def plan(
         activations=activation_phases(config, chunk),
         reserve_bytes=profile.reserve_bytes,
         budget_bytes=profile.budget_bytes,
+        cpu_experts=cpu_experts,
     )
-    free = draft.budget_bytes - draft.total_bytes  # total at context 0 includes the rings
-    fits = max(free, 0) // draft.kv_bytes_per_token // CONTEXT_GRANULE * CONTEXT_GRANULE
-    fits = min(fits, config.max_context)
-    if fits == 0:
-        raise GptossError(_no_room(draft, free))
-    if context is None:
-        cap = min(profile.max_context, config.max_context)
-        return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
-    if context <= 0 or context > config.max_context:
-        raise GptossError(f"context {context} is outside 1..{config.max_context} for {config.name}")
-    if context * draft.kv_bytes_per_token > free:
-        raise GptossError(_refusal(draft, context, free, fits))
-    return _with_context(draft, context, "requested")
+    return draft, draft.budget_bytes - draft.total_bytes
 
 
 def _with_context(draft: Plan, context: int, bound: str) -> Plan:

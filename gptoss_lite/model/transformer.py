@@ -5,14 +5,18 @@ unembedding(rmsnorm(x)). RMSNorm runs in float32 with float32 gains; attention a
 stream run in the activation dtype (bf16, or float32 for tests); experts stay MXFP4 (moe.py).
 Parameters are created empty on the meta device and filled by `weights.load_weights`.
 The embedding table may live on another device than the rest (host RAM saves VRAM: it is only a
-row gather per token). `kernels` picks the implementation of attention and of the experts when the
-model is built: "torch" (the functions in attention.py and moe.py, any device) or "triton" (the
-fused kernels in kernels/, CUDA or the Triton interpreter); both have the same signatures.
+row gather per token). `kernels` picks the implementation of attention, the experts and the dense
+projections when the model is built: "torch" (the functions in attention.py and moe.py, any
+device), "triton" (the fused kernels in kernels/, CUDA or the Triton interpreter) or "cpu" (the
+compiled MXFP4 and bf16 kernels of kernels/cpu); all have the same signatures. The experts of the
+first `host_experts` layers may stay in host RAM while the rest is on the GPU: those layers send
+their normed activations to the host and get the experts' sum back.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +28,27 @@ from .cache import KVCache
 from .moe import PackedExperts, experts_forward, route
 from .rope import Rotary, apply_rotary
 
-KERNELS = ("torch", "triton")
+KERNELS = ("torch", "triton", "cpu")
 
 
-def kernel_functions(kernels: str) -> tuple:
-    """(attention, experts_forward) of the chosen implementation."""
+@dataclass(frozen=True)
+class Kernels:
+    """The implementation of each hot function, chosen once when the model is built."""
+
+    name: str  # what bench and -v print, e.g. "torch", "triton", "cpu-avx512"
+    attention: Callable
+    experts: Callable  # (x, expert_idx, expert_weight, experts, alpha, limit) -> [T, H]
+    linear: Callable = F.linear  # the dense projections: qkv, attention output, lm_head
+
+
+def kernel_functions(kernels: str) -> Kernels:
+    """The functions of the chosen implementation."""
     if kernels == "torch":
-        return attention, experts_forward
+        return Kernels("torch", attention, experts_forward)
+    if kernels == "cpu":
+        from ..kernels import cpu
+
+        return Kernels(cpu.kernel_name(), attention, cpu.experts_forward, cpu.linear)
     if kernels != "triton":
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
     from ..kernels.attention_triton import attention as triton_attention
@@ -40,7 +58,21 @@ def kernel_functions(kernels: str) -> tuple:
         weights = experts.tensors()
         return moe_forward(x, expert_idx, expert_weight, *weights, limit=limit, alpha=alpha)
 
-    return triton_attention, triton_experts
+    return Kernels("triton", triton_attention, triton_experts)
+
+
+def on_host(run_experts: Callable) -> Callable:
+    """`run_experts` for experts kept in host memory: the activations go to the host and the
+    result comes back (a no-op when the model runs on the CPU, the same code path)."""
+
+    def run(x, expert_idx, expert_weight, experts, alpha, limit):
+        host = experts.down_bias.device
+        out = run_experts(
+            x.to(host), expert_idx.to(host), expert_weight.to(host), experts, alpha, limit
+        )
+        return out.to(x.device)
+
+    return run
 
 
 def _empty(*shape: int, dtype: torch.dtype) -> nn.Parameter:
@@ -54,11 +86,13 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype, attend=attention):
+    def __init__(
+        self, config: ModelConfig, layer: int, dtype: torch.dtype, attend=attention, linear=F.linear
+    ):
         super().__init__()
         c = config
         qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-        self.config, self.layer, self.attend = c, layer, attend
+        self.config, self.layer, self.attend, self.linear = c, layer, attend, linear
         self.window = c.sliding_window if c.is_sliding(layer) else None
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.qkv_weight = _empty(qkv, c.hidden_size, dtype=dtype)  # rows: q, then k, then v
@@ -77,7 +111,7 @@ class AttentionBlock(nn.Module):
         """x [T, H] at `positions` [T], with their RoPE (cos, sin) [T, head_dim/2]."""
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
-        qkv = F.linear(t, self.qkv_weight, self.qkv_bias)
+        qkv = self.linear(t, self.qkv_weight, self.qkv_bias)
         nq, nkv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         q = qkv[:, :nq].reshape(-1, c.num_heads, c.head_dim)  # (T, Hq, D)
         k = qkv[:, nq : nq + nkv].reshape(-1, c.num_kv_heads, c.head_dim)  # (T, Hkv, D)
@@ -85,7 +119,7 @@ class AttentionBlock(nn.Module):
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         keys, values, key_pos = cache.update(self.layer, k, v, positions)
         o = self.attend(q, keys, values, self.sinks, positions, key_pos, self.window)
-        return x + F.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
+        return x + self.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
 
 
 class MoEBlock(nn.Module):
@@ -117,15 +151,34 @@ class MoEBlock(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(
-        self, config: ModelConfig, dtype: torch.dtype = torch.bfloat16, kernels: str = "torch"
+        self,
+        config: ModelConfig,
+        dtype: torch.dtype = torch.bfloat16,
+        kernels: str = "torch",
+        host_experts: int = 0,
+        host_kernels: str = "torch",
     ):
+        """`host_experts`: the first that many layers keep their experts in host memory and run
+        them with `host_kernels`' experts function ("cpu" or "torch")."""
         super().__init__()
         c = config
-        self.config, self.dtype, self.kernels = c, dtype, kernels
-        attend, run_experts = kernel_functions(kernels)
+        if not 0 <= host_experts <= c.num_layers:
+            raise ValueError(f"host_experts must be in 0..{c.num_layers}, got {host_experts}")
+        self.config, self.dtype, self.kernels, self.host_experts = c, dtype, kernels, host_experts
+        chosen, host = kernel_functions(kernels), kernel_functions(host_kernels)
+        self.kernel_name = chosen.name
+        if host_experts:
+            self.kernel_name += f", host experts {host.name}"
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
-        self.attn = nn.ModuleList(AttentionBlock(c, n, dtype, attend) for n in range(c.num_layers))
-        self.mlp = nn.ModuleList(MoEBlock(c, dtype, run_experts) for _ in range(c.num_layers))
+        self.attn = nn.ModuleList(
+            AttentionBlock(c, n, dtype, chosen.attention, chosen.linear)
+            for n in range(c.num_layers)
+        )
+        self.mlp = nn.ModuleList(
+            MoEBlock(c, dtype, on_host(host.experts) if n < host_experts else chosen.experts)
+            for n in range(c.num_layers)
+        )
+        self.linear = chosen.linear
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.rotary: Rotary | None = None
@@ -133,6 +186,12 @@ class Transformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.unembedding.device
+
+    def host_parameters(self) -> set[str]:
+        """Names of the parameters kept in host memory: the experts of the first host_experts
+        layers."""
+        names = [f.name for f in fields(PackedExperts)]
+        return {f"mlp.{n}.{name}" for n in range(self.host_experts) for name in names}
 
     def forward(
         self, tokens: torch.Tensor, cache: KVCache, last_only: bool = False
@@ -154,4 +213,4 @@ class Transformer(nn.Module):
         if last_only:
             x = x[-1:]
         x = rms_norm(x, self.norm, self.config.rms_norm_eps)
-        return F.linear(x, self.unembedding).float()
+        return self.linear(x, self.unembedding).float()
