@@ -15,9 +15,9 @@ import click
 from quantize.kld import DTYPES, model_error_report
 from quantize.report import render_markdown, tensor_error_report, write_report
 
-from ..config import preset, preset_names
+from ..config import ModelConfig
 from ..outputs import check_outputs
-from .common import check_device
+from .options import context_option, device_option, geometry_option, overwrite_option
 
 
 @click.command("quant-error")
@@ -29,18 +29,13 @@ from .common import check_device
 )
 @click.option(
     "--model",
+    "-m",
     "src",
     metavar="SRC",
     help="Model-level KL divergence and top-1 agreement of gptoss-lite with MXFP4 experts vs "
     "transformers in float32, on SRC: a checkpoint folder or Hub id with dense bf16 experts.",
 )
-@click.option(
-    "--geometry",
-    type=click.Choice(preset_names()),
-    default="gpt-oss-20b",
-    show_default=True,
-    help="Architecture preset whose expert shapes are used (--tensors).",
-)
+@geometry_option("Architecture preset whose expert shapes are used (--tensors).", "gpt-oss-20b")
 @click.option(
     "--seed",
     type=int,
@@ -55,12 +50,10 @@ from .common import check_device
     show_default=True,
     help="Tokens to evaluate (--model): random ids, or the first N of --prompts.",
 )
-@click.option(
-    "--context",
-    type=click.IntRange(min=2),
+@context_option(
+    "Tokens per sequence, each run from an empty KV cache, like llama.cpp's -c (--model).",
     default=512,
-    show_default=True,
-    help="Tokens per sequence, each run from an empty KV cache, like llama.cpp's -c (--model).",
+    min=2,
 )
 @click.option(
     "--prompts",
@@ -76,10 +69,9 @@ from .common import check_device
     show_default=True,
     help="Activation and KV-cache dtypes of gptoss-lite to measure, one row each (--model).",
 )
-@click.option(
-    "--device",
-    help="Device of the reference and of gptoss-lite, e.g. cpu or cuda (--model; default: cuda "
-    "if there is one).",
+@device_option(
+    "Device of the reference and of gptoss-lite, e.g. cpu or cuda (--model) [default: cuda "
+    "if there is one]."
 )
 @click.option(
     "--out",
@@ -88,11 +80,11 @@ from .common import check_device
     show_default=True,
     help="Folder for report.md and report.json.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an earlier report in --out.")
+@overwrite_option("an earlier report in --out")
 def quant_error(
     tensors: bool,
     src: str | None,
-    geometry: str,
+    geometry: ModelConfig,
     seed: int,
     tokens: int,
     context: int,
@@ -107,10 +99,8 @@ def quant_error(
         raise click.UsageError("say what to measure: --tensors or --model SRC (one of them)")
     check_outputs(out, ("report.md", "report.json"), overwrite)
     if tensors:
-        report = tensor_error_report(preset(geometry), seed)
+        report = tensor_error_report(geometry, seed)
     else:
-        if device is not None:
-            check_device(device)
         report = model_error_report(
             src,
             tokens=tokens,
