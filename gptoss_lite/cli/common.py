@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import click
 import torch
@@ -24,10 +25,19 @@ from ..config import read_config
 from ..engine.runner import Runner, load
 from ..errors import GptossError
 from ..memory.plan import Plan
-from ..memory.profiles import GIB, load_profile
-from .options import Options
+from ..memory.profiles import resolve_profile, run_device
+from ..units import format_bytes
 
-MIB = 1 << 20
+
+class ModelChoice(Protocol):
+    """What `open_model` reads of a command's options (`Options` of run and chat has it all)."""
+
+    model: str
+    profile: str | None
+    context: int | None
+    device: str | None
+    budget: float | None
+    max_tokens: int | None
 
 
 @dataclass
@@ -41,7 +51,7 @@ class Model:
 
 
 def open_model(
-    options: Options,
+    options: ModelChoice,
     *,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,
@@ -51,7 +61,8 @@ def open_model(
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
     rewind over a whole reply."""
-    profile = load_profile(options.profile) if options.profile else None
+    profile = resolve_profile(options.profile, options.device, options.budget)
+    run_device(profile, options.device)  # before anything is read or downloaded
     folder = resolve_model(options.model, weights=False)  # the weights come after the plan
     tokenizer = load_tokenizer(folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
@@ -92,11 +103,11 @@ def plan_line(p: Plan) -> str:
         "activations": p.activation_bytes,
         "reserve": p.reserve_bytes,
     }
-    sums = " + ".join(f"{name} {_size(n)}" for name, n in parts.items())
+    sums = " + ".join(f"{name} {format_bytes(n)}" for name, n in parts.items())
     host = f"; experts of {p.cpu_experts} layers in host RAM" if p.cpu_experts else ""
     return (
         f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens; "
-        f"{sums} = {_size(p.total_bytes)} of {_size(p.budget_bytes)}{host}"
+        f"{sums} = {format_bytes(p.total_bytes)} of {format_bytes(p.budget_bytes)}{host}"
     )
 
 
@@ -110,9 +121,5 @@ def stats_lines(stats: ReplyStats, finish_reason: str, device: torch.device) -> 
     ]
     peak = peak_memory(device)
     if peak is not None:
-        lines.append(f"peak memory: {_size(peak[0])} ({peak[1]})")
+        lines.append(f"peak memory: {format_bytes(peak[0])} ({peak[1]})")
     return lines
-
-
-def _size(n: int) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"

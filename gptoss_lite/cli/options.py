@@ -21,8 +21,8 @@ import click
 from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation
 from ..chat.session import Sampling, check_effort
 from ..config import ModelConfig, preset, preset_names
-from ..engine.runner import check_device
 from ..engine.sampling import check_sampling
+from ..memory.profiles import check_device
 
 ENV_PREFIX = "GPTOSS_LITE_"
 
@@ -86,6 +86,18 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is not None:
         check_device(value)
     return value
+
+
+def budget_option() -> Callable:
+    """--budget, the memory a run may use, replacing the profile's budget."""
+    return click.option(
+        "--budget",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="GIB",
+        help="Memory the run may use, in GiB, up to the profile's card memory "
+        "[default: the profile's budget].",
+    )
 
 
 class Geometry(click.ParamType):
@@ -160,6 +172,7 @@ class Options:
     profile: str | None
     context: int | None
     device: str | None
+    budget: float | None
     cpu_experts: int | str | None
     max_tokens: int | None
     temperature: float
@@ -219,6 +232,7 @@ _OPTIONS = [
     profile_option(),
     context_option("Context length in tokens [default: the largest that fits the profile]."),
     device_option(),
+    budget_option(),
     cpu_experts_option(),
     click.option(
         "--max-tokens",

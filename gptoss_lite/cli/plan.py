@@ -14,20 +14,12 @@ import click
 
 from ..config import ModelConfig, preset, preset_names, read_config
 from ..errors import GptossError
+from ..memory.categories import CATEGORIES
 from ..memory.plan import CONTEXT_GRANULE, Plan
 from ..memory.plan import plan as make_plan
-from ..memory.profiles import GIB, load_profile
-from .options import context_option, cpu_experts_option, model_option, profile_option
-
-MIB = 1 << 20
-LABELS = {
-    "experts": "experts (MXFP4 + bias)",
-    "attention": "attention (+ sinks)",
-    "router": "router",
-    "norms": "norms (fp32)",
-    "embedding": "embedding",
-    "lm_head": "lm_head",
-}
+from ..memory.profiles import resolve_profile
+from ..units import GIB, mib
+from .options import budget_option, context_option, cpu_experts_option, model_option, profile_option
 
 
 @click.command()
@@ -43,6 +35,7 @@ LABELS = {
     default=None,
     help="Prompt tokens per forward pass; default: the profile's.",
 )
+@budget_option()
 @cpu_experts_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
@@ -50,16 +43,20 @@ def plan(
     profile_name: str,
     context: int | None,
     prefill_chunk: int | None,
+    budget: float | None,
     cpu_experts: int | str | None,
     as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
     config = model_config(model)
-    profile = load_profile(profile_name)
+    profile = resolve_profile(profile_name, budget_gib=budget)
     result = make_plan(
         config, profile, context, prefill_chunk=prefill_chunk, cpu_experts=cpu_experts
     )
-    click.echo(result.to_json() if as_json else render(result, profile.description))
+    about = profile.description
+    if budget is not None:
+        about = f"{about} (budget set to {budget:g} GiB by --budget)".lstrip()
+    click.echo(result.to_json() if as_json else render(result, about))
 
 
 def model_config(model: str) -> ModelConfig:
@@ -84,7 +81,7 @@ def render(p: Plan, description: str = "") -> str:
     title = f"{p.model} on {p.profile} ({p.device})"
     lines = [f"{title}: {description}" if description else title, ""]
     lines.append(_row(f"on {p.device}", "MiB", "GiB"))
-    lines += [_row(LABELS[name], *_sizes(n)) for name, n in p.weights.items()]
+    lines += [_row(CATEGORIES[name], *_sizes(n)) for name, n in p.weights.items()]
     lines.append(_row("weights", *_sizes(p.weights_bytes)))
     lines.append(_row(f"KV cache ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
     lines.append(_row(f"activations (chunk {p.prefill_chunk})", *_sizes(p.activation_bytes)))
@@ -92,7 +89,7 @@ def render(p: Plan, description: str = "") -> str:
     lines.append(_row("total", *_sizes(p.total_bytes)))
     lines.append(_row("budget", *_sizes(p.budget_bytes)))
     for name, n in p.host_weights.items():
-        lines.append(_row(f"{LABELS[name]}, on the host", *_sizes(n)))
+        lines.append(_row(f"{CATEGORIES[name]}, on the host", *_sizes(n)))
     return "\n".join([*lines, "", *_notes(p)])
 
 
@@ -114,9 +111,9 @@ def _notes(p: Plan) -> list[str]:
         *split,
         f"context: {p.context:,} tokens ({why})",
         f"KV cache: {p.kv_bytes_per_token:,} B per token ({p.kv_cache_dtype}, full-attention "
-        f"layers) + {p.kv_ring_bytes / MIB:,.2f} MiB of sliding-window rings",
-        f"activations: peak in the {peak} phase ({phases[peak] / MIB:,.1f} MiB) + "
-        f"{p.activations['resident'] / MIB:,.1f} MiB resident",
+        f"layers) + {mib(p.kv_ring_bytes)} MiB of sliding-window rings",
+        f"activations: peak in the {peak} phase ({mib(phases[peak], 1)} MiB) + "
+        f"{mib(p.activations['resident'], 1)} MiB resident",
     ]
 
 
@@ -125,4 +122,4 @@ def _row(label: str, mib: str, gib: str) -> str:
 
 
 def _sizes(n: int) -> tuple[str, str]:
-    return f"{n / MIB:,.1f}", f"{n / GIB:.3f}"
+    return mib(n, 1), f"{n / GIB:.3f}"

@@ -1,9 +1,10 @@
 """`gptoss-lite profile`: load a model, prefill and decode, and report memory against the plan.
 
-A thin shell over `gptoss_lite.memory.report`: `--model` loads a real checkpoint (folder or Hub id),
-`--geometry GEOMETRY` random weights of a preset geometry made in memory (check the fit before a
-13 GB download). It prints the verdict and the plan-vs-measured table, and writes report.md,
-report.json and report.png into `--out`.
+A thin shell over `gptoss_lite.memory.vram_report`: `--model` loads a real checkpoint (folder
+or Hub id), `--geometry GEOMETRY` random weights of a preset geometry made in memory (check the
+fit before a 13 GB download). It prints the verdict and the plan-vs-measured table, and writes
+report.md, report.json and report.png into `--out` (an earlier report there is replaced whole,
+or kept).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import click
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import ModelConfig
 from ..errors import GptossError
-from ..memory.report import measure_memory
-from ..memory.report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
+from ..memory.vram_report import measure_memory
+from ..memory.vram_report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
 from ..outputs import check_outputs
 from .options import (
+    budget_option,
     context_option,
     device_option,
     geometry_option,
@@ -41,6 +43,7 @@ from .options import (
 @click.option("--gen-tokens", type=click.IntRange(min=0), default=4, show_default=True,
               help="Tokens to decode greedily after the prefill.")
 @device_option()
+@budget_option()
 @click.option("--enforce/--no-enforce", default=None,
               help="Cap the CUDA allocator at the profile's card memory (default: on for CUDA).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
@@ -49,7 +52,7 @@ from .options import (
 @overwrite_option("an earlier report in --out")
 def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_name: str | None,
             context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
-            enforce: bool | None, out: Path, overwrite: bool) -> None:
+            budget: float | None, enforce: bool | None, out: Path, overwrite: bool) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
     if (model is None) == (geometry is None):
         raise GptossError("pass exactly one of --model PATH|HUB_ID and --geometry GEOMETRY")
@@ -57,7 +60,7 @@ def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_
     source = SyntheticCheckpoint(geometry, seed) if geometry else model
     report = measure_memory(source, profile=profile_name, context=context,
                             prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,
-                            enforce=enforce, seed=seed)
+                            enforce=enforce, seed=seed, budget_gib=budget)
     files = write_report(report, out)
     click.echo("\n".join([report.verdict()[1], "", *comparison_table(report.rows()), ""]))
     click.echo("wrote " + ", ".join(str(f) for f in files))

@@ -8,7 +8,9 @@ non-editable install carries a copy inside the package (`gptoss_lite/_profiles`,
 setup.py at build time). `load_profile("auto")` matches the local CUDA card, or falls back to
 the `cpu` profile sized to the host's RAM. `cpu_experts` (optional) keeps the experts of that
 many leading layers (or "all") in host RAM; left out, the planner decides. Every bad key or
-value raises a one-line `GptossError`.
+value raises a one-line `GptossError`. `resolve_profile` is how every entry point turns its
+--profile, --device and --budget into one profile, and `run_device` the device a run on it uses,
+checked to exist on this machine.
 """
 
 from __future__ import annotations
@@ -20,15 +22,19 @@ import sys
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import GptossError
+from ..units import GIB
+
+if TYPE_CHECKING:
+    import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-GIB = 1 << 30
 KV_DTYPE_BYTES = {"bf16": 2}  # fp8 comes later: one more entry here and in the cache
 DEVICES = ("cuda", "cpu")
 EMBEDDING_PLACES = ("host", "device")
@@ -96,6 +102,73 @@ def load_profile(name_or_path: str | Path) -> Profile:
             "(or pass a path to a .toml file)"
         )
     return read_profile(known[name_or_path])
+
+
+def resolve_profile(
+    profile: str | Path | Profile | None = None,
+    device: str | torch.device | None = None,
+    budget_gib: float | None = None,
+) -> Profile:
+    """The profile a run uses: `profile` as given (a name, a file, "auto" or a `Profile`), by
+    default this machine's ("auto"; with a cpu `device`, the cpu profile), with its budget set
+    to `budget_gib` when given."""
+    if not isinstance(profile, Profile):
+        if profile is None and device is not None and _device_type(device) == "cpu":
+            profile = "cpu"
+        profile = load_profile(profile or "auto")
+    return profile if budget_gib is None else with_budget(profile, budget_gib)
+
+
+def with_budget(profile: Profile, budget_gib: float) -> Profile:
+    """`profile` with its budget set to `budget_gib` GiB: above its reserve, at most its memory."""
+    budget = round(budget_gib * GIB) if math.isfinite(budget_gib) else 0
+    memory = profile.memory_bytes / GIB
+    if not profile.reserve_bytes < budget <= profile.memory_bytes:
+        raise GptossError(
+            f"--budget {budget_gib:g}: profile {profile.name} has {memory:.3g} GiB and reserves "
+            f"{profile.reserve_bytes / GIB:.3g}; give a budget above the reserve, at most "
+            f"{memory:.3g}"
+        )
+    return replace(profile, budget_bytes=budget)
+
+
+def run_device(profile: Profile, device: str | torch.device | None = None) -> torch.device:
+    """The torch device a run on `profile` uses (`device`, else the profile's), checked to exist
+    on this machine with a one-line `GptossError`."""
+    import torch
+
+    if device is None and profile.device == "cuda" and not torch.cuda.is_available():
+        raise GptossError(
+            "this profile runs on CUDA and no CUDA device is available; "
+            "use --profile cpu (or --device cpu)"
+        )
+    return check_device(profile.device if device is None else device)
+
+
+def check_device(name: str | torch.device) -> torch.device:
+    """`name` as a torch device of this machine (a bare "cuda" becomes the current CUDA device),
+    or a one-line `GptossError` naming the --device."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise GptossError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in DEVICES:
+        raise GptossError(f"--device {name}: gptoss-lite runs on cpu or cuda")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise GptossError(f"--device {name}: no CUDA device is available here; use cpu")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise GptossError(f"--device {name}: this machine has {count} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def _device_type(device: str | torch.device) -> str:
+    return str(device).split(":")[0]
 
 
 def builtin_profiles() -> dict[str, Path]:
