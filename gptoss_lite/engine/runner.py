@@ -12,6 +12,7 @@ prompt extends the tokens already cached only prefills the new tokens.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
 from ..kernels import cpu as cpu_kernels
-from ..kernels import triton_available
+from ..kernels import triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
@@ -188,11 +189,19 @@ def _kernels(kernels: str, device: torch.device) -> str:
         raise GptossError(f"unknown kernels {kernels!r}; use auto, {', '.join(KERNELS)}")
     if kernels == "cpu" and not cpu_kernels.available():
         raise GptossError("the compiled CPU kernels need a C compiler (gcc or clang, or set CC)")
+    refusal = triton_refusal(device) if device.type == "cuda" else None
+    if kernels == "triton" and refusal:
+        raise GptossError(refusal)
     if kernels != "auto":
         return kernels
-    if device.type == "cuda":
-        return "triton" if triton_available() else "torch"
-    return "cpu" if device.type == "cpu" and cpu_kernels.available() else "torch"
+    if device.type == "cpu":
+        return "cpu" if cpu_kernels.available() else "torch"
+    if device.type != "cuda" or not triton_available():
+        return "torch"
+    if refusal:
+        logging.getLogger(__name__).warning("%s: running the torch path", refusal)
+        return "torch"
+    return "triton"
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
