@@ -88,7 +88,7 @@ def test_json_schema(written):
     } <= set(data)
     assert (data["device"], data["context"], data["prefill_chunk"]) == ("cpu", 512, 32)
     assert (
-        data["kernels"] == ("cpu" if cpu_kernels.available() else "torch")
+        data["kernels"] == (cpu_kernels.kernel_name() if cpu_kernels.available() else "torch")
         and data["cap_bytes"] is None
     )
     assert [p["name"] for p in data["phases"]] == ["load", "prefill", "decode"]
@@ -256,7 +256,7 @@ def test_cli_writes_the_report(tmp_path):
                 "--prompt-tokens",
                 "300",
             ],
-            "error: 304 prompt + generated tokens exceed the context of 256",
+            "error: the prompt (300 tokens) + 4 new tokens exceed the context of 256 tokens",
         ),
         (["--geometry", "tiny", "--profile", "cpu", "--enforce"], "error: --enforce caps"),
     ],

@@ -10,7 +10,7 @@ MXFP4 expert blocks and scales stay uint8.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 import torch
 from torch import nn
@@ -26,11 +26,14 @@ def load_weights(
     device: torch.device | str,
     embedding_device: torch.device | str | None = None,
     host_parameters: Collection[str] = (),
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
     """Fill every parameter of `model` from `checkpoint`, reading straight onto `device` (the
-    embedding onto `embedding_device`, `host_parameters` into host memory)."""
+    embedding onto `embedding_device`, `host_parameters` into host memory); `progress(done,
+    total)` is told the parameter bytes filled after each one."""
     table = name_table(model.config.num_layers, checkpoint.layout)
     params = dict(model.named_parameters())
+    total, done = sum(p.numel() * p.element_size() for p in params.values()), 0
     if set(table) != set(params):
         raise GptossError(
             f"the {checkpoint.layout} name table and the model disagree on "
@@ -45,6 +48,9 @@ def load_weights(
         parts = [checkpoint.read(s, where) for s in sources]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
         _assign(model, param_name, tensor.to(target.dtype))
+        done += target.numel() * target.element_size()
+        if progress is not None:
+            progress(done, total)
 
 
 def check_tensors(

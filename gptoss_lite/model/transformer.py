@@ -5,12 +5,12 @@ unembedding(rmsnorm(x)). RMSNorm runs in float32 with float32 gains; attention a
 stream run in the activation dtype (bf16, or float32 for tests); experts stay MXFP4 (moe.py).
 Parameters are created empty on the meta device and filled by `weights.load_weights`.
 The embedding table may live on another device than the rest (host RAM saves VRAM: it is only a
-row gather per token). `kernels` picks the implementation of attention, the experts and the dense
-projections when the model is built: "torch" (the functions in attention.py and moe.py, any
-device), "triton" (the fused kernels in kernels/, CUDA or the Triton interpreter) or "cpu" (the
-compiled MXFP4 and bf16 kernels of kernels/cpu); all have the same signatures. The experts of the
-first `host_experts` layers may stay in host RAM while the rest is on the GPU: those layers send
-their normed activations to the host and get the experts' sum back.
+row gather per token). `Kernels` is the implementation of attention and of the experts the model
+is built with: by default the functions of attention.py and moe.py (any device); the fused ones
+of `gptoss_lite/kernels/` have the same signatures, and whoever builds the model picks them
+(`kernels.kernel_functions`), so this package never imports them. The experts of the first
+`host_experts` layers may stay in host RAM while the rest is on the GPU: those layers send their
+normed activations to the host, run `host_kernels`' experts there and get the sum back.
 """
 
 from __future__ import annotations
@@ -28,33 +28,19 @@ from .cache import KVCache
 from .moe import PackedExperts, experts_forward, route
 from .rope import Rotary, apply_rotary
 
-KERNELS = ("torch", "triton", "cpu")
-
 
 @dataclass(frozen=True)
 class Kernels:
-    """The implementation of each hot function, chosen once when the model is built."""
+    """The implementation the model runs: attention with the signature of
+    `attention.attention`, the routed experts with that of `moe.experts_forward`."""
 
-    name: str  # what bench and -v print, e.g. "torch", "triton", "cpu-avx512"
-    attention: Callable
-    experts: Callable  # (x, expert_idx, expert_weight, experts, alpha, limit) -> [T, H]
+    name: str
+    attention: Callable = attention
+    experts: Callable = experts_forward
     linear: Callable = F.linear  # the dense projections: qkv, attention output, lm_head
 
 
-def kernel_functions(kernels: str) -> Kernels:
-    """The functions of the chosen implementation."""
-    if kernels == "torch":
-        return Kernels("torch", attention, experts_forward)
-    if kernels == "cpu":
-        from ..kernels import cpu
-
-        return Kernels(cpu.kernel_name(), attention, cpu.experts_forward, cpu.linear)
-    if kernels != "triton":
-        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    from ..kernels.attention_triton import attention as triton_attention
-    from ..kernels.moe_triton import moe_forward
-
-    return Kernels("triton", triton_attention, moe_forward)
+TORCH_KERNELS = Kernels("torch")
 
 
 def on_host(run_experts: Callable) -> Callable:
@@ -150,31 +136,33 @@ class Transformer(nn.Module):
         self,
         config: ModelConfig,
         dtype: torch.dtype = torch.bfloat16,
-        kernels: str = "torch",
+        kernels: Kernels = TORCH_KERNELS,
         host_experts: int = 0,
-        host_kernels: str = "torch",
+        host_kernels: Kernels = TORCH_KERNELS,
     ):
         """`host_experts`: the first that many layers keep their experts in host memory and run
-        them with `host_kernels`' experts function ("cpu" or "torch")."""
+        them with `host_kernels`' experts function."""
         super().__init__()
         c = config
         if not 0 <= host_experts <= c.num_layers:
             raise ValueError(f"host_experts must be in 0..{c.num_layers}, got {host_experts}")
-        self.config, self.dtype, self.kernels, self.host_experts = c, dtype, kernels, host_experts
-        chosen, host = kernel_functions(kernels), kernel_functions(host_kernels)
-        self.kernel_name = chosen.name
+        self.config, self.dtype, self.kernels = c, dtype, kernels.name
+        self.host_experts = host_experts
+        self.kernel_name = kernels.name  # what bench and -v print, e.g. "cpu-avx512"
         if host_experts:
-            self.kernel_name += f", host experts {host.name}"
+            self.kernel_name += f", host experts {host_kernels.name}"
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.attn = nn.ModuleList(
-            AttentionBlock(c, n, dtype, chosen.attention, chosen.linear)
+            AttentionBlock(c, n, dtype, kernels.attention, kernels.linear)
             for n in range(c.num_layers)
         )
         self.mlp = nn.ModuleList(
-            MoEBlock(c, dtype, on_host(host.experts) if n < host_experts else chosen.experts)
+            MoEBlock(
+                c, dtype, on_host(host_kernels.experts) if n < host_experts else kernels.experts
+            )
             for n in range(c.num_layers)
         )
-        self.linear = chosen.linear
+        self.linear = kernels.linear
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.rotary: Rotary | None = None
