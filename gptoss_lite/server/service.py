@@ -70,6 +70,7 @@ class Service:
         *,
         max_tokens: int | None,
         max_param: str,
+        prompt_param: str = "messages",
         temperature: float | None,
         top_p: float | None,
         seed: int | None = None,
@@ -79,7 +80,7 @@ class Service:
             room = check_fits(len(prompt), self.context)
         except GptossError as exc:
             raise ApiError(
-                400, str(exc), param="messages", code="context_length_exceeded"
+                400, str(exc), param=prompt_param, code="context_length_exceeded"
             ) from None
         if max_tokens is not None and max_tokens > room:
             raise ApiError(
