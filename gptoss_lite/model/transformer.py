@@ -122,6 +122,7 @@ class Transformer(nn.Module):
         super().__init__()
         c = config
         self.config, self.dtype, self.kernels = c, dtype, kernels
+        self.kernel_name = kernels  # the implementation that runs, as bench and -v name it
         attend, run_experts = kernel_functions(kernels)
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.attn = nn.ModuleList(AttentionBlock(c, n, dtype, attend) for n in range(c.num_layers))
