@@ -7,9 +7,9 @@ synchronized; results are medians with their spread, as llama-bench reports. A d
 bound by the bytes it must read (`memory.plan.decode_bytes_per_token`: the routed experts, the
 other weights, the KV cache it attends over), so `read_bandwidth` measures what this machine
 reads per second (a few hundred MB summed, best of a few) and the result says how far decode is
-from that bound. `bench_transformers` runs HF transformers on the same checkpoint; run as
-`python -m gptoss_lite.bench transformers ...` it does so in a process of its own, so the peak
-memory it reports is its own.
+from that bound. `bench_transformers` runs HF transformers on the same checkpoint, in a process
+of its own (`python -m gptoss_lite.bench transformers ...`), so the peak memory it reports is
+its own.
 """
 
 from __future__ import annotations
@@ -175,9 +175,15 @@ def bench_transformers(
     device: torch.device,
     repeats: int = 3,
     seed: int = 0,
+    *,
+    in_process: bool = False,
 ) -> BenchResult:
-    """The same measurement with HF transformers' GptOssForCausalLM on the same checkpoint. On
-    the CPU it dequantizes the experts to bf16, so a decode step reads them in bf16."""
+    """The same measurement with HF transformers' GptOssForCausalLM on the same checkpoint, in a
+    Python process of its own (`python -m gptoss_lite.bench`) unless `in_process`, so that the
+    peak memory it reports is transformers' alone. On the CPU transformers dequantizes the
+    experts to bf16, so a decode step reads them in bf16."""
+    if not in_process:
+        return _apart(folder, prompt_tokens, gen_tokens, device, repeats, seed)
     from transformers import GptOssForCausalLM, Mxfp4Config
 
     config = GptOssForCausalLM.config_class.from_pretrained(folder)
@@ -219,24 +225,11 @@ def bench_transformers(
     )
 
 
-def bench_transformers_apart(
-    folder: Path,
-    prompt_tokens: int,
-    gen_tokens: int,
-    device: torch.device,
-    repeats: int = 3,
-    seed: int = 0,
-) -> BenchResult:
-    """`bench_transformers` in a Python process of its own (`python -m gptoss_lite.bench`), so
-    its peak memory is transformers' alone, not added to what this process held."""
+def _apart(folder: Path, *args) -> BenchResult:
+    """`bench_transformers(folder, *args)` run by `main` in a child process."""
+    names = ("--prompt-tokens", "--gen-tokens", "--device", "--repeats", "--seed")
     command = [sys.executable, "-m", "gptoss_lite.bench", "transformers", str(folder)]
-    for name, value in [
-        ("--prompt-tokens", prompt_tokens),
-        ("--gen-tokens", gen_tokens),
-        ("--repeats", repeats),
-        ("--seed", seed),
-        ("--device", device),
-    ]:
+    for name, value in zip(names, args, strict=True):
         command += [name, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -349,6 +342,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.device(args.device),
         args.repeats,
         args.seed,
+        in_process=True,
     )
     json.dump(result.to_dict(), sys.stdout)
 

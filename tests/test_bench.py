@@ -83,10 +83,10 @@ def test_bench_refuses_more_tokens_than_the_context_before_loading(checkpoint):
 
 def test_transformers_failing_in_its_process_is_one_line(tmp_path):
     from gptoss_lite import GptossError
-    from gptoss_lite.bench import bench_transformers_apart
+    from gptoss_lite.bench import bench_transformers
 
     with pytest.raises(GptossError, match="^--compare transformers failed: ") as err:
-        bench_transformers_apart(tmp_path / "nothing", 4, 1, torch.device("cpu"), 1)
+        bench_transformers(tmp_path / "nothing", 4, 1, torch.device("cpu"), 1)
     assert "\n" not in str(err.value)
 
 

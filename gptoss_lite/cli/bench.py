@@ -20,7 +20,7 @@ from ..bench import (
     BANDWIDTH_ROUNDS,
     BenchResult,
     bench,
-    bench_transformers_apart,
+    bench_transformers,
     read_bandwidth,
     resident_bytes,
 )
@@ -110,7 +110,7 @@ def bench_command(
     if compare:
         del runner
         gc.collect()
-        results.append(bench_transformers_apart(folder, prompt_tokens, gen_tokens, dev, repeats))
+        results.append(bench_transformers(folder, prompt_tokens, gen_tokens, dev, repeats))
     bandwidth = read_bandwidth(dev)  # last: its buffer must not count in the peaks above
     for r in results:
         r.read_bytes_per_s = bandwidth
