@@ -328,7 +328,7 @@ def test_overwrite_failing_mid_write_keeps_the_earlier_report(report, tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(vram_report_files, "draw_chart", full_disk)
-    with pytest.raises(GptossError, match="No space left on device; the folder is unchanged"):
+    with pytest.raises(GptossError, match="No space left on device; nothing was written"):
         write_report(replace(report, prompt_tokens=99), tmp_path / "out")
     assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]

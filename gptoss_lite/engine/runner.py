@@ -12,6 +12,7 @@ prompt extends the tokens already cached only prefills the new tokens.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,11 @@ import torch
 from ..checkpoint.dense import QuantizingCheckpoint, has_dense_experts
 from ..checkpoint.hub import resolve_model
 from ..checkpoint.loader import load_weights
-from ..checkpoint.reader import Checkpoint, open_checkpoint
-from ..checkpoint.synthetic_memory import SyntheticCheckpoint
+from ..checkpoint.protocol import Checkpoint
+from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
-from ..kernels import triton_available
+from ..kernels import triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
@@ -128,7 +129,7 @@ class Runner:
 
 
 def load(
-    model: str | Path | Checkpoint | SyntheticCheckpoint,
+    model: str | Path | Checkpoint,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -163,7 +164,7 @@ def load(
     if on_plan is not None:
         on_plan(memory_plan)
     checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
-    if isinstance(checkpoint, Checkpoint) and has_dense_experts(checkpoint):
+    if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
     net = Transformer(config, dtype, _kernels(kernels, device))
@@ -178,9 +179,17 @@ def load(
 def _kernels(kernels: str, device: torch.device) -> str:
     if kernels not in ("auto", *KERNELS):
         raise GptossError(f"unknown kernels {kernels!r}; use auto, torch or triton")
+    refusal = triton_refusal(device) if device.type == "cuda" else None
+    if kernels == "triton" and refusal:
+        raise GptossError(refusal)
     if kernels != "auto":
         return kernels
-    return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if device.type != "cuda" or not triton_available():
+        return "torch"
+    if refusal:
+        logging.getLogger(__name__).warning("%s: running the torch path", refusal)
+        return "torch"
+    return "triton"
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:
