@@ -29,6 +29,7 @@ import torch
 from .chat.stats import peak_memory
 from .config import ModelConfig
 from .engine.generate import prefill
+from .engine.graphs import GraphedDecodeStep
 from .engine.runner import Runner
 from .errors import GptossError
 from .memory.categories import category_of
@@ -139,18 +140,25 @@ def resident_bytes(runner: Runner) -> dict[str, int]:
 
 
 def bench(
-    runner: Runner, prompt_tokens: int, gen_tokens: int, repeats: int = 3, seed: int = 0
+    runner: Runner,
+    prompt_tokens: int,
+    gen_tokens: int,
+    repeats: int = 3,
+    seed: int = 0,
+    cuda_graph: bool = False,
 ) -> BenchResult:
     """Warm up, then `repeats` times: prefill `prompt_tokens` random tokens, decode `gen_tokens`
-    greedily."""
+    greedily. With `cuda_graph` each decode step is a graph replay, captured in the warm-up."""
     model, cache = runner.model, runner.cache
+    forward = GraphedDecodeStep(model, cache) if cuda_graph else None
 
     def first(prompt: torch.Tensor) -> torch.Tensor:
         cache.rewind(0)
         return prefill(model, cache, prompt, runner.prefill_chunk)[-1].argmax().view(1)
 
     def step(token: torch.Tensor) -> torch.Tensor:
-        return model(token, cache, last_only=True)[-1].argmax().view(1)
+        logits = forward(token) if forward else model(token, cache, last_only=True)
+        return logits[-1].argmax().view(1)
 
     prompt = _prompt(runner.config, prompt_tokens, seed).to(runner.device)
     prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, repeats, runner.device)

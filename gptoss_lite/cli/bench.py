@@ -63,6 +63,11 @@ from .options import (
     help="Also run HF transformers on the same checkpoint, in a process of its own, and print "
     "the ratio (needs --model).",
 )
+@click.option(
+    "--cuda-graph",
+    is_flag=True,
+    help="Decode with the step captured in a CUDA graph (Triton kernels on CUDA; untimed yet).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
     model,
@@ -75,6 +80,7 @@ def bench_command(
     device,
     budget,
     compare,
+    cuda_graph,
     as_json,
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
@@ -105,7 +111,7 @@ def bench_command(
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
-    results = [bench(runner, prompt_tokens, gen_tokens, repeats)]
+    results = [bench(runner, prompt_tokens, gen_tokens, repeats, cuda_graph=cuda_graph)]
     dev, folder = runner.device, runner.folder
     if compare:
         del runner

@@ -38,6 +38,7 @@ class KVCache:
         # Absolute position held by each ring slot (-1: empty); shared by all sliding layers.
         self.ring_pos = torch.full((self.ring_slots,), -1, dtype=torch.long, device=device)
         self.length = 0  # tokens whose keys and values are in the cache
+        self.slot_pos: torch.Tensor | None = None  # set by `use_whole_buffers`
 
     @property
     def nbytes(self) -> int:
@@ -67,6 +68,13 @@ class KVCache:
         self.ring_pos[self.ring_pos >= length] = -1
         self.length = length
 
+    def use_whole_buffers(self) -> None:
+        """From now on full-attention layers attend over their whole buffer, slot s holding
+        position s, masked by position (slots past the query are in its future): the same
+        shapes at every step, as a CUDA graph needs."""
+        if self.slot_pos is None:
+            self.slot_pos = torch.arange(self.context, device=self.ring_pos.device)
+
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,6 +83,10 @@ class KVCache:
         Returns the keys, values and key positions the new queries attend to.
         """
         start, t = self.length, k.shape[0]
+        if not self.config.is_sliding(layer) and self.slot_pos is not None:
+            self.k[layer].index_copy_(0, positions, k)  # no host-side offset: graph-safe
+            self.v[layer].index_copy_(0, positions, v)
+            return self.k[layer], self.v[layer], self.slot_pos
         if not self.config.is_sliding(layer):
             self.k[layer][start : start + t] = k
             self.v[layer][start : start + t] = v
@@ -91,6 +103,10 @@ class KVCache:
 
     def advance(self, positions: torch.Tensor) -> None:
         """Mark the tokens at `positions` as cached (after every layer was updated)."""
+        self.record_ring(positions)
+        self.length += positions.shape[0]
+
+    def record_ring(self, positions: torch.Tensor) -> None:
+        """The device-side half of `advance`: the ring slots now hold `positions`."""
         keep = min(positions.shape[0], self.ring_slots)
         self.ring_pos[positions[-keep:] % self.ring_slots] = positions[-keep:]
-        self.length += positions.shape[0]
