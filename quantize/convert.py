@@ -55,6 +55,7 @@ class ConversionPlan:
     source: Source
     destination: Path
     shards: tuple[tuple[Item, ...], ...]
+    overwrite: bool = False  # replace a non-empty DST, whole, once the new one is written
 
     @property
     def total_bytes(self) -> int:
@@ -72,16 +73,20 @@ def convert_checkpoint(
 
 
 def plan_conversion(
-    src: str, dst: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES
+    src: str,
+    dst: str | Path,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
 ) -> ConversionPlan:
-    """Check DST (absent or empty), then SRC (see `source.read_source`), and plan the shards."""
+    """Check DST (absent or empty, unless `overwrite`), then SRC (see `source.read_source`),
+    and plan the shards."""
     destination = Path(dst).expanduser().absolute()
-    _check_destination(destination)
+    _check_destination(destination, overwrite)
     source = read_source(resolve_source(src))
     if destination.resolve().is_relative_to(source.folder.resolve()):
         raise GptossError(f"{dst} is inside SRC {source.folder}; pass a folder outside it")
     items = [_item(name, *source.tensors[name]) for name in sorted(source.tensors, key=_natural)]
-    plan = ConversionPlan(source, destination, _pack(items, max_shard_bytes))
+    plan = ConversionPlan(source, destination, _pack(items, max_shard_bytes), overwrite)
     _check_free_space(destination, plan.total_bytes)
     return plan
 
@@ -89,15 +94,15 @@ def plan_conversion(
 def write_quantized(plan: ConversionPlan, progress: Callable[[int], None] | None = None) -> Path:
     """Write the planned checkpoint; `progress(n)` is told the bytes of each tensor written."""
     dst = plan.destination
-    _check_destination(dst)
-    with staged(dst) as partial:
+    _check_destination(dst, plan.overwrite)
+    with staged(dst, replace=plan.overwrite) as partial:
         _write_all(plan, partial, progress or (lambda n: None))
     return dst
 
 
-def _check_destination(dst: Path) -> None:
-    if dst.is_dir() and any(dst.iterdir()):
-        raise GptossError(f"{dst} is not empty; pass a new folder")
+def _check_destination(dst: Path, overwrite: bool = False) -> None:
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise GptossError(f"{dst} is not empty; pass a new folder, or --overwrite to replace it")
     if dst.exists() and not dst.is_dir():
         raise GptossError(f"{dst} is a file; pass a new folder")
 
