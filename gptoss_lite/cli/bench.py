@@ -34,6 +34,7 @@ from ..units import GB, format_bytes
 from .options import (
     budget_option,
     context_option,
+    cpu_experts_option,
     device_option,
     geometry_option,
     model_option,
@@ -68,6 +69,7 @@ from .options import (
     is_flag=True,
     help="Decode with the step captured in a CUDA graph (Triton kernels on CUDA; untimed yet).",
 )
+@cpu_experts_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
     model,
@@ -81,6 +83,7 @@ def bench_command(
     budget,
     compare,
     cuda_graph,
+    cpu_experts,
     as_json,
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
@@ -106,6 +109,7 @@ def bench_command(
         device=device,
         profile=resolve_profile(profile, device, budget),
         context=context,
+        cpu_experts=cpu_experts,
         on_plan=fits,
     )
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
