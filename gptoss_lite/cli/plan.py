@@ -19,7 +19,7 @@ from ..memory.plan import CONTEXT_GRANULE, Plan
 from ..memory.plan import plan as make_plan
 from ..memory.profiles import resolve_profile
 from ..units import GIB, mib
-from .options import budget_option, context_option, model_option, profile_option
+from .options import budget_option, context_option, cpu_experts_option, model_option, profile_option
 
 
 @click.command()
@@ -36,6 +36,7 @@ from .options import budget_option, context_option, model_option, profile_option
     help="Prompt tokens per forward pass; default: the profile's.",
 )
 @budget_option()
+@cpu_experts_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
     model: str,
@@ -43,12 +44,15 @@ def plan(
     context: int | None,
     prefill_chunk: int | None,
     budget: float | None,
+    cpu_experts: int | str | None,
     as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
     config = model_config(model)
     profile = resolve_profile(profile_name, budget_gib=budget)
-    result = make_plan(config, profile, context, prefill_chunk=prefill_chunk)
+    result = make_plan(
+        config, profile, context, prefill_chunk=prefill_chunk, cpu_experts=cpu_experts
+    )
     about = profile.description
     if budget is not None:
         about = f"{about} (budget set to {budget:g} GiB by --budget)".lstrip()
@@ -97,7 +101,14 @@ def _notes(p: Plan) -> list[str]:
     }[p.bound]
     phases = {k: v for k, v in p.activations.items() if k != "resident"}
     peak = max(phases, key=phases.get)
+    split = []
+    if p.cpu_experts:
+        split = [
+            f"experts: {p.cpu_experts} layers' in host RAM (run by the CPU kernel), the other "
+            f"layers' on {p.device}"
+        ]
     return [
+        *split,
         f"context: {p.context:,} tokens ({why})",
         f"KV cache: {p.kv_bytes_per_token:,} B per token ({p.kv_cache_dtype}, full-attention "
         f"layers) + {mib(p.kv_ring_bytes)} MiB of sliding-window rings",
@@ -107,7 +118,7 @@ def _notes(p: Plan) -> list[str]:
 
 
 def _row(label: str, mib: str, gib: str) -> str:
-    return f"  {label:<34}{mib:>12}{gib:>10}"
+    return f"  {label:<38}{mib:>12}{gib:>10}"
 
 
 def _sizes(n: int) -> tuple[str, str]:

@@ -31,6 +31,7 @@ class ServeOptions:
     device: str | None
     budget: float | None = None
     max_tokens: int | None = None
+    cpu_experts: int | str | None = None  # the plan's choice
 
 
 @click.command()
