@@ -19,6 +19,8 @@ from .chat.stats import peak_memory
 from .config import ModelConfig
 from .engine.generate import prefill
 from .engine.runner import Runner
+from .memory.plan import kv_slot_bytes
+from .model.kv_quant import UNQUANTIZED, KVDtypes
 from .model.mxfp4 import packed_nbytes
 
 
@@ -58,22 +60,24 @@ class BenchResult:
 
 
 def decode_bytes_per_token(
-    config: ModelConfig, context_tokens: int, kv_dtype_bytes: int = 2
+    config: ModelConfig, context_tokens: int, kv: KVDtypes = UNQUANTIZED
 ) -> int:
-    """Bytes one decode step reads at `context_tokens` of context (bf16 weights besides experts)."""
+    """Bytes one decode step reads at `context_tokens` of context (bf16 weights besides experts,
+    the KV cache in the formats `kv`)."""
     c = config
     h, i = c.hidden_size, c.intermediate_size
     expert = packed_nbytes(2 * i, h) + packed_nbytes(h, i) + (2 * i + h) * 2
     qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
     attention = (qkv * h + qkv + h * c.num_heads * c.head_dim + h + c.num_heads) * 2
     router = (c.num_experts * h + c.num_experts) * 2
-    kv_row = 2 * c.num_kv_heads * c.head_dim * kv_dtype_bytes
-    kv = kv_row * (
+    kv_bytes = kv_slot_bytes(c, kv) * (
         c.num_full_layers * context_tokens
         + c.num_sliding_layers * min(context_tokens, c.sliding_window)
     )
     per_layer = c.experts_per_token * expert + attention + router + 2 * h * 4  # + fp32 norms
-    return c.num_layers * per_layer + kv + c.vocab_size * h * 2 + h * 2  # + lm_head, embed row
+    return (
+        c.num_layers * per_layer + kv_bytes + c.vocab_size * h * 2 + h * 2
+    )  # + lm_head, embed row
 
 
 def resident_bytes(runner: Runner) -> dict[str, int]:
@@ -108,6 +112,7 @@ def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) ->
         gen_tokens,
         prefill_seconds,
         decode_seconds,
+        runner.cache.kv_dtypes,
     )
 
 
@@ -154,6 +159,7 @@ def _result(
     gen_tokens: int,
     prefill_seconds: float,
     decode_seconds: float,
+    kv: KVDtypes = UNQUANTIZED,
 ) -> BenchResult:
     peak = peak_memory(device)
     return BenchResult(
@@ -164,7 +170,7 @@ def _result(
         prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
         # the cache holds the prompt plus, on average, half the generated tokens
-        decode_bytes_per_token=decode_bytes_per_token(config, prompt_tokens + gen_tokens // 2),
+        decode_bytes_per_token=decode_bytes_per_token(config, prompt_tokens + gen_tokens // 2, kv),
         peak_memory_bytes=peak[0] if peak else None,
         peak_memory_kind=peak[1] if peak else "unknown",
     )

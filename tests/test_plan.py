@@ -22,6 +22,7 @@ from gptoss_lite.memory.plan import (
     weight_bytes,
 )
 from gptoss_lite.memory.profiles import GIB, load_profile
+from gptoss_lite.model.kv_quant import KVDtypes
 
 GPT20, GPT120 = preset("gpt-oss-20b"), preset("gpt-oss-120b")
 RTX4090 = load_profile("rtx4090")
@@ -62,11 +63,23 @@ def test_device_weights_keep_norms_and_sinks_fp32_and_embedding_on_host():
 # ------------------------------------------------------------------ KV cache and activations
 
 
+BF16 = KVDtypes()
+
+
 def test_kv_bytes():
-    assert kv_bytes_per_token(GPT20.with_(num_layers=2), 2) == 2048  # one full layer, bf16
-    assert kv_bytes_per_token(GPT20, 2) == 12 * 2048 == 24_576
-    assert kv_bytes_per_token(GPT120, 2) == 18 * 2048 == 36_864
-    assert kv_ring_bytes(GPT20, 2) == 12 * 128 * 2048
+    assert kv_bytes_per_token(GPT20.with_(num_layers=2), BF16) == 2048  # one full layer, bf16
+    assert kv_bytes_per_token(GPT20, BF16) == 12 * 2048 == 24_576
+    assert kv_bytes_per_token(GPT120, BF16) == 18 * 2048 == 36_864
+    assert kv_ring_bytes(GPT20, BF16) == 12 * 128 * 2048
+
+
+def test_quantized_kv_bytes_count_codes_and_scales():
+    # 8 kv heads of 64 values: q8 is 64 int8 codes + 2 fp16 scales (blocks of 32) = 68 B a row,
+    # fp8 64 codes + 1 fp16 scale = 66 B, bf16 128 B; K and V rows for each of 12 full layers.
+    assert kv_bytes_per_token(GPT20, KVDtypes("q8", "q8")) == 12 * 8 * (68 + 68) == 13_056
+    assert kv_bytes_per_token(GPT20, KVDtypes("fp8", "fp8")) == 12 * 8 * (66 + 66)
+    assert kv_bytes_per_token(GPT20, KVDtypes("bf16", "q8")) == 12 * 8 * (128 + 68)
+    assert kv_ring_bytes(GPT20, KVDtypes("q8", "fp8")) == 12 * 128 * 8 * (68 + 66)
 
 
 def test_activation_phases_20b_chunk_512():

@@ -13,7 +13,7 @@ prompt extends the tokens already cached only prefills the new tokens.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -29,6 +29,7 @@ from ..kernels import triton_available
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, cpu_profile, host_memory_bytes, load_profile
 from ..model.cache import KVCache
+from ..model.kv_quant import KVDtypes
 from ..model.transformer import KERNELS, Transformer
 from .generate import PREFILL_CHUNK, decode, prefill
 
@@ -137,6 +138,7 @@ def load(
     ring_slots: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     kernels: str = "auto",
+    kv_cache_dtype: str | KVDtypes | None = None,
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
@@ -148,7 +150,8 @@ def load(
     `ring_slots` enlarges the sliding layers' rings so the cache can rewind that far back
     (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it.
     `kernels` is "torch", "triton" (the fused GPU kernels) or "auto" (triton on CUDA when
-    Triton is installed, else torch). `model` may also be an opened checkpoint:
+    Triton is installed, else torch). `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see
+    `kv_quant`) replaces the profile's KV-cache formats. `model` may also be an opened checkpoint:
     `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that geometry made in
     memory, to check the fit before a download.
     """
@@ -158,6 +161,10 @@ def load(
     # before its weights are downloaded.
     config = read_config(resolve_model(model, weights=False)) if is_path else model.config
     profile = _profile(profile, device)
+    if kv_cache_dtype is not None:
+        kv = kv_cache_dtype
+        kv = kv if isinstance(kv, KVDtypes) else KVDtypes.parse(kv)
+        profile = replace(profile, kv_cache_dtype=kv)
     memory_plan = plan(config, profile, context, ring_slots=ring_slots)
     if on_plan is not None:
         on_plan(memory_plan)
@@ -169,7 +176,14 @@ def load(
     net = Transformer(config, dtype, _kernels(kernels, device))
     load_weights(net, checkpoint, device, embedding_device)
     checkpoint.close()
-    cache = KVCache(config, memory_plan.context, device=device, dtype=dtype, ring_slots=ring_slots)
+    cache = KVCache(
+        config,
+        memory_plan.context,
+        device=device,
+        dtype=dtype,
+        ring_slots=ring_slots,
+        kv_dtypes=memory_plan.kv_cache_dtype,
+    )
     return Runner(
         net, cache, config, memory_plan.prefill_chunk, folder=checkpoint.folder, plan=memory_plan
     )

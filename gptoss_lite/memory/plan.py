@@ -2,9 +2,10 @@
 
 Pure arithmetic, no torch and no weights. The device holds the weights (MXFP4 experts as
 published, everything else bf16 except the norms, which the model keeps in fp32; the embedding
-table stays on the host when the profile says so), a KV cache (full-attention layers grow by
-2·kv_heads·head_dim·dtype bytes per token each; sliding layers keep a fixed ring of
-`sliding_window` slots), the peak activations of one prefill chunk, and the profile's reserve.
+table stays on the host when the profile says so), a KV cache (full-attention layers grow per
+token by the bytes of one K and one V row per kv head, codes and scales, in the profile's
+formats: `kv_quant.row_bytes`; sliding layers keep a fixed ring of `sliding_window` slots),
+the peak activations of one prefill chunk, and the profile's reserve.
 `plan()` picks the largest context within the budget (rounded down to `CONTEXT_GRANULE`,
 capped by the profile and the model), or checks a requested one and refuses it with the numbers.
 The activation model below is what the runner must match: see `activation_phases`.
@@ -17,6 +18,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..config import ModelConfig
 from ..errors import GptossError
+from ..model.kv_quant import KVDtypes, row_bytes
 from ..model.mxfp4 import packed_nbytes
 from .profiles import GIB, Profile
 
@@ -43,7 +45,7 @@ class Plan:
     bound: str  # "budget", "cap" or "requested"
     context_granule: int
     prefill_chunk: int
-    kv_cache_dtype: str
+    kv_cache_dtype: KVDtypes
     weights: dict[str, int]  # bytes on the device per category
     host_weights: dict[str, int]  # categories kept in host memory instead
     kv_bytes_per_token: int
@@ -106,17 +108,22 @@ def device_weights(config: ModelConfig, profile: Profile) -> tuple[dict[str, int
     return on_device, host
 
 
-def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
+def kv_slot_bytes(config: ModelConfig, kv: KVDtypes) -> int:
+    """Bytes one token takes in one layer's cache: K and V of every kv head, codes and scales."""
+    d = config.head_dim
+    return config.num_kv_heads * (row_bytes(kv.k, d) + row_bytes(kv.v, d))
+
+
+def kv_bytes_per_token(config: ModelConfig, kv: KVDtypes) -> int:
     """KV-cache growth per token: K and V of every full-attention layer."""
-    return config.num_full_layers * 2 * config.num_kv_heads * config.head_dim * dtype_bytes
+    return config.num_full_layers * kv_slot_bytes(config, kv)
 
 
-def kv_ring_bytes(config: ModelConfig, dtype_bytes: int, ring_slots: int | None = None) -> int:
+def kv_ring_bytes(config: ModelConfig, kv: KVDtypes, ring_slots: int | None = None) -> int:
     """The sliding layers' rings, whatever the context: `ring_slots` slots each (at least, and by
     default, `sliding_window`; more let the cache rewind, as a chat does after each reply)."""
     slots = max(ring_slots or 0, config.sliding_window)
-    per_slot = 2 * config.num_kv_heads * config.head_dim * dtype_bytes
-    return config.num_sliding_layers * slots * per_slot
+    return config.num_sliding_layers * slots * kv_slot_bytes(config, kv)
 
 
 def activation_phases(config: ModelConfig, chunk: int) -> dict[str, int]:
@@ -200,8 +207,8 @@ def plan(
         kv_cache_dtype=profile.kv_cache_dtype,
         weights=weights,
         host_weights=host,
-        kv_bytes_per_token=kv_bytes_per_token(config, profile.kv_dtype_bytes),
-        kv_ring_bytes=kv_ring_bytes(config, profile.kv_dtype_bytes, ring_slots),
+        kv_bytes_per_token=kv_bytes_per_token(config, profile.kv_cache_dtype),
+        kv_ring_bytes=kv_ring_bytes(config, profile.kv_cache_dtype, ring_slots),
         activations=activation_phases(config, chunk),
         reserve_bytes=profile.reserve_bytes,
         budget_bytes=profile.budget_bytes,

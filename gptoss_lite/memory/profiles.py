@@ -2,11 +2,12 @@
 
 A profile names a device kind, the card's memory, the budget the run must stay within (tensors
 plus a reserve for the CUDA context, allocator slack and, where the budget is the whole card,
-the desktop), the KV-cache dtype, the prefill chunk, where the embedding table lives and a
-context cap. Built-in profiles live in the top-level `profiles/` folder of a checkout; a
-non-editable install carries a copy inside the package (`gptoss_lite/_profiles`, copied by
-setup.py at build time). `load_profile("auto")` matches the local CUDA card, or falls back to
-the `cpu` profile sized to the host's RAM. Every bad key or value raises a one-line `GptossError`.
+the desktop), the KV-cache dtypes (one for K and V, or a `{k = ..., v = ...}` table), the
+prefill chunk, where the embedding table lives and a context cap. Built-in profiles live in
+the top-level `profiles/` folder of a checkout; a non-editable install carries a copy inside
+the package (`gptoss_lite/_profiles`, copied by setup.py at build time). `load_profile("auto")`
+matches the local CUDA card, or falls back to the `cpu` profile sized to the host's RAM. Every
+bad key or value raises a one-line `GptossError`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from ..errors import GptossError
+from ..model.kv_quant import KV_FORMATS, KVDtypes
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,7 +29,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 GIB = 1 << 30
-KV_DTYPE_BYTES = {"bf16": 2}  # fp8 comes later: one more entry here and in the cache
 DEVICES = ("cuda", "cpu")
 EMBEDDING_PLACES = ("host", "device")
 REQUIRED_KEYS = (
@@ -53,17 +54,13 @@ class Profile:
     memory_bytes: int  # the card's (or host's) memory
     reserve_bytes: int  # part of the budget no tensor gets: CUDA context, allocator, desktop
     budget_bytes: int  # the run stays within this, reserve included
-    kv_cache_dtype: str  # "bf16"
+    kv_cache_dtype: KVDtypes  # storage of the K and the V cache
     prefill_chunk: int  # prompt tokens per forward pass
     embedding: str  # "host" (row gather, saves VRAM) or "device"
     max_context: int  # cap on the context the planner picks by itself
     gpu: str = ""  # substring of the CUDA device name, for --profile auto
     description: str = ""
     source: str = ""  # the file it came from
-
-    @property
-    def kv_dtype_bytes(self) -> int:
-        return KV_DTYPE_BYTES[self.kv_cache_dtype]
 
     @property
     def embedding_on_device(self) -> bool:
@@ -147,7 +144,7 @@ def _from_dict(data: dict, path: Path) -> Profile:
         memory_bytes=round(memory * GIB),
         reserve_bytes=round(reserve * GIB),
         budget_bytes=round(budget * GIB),
-        kv_cache_dtype=_choice(data, "kv_cache_dtype", tuple(KV_DTYPE_BYTES), fail),
+        kv_cache_dtype=_kv_dtypes(data, fail),
         prefill_chunk=_positive_int(data, "prefill_chunk", fail),
         embedding=_choice(data, "embedding", EMBEDDING_PLACES, fail),
         max_context=_positive_int(data, "max_context", fail),
@@ -176,6 +173,21 @@ def _choice(data: dict, key: str, allowed: tuple[str, ...], fail) -> str:
     if value not in allowed:
         raise fail(key, f"must be one of {', '.join(allowed)}; got {value!r}")
     return value
+
+
+def _kv_dtypes(data: dict, fail) -> KVDtypes:
+    value = data["kv_cache_dtype"]
+    if isinstance(value, dict):
+        extra = set(value) - {"k", "v"}
+        if extra or len(value) != 2:
+            raise fail("kv_cache_dtype", f"as a table needs exactly the keys k and v, got {value}")
+        return KVDtypes(*(_choice(value, k, KV_FORMATS, _within(fail)) for k in ("k", "v")))
+    kind = _choice(data, "kv_cache_dtype", KV_FORMATS, fail)
+    return KVDtypes(kind, kind)
+
+
+def _within(fail):
+    return lambda key, why: fail(f"kv_cache_dtype.{key}", why)
 
 
 def _text(data: dict, key: str, fail) -> str:
@@ -225,7 +237,7 @@ def generic_gpu_profile(name: str, total_bytes: int) -> Profile:
         memory_bytes=total_bytes,
         reserve_bytes=int(1.5 * GIB),
         budget_bytes=total_bytes,
-        kv_cache_dtype="bf16",
+        kv_cache_dtype=KVDtypes(),
         prefill_chunk=1024,
         embedding="host",
         max_context=131072,

@@ -336,8 +336,7 @@ def _category(name: str) -> str:
 
 
 def _tensors(runner: Runner) -> list[torch.Tensor]:
-    cache = runner.cache
-    return [*runner.model.parameters(), *cache.k, *cache.v, cache.ring_pos]
+    return [*runner.model.parameters(), *runner.cache.tensors()]
 
 
 def _profile(profile: str | Path | Profile | None, device: str | torch.device | None) -> Profile:
