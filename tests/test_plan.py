@@ -239,3 +239,34 @@ def test_cli_auto_profile_without_a_gpu(monkeypatch):
     result = run_cli("--model", "tiny", "--profile", "auto", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["profile"] == "cpu"
+
+
+# ------------------------------------------------------------------ quantized KV cache
+
+
+def test_q8_cache_targets_on_16_and_24_gb_cards():
+    rtx4060ti = load_profile("rtx4060ti-16gb")
+    q8 = replace(rtx4060ti, kv_cache_dtype=KVDtypes("q8", "q8"))
+    assert plan(GPT20, q8).context >= 1.8 * plan(GPT20, rtx4060ti).context
+    assert plan(GPT20, replace(RTX4090, kv_cache_dtype=KVDtypes("q8", "q8"))).context >= 80_000
+
+
+def test_cli_kv_cache_dtype_in_table_json_and_warning():
+    result = run_cli("--profile", "rtx4090", "--kv-cache-dtype", "q8", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    expected = plan(GPT20, replace(RTX4090, kv_cache_dtype=KVDtypes("q8", "q8")))
+    assert data["kv_cache_dtype"] == {"k": "q8", "v": "q8"} and data["kv_bytes_per_token"] == 13_056
+    assert data["context"] == expected.context and data["kv_bytes"] == expected.kv_bytes
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("warning: K cache in q8: gpt-oss is sensitive to quantized keys")
+    assert "median KL 0.055 nats" in warning
+    result = run_cli("--profile", "rtx4090", "--kv-cache-dtype", "bf16,fp8")
+    assert result.exit_code == 0 and result.stderr == ""  # V only: no warning
+    assert "K bf16, V fp8" in result.stdout and "KV cache bf16,fp8 (" in result.stdout
+
+
+def test_cli_bad_kv_cache_dtype_is_one_line():
+    result = run_cli("--profile", "rtx4090", "--kv-cache-dtype", "q4")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("error: unknown KV-cache dtype 'q4' for K; use bf16, q8, fp8")

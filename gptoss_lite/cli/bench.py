@@ -14,6 +14,8 @@ from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import preset
 from ..engine.runner import load
 from ..errors import GptossError
+from .common import warn_kv
+from .options import kv_cache_option
 
 
 @click.command()
@@ -33,9 +35,19 @@ from ..errors import GptossError
     type=click.Choice(["transformers"]),
     help="Also run HF transformers on the same checkpoint and print the ratio (needs --model).",
 )
+@kv_cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
-    model, synthetic, profile, context, prompt_tokens, gen_tokens, device, compare, as_json
+    model,
+    synthetic,
+    profile,
+    context,
+    prompt_tokens,
+    gen_tokens,
+    device,
+    compare,
+    kv_cache_dtype,
+    as_json,
 ):
     """Measure prefill tok/s, decode tok/s and GB/s, and peak memory."""
     if bool(model) == bool(synthetic):
@@ -46,7 +58,10 @@ def bench_command(
         raise GptossError("--prompt-tokens and --gen-tokens must be at least 1")
     source = model or SyntheticCheckpoint(preset(synthetic))
     start = time.perf_counter()
-    runner = load(source, device=device, profile=profile, context=context)
+    runner = load(
+        source, device=device, profile=profile, context=context, kv_cache_dtype=kv_cache_dtype
+    )
+    warn_kv(runner.plan)
     load_seconds = time.perf_counter() - start
     loaded = {"seconds": load_seconds, **resident_bytes(runner)}
     peak = peak_memory(runner.device)

@@ -3,6 +3,7 @@
 `@model_options` adds the model, sampling and harmony options (--help shows each one's variable);
 the command pops them out of its keyword arguments as one `Options`, which makes the `Sampling`
 and the empty `Conversation` to start from. A bad --reasoning-effort is one error line.
+`kv_cache_option` (--kv-cache-dtype K[,V]) is also taken by plan, profile and bench.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import click
 
 from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation
 from ..chat.session import Sampling, check_effort
+from ..model.kv_quant import KV_FORMATS, KVDtypes
 
 ENV_PREFIX = "GPTOSS_LITE_"
 
@@ -27,6 +29,7 @@ class Options:
     profile: str | None
     context: int | None
     device: str | None
+    kv_cache_dtype: KVDtypes | None
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -70,9 +73,33 @@ class Effort(click.ParamType):
         return check_effort(str(value))
 
 
+class KVCacheDtype(click.ParamType):
+    """K or K,V storage formats of the KV cache; anything else is one error line."""
+
+    name = "kv"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "K[,V]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> KVDtypes:
+        return value if isinstance(value, KVDtypes) else KVDtypes.parse(str(value))
+
+
 def env_option(*decls: str, env: str, **kwargs) -> Callable:
     """A click option also read from the environment variable GPTOSS_LITE_<env>."""
     return click.option(*decls, envvar=ENV_PREFIX + env, show_envvar=True, **kwargs)
+
+
+kv_cache_option = env_option(
+    "--kv-cache-dtype",
+    env="KV_CACHE_DTYPE",
+    type=KVCacheDtype(),
+    default=None,
+    help=f"KV-cache storage, K then V ({', '.join(KV_FORMATS)}; e.g. q8 or bf16,q8) "
+    "[default: the profile's, bf16].",
+)
 
 
 _OPTIONS = [
@@ -105,6 +132,7 @@ _OPTIONS = [
         default=None,
         help="cpu, cuda or cuda:N [default: the profile's device].",
     ),
+    kv_cache_option,
     env_option(
         "--max-tokens",
         "-n",

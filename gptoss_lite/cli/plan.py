@@ -2,12 +2,14 @@
 
 The model is a preset name, a Hub-like id whose last part is a preset (`openai/gpt-oss-20b`),
 or a local checkpoint folder / `config.json`. The human output is a table of bytes per category,
-the context chosen and what bound it, and the KV-cache growth per token; `--json` prints
-`Plan.to_json()` for scripts.
+the context chosen and what bound it, and the KV-cache growth per token (codes and scales, in
+the formats of --kv-cache-dtype or the profile); `--json` prints `Plan.to_json()` for scripts.
+A quantized K cache adds one warning line on stderr.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -17,6 +19,9 @@ from ..errors import GptossError
 from ..memory.plan import CONTEXT_GRANULE, Plan
 from ..memory.plan import plan as make_plan
 from ..memory.profiles import GIB, load_profile
+from ..model.kv_quant import KVDtypes
+from .common import warn_kv
+from .options import kv_cache_option
 
 MIB = 1 << 20
 LABELS = {
@@ -58,15 +63,24 @@ LABELS = {
     default=None,
     help="Prompt tokens per forward pass; default: the profile's.",
 )
+@kv_cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
-    model: str, profile_name: str, context: int | None, prefill_chunk: int | None, as_json: bool
+    model: str,
+    profile_name: str,
+    context: int | None,
+    prefill_chunk: int | None,
+    kv_cache_dtype: KVDtypes | None,
+    as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
     config = model_config(model)
     profile = load_profile(profile_name)
+    if kv_cache_dtype is not None:
+        profile = replace(profile, kv_cache_dtype=kv_cache_dtype)
     result = make_plan(config, profile, context, prefill_chunk=prefill_chunk)
     click.echo(result.to_json() if as_json else render(result, profile.description))
+    warn_kv(result)
 
 
 def model_config(model: str) -> ModelConfig:
@@ -93,7 +107,8 @@ def render(p: Plan, description: str = "") -> str:
     lines.append(_row(f"on {p.device}", "MiB", "GiB"))
     lines += [_row(LABELS[name], *_sizes(n)) for name, n in p.weights.items()]
     lines.append(_row("weights", *_sizes(p.weights_bytes)))
-    lines.append(_row(f"KV cache ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
+    kv = "" if p.kv_cache_dtype == KVDtypes() else f" {p.kv_cache_dtype}"
+    lines.append(_row(f"KV cache{kv} ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
     lines.append(_row(f"activations (chunk {p.prefill_chunk})", *_sizes(p.activation_bytes)))
     lines.append(_row("reserve (context, allocator)", *_sizes(p.reserve_bytes)))
     lines.append(_row("total", *_sizes(p.total_bytes)))
@@ -113,8 +128,9 @@ def _notes(p: Plan) -> list[str]:
     peak = max(phases, key=phases.get)
     return [
         f"context: {p.context:,} tokens ({why})",
-        f"KV cache: {p.kv_bytes_per_token:,} B per token ({p.kv_cache_dtype}, full-attention "
-        f"layers) + {p.kv_ring_bytes / MIB:,.2f} MiB of sliding-window rings",
+        f"KV cache: {p.kv_bytes_per_token:,} B per token (K {p.kv_cache_dtype.k}, V "
+        f"{p.kv_cache_dtype.v}, full-attention layers) + {p.kv_ring_bytes / MIB:,.2f} MiB of "
+        "sliding-window rings",
         f"activations: peak in the {peak} phase ({phases[peak] / MIB:,.1f} MiB) + "
         f"{p.activations['resident'] / MIB:,.1f} MiB resident",
     ]

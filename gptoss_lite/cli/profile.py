@@ -17,7 +17,10 @@ from ..config import preset
 from ..errors import GptossError
 from ..memory.report import measure_memory
 from ..memory.report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
+from ..model.kv_quant import KVDtypes
 from ..outputs import check_outputs
+from .common import warn_kv
+from .options import kv_cache_option
 
 
 # fmt: off
@@ -46,9 +49,11 @@ from ..outputs import check_outputs
               default=Path("profile-report"), show_default=True,
               help="Folder for report.md, report.json and report.png.")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier report in --out.")
+@kv_cache_option
 def profile(model: str | None, synthetic: str | None, seed: int, profile_name: str | None,
             context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
-            enforce: bool | None, out: Path, overwrite: bool) -> None:
+            enforce: bool | None, out: Path, overwrite: bool,
+            kv_cache_dtype: KVDtypes | None) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
     if (model is None) == (synthetic is None):
         raise GptossError("pass exactly one of --model PATH|HUB_ID and --synthetic GEOMETRY")
@@ -56,7 +61,8 @@ def profile(model: str | None, synthetic: str | None, seed: int, profile_name: s
     source = SyntheticCheckpoint(preset(synthetic), seed) if synthetic else model
     report = measure_memory(source, profile=profile_name, context=context,
                             prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,
-                            enforce=enforce, seed=seed)
+                            enforce=enforce, seed=seed, kv_cache_dtype=kv_cache_dtype)
+    warn_kv(report.plan)
     files = write_report(report, out)
     click.echo("\n".join([report.verdict()[1], "", *comparison_table(report.rows()), ""]))
     click.echo("wrote " + ", ".join(str(f) for f in files))

@@ -25,6 +25,7 @@ from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..engine.generate import decode, prefill
 from ..engine.runner import Runner, load
 from ..errors import GptossError
+from ..model.kv_quant import KVDtypes
 from .meter import CpuMeter, CudaMeter, Meter, Reading, cap_memory
 from .plan import Plan
 from .profiles import Profile, cpu_profile, host_memory_bytes, load_profile
@@ -220,6 +221,7 @@ def measure_memory(
     device: str | torch.device | None = None,
     enforce: bool | None = None,
     seed: int = 0,
+    kv_cache_dtype: str | KVDtypes | None = None,
 ) -> MemoryReport:
     """Load `model` on `profile`, prefill `prompt_tokens` random ids, decode `gen_tokens`
     greedily, and measure memory in each phase against the plan.
@@ -227,6 +229,7 @@ def measure_memory(
     `enforce` (default: on for CUDA) caps the CUDA allocator at the profile's card memory, so a
     profile for a smaller card behaves like it on a bigger one; an out-of-memory error in the
     prefill or the decode is then reported as a failed phase instead of raised.
+    `kv_cache_dtype` replaces the profile's KV-cache formats, as in `load`.
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
@@ -234,7 +237,8 @@ def measure_memory(
     dev = _device(device or prof.device)
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
-        runner, phases = _load(model, prof, dev, meter, context, prompt_tokens + gen_tokens)
+        tokens = prompt_tokens + gen_tokens
+        runner, phases = _load(model, prof, dev, meter, context, tokens, kv_cache_dtype)
         _prefill_and_decode(runner, meter, phases, prompt_tokens, gen_tokens, seed)
     weights, host = weights_by_category(runner.model, dev)
     return MemoryReport(
@@ -261,6 +265,7 @@ def _load(
     meter: Meter,
     context: int | None,
     tokens: int,
+    kv_cache_dtype: str | KVDtypes | None,
 ) -> tuple[Runner, list[Phase]]:
     """The runner, and the measured load phase (weights and KV cache)."""
 
@@ -274,7 +279,14 @@ def _load(
     start = time.perf_counter()
     try:
         with meter.phase() as reading:
-            runner = load(model, device=dev, profile=prof, context=context, on_plan=fits)
+            runner = load(
+                model,
+                device=dev,
+                profile=prof,
+                context=context,
+                on_plan=fits,
+                kv_cache_dtype=kv_cache_dtype,
+            )
             meter.hold(_tensors(runner))
     except torch.OutOfMemoryError as exc:
         raise GptossError(f"out of memory while loading: {str(exc).splitlines()[0]}") from None
