@@ -11,6 +11,7 @@ The per-tensor 16-entry code tables are constant overhead and left out.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,12 +48,24 @@ def mxfp4_roundtrip(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
     return dequantize(blocks, scales, torch.float32), blocks.nbytes + scales.nbytes
 
 
+def _bitsandbytes_functional():
+    """`bitsandbytes.functional`, imported without the warning its CPU backend logs at import time
+    about an optional kernel package this comparison does not use."""
+    bnb_logger = logging.getLogger("bitsandbytes")
+    level = bnb_logger.level
+    bnb_logger.setLevel(logging.ERROR)
+    try:
+        import bitsandbytes.functional as bnbf
+    finally:
+        bnb_logger.setLevel(level)
+    return bnbf
+
+
 def bnb_roundtrip(quant_type: str, blocksize: int, double_quant: bool = False) -> Roundtrip:
     """A bitsandbytes `quantize_4bit` → `dequantize_4bit` round trip of one configuration."""
 
     def roundtrip(weight: torch.Tensor) -> tuple[torch.Tensor, int]:
-        import bitsandbytes.functional as bnbf
-
+        bnbf = _bitsandbytes_functional()
         packed, state = bnbf.quantize_4bit(
             weight, blocksize=blocksize, quant_type=quant_type, compress_statistics=double_quant
         )

@@ -53,4 +53,4 @@ def test_bench_command_on_a_tiny_checkpoint(checkpoint, compare):
 def test_bench_needs_one_model_source():
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code == 1
-    assert "give exactly one of --model or --synthetic" in result.output
+    assert "give exactly one of --model or --geometry" in result.output

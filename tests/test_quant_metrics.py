@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -95,3 +97,15 @@ def test_tensor_report_and_cli(tmp_path):
 def test_cli_needs_a_mode(tmp_path):
     result = CliRunner().invoke(main, ["quant-error", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--tensors" in result.output
+
+
+def test_bitsandbytes_import_is_quiet():
+    """Its CPU backend logs a warning about an optional package at import: the user never sees it.
+    A fresh interpreter, since the import happens once per process."""
+    code = (
+        "import torch; from quantize.compare import FORMATS; "
+        "FORMATS['bnb-nf4-b32'][1](torch.ones(64, 64))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "" and done.stdout == ""

@@ -224,7 +224,7 @@ def test_without_matplotlib_the_png_is_skipped(report, tmp_path, monkeypatch):
 def test_cli_writes_the_report(tmp_path):
     args = [
         "profile",
-        "--synthetic",
+        "--geometry",
         "tiny",
         "--profile",
         "cpu",
@@ -248,14 +248,14 @@ def test_cli_writes_the_report(tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--synthetic", "gpt-oss-7b"], "error: unknown model preset 'gpt-oss-7b'; known: "),
-        (["--synthetic", "tiny", "--profile", "rtx9090"], "error: unknown profile 'rtx9090'"),
-        (["--synthetic", "tiny", "--model", "x"], "error: pass exactly one of --model"),
+        (["--geometry", "gpt-oss-7b"], "error: unknown model preset 'gpt-oss-7b'; known: "),
+        (["--geometry", "tiny", "--profile", "rtx9090"], "error: unknown profile 'rtx9090'"),
+        (["--geometry", "tiny", "--model", "x"], "error: pass exactly one of --model"),
         ([], "error: pass exactly one of --model"),
         (["--model", "/nonexistent/ckpt"], "error: model '/nonexistent/ckpt' is neither"),
         (
             [
-                "--synthetic",
+                "--geometry",
                 "tiny",
                 "--profile",
                 "cpu",
@@ -266,7 +266,7 @@ def test_cli_writes_the_report(tmp_path):
             ],
             "error: 304 prompt + generated tokens exceed the context of 256",
         ),
-        (["--synthetic", "tiny", "--profile", "cpu", "--enforce"], "error: --enforce caps"),
+        (["--geometry", "tiny", "--profile", "cpu", "--enforce"], "error: --enforce caps"),
     ],
 )
 def test_cli_bad_input_is_one_line(args, message, tmp_path):
@@ -288,7 +288,7 @@ def test_synthetic_checkpoint_has_the_written_tensors(checkpoint):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
 def test_cuda_profile_without_cuda_is_one_line(tmp_path):
-    args = ["profile", "--synthetic", "tiny", "--profile", "rtx4090", "--out", str(tmp_path)]
+    args = ["profile", "--geometry", "tiny", "--profile", "rtx4090", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     assert result.output == (
@@ -317,7 +317,7 @@ def test_cuda_report_reads_the_allocator():
 
 def test_an_earlier_report_is_kept_unless_overwrite(tmp_path):
     (tmp_path / "report.md").write_text("mine")
-    args = ["profile", "--synthetic", "tiny", "--profile", "cpu", "--prompt-tokens", "8",
+    args = ["profile", "--geometry", "tiny", "--profile", "cpu", "--prompt-tokens", "8",
             "--gen-tokens", "1", "--out", str(tmp_path)]  # fmt: skip
     refused = CliRunner().invoke(main, args)
     assert refused.exit_code == 1 and "pass --overwrite" in refused.output

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from gptoss_lite.engine.sampling import sample
+from gptoss_lite.engine.sampling import check_sampling, sample
+from gptoss_lite.errors import GptossError
 
 
 def test_temperature_zero_is_argmax():
@@ -39,8 +40,43 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     assert {sample(logits, top_p=0.1, generator=g).item() for _ in range(50)} == {0}
 
 
-def test_bad_parameters_raise():
-    with pytest.raises(ValueError):
-        sample(torch.zeros(3), top_p=0)
-    with pytest.raises(ValueError):
-        sample(torch.zeros(3), temperature=-1)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"temperature": float("nan")},
+        {"temperature": float("inf")},
+        {"temperature": -1.0},
+        {"top_p": float("nan")},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_k": 0},
+        {"top_k": 2.5},
+        {"seed": 99999999999999999999999},
+        {"seed": -1},
+        {"max_new_tokens": 0},
+    ],
+    ids=repr,
+)
+def test_bad_settings_are_one_line(settings):
+    with pytest.raises(GptossError, match=f"^{next(iter(settings))} "):
+        check_sampling(**settings)
+
+
+def test_good_settings_pass():
+    check_sampling(temperature=1e-300, top_p=1.0, top_k=1, seed=2**64 - 1, max_new_tokens=1)
+
+
+def test_a_tiny_temperature_is_greedy():
+    logits = torch.tensor([0.1, 3.0, -2.0, 2.9])
+    g = torch.Generator().manual_seed(0)
+    assert {sample(logits, temperature=1e-300, generator=g).item() for _ in range(20)} == {1}
+
+
+def test_draws_follow_the_softmax():
+    logits = torch.tensor([1.0, 0.0, -1.0, 0.5])
+    probs = torch.softmax(logits, -1)
+    g = torch.Generator().manual_seed(0)
+    n = 20_000
+    counts = torch.bincount(torch.stack([sample(logits, generator=g) for _ in range(n)]), None, 4)
+    # Each frequency is a binomial mean: standard error sqrt(p(1-p)/n) <= 0.0036; allow 4 of them.
+    torch.testing.assert_close(counts / n, probs, rtol=0, atol=4 * 0.0036)

@@ -1,7 +1,9 @@
 """The `gptoss-lite` command: a thin click shell over the Python API.
 
-Each command lives in its own module of this package and is registered below. A `GptossError`
-raised anywhere becomes one line on stderr and exit status 1; Ctrl-C exits with 130.
+Each command lives in its own module of this package and is registered from `COMMANDS` below,
+which also lets every option come from its GPTOSS_LITE_* environment variable
+(`options.with_environment`). A `GptossError` raised anywhere becomes one line on stderr and
+exit status 1; Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
@@ -11,7 +13,18 @@ import sys
 import click
 
 from ..errors import GptossError
+from .bench import bench_command
+from .chat import chat
 from .host import release_freed_memory
+from .options import with_environment
+from .plan import plan
+from .profile import profile
+from .quant_error import quant_error
+from .quantize import quantize
+from .run import run
+from .synth import synth
+
+COMMANDS = [run, chat, plan, profile, bench_command, synth, quantize, quant_error]
 
 
 class _Group(click.Group):
@@ -33,28 +46,5 @@ def main() -> None:
     release_freed_memory()
 
 
-# Commands register here, one line each.
-from .plan import plan  # noqa: E402
-
-main.add_command(plan)
-from .synth import synth  # noqa: E402
-
-main.add_command(synth)
-from .quantize import quantize  # noqa: E402
-
-main.add_command(quantize)
-from .quant_error import quant_error  # noqa: E402
-
-main.add_command(quant_error)
-from .bench import bench_command  # noqa: E402
-
-main.add_command(bench_command, name="bench")
-from .run import run  # noqa: E402
-
-main.add_command(run)
-from .chat import chat  # noqa: E402
-
-main.add_command(chat)
-from .profile import profile  # noqa: E402
-
-main.add_command(profile)
+for _command in COMMANDS:
+    main.add_command(with_environment(_command))

@@ -11,35 +11,37 @@ import torch
 from ..bench import bench, bench_transformers, resident_bytes
 from ..chat.stats import peak_memory
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
-from ..config import preset
 from ..engine.runner import load
 from ..errors import GptossError
 from .common import warn_kv
-from .options import kv_cache_option
-
-
-@click.command()
-@click.option("--model", help="Local checkpoint folder or Hub repo id.")
-@click.option(
-    "--synthetic",
-    metavar="GEOMETRY",
-    help="Random weights of a real geometry made in memory (gpt-oss-20b, gpt-oss-120b, tiny).",
+from .options import (
+    context_option,
+    device_option,
+    geometry_option,
+    kv_cache_option,
+    model_option,
+    profile_option,
 )
-@click.option("--profile", help="Memory profile (name or .toml); default: detected.")
-@click.option("--context", type=int, help="KV cache size in tokens; default: from the plan.")
+
+
+@click.command("bench")
+@model_option("Local checkpoint folder or Hub repo id.")
+@geometry_option("Random weights of this preset geometry, made in memory, instead of --model.")
+@profile_option()
+@context_option("KV cache size in tokens [default: the largest that fits].")
 @click.option("--prompt-tokens", default=512, show_default=True, help="Random prompt length.")
 @click.option("--gen-tokens", default=32, show_default=True, help="Tokens to decode greedily.")
-@click.option("--device", help="cuda or cpu; default: the profile's device.")
+@device_option()
 @click.option(
     "--compare",
     type=click.Choice(["transformers"]),
     help="Also run HF transformers on the same checkpoint and print the ratio (needs --model).",
 )
-@kv_cache_option
+@kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
     model,
-    synthetic,
+    geometry,
     profile,
     context,
     prompt_tokens,
@@ -50,13 +52,13 @@ def bench_command(
     as_json,
 ):
     """Measure prefill tok/s, decode tok/s and GB/s, and peak memory."""
-    if bool(model) == bool(synthetic):
-        raise GptossError("give exactly one of --model or --synthetic")
+    if bool(model) == bool(geometry):
+        raise GptossError("give exactly one of --model or --geometry")
     if compare and not model:
         raise GptossError("--compare transformers needs a checkpoint folder (--model)")
     if prompt_tokens < 1 or gen_tokens < 1:
         raise GptossError("--prompt-tokens and --gen-tokens must be at least 1")
-    source = model or SyntheticCheckpoint(preset(synthetic))
+    source = model or SyntheticCheckpoint(geometry)
     start = time.perf_counter()
     runner = load(
         source, device=device, profile=profile, context=context, kv_cache_dtype=kv_cache_dtype

@@ -21,7 +21,7 @@ from ..chat.session import ChatSession
 from ..errors import GptossError
 from .common import Model, open_model, stats_lines
 from .display import show_harmony
-from .options import Options, env_option, model_options
+from .options import Options, model_options
 
 PROMPT = ">>> "
 HELP = "commands: /reset (forget the conversation), /effort low|medium|high, /help, /exit"
@@ -29,10 +29,9 @@ HELP = "commands: /reset (forget the conversation), /effort low|medium|high, /he
 
 @click.command()
 @model_options
-@env_option(
+@click.option(
     "--verbose",
     "-v",
-    env="VERBOSE",
     is_flag=True,
     help="After each reply, print token counts (cached / new), tok/s and peak memory on stderr.",
 )

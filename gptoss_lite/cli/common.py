@@ -56,8 +56,6 @@ def open_model(
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
     rewind over a whole reply."""
-    if options.device is not None:
-        check_device(options.device)
     profile = load_profile(options.profile) if options.profile else None
     folder = resolve_model(options.model, weights=False)  # the weights come after the plan
     tokenizer = load_tokenizer(folder)
@@ -81,18 +79,6 @@ def open_model(
         kv_cache_dtype=options.kv_cache_dtype,
     )
     return Model(runner, tokenizer, time.perf_counter() - start, prompt)
-
-
-def check_device(name: str) -> None:
-    """A one-line `GptossError` unless `name` is a torch device this machine has."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GptossError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GptossError(f"--device {name}: no CUDA device is available here")
-    if device.type not in ("cpu", "cuda"):
-        raise GptossError(f"--device {name}: gptoss-lite runs on cpu or cuda")
 
 
 def read_prompt(argument: str | None) -> str:

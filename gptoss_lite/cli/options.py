@@ -1,9 +1,13 @@
-"""The options `run` and `chat` share, each also read from a `GPTOSS_LITE_*` environment variable.
+"""The options of the `gptoss-lite` commands: each declared once, each also read from the env.
 
-`@model_options` adds the model, sampling and harmony options (--help shows each one's variable);
-the command pops them out of its keyword arguments as one `Options`, which makes the `Sampling`
-and the empty `Conversation` to start from. A bad --reasoning-effort is one error line.
-`kv_cache_option` (--kv-cache-dtype K[,V]) is also taken by plan, profile and bench.
+Options that several commands take (`-m/--model`, `-p/--profile`, `-c/--context`, `--device`,
+`-g/--geometry`, `--overwrite`, `--kv-cache-dtype`) are declared here once, so the flags agree from
+command to command. Every command is registered through `with_environment` (see `cli/__init__.py`),
+which gives each of its options the variable GPTOSS_LITE_<LONG NAME> (`--max-tokens` ->
+GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more than its `click.option`.
+`@model_options` adds the model, sampling and harmony options of `run` and `chat`, which pop them
+out of their keyword arguments as one `Options`; the sampling values are checked there, before
+anything is loaded.
 """
 
 from __future__ import annotations
@@ -16,14 +20,138 @@ import click
 
 from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation
 from ..chat.session import Sampling, check_effort
+from ..config import ModelConfig, preset, preset_names
+from ..engine.runner import check_device
+from ..engine.sampling import check_sampling
 from ..model.kv_quant import KV_FORMATS, KVDtypes
 
 ENV_PREFIX = "GPTOSS_LITE_"
 
 
+def env_var(option: click.Option) -> str:
+    """The environment variable of an option: GPTOSS_LITE_ and its first long name."""
+    long = next(name for name in option.opts if name.startswith("--"))
+    return ENV_PREFIX + long[2:].replace("-", "_").upper()
+
+
+def with_environment(command: click.Command) -> click.Command:
+    """Let every option of `command` (and of its subcommands) come from its variable."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar is None:
+            param.envvar, param.show_envvar = env_var(param), True
+    for sub in getattr(command, "commands", {}).values():
+        with_environment(sub)
+    return command
+
+
+# ------------------------------------------------------------------ shared by several commands
+
+
+def model_option(help: str, default: str | None = None, name: str = "model") -> Callable:
+    """-m/--model, the checkpoint to use."""
+    return click.option(
+        "--model", "-m", name, default=default, show_default=default is not None, help=help
+    )
+
+
+def profile_option(default: str | None = None, name: str = "profile") -> Callable:
+    """-p/--profile, the memory profile."""
+    return click.option(
+        "--profile",
+        "-p",
+        name,
+        default=default,
+        help="Memory profile: a built-in name, a .toml file or 'auto' (this machine's; the "
+        "cpu profile with --device cpu) [default: auto].",
+    )
+
+
+def context_option(help: str, default: int | None = None, min: int = 1) -> Callable:
+    """-c/--context, a number of tokens."""
+    return click.option(
+        "--context",
+        "-c",
+        type=click.IntRange(min=min),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+def device_option(help: str = "cpu, cuda or cuda:N [default: the profile's device].") -> Callable:
+    """--device, a torch device this machine has (else one error line, before anything runs)."""
+    return click.option("--device", default=None, callback=_check_device, help=help)
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        check_device(value)
+    return value
+
+
+class Geometry(click.ParamType):
+    """A preset geometry name, converted to its `ModelConfig`; a bad name is one error line."""
+
+    name = "geometry"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return f"[{'|'.join(preset_names())}]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> ModelConfig:
+        return value if isinstance(value, ModelConfig) else preset(str(value))
+
+
+def geometry_option(help: str, default: str | None = None) -> Callable:
+    """-g/--geometry, the preset whose shapes random weights take."""
+    return click.option(
+        "--geometry",
+        "-g",
+        type=Geometry(),
+        default=default,
+        show_default=default is not None,
+        help=help,
+    )
+
+
+class KVCacheDtype(click.ParamType):
+    """K or K,V storage formats of the KV cache, as `KVDtypes`; a bad one is one error line."""
+
+    name = "kv"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "K[,V]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> KVDtypes:
+        return value if isinstance(value, KVDtypes) else KVDtypes.parse(str(value))
+
+
+def kv_cache_option() -> Callable:
+    """--kv-cache-dtype K[,V], replacing the profile's KV-cache formats."""
+    return click.option(
+        "--kv-cache-dtype",
+        type=KVCacheDtype(),
+        default=None,
+        help=f"KV-cache storage, K then V ({', '.join(KV_FORMATS)}; e.g. q8 or bf16,q8) "
+        "[default: the profile's, bf16].",
+    )
+
+
+def overwrite_option(what: str) -> Callable:
+    """--overwrite, to replace an earlier output."""
+    return click.option("--overwrite", is_flag=True, help=f"Replace {what} if it exists.")
+
+
+# ------------------------------------------------------------------ run and chat
+
+
 @dataclass(frozen=True)
 class Options:
-    """The shared options of `run` and `chat`, as click parsed them."""
+    """The shared options of `run` and `chat`, as click parsed them; the sampling values are
+    checked on creation, so a bad one fails before the model loads."""
 
     model: str
     profile: str | None
@@ -39,6 +167,15 @@ class Options:
     system: str | None
     developer: str | None
     show_reasoning: bool
+
+    def __post_init__(self) -> None:
+        check_sampling(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            max_new_tokens=self.max_tokens,
+        )
 
     @classmethod
     def take(cls, kwargs: dict) -> Options:
@@ -73,129 +210,67 @@ class Effort(click.ParamType):
         return check_effort(str(value))
 
 
-class KVCacheDtype(click.ParamType):
-    """K or K,V storage formats of the KV cache; anything else is one error line."""
-
-    name = "kv"
-
-    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
-        return "K[,V]"
-
-    def convert(
-        self, value: object, param: click.Parameter | None, ctx: click.Context | None
-    ) -> KVDtypes:
-        return value if isinstance(value, KVDtypes) else KVDtypes.parse(str(value))
-
-
-def env_option(*decls: str, env: str, **kwargs) -> Callable:
-    """A click option also read from the environment variable GPTOSS_LITE_<env>."""
-    return click.option(*decls, envvar=ENV_PREFIX + env, show_envvar=True, **kwargs)
-
-
-kv_cache_option = env_option(
-    "--kv-cache-dtype",
-    env="KV_CACHE_DTYPE",
-    type=KVCacheDtype(),
-    default=None,
-    help=f"KV-cache storage, K then V ({', '.join(KV_FORMATS)}; e.g. q8 or bf16,q8) "
-    "[default: the profile's, bf16].",
-)
-
-
+# The sampling values are plain numbers here: `check_sampling` is their one check.
 _OPTIONS = [
-    env_option(
-        "--model",
-        "-m",
-        env="MODEL",
-        default="openai/gpt-oss-20b",
-        show_default=True,
-        help="Hugging Face repo id or local checkpoint folder.",
-    ),
-    env_option(
-        "--profile",
-        "-p",
-        env="PROFILE",
-        default=None,
-        help="Memory profile: built-in name, .toml file or 'auto' [default: this machine].",
-    ),
-    env_option(
-        "--context",
-        "-c",
-        env="CONTEXT",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Context length in tokens [default: the largest that fits the profile].",
-    ),
-    env_option(
-        "--device",
-        env="DEVICE",
-        default=None,
-        help="cpu, cuda or cuda:N [default: the profile's device].",
-    ),
-    kv_cache_option,
-    env_option(
+    model_option("Hugging Face repo id or local checkpoint folder.", default="openai/gpt-oss-20b"),
+    profile_option(),
+    context_option("Context length in tokens [default: the largest that fits the profile]."),
+    device_option(),
+    kv_cache_option(),
+    click.option(
         "--max-tokens",
         "-n",
-        env="MAX_TOKENS",
-        type=click.IntRange(min=1),
+        type=int,
         default=None,
         help="Most tokens per reply [default: until the context is full].",
     ),
-    env_option(
+    click.option(
         "--temperature",
         "-t",
-        env="TEMPERATURE",
-        type=click.FloatRange(min=0),
+        type=float,
         default=1.0,
         show_default=True,
-        help="Sampling temperature; 0 is greedy.",
+        help="Sampling temperature, >= 0; 0 is greedy.",
     ),
-    env_option(
+    click.option(
         "--top-p",
-        env="TOP_P",
-        type=click.FloatRange(0, 1, min_open=True),
+        type=float,
         default=1.0,
         show_default=True,
-        help="Nucleus sampling: keep the tokens within this probability.",
+        help="Nucleus sampling: keep the tokens within this probability, in (0, 1].",
     ),
-    env_option(
+    click.option(
         "--top-k",
-        env="TOP_K",
-        type=click.IntRange(min=1),
+        type=int,
         default=None,
         help="Sample among the k likeliest tokens only [default: all].",
     ),
-    env_option(
+    click.option(
         "--seed",
-        env="SEED",
         type=int,
         default=None,
-        help="Random seed, for the same reply every time [default: random].",
+        help="Random seed in [0, 2**64), for the same reply every time [default: random].",
     ),
-    env_option(
+    click.option(
         "--reasoning-effort",
         "-e",
-        env="REASONING_EFFORT",
         type=Effort(),
         default="medium",
         show_default=True,
         help="How long the model thinks before it answers.",
     ),
-    env_option(
+    click.option(
         "--system",
-        env="SYSTEM",
         default=None,
         help="Model identity, the first line of the system message [default: harmony's].",
     ),
-    env_option(
+    click.option(
         "--developer",
-        env="DEVELOPER",
         default=None,
         help="Instructions for the model (the harmony developer message).",
     ),
-    env_option(
+    click.option(
         "--show-reasoning/--hide-reasoning",
-        env="SHOW_REASONING",
         default=True,
         show_default=True,
         help="Show the reasoning (dim, under 'Thinking...') before the answer.",

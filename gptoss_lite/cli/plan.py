@@ -21,7 +21,7 @@ from ..memory.plan import plan as make_plan
 from ..memory.profiles import GIB, load_profile
 from ..model.kv_quant import KVDtypes
 from .common import warn_kv
-from .options import kv_cache_option
+from .options import context_option, kv_cache_option, model_option, profile_option
 
 MIB = 1 << 20
 LABELS = {
@@ -35,35 +35,19 @@ LABELS = {
 
 
 @click.command()
-@click.option(
-    "--model",
-    "-m",
+@model_option(
+    "Preset (gpt-oss-20b, gpt-oss-120b), Hub id, checkpoint folder or config.json.",
     default="gpt-oss-20b",
-    show_default=True,
-    help="Preset (gpt-oss-20b, gpt-oss-120b), Hub id, checkpoint folder or config.json.",
 )
-@click.option(
-    "--profile",
-    "-p",
-    "profile_name",
-    default="auto",
-    show_default=True,
-    help="Built-in profile name, a .toml file, or 'auto' to detect this machine.",
-)
-@click.option(
-    "--context",
-    "-c",
-    type=int,
-    default=None,
-    help="Context to check (tokens); default: the largest that fits.",
-)
+@profile_option(default="auto", name="profile_name")
+@context_option("Context to check (tokens) [default: the largest that fits].")
 @click.option(
     "--prefill-chunk",
     type=int,
     default=None,
     help="Prompt tokens per forward pass; default: the profile's.",
 )
-@kv_cache_option
+@kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
     model: str,

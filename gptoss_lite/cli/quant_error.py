@@ -20,11 +20,16 @@ from quantize.kv_sweep import PAIRS, kv_error_report
 from quantize.report import render_markdown, tensor_error_report, write_report
 
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
-from ..config import preset, preset_names
+from ..config import ModelConfig
 from ..model.kv_quant import KVDtypes
 from ..outputs import check_outputs
-from .common import check_device
-from .options import KVCacheDtype
+from .options import (
+    KVCacheDtype,
+    context_option,
+    device_option,
+    geometry_option,
+    overwrite_option,
+)
 
 
 @click.command("quant-error")
@@ -36,6 +41,7 @@ from .options import KVCacheDtype
 )
 @click.option(
     "--model",
+    "-m",
     "src",
     metavar="SRC",
     help="Model-level KL divergence and top-1 agreement of gptoss-lite with MXFP4 experts vs "
@@ -47,13 +53,10 @@ from .options import KVCacheDtype
     help="KV-cache formats: each K,V pair against the bf16 cache (KL, top-1, context bought), "
     "on --model SRC or random weights of --geometry.",
 )
-@click.option(
-    "--geometry",
-    type=click.Choice(preset_names()),
-    default="gpt-oss-20b",
-    show_default=True,
-    help="Architecture preset whose expert shapes are used (--tensors), or whose random "
-    "weights are measured (--kv without --model).",
+@geometry_option(
+    "Architecture preset whose expert shapes are used (--tensors), or whose random weights are "
+    "measured (--kv without --model).",
+    "gpt-oss-20b",
 )
 @click.option(
     "--layers",
@@ -70,9 +73,10 @@ from .options import KVCacheDtype
 )
 @click.option(
     "--profile",
+    "-p",
     default="rtx4090",
     show_default=True,
-    help="Profile whose planned context each pair reports (--kv).",
+    help="Memory profile whose planned context each pair reports (--kv).",
 )
 @click.option(
     "--seed",
@@ -88,12 +92,10 @@ from .options import KVCacheDtype
     show_default=True,
     help="Tokens to evaluate (--model, --kv): random ids, or the first N of --prompts.",
 )
-@click.option(
-    "--context",
-    type=click.IntRange(min=2),
+@context_option(
+    "Tokens per sequence, each run from an empty KV cache, like llama.cpp's -c (--model).",
     default=512,
-    show_default=True,
-    help="Tokens per sequence, each run from an empty KV cache, like llama.cpp's -c (--model).",
+    min=2,
 )
 @click.option(
     "--prompts",
@@ -109,10 +111,9 @@ from .options import KVCacheDtype
     show_default=True,
     help="Activation and KV-cache dtypes of gptoss-lite to measure, one row each (--model).",
 )
-@click.option(
-    "--device",
-    help="Device of the reference and of gptoss-lite, e.g. cpu or cuda (--model; default: cuda "
-    "if there is one).",
+@device_option(
+    "Device of the reference and of gptoss-lite, e.g. cpu or cuda (--model) [default: cuda "
+    "if there is one]."
 )
 @click.option(
     "--out",
@@ -121,12 +122,12 @@ from .options import KVCacheDtype
     show_default=True,
     help="Folder for report.md and report.json.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an earlier report in --out.")
+@overwrite_option("an earlier report in --out")
 def quant_error(
     tensors: bool,
     src: str | None,
     kv: bool,
-    geometry: str,
+    geometry: ModelConfig,
     layers: int | None,
     pairs: tuple[KVDtypes, ...],
     profile: str,
@@ -145,15 +146,12 @@ def quant_error(
             "say what to measure: --tensors or --model SRC, or --kv (one of them)"
         )
     check_outputs(out, ("report.md", "report.json"), overwrite)
-    if device is not None:
-        check_device(device)
     if tensors:
-        report = tensor_error_report(preset(geometry), seed)
+        report = tensor_error_report(geometry, seed)
     elif kv:
-        full = preset(geometry)
-        random_weights = SyntheticCheckpoint(full.with_(num_layers=layers or full.num_layers), seed)
+        layers = layers or geometry.num_layers
         report = kv_error_report(
-            src or random_weights,
+            src or SyntheticCheckpoint(geometry.with_(num_layers=layers), seed),
             pairs=pairs or PAIRS,
             tokens=tokens,
             context=context,
@@ -161,7 +159,7 @@ def quant_error(
             seed=seed,
             device=device,
             profile=profile,
-            plan_config=None if src else full,
+            plan_config=None if src else geometry,
             log=lambda message: click.echo(message, err=True),
         )
     else:

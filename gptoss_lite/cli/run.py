@@ -23,29 +23,26 @@ from ..chat.stats import peak_memory
 from ..chat.tokenizer import ENDOFTEXT, Tokenizer
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_harmony, show_text
-from .options import Options, env_option, model_options
+from .options import Options, model_options
 
 
 @click.command()
 @click.argument("prompt", required=False)
 @model_options
-@env_option(
+@click.option(
     "--raw",
-    env="RAW",
     is_flag=True,
     help="Plain text completion: no harmony, stop at <|endoftext|>.",
 )
-@env_option(
+@click.option(
     "--json",
     "as_json",
-    env="JSON",
     is_flag=True,
     help="Print one JSON object (answer, reasoning, tool calls, token counts, timings).",
 )
-@env_option(
+@click.option(
     "--verbose",
     "-v",
-    env="VERBOSE",
     is_flag=True,
     help="After the reply, print token counts, tok/s and peak memory on stderr.",
 )

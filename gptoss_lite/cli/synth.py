@@ -14,14 +14,14 @@ from pathlib import Path
 import click
 
 from ..checkpoint.synthetic import tensor_nbytes, write_checkpoint
-from ..config import preset, preset_names
+from ..config import ModelConfig
+from .options import geometry_option, overwrite_option
 
 
 # fmt: off
 @click.command()
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--geometry", "-g", type=click.Choice(preset_names()), default="tiny",
-              show_default=True, help="Architecture whose shapes to copy.")
+@geometry_option("Architecture whose shapes to copy.", default="tiny")
 @click.option("--layers", type=click.IntRange(min=1), default=None,
               help="Number of layers (default: the geometry's).")
 @click.option("--seed", type=int, default=0, show_default=True,
@@ -30,11 +30,11 @@ from ..config import preset, preset_names
               help="Hugging Face repo root, or OpenAI's original/ folder format.")
 @click.option("--shards", type=click.IntRange(min=1), default=None,
               help="Number of .safetensors files (default: as published for 20b/120b, else 1).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it already holds files.")
-def synth(out: Path, geometry: str, layers: int | None, seed: int, layout: str,
+@overwrite_option("OUT")
+def synth(out: Path, geometry: ModelConfig, layers: int | None, seed: int, layout: str,
           shards: int | None, overwrite: bool) -> None:
     """Write a random gpt-oss checkpoint to OUT, for tests and benchmarks without a download."""
-    config = preset(geometry)
+    config = geometry
     if layers is not None:
         config = config.with_(num_layers=layers)
     start = time.perf_counter()
@@ -43,8 +43,8 @@ def synth(out: Path, geometry: str, layers: int | None, seed: int, layout: str,
         write_checkpoint(out, config, seed=seed, layout=layout, shards=shards,
                          overwrite=overwrite, progress=bar.update)
     seconds = time.perf_counter() - start
-    click.echo(render(out, f"{geometry}, {config.num_layers} layers, {layout} layout, seed {seed}",
-                      tensor_nbytes(config), seconds))
+    title = f"{config.name}, {config.num_layers} layers, {layout} layout, seed {seed}"
+    click.echo(render(out, title, tensor_nbytes(config), seconds))
 # fmt: on
 
 

@@ -189,6 +189,22 @@ def load(
     )
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """The torch device `device` names, or a one-line `GptossError` unless this machine has it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GptossError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise GptossError(f"--device {device}: gptoss-lite runs on cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GptossError(f"--device {device}: no CUDA device is available here; use cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise GptossError(f"--device {device}: this machine has {count} CUDA device(s)")
+    return dev
+
+
 def _profile(profile: str | Path | Profile | None, device: str | torch.device | None) -> Profile:
     if isinstance(profile, Profile):
         return profile
