@@ -59,6 +59,7 @@ SEVEN_B = ({"GPTOSS_LITE_GEOMETRY": "gpt-oss-7b"}, "error: unknown model preset 
     [
         (["run", "Hi"], *TPU),
         (["chat"], *TPU),
+        (["serve"], *TPU),
         (["plan"], *NOPE),
         (["profile"], *NOPE),
         (["bench"], *NOPE),

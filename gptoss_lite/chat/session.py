@@ -76,6 +76,10 @@ class Generation:
             self.stats.generated_tokens += 1
             yield token
 
+    def close(self) -> None:
+        """Abandon the reply: the runner's generator ends here (its cache keeps what was made)."""
+        self._tokens.close()
+
     @property
     def finish_reason(self) -> str:
         """ "stop" (a stop token), "length" (the token limit) or "interrupted" (neither, yet)."""

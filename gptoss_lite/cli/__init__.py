@@ -22,9 +22,10 @@ from .profile import profile
 from .quant_error import quant_error
 from .quantize import quantize
 from .run import run
+from .serve import serve
 from .synth import synth
 
-COMMANDS = [run, chat, plan, profile, bench_command, synth, quantize, quant_error]
+COMMANDS = [run, chat, serve, plan, profile, bench_command, synth, quantize, quant_error]
 
 
 class _Group(click.Group):

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import click
 import torch
@@ -25,7 +26,6 @@ from ..engine.runner import Runner, load
 from ..errors import GptossError
 from ..memory.plan import Plan
 from ..memory.profiles import GIB, load_profile
-from .options import Options
 
 MIB = 1 << 20
 # A published measurement on gpt-oss-20b's real weights (llama.cpp's `llama-perplexity
@@ -33,6 +33,16 @@ MIB = 1 << 20
 K_CACHE_COST = (
     "gpt-oss-20b with q8_0 K and V at 8k context: median KL 0.055 nats, 74.9 % same top-1"
 )
+
+
+class ModelChoice(Protocol):
+    """What `open_model` reads of a command's options (`Options` of run and chat has it all)."""
+
+    model: str
+    profile: str | None
+    context: int | None
+    device: str | None
+    max_tokens: int | None
 
 
 @dataclass
@@ -46,7 +56,7 @@ class Model:
 
 
 def open_model(
-    options: Options,
+    options: ModelChoice,
     *,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,

@@ -1,0 +1,103 @@
+"""`gptoss-lite serve`: the OpenAI-compatible HTTP server, like `llama-server` or `ollama serve`.
+
+It loads one model once (the memory plan on stderr first, with the sliding-window rings sized so
+a conversation's cache can rewind over a reply, as in `chat`), binds the address (a port in use is
+one error line), prints the URL and serves Chat Completions, Responses and Completions until
+Ctrl-C. Every option can also come from its GPTOSS_LITE_* variable.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import click
+import uvicorn
+
+from ..errors import GptossError
+from ..server.app import create_app
+from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
+from .common import open_model
+from .options import context_option, device_option, model_option, profile_option
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """The model options `open_model` reads; a reply has no fixed length here."""
+
+    model: str
+    profile: str | None
+    context: int | None
+    device: str | None
+    max_tokens: int | None = None
+
+
+@click.command()
+@model_option("Hugging Face repo id or local checkpoint folder.", default="openai/gpt-oss-20b")
+@profile_option()
+@context_option("Context length in tokens [default: the largest that fits the profile].")
+@device_option()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port to listen on (0: any free one).",
+)
+@click.option(
+    "--api-key", default=None, help="Require 'Authorization: Bearer KEY' on /v1 [default: none]."
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(min=0),
+    default=DEFAULT_MAX_QUEUE,
+    show_default=True,
+    help="Requests that may wait behind the one generating; more get 503.",
+)
+def serve(
+    model: str,
+    profile: str | None,
+    context: int | None,
+    device: str | None,
+    host: str,
+    port: int,
+    api_key: str | None,
+    max_queue: int,
+) -> None:
+    """Serve the model over an OpenAI-compatible HTTP API until Ctrl-C.
+
+    Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
+    """
+    listener = bind(host, port)
+    loaded = open_model(ServeOptions(model, profile, context, device), chat=True)
+    service = Service(
+        loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue
+    )
+    bound_host, bound_port = listener.getsockname()[:2]
+    click.echo(f"serving {service.model_id} at {url(bound_host, bound_port)}/v1", err=True)
+    config = uvicorn.Config(create_app(service), log_level="warning", timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one error line (address in use, bad host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        raise GptossError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    family, kind, _, _, address = infos[0]
+    listener = socket.socket(family, kind)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(128)
+    except OSError as exc:
+        listener.close()
+        raise GptossError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return listener
+
+
+def url(host: str, port: int) -> str:
+    """The base URL of a bound address (IPv6 in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -1,0 +1,248 @@
+"""`POST /v1/chat/completions`: the Chat Completions API on harmony.
+
+`ChatRequest` is the accepted body. Its messages become harmony turns: system and developer
+texts the developer instructions, an assistant message its reasoning (`reasoning_content` or
+`reasoning`, kept only inside a tool chain), its tool calls (or a preamble and calls) or its
+answer, a tool message the output of the call its `tool_call_id` names. The reply puts the final
+text in `content`, the analysis in `reasoning_content` and `reasoning`, the calls in `tool_calls`
+(one index and a stable id per call, arguments as a JSON string); streamed, the same pieces
+arrive as `chat.completion.chunk` deltas, then the finish reason, then the usage when
+`stream_options.include_usage` asks for it, then `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..chat.harmony import Message, render_prompt
+from . import conversation as conv
+from .errors import ApiError
+from .reply import Change, Reply, new_id
+from .service import Service, changes, finish_reason, guarded, sse
+from .worker import Done, Job
+
+SEED_RANGE = {"ge": -(1 << 63), "lt": 1 << 64}  # what torch.Generator.manual_seed accepts
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class ContentPart(_Body):
+    type: str
+    text: str | None = None
+
+
+class CalledFunction(_Body):
+    name: str
+    arguments: str = ""
+
+
+class ToolCallIn(_Body):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
+class ChatMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+
+class FunctionSpec(_Body):
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class ChatTool(_Body):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class StreamOptions(_Body):
+    include_usage: bool = False
+
+
+class ChatRequest(_Body):
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[ChatTool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    reasoning_effort: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, **SEED_RANGE)
+    stop: str | list[str] | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
+    """Render the request, check it fits, and queue its generation."""
+    service.check_model(body.model)
+    instructions, turns = harmony_turns(body.messages)
+    tools = [
+        conv.function_tool(t.function.name, t.function.description, t.function.parameters)
+        for t in body.tools or []
+    ]
+    chat = conv.conversation(
+        turns,
+        instructions=instructions,
+        tools=conv.tools_for(tools, body.tool_choice),
+        effort=body.reasoning_effort,
+        effort_param="reasoning_effort",
+    )
+    prompt = render_prompt(chat, service.tokenizer)
+    limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    sampling = service.sampling(
+        prompt,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        max_param=limit,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+    )
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    return service.submit(prompt, sampling), Reply(service.tokenizer, stops)
+
+
+def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:
+    """The instructions (system and developer texts) and the harmony turns of `messages`."""
+    instructions: list[str] = []
+    turns: list[Message] = []
+    names: dict[str, str] = {}  # tool call id -> function name
+    for i, message in enumerate(messages):
+        text = _text(message.content, f"messages.{i}.content")
+        if message.role in ("system", "developer"):
+            instructions.append(text)
+        elif message.role == "user":
+            turns.append(Message.user(text))
+        elif message.role == "assistant":
+            thought = message.reasoning_content or message.reasoning
+            if thought:
+                turns.append(conv.reasoning(thought))
+            if message.tool_calls and text:
+                turns.append(Message("assistant", text, channel="commentary"))  # a preamble
+            elif text:
+                turns.append(conv.answer(text))
+            for call in message.tool_calls or []:
+                names[call.id] = call.function.name
+                turns.append(conv.tool_call(call.function.name, call.function.arguments))
+        else:
+            name = names.get(message.tool_call_id or "") or message.name
+            if not name:
+                raise ApiError(
+                    400,
+                    f"messages.{i}: tool_call_id {message.tool_call_id!r} names no earlier "
+                    "tool call",
+                    param=f"messages.{i}.tool_call_id",
+                )
+            turns.append(conv.tool_output(name, text))
+    return instructions, turns
+
+
+def _text(content: str | list[ContentPart] | None, param: str) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    for part in content:
+        if part.type not in ("text", "input_text", "output_text") or part.text is None:
+            raise ApiError(400, f"{param}: only text content is supported", param=param)
+    return "".join(part.text for part in content)
+
+
+def completion(reply: Reply, done: Done, service: Service) -> dict:
+    """The `chat.completion` object of a finished reply."""
+    calls = [_call(part) for part in reply.tool_calls]
+    text, thought = reply.text("text"), reply.text("reasoning")
+    message = {
+        "role": "assistant",
+        "content": text if text or not calls else None,
+        "reasoning_content": thought or None,
+        "reasoning": thought or None,
+        "tool_calls": calls or None,
+    }
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason(reply, done)}
+    return {
+        **_head("chat.completion", new_id("chatcmpl-"), service),
+        "choices": [{**choice, "logprobs": None}],
+        "usage": usage(reply, done),
+    }
+
+
+def usage(reply: Reply, done: Done) -> dict:
+    """Token counts, with the prompt tokens the KV cache already held."""
+    stats = done.stats
+    return {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.generated_tokens,
+        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
+    }
+
+
+def stream(job: Job, reply: Reply, service: Service, include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent `chat.completion.chunk` events of the reply, then `[DONE]`."""
+    head = _head("chat.completion.chunk", new_id("chatcmpl-"), service)
+    extra = {"usage": None} if include_usage else {}
+
+    def chunk(delta: dict, finish: str | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return sse({**head, "choices": [choice], **extra})
+
+    async def events() -> AsyncIterator[str]:
+        yield chunk({"role": "assistant", "content": ""})
+        async for item in changes(job, reply):
+            if isinstance(item, Done):
+                yield chunk({}, finish_reason(reply, item))
+                if include_usage:
+                    yield sse({**head, "choices": [], "usage": usage(reply, item)})
+            else:
+                for change in item:
+                    if (delta := _delta(change, reply)) is not None:
+                        yield chunk(delta)
+        yield "data: [DONE]\n\n"
+
+    return guarded(events(), job, lambda error: sse(error.body()))
+
+
+def _delta(change: Change, reply: Reply) -> dict | None:
+    part = change.part
+    if part.kind == "tool_call":
+        index = reply.tool_calls.index(part)
+        if change.kind == "open":
+            call = {"id": part.call_id, "type": "function"}
+            return {"tool_calls": [{"index": index, **call, "function": _function(part, "")}]}
+        if change.kind == "delta":
+            return {"tool_calls": [{"index": index, "function": {"arguments": change.text}}]}
+        return None
+    if change.kind != "delta":
+        return None
+    if part.kind == "reasoning":
+        return {"reasoning_content": change.text, "reasoning": change.text}
+    return {"content": change.text}
+
+
+def _call(part) -> dict:
+    return {"id": part.call_id, "type": "function", "function": _function(part, part.text)}
+
+
+def _function(part, arguments: str) -> dict:
+    return {"name": part.name, "arguments": arguments}
+
+
+def _head(kind: str, id: str, service: Service) -> dict:
+    return {"id": id, "object": kind, "created": int(time.time()), "model": service.model_id}

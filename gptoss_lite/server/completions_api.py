@@ -1,0 +1,101 @@
+"""`POST /v1/completions`: plain text continued as it is, like `gptoss-lite run --raw`.
+
+The prompt is encoded as ordinary text (no harmony, markup stays text) and generation stops at
+`<|endoftext|>`, `max_tokens` (default 16, as in the OpenAI API) or a stop string. The reply is a
+`text_completion` object, or streamed as chunks of it followed by `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..chat.tokenizer import ENDOFTEXT
+from .chat_api import SEED_RANGE
+from .errors import ApiError
+from .reply import Reply, new_id
+from .service import Service, changes, finish_reason, guarded, sse
+from .worker import Done, Job
+
+DEFAULT_MAX_TOKENS = 16
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    prompt: str | list[str]
+    max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, **SEED_RANGE)
+    stop: str | list[str] | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    stream: bool = False
+
+
+def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
+    """Encode the prompt, check it fits, and queue its generation."""
+    service.check_model(body.model)
+    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+    if len(texts) != 1:
+        raise ApiError(400, "prompt: give one prompt per request", param="prompt")
+    prompt = service.tokenizer.encode(texts[0])
+    sampling = service.sampling(
+        prompt,
+        max_tokens=body.max_tokens,
+        max_param="max_tokens",
+        temperature=body.temperature,
+        top_p=body.top_p,
+        seed=body.seed,
+    )
+    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    job = service.submit(prompt, sampling, stop=(ENDOFTEXT,))
+    return job, Reply(service.tokenizer, stops, harmony=False)
+
+
+def completion(reply: Reply, done: Done, service: Service) -> dict:
+    """The `text_completion` object of a finished reply."""
+    choice = {"index": 0, "text": reply.text("text"), "logprobs": None}
+    stats = done.stats
+    usage = {
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.generated_tokens,
+        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+    }
+    choice["finish_reason"] = finish_reason(reply, done)
+    return {**_head(service), "choices": [choice], "usage": usage}
+
+
+def stream(job: Job, reply: Reply, service: Service) -> AsyncIterator[str]:
+    """Server-sent `text_completion` chunks, then `[DONE]`."""
+    head = _head(service)
+
+    def chunk(text: str, finish: str | None = None) -> str:
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        return sse({**head, "choices": [choice]})
+
+    async def events() -> AsyncIterator[str]:
+        async for item in changes(job, reply):
+            if isinstance(item, Done):
+                yield chunk("", finish_reason(reply, item))
+            else:
+                for change in item:
+                    if change.kind == "delta":
+                        yield chunk(change.text)
+        yield "data: [DONE]\n\n"
+
+    return guarded(events(), job, lambda error: sse(error.body()))
+
+
+def _head(service: Service) -> dict:
+    kind = "text_completion"
+    return {
+        "id": new_id("cmpl-"),
+        "object": kind,
+        "created": int(time.time()),
+        "model": service.model_id,
+    }

@@ -1,0 +1,100 @@
+"""What both APIs do to a request's turns before they are rendered as harmony.
+
+Each endpoint turns its own message or item list into harmony `Message`s with these helpers;
+`conversation` then assembles the `Conversation`: system and developer texts of the request
+become the developer instructions (the model identity stays harmony's), function tools are
+declared unless `tool_choice` is "none", and reasoning is kept only where harmony wants it: the
+analysis of turns after the last user message (a tool-call chain still under way) stays, every
+earlier one is dropped, whether or not the client sent it back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any
+
+from ..chat.harmony import EFFORTS, Conversation, Message, ToolDef
+from .errors import ApiError
+
+JSON_TYPE = "<|constrain|>json"  # how a function's arguments are typed in its call header
+
+
+def conversation(
+    messages: list[Message],
+    *,
+    instructions: list[str],
+    tools: list[ToolDef],
+    effort: str | None,
+    effort_param: str,
+) -> Conversation:
+    """The harmony conversation of a request."""
+    effort = effort or "medium"
+    if effort not in EFFORTS:
+        raise ApiError(
+            400,
+            f"reasoning effort {effort!r} is not one of: {', '.join(EFFORTS)}",
+            param=effort_param,
+            code="invalid_value",
+        )
+    texts = [text for text in instructions if text]
+    return Conversation(
+        messages=keep_chain_reasoning(messages),
+        instructions="\n\n".join(texts) if texts else None,
+        tools=tools,
+        reasoning_effort=effort,
+        date=datetime.date.today().isoformat(),
+    )
+
+
+def keep_chain_reasoning(messages: list[Message]) -> list[Message]:
+    """Drop the analysis of every turn before the last user message."""
+    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+    return [m for i, m in enumerate(messages) if i > last_user or m.channel != "analysis"]
+
+
+def reasoning(text: str) -> Message:
+    """The assistant's analysis of an earlier turn."""
+    return Message("assistant", text, channel="analysis")
+
+
+def answer(text: str) -> Message:
+    """The assistant's answer of an earlier turn."""
+    return Message("assistant", text, channel="final")
+
+
+def tool_call(name: str, arguments: str) -> Message:
+    """An earlier call of function `name` with its JSON `arguments`."""
+    return Message(
+        "assistant",
+        arguments,
+        channel="commentary",
+        recipient=f"functions.{name}",
+        content_type=JSON_TYPE,
+    )
+
+
+def tool_output(name: str, output: str) -> Message:
+    """What function `name` returned."""
+    return Message.tool_result(f"functions.{name}", output)
+
+
+def function_tool(name: str, description: str | None, parameters: Any) -> ToolDef:
+    """A function tool; its parameters must be a JSON-schema object if given."""
+    if parameters is not None and not isinstance(parameters, dict):
+        raise ApiError(400, f"tool {name!r}: parameters must be a JSON schema object")
+    return ToolDef(name, description or "", parameters or None)
+
+
+def tools_for(tools: list[ToolDef], tool_choice: Any, param: str = "tool_choice") -> list[ToolDef]:
+    """The tools to declare: all of them for "auto" (or no choice), none for "none"."""
+    if tool_choice is None or tool_choice == "auto":
+        return tools
+    if tool_choice == "none":
+        return []
+    raise ApiError(
+        400,
+        f"tool_choice {json.dumps(tool_choice)} is not supported: use 'auto' or 'none'",
+        param=param,
+        code="unsupported_value",
+    )

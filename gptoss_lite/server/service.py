@@ -1,0 +1,196 @@
+"""The state one server shares between its endpoints: the model, its queue, and request checks.
+
+`Service` holds the runner (through its `GenerationQueue`), the tokenizer, the model's name and
+the API key. Endpoints ask it to check the model name, to size a request against the context
+(`sampling`: a prompt that does not fit or a `max_tokens` beyond what remains is a 400 with the
+numbers), to queue a job (`submit`: 503 with Retry-After when the queue is full) and to run a
+job into a `Reply` (`changes`), cancelling it when a stop string ends the visible text or the
+client goes away (`watch_disconnect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+
+from starlette.requests import Request
+
+from ..chat.harmony import STOP_TOKENS
+from ..chat.session import Sampling, check_fits
+from ..chat.tokenizer import Tokenizer
+from ..engine.runner import Runner
+from ..errors import GptossError
+from .errors import ApiError, internal_error
+from .reply import Change, Reply
+from .worker import Done, Failed, GenerationQueue, Job, QueueFull, Token
+
+RETRY_AFTER_S = 1  # what a client told the queue is full waits before trying again
+DEFAULT_MAX_QUEUE = 16
+
+
+class Service:
+    """One loaded model behind the HTTP API."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        tokenizer: Tokenizer,
+        model_id: str,
+        *,
+        api_key: str | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        self.runner, self.tokenizer = runner, tokenizer
+        self.model_id = model_id
+        self.api_key = api_key or None
+        self.queue = GenerationQueue(runner, max_queue)
+        self.created = int(time.time())
+
+    @property
+    def context(self) -> int:
+        return self.runner.context
+
+    def check_model(self, name: str) -> None:
+        """404 unless `name` is this model's id (or the last part of it)."""
+        if name not in (self.model_id, self.model_id.rsplit("/", 1)[-1]):
+            raise ApiError(
+                404,
+                f"The model {name!r} does not exist: this server serves {self.model_id!r}",
+                param="model",
+                code="model_not_found",
+            )
+
+    def sampling(
+        self,
+        prompt: list[int],
+        *,
+        max_tokens: int | None,
+        max_param: str,
+        temperature: float | None,
+        top_p: float | None,
+        seed: int | None = None,
+    ) -> Sampling:
+        """How to sample the reply to `prompt`, which must leave room for `max_tokens`."""
+        try:
+            room = check_fits(len(prompt), self.context)
+        except GptossError as exc:
+            raise ApiError(
+                400, str(exc), param="messages", code="context_length_exceeded"
+            ) from None
+        if max_tokens is not None and max_tokens > room:
+            raise ApiError(
+                400,
+                f"{max_param} is {max_tokens:,} but the prompt is {len(prompt):,} tokens and the "
+                f"context holds {self.context:,}: at most {room:,} tokens can follow",
+                param=max_param,
+                code="context_length_exceeded",
+            )
+        return Sampling(
+            max_new_tokens=max_tokens or room,
+            temperature=1.0 if temperature is None else temperature,
+            top_p=1.0 if top_p is None else top_p,
+            seed=seed,
+        )
+
+    def submit(
+        self, prompt: list[int], sampling: Sampling, stop: Sequence[int] = STOP_TOKENS
+    ) -> Job:
+        """Queue the generation, or refuse with a 503 when the queue is full."""
+        job = Job(prompt, sampling, tuple(stop))
+        try:
+            self.queue.submit(job)
+        except QueueFull:
+            raise ApiError(
+                503,
+                f"the server is busy: {self.queue.max_waiting} requests are already waiting",
+                type="server_error",
+                code="queue_full",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            ) from None
+        return job
+
+    def close(self) -> None:
+        self.queue.close()
+
+
+async def changes(job: Job, reply: Reply) -> AsyncIterator[list[Change] | Done]:
+    """Feed the job's tokens to `reply`, yielding what each changed, then the `Done`."""
+    async for event in job.events():
+        if isinstance(event, Token):
+            found = reply.feed(event.id)
+            if reply.stopped:
+                job.cancel()
+            if found:
+                yield found
+        elif isinstance(event, Done):
+            found = reply.finish()
+            if found:
+                yield found
+            yield event
+        elif isinstance(event, Failed):
+            raise internal_error(event.error)
+
+
+def finish_reason(reply: Reply, done: Done) -> str:
+    """ "tool_calls", "length" or "stop", as the OpenAI API names them."""
+    if reply.stopped:
+        return "stop"
+    if reply.called_tool:
+        return "tool_calls"
+    return "length" if done.finish_reason == "length" else "stop"
+
+
+def sse(data: dict, event: str | None = None) -> str:
+    """One server-sent event carrying `data` as JSON."""
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def guarded(
+    events: AsyncIterator[str], job: Job, error_event: Callable[[ApiError], str]
+) -> AsyncIterator[str]:
+    """`events`, ended by `error_event(error)` instead of a broken stream if they fail; the job
+    is cancelled when the stream ends, whether it finished or the client went away."""
+    try:
+        async for event in events:
+            yield event
+    except Exception as exc:
+        yield error_event(exc if isinstance(exc, ApiError) else internal_error(exc))
+    finally:
+        job.cancel()
+
+
+async def collect(job: Job, reply: Reply, request: Request) -> Done:
+    """Run the job to its end (or the client's departure) and return its `Done`."""
+    async with watch_disconnect(request, job):
+        async for item in changes(job, reply):
+            if isinstance(item, Done):
+                return item
+    raise AssertionError("a job's events end with Done or Failed")
+
+
+@contextlib.asynccontextmanager
+async def watch_disconnect(request: Request, job: Job) -> AsyncIterator[None]:
+    """Cancel `job` as soon as the client of `request` disconnects (or the block is left)."""
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        job.cancel()
+
+    task = asyncio.create_task(watch())
+    try:
+        yield
+    finally:
+        task.cancel()
+        job.cancel()
+
+
+def model_name(model: str) -> str:
+    """The id a model is served as: a Hub id as given, a local folder by its name."""
+    path = Path(model)
+    return path.resolve().name if path.exists() else model

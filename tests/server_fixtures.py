@@ -1,0 +1,109 @@
+"""Pytest plugin for the server tests: a real uvicorn server on 127.0.0.1 and a scripted model.
+
+`running(service)` starts the app on a free port of 127.0.0.1 in a thread and yields its base
+URL; leaving the block shuts it down (bounded waits only). `ScriptedRunner` stands in for a
+`Runner`: each `generate` call records its prompt and yields the tokens of a harmony completion
+(written as text with markup, tokenized with the real o200k vocabulary) up to the first stop
+token or `max_new_tokens`, optionally waiting on a gate before the first token or pausing after
+each one, so a test can hold the queue. `scripted_service` builds a `Service` around one;
+`serve_http` serves it for one test.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+import uvicorn
+
+from gptoss_lite.server.app import create_app
+from gptoss_lite.server.service import Service
+
+STARTUP_S = 10.0  # the longest a test waits for the server to listen or to stop
+
+
+@contextmanager
+def running(service: Service) -> Iterator[str]:
+    """The service's app served on 127.0.0.1 (a free port) inside the block; its base URL."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_S
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "the server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(STARTUP_S)
+        listener.close()
+
+
+class ScriptedRunner:
+    """Looks like a `Runner` to the server; generates a fixed harmony completion."""
+
+    def __init__(self, tokenizer, context: int = 4096) -> None:
+        self.tokenizer = tokenizer
+        self.context = context
+        self.prefilled = 0
+        self.prompts: list[list[int]] = []
+        self.reply: list[int] = []
+        self.gate: threading.Event | None = None  # the first token waits for it when set
+        self.pause_s = 0.0  # after each token
+        self.yielded = 0  # tokens handed out, across calls
+
+    def script(self, text: str) -> None:
+        """Reply with `text` (harmony markup allowed) from now on."""
+        self.reply = self.tokenizer.encode(text, allow_special=True)
+
+    def generate(self, token_ids, *, max_new_tokens: int, stop=(), **_) -> Iterator[int]:
+        self.prompts.append(list(token_ids))
+        self.prefilled = len(self.prompts[-1])
+        if self.gate is not None:
+            assert self.gate.wait(STARTUP_S), "the test never opened the gate"
+        for token in self.reply[:max_new_tokens]:
+            self.yielded += 1
+            yield token
+            if token in stop:
+                return
+            time.sleep(self.pause_s)
+
+
+@pytest.fixture
+def serve_http() -> Iterator[Callable[[Service], str]]:
+    """`serve_http(service)` → the base URL of `service`, served until the test ends."""
+    contexts = []
+
+    def start(service: Service) -> str:
+        contexts.append(running(service))
+        return contexts[-1].__enter__()
+
+    yield start
+    for context in reversed(contexts):
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def scripted_service(o200k_tokenizer) -> Iterator[Callable[..., Service]]:
+    """`scripted_service(text, context=4096, **service_options)` → a `Service` whose runner
+    (`service.runner`, a `ScriptedRunner`) replies `text`; stopped after the test."""
+    made: list[Service] = []
+
+    def make(text: str = "", context: int = 4096, **options) -> Service:
+        runner = ScriptedRunner(o200k_tokenizer, context)
+        runner.script(text)
+        made.append(Service(runner, o200k_tokenizer, "gpt-oss-test", **options))
+        return made[-1]
+
+    yield make
+    for service in made:
+        service.close()
