@@ -15,10 +15,17 @@ import click
 import uvicorn
 
 from ..errors import GptossError
+from ..model.kv_quant import KVDtypes
 from ..server.app import create_app
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
 from .common import open_model
-from .options import context_option, device_option, model_option, profile_option
+from .options import (
+    context_option,
+    device_option,
+    kv_cache_option,
+    model_option,
+    profile_option,
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class ServeOptions:
     profile: str | None
     context: int | None
     device: str | None
+    kv_cache_dtype: KVDtypes | None
     max_tokens: int | None = None
 
 
@@ -37,6 +45,7 @@ class ServeOptions:
 @profile_option()
 @context_option("Context length in tokens [default: the largest that fits the profile].")
 @device_option()
+@kv_cache_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -60,6 +69,7 @@ def serve(
     profile: str | None,
     context: int | None,
     device: str | None,
+    kv_cache_dtype: KVDtypes | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -70,7 +80,7 @@ def serve(
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
     listener = bind(host, port)
-    loaded = open_model(ServeOptions(model, profile, context, device), chat=True)
+    loaded = open_model(ServeOptions(model, profile, context, device, kv_cache_dtype), chat=True)
     service = Service(
         loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue
     )
