@@ -19,9 +19,8 @@ from .chat.stats import peak_memory
 from .config import ModelConfig
 from .engine.generate import prefill
 from .engine.runner import Runner
-from .memory.plan import kv_slot_bytes
-from .model.kv_quant import UNQUANTIZED, KVDtypes
-from .model.mxfp4 import packed_nbytes
+from .memory.categories import category_of
+from .memory.plan import decode_bytes_per_token, kv_slot_bytes
 
 
 @dataclass
@@ -59,33 +58,16 @@ class BenchResult:
         return out
 
 
-def decode_bytes_per_token(
-    config: ModelConfig, context_tokens: int, kv: KVDtypes = UNQUANTIZED
-) -> int:
-    """Bytes one decode step reads at `context_tokens` of context (bf16 weights besides experts,
-    the KV cache in the formats `kv`)."""
-    c = config
-    h, i = c.hidden_size, c.intermediate_size
-    expert = packed_nbytes(2 * i, h) + packed_nbytes(h, i) + (2 * i + h) * 2
-    qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-    attention = (qkv * h + qkv + h * c.num_heads * c.head_dim + h + c.num_heads) * 2
-    router = (c.num_experts * h + c.num_experts) * 2
-    kv_bytes = kv_slot_bytes(c, kv) * (
-        c.num_full_layers * context_tokens
-        + c.num_sliding_layers * min(context_tokens, c.sliding_window)
-    )
-    per_layer = c.experts_per_token * expert + attention + router + 2 * h * 4  # + fp32 norms
-    return (
-        c.num_layers * per_layer + kv_bytes + c.vocab_size * h * 2 + h * 2
-    )  # + lm_head, embed row
-
-
 def resident_bytes(runner: Runner) -> dict[str, int]:
     """Bytes of the loaded weights: all of them, and the packed MXFP4 expert blocks + scales."""
-    packed = ("gate_up_blocks", "gate_up_scales", "down_blocks", "down_scales")
     params = dict(runner.model.named_parameters())
-    experts = sum(t.nbytes for name, t in params.items() if name.endswith(packed))
-    return {"weights": sum(t.nbytes for t in params.values()), "experts_packed": experts}
+    packed = [
+        t for name, t in params.items() if category_of(name) == "experts" and t.dtype == torch.uint8
+    ]
+    return {
+        "weights": sum(t.nbytes for t in params.values()),
+        "experts_packed": sum(t.nbytes for t in packed),
+    }
 
 
 def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) -> BenchResult:
@@ -112,7 +94,7 @@ def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) ->
         gen_tokens,
         prefill_seconds,
         decode_seconds,
-        runner.cache.kv_dtypes,
+        kv_slot_bytes(runner.config, runner.cache.kv_dtypes),
     )
 
 
@@ -159,7 +141,7 @@ def _result(
     gen_tokens: int,
     prefill_seconds: float,
     decode_seconds: float,
-    kv: KVDtypes = UNQUANTIZED,
+    kv_slot: int | None = None,
 ) -> BenchResult:
     peak = peak_memory(device)
     return BenchResult(
@@ -170,7 +152,9 @@ def _result(
         prefill_seconds=prefill_seconds,
         decode_seconds=decode_seconds,
         # the cache holds the prompt plus, on average, half the generated tokens
-        decode_bytes_per_token=decode_bytes_per_token(config, prompt_tokens + gen_tokens // 2, kv),
+        decode_bytes_per_token=decode_bytes_per_token(
+            config, prompt_tokens + gen_tokens // 2, kv_slot, dense_experts=engine == "transformers"
+        ),
         peak_memory_bytes=peak[0] if peak else None,
         peak_memory_kind=peak[1] if peak else "unknown",
     )

@@ -6,9 +6,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import GEOMETRIES
 
-from gptoss_lite.bench import decode_bytes_per_token
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
+from gptoss_lite.memory.plan import decode_bytes_per_token
 from gptoss_lite.model.mxfp4 import packed_nbytes
 
 
@@ -18,9 +18,10 @@ def test_20b_decode_reads_3_71_gb_per_token():
     expert = 5760 * 2880 * 17 // 32 + 2880 * 2880 * 17 // 32 + (5760 + 2880) * 2  # MXFP4 + bias
     attention = (5120 * 2880 + 5120 + 2880 * 4096 + 2880 + 64) * 2
     router = (32 * 2880 + 32) * 2
+    attention += 64 * 2  # the sinks are held in fp32
     norms = 2 * 2880 * 4
-    lm_head_and_row = 201088 * 2880 * 2 + 2880 * 2
-    expected = 24 * (4 * expert + attention + router + norms) + lm_head_and_row
+    lm_head_row_and_norm = 201088 * 2880 * 2 + 2880 * 2 + 2880 * 4
+    expected = 24 * (4 * expert + attention + router + norms) + lm_head_row_and_norm
     assert decode_bytes_per_token(c, 0) == expected
     assert round(expected / 1e9, 2) == 3.71
     # Each cached token adds k and v (2 x 8 heads x 64 x bf16) on the 12 full layers.

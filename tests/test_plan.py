@@ -15,13 +15,14 @@ from gptoss_lite.config import preset
 from gptoss_lite.memory.plan import (
     CONTEXT_GRANULE,
     activation_phases,
+    decode_bytes_per_token,
     device_weights,
     kv_bytes_per_token,
     kv_ring_bytes,
     plan,
     weight_bytes,
 )
-from gptoss_lite.memory.profiles import GIB, load_profile
+from gptoss_lite.memory.profiles import GIB, load_profile, with_budget
 from gptoss_lite.model.kv_quant import KVDtypes
 
 GPT20, GPT120 = preset("gpt-oss-20b"), preset("gpt-oss-120b")
@@ -239,6 +240,97 @@ def test_cli_auto_profile_without_a_gpu(monkeypatch):
     result = run_cli("--model", "tiny", "--profile", "auto", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["profile"] == "cpu"
+
+
+# ------------------------------------------------------------------ one category table
+
+
+@pytest.mark.parametrize("config", [GPT20, GPT120, preset("tiny")], ids=lambda c: c.name)
+def test_planned_weights_equal_the_models_parameters_per_category(config):
+    # The model's own parameter shapes (on the meta device: no memory), grouped by the category
+    # table, must give the planner's arithmetic to the byte.
+    import torch
+
+    from gptoss_lite.memory.categories import CATEGORIES, category_of
+    from gptoss_lite.model.transformer import Transformer
+
+    counted = dict.fromkeys(CATEGORIES, 0)
+    for name, param in Transformer(config, torch.bfloat16).named_parameters():
+        counted[category_of(name)] += param.numel() * param.element_size()
+    on_device, host = device_weights(config, load_profile("cpu"))
+    assert host == {} and on_device == counted
+    assert list(weight_bytes(config)) == list(CATEGORIES)
+
+
+def test_dense_experts_are_bf16_matrices():
+    # HF transformers dequantizes the 20b experts to bf16: 2.17 GB read per token on 4 layers.
+    dense = weight_bytes(GPT20, dense_experts=True)["experts"]
+    assert dense == 24 * 32 * ((5760 * 2880 + 2880 * 2880) * 2 + (5760 + 2880) * 2)
+    four = GPT20.with_(num_layers=4)
+    read = decode_bytes_per_token(four, 0, dense_experts=True)
+    per_layer = 4 * dense // 24 // 32 + (5120 * 2880 + 5120 + 2880 * 4096 + 2880 + 64) * 2
+    per_layer += (32 * 2880 + 32) * 2 + 2 * 2880 * 2  # router, norms (bf16 in transformers)
+    assert read == 4 * per_layer + 201_088 * 2880 * 2 + 2880 * 2 + 2880 * 2
+    assert round(read / 1e9, 2) == 2.17
+
+
+# ------------------------------------------------------------------ edge geometries
+
+
+def test_all_sliding_model_is_bounded_only_by_the_caps():
+    one = GPT20.with_(num_layers=1)  # layer 0 is sliding: no full-attention layer at all
+    assert one.num_full_layers == 0
+    p = plan(one, replace(RTX4090, max_context=32_768))
+    assert (p.kv_bytes_per_token, p.context, p.bound) == (0, 32_768, "cap")
+    assert p.kv_bytes == 128 * 2048  # the one ring
+    assert plan(one, replace(RTX4090, max_context=10**6)).context == one.max_context == 131_072
+    assert plan(one, RTX4090, 100_000).context == 100_000
+    with pytest.raises(GptossError, match="does not fit profile rtx3060-12gb"):
+        plan(GPT20.with_(num_layers=24, layer_types=("sliding_attention",) * 24),
+             load_profile("rtx3060-12gb"))  # fmt: skip
+
+
+def test_a_small_max_context_is_not_rounded_to_zero():
+    small = preset("tiny").with_(max_context=100)
+    assert plan(small, load_profile("cpu")).context == 100
+
+
+# ------------------------------------------------------------------ --budget
+
+
+def test_refusal_names_the_budget_that_would_hold_it():
+    with pytest.raises(GptossError) as err:
+        plan(GPT20, RTX4090, 131_072)
+    budget = float(re.search(r"--budget (\d+\.\d\d) \(GiB; rtx4090 has 24\)", str(err.value))[1])
+    # The budget named is the smallest (in 0.01 GiB) that holds the context.
+    p = plan(GPT20, with_budget(RTX4090, budget), 131_072)
+    assert p.total_bytes <= p.budget_bytes == round(budget * GIB)
+    with pytest.raises(GptossError):
+        plan(GPT20, with_budget(RTX4090, budget - 0.01), 131_072)
+    # Where the card itself is too small, only a larger profile helps.
+    with pytest.raises(GptossError) as err:
+        plan(GPT120, RTX4090)
+    assert "--budget" not in str(err.value)
+
+
+def test_budget_must_stay_within_the_card():
+    assert with_budget(RTX4090, 24).budget_bytes == 24 * GIB
+    for bad in (24.5, 1.0, 0.5, float("nan"), float("inf")):
+        with pytest.raises(GptossError, match="profile rtx4090 has 24 GiB and reserves 1"):
+            with_budget(RTX4090, bad)
+
+
+def test_cli_budget_option_and_variable(monkeypatch):
+    refused = run_cli("--profile", "rtx4090", "--context", "131072")
+    budget = re.search(r"--budget (\S+)", refused.output)[1]
+    for args, env in [(("--budget", budget), {}), ((), {"GPTOSS_LITE_BUDGET": budget})]:
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        result = run_cli("--profile", "rtx4090", "--context", "131072", "--json", *args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["budget_bytes"] == round(float(budget) * GIB)
+    result = run_cli("--profile", "rtx4090", "--budget", "30")
+    assert result.exit_code == 1 and result.output.startswith("error: --budget 30: profile rtx4090")
 
 
 # ------------------------------------------------------------------ quantized KV cache

@@ -9,10 +9,11 @@ allocator's high-water mark on CUDA and the process's peak resident set size on 
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 
 import torch
+
+from ..memory.meter import max_rss
 
 
 @dataclass
@@ -45,12 +46,8 @@ def peak_memory(device: torch.device) -> tuple[int, str] | None:
     """(peak bytes, what they measure) for this process on `device`, or None if unknown."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak * (1 if sys.platform == "darwin" else 1024), "peak RSS"  # macOS counts bytes
+    peak = max_rss()
+    return None if peak is None else (peak, "peak RSS")
 
 
 def _rate(tokens: int, seconds: float) -> float:

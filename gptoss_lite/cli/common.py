@@ -25,9 +25,10 @@ from ..config import read_config
 from ..engine.runner import Runner, load
 from ..errors import GptossError
 from ..memory.plan import Plan
-from ..memory.profiles import GIB, load_profile
+from ..memory.profiles import resolve_profile, run_device
+from ..model.kv_quant import KVDtypes
+from ..units import format_bytes
 
-MIB = 1 << 20
 # A published measurement on gpt-oss-20b's real weights (llama.cpp's `llama-perplexity
 # --kl-divergence`), quoted by `kv_warning`: none can be taken here without the weights.
 K_CACHE_COST = (
@@ -42,6 +43,8 @@ class ModelChoice(Protocol):
     profile: str | None
     context: int | None
     device: str | None
+    budget: float | None
+    kv_cache_dtype: KVDtypes | None
     max_tokens: int | None
 
 
@@ -66,7 +69,8 @@ def open_model(
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
     rewind over a whole reply."""
-    profile = load_profile(options.profile) if options.profile else None
+    profile = resolve_profile(options.profile, options.device, options.budget)
+    run_device(profile, options.device)  # before anything is read or downloaded
     folder = resolve_model(options.model, weights=False)  # the weights come after the plan
     tokenizer = load_tokenizer(folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
@@ -108,10 +112,10 @@ def plan_line(p: Plan) -> str:
         "activations": p.activation_bytes,
         "reserve": p.reserve_bytes,
     }
-    sums = " + ".join(f"{name} {_size(n)}" for name, n in parts.items())
+    sums = " + ".join(f"{name} {format_bytes(n)}" for name, n in parts.items())
     return (
         f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens; "
-        f"{sums} = {_size(p.total_bytes)} of {_size(p.budget_bytes)}"
+        f"{sums} = {format_bytes(p.total_bytes)} of {format_bytes(p.budget_bytes)}"
     )
 
 
@@ -142,9 +146,5 @@ def stats_lines(stats: ReplyStats, finish_reason: str, device: torch.device) -> 
     ]
     peak = peak_memory(device)
     if peak is not None:
-        lines.append(f"peak memory: {_size(peak[0])} ({peak[1]})")
+        lines.append(f"peak memory: {format_bytes(peak[0])} ({peak[1]})")
     return lines
-
-
-def _size(n: int) -> str:
-    return f"{n / GIB:.2f} GiB" if n >= GIB else f"{n / MIB:.1f} MiB"

@@ -1,13 +1,13 @@
 """The options of the `gptoss-lite` commands: each declared once, each also read from the env.
 
 Options that several commands take (`-m/--model`, `-p/--profile`, `-c/--context`, `--device`,
-`-g/--geometry`, `--overwrite`, `--kv-cache-dtype`) are declared here once, so the flags agree from
-command to command. Every command is registered through `with_environment` (see `cli/__init__.py`),
-which gives each of its options the variable GPTOSS_LITE_<LONG NAME> (`--max-tokens` ->
-GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more than its `click.option`.
-`@model_options` adds the model, sampling and harmony options of `run` and `chat`, which pop them
-out of their keyword arguments as one `Options`; the sampling values are checked there, before
-anything is loaded.
+`-g/--geometry`, `--overwrite`, `--budget`, `--kv-cache-dtype`) are declared here once, so the
+flags agree from command to command. Every command is registered through `with_environment` (see
+`cli/__init__.py`), which gives each of its options the variable GPTOSS_LITE_<LONG NAME>
+(`--max-tokens` -> GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more
+than its `click.option`. `@model_options` adds the model, sampling and harmony options of `run`
+and `chat`, which pop them out of their keyword arguments as one `Options`; the sampling values
+are checked there, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import click
 from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation
 from ..chat.session import Sampling, check_effort
 from ..config import ModelConfig, preset, preset_names
-from ..engine.runner import check_device
 from ..engine.sampling import check_sampling
+from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes
 
 ENV_PREFIX = "GPTOSS_LITE_"
@@ -87,6 +87,18 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None)
     if value is not None:
         check_device(value)
     return value
+
+
+def budget_option() -> Callable:
+    """--budget, the memory a run may use, replacing the profile's budget."""
+    return click.option(
+        "--budget",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        metavar="GIB",
+        help="Memory the run may use, in GiB, up to the profile's card memory "
+        "[default: the profile's budget].",
+    )
 
 
 class Geometry(click.ParamType):
@@ -157,6 +169,7 @@ class Options:
     profile: str | None
     context: int | None
     device: str | None
+    budget: float | None
     kv_cache_dtype: KVDtypes | None
     max_tokens: int | None
     temperature: float
@@ -216,6 +229,7 @@ _OPTIONS = [
     profile_option(),
     context_option("Context length in tokens [default: the largest that fits the profile]."),
     device_option(),
+    budget_option(),
     kv_cache_option(),
     click.option(
         "--max-tokens",

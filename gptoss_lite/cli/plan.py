@@ -16,22 +16,14 @@ import click
 
 from ..config import ModelConfig, preset, preset_names, read_config
 from ..errors import GptossError
+from ..memory.categories import CATEGORIES
 from ..memory.plan import CONTEXT_GRANULE, Plan
 from ..memory.plan import plan as make_plan
-from ..memory.profiles import GIB, load_profile
-from ..model.kv_quant import KVDtypes
+from ..memory.profiles import resolve_profile
+from ..model.kv_quant import UNQUANTIZED, KVDtypes
+from ..units import GIB, mib
 from .common import warn_kv
-from .options import context_option, kv_cache_option, model_option, profile_option
-
-MIB = 1 << 20
-LABELS = {
-    "experts": "experts (MXFP4 + bias)",
-    "attention": "attention (+ sinks)",
-    "router": "router",
-    "norms": "norms (fp32)",
-    "embedding": "embedding",
-    "lm_head": "lm_head",
-}
+from .options import budget_option, context_option, kv_cache_option, model_option, profile_option
 
 
 @click.command()
@@ -47,6 +39,7 @@ LABELS = {
     default=None,
     help="Prompt tokens per forward pass; default: the profile's.",
 )
+@budget_option()
 @kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
@@ -54,16 +47,20 @@ def plan(
     profile_name: str,
     context: int | None,
     prefill_chunk: int | None,
+    budget: float | None,
     kv_cache_dtype: KVDtypes | None,
     as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
     config = model_config(model)
-    profile = load_profile(profile_name)
+    profile = resolve_profile(profile_name, budget_gib=budget)
     if kv_cache_dtype is not None:
         profile = replace(profile, kv_cache_dtype=kv_cache_dtype)
     result = make_plan(config, profile, context, prefill_chunk=prefill_chunk)
-    click.echo(result.to_json() if as_json else render(result, profile.description))
+    about = profile.description
+    if budget is not None:
+        about = f"{about} (budget set to {budget:g} GiB by --budget)".lstrip()
+    click.echo(result.to_json() if as_json else render(result, about))
     warn_kv(result)
 
 
@@ -89,16 +86,16 @@ def render(p: Plan, description: str = "") -> str:
     title = f"{p.model} on {p.profile} ({p.device})"
     lines = [f"{title}: {description}" if description else title, ""]
     lines.append(_row(f"on {p.device}", "MiB", "GiB"))
-    lines += [_row(LABELS[name], *_sizes(n)) for name, n in p.weights.items()]
+    lines += [_row(CATEGORIES[name], *_sizes(n)) for name, n in p.weights.items()]
     lines.append(_row("weights", *_sizes(p.weights_bytes)))
-    kv = "" if p.kv_cache_dtype == KVDtypes() else f" {p.kv_cache_dtype}"
+    kv = "" if p.kv_cache_dtype == UNQUANTIZED else f" {p.kv_cache_dtype}"
     lines.append(_row(f"KV cache{kv} ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
     lines.append(_row(f"activations (chunk {p.prefill_chunk})", *_sizes(p.activation_bytes)))
     lines.append(_row("reserve (context, allocator)", *_sizes(p.reserve_bytes)))
     lines.append(_row("total", *_sizes(p.total_bytes)))
     lines.append(_row("budget", *_sizes(p.budget_bytes)))
     for name, n in p.host_weights.items():
-        lines.append(_row(f"{LABELS[name]}, on the host", *_sizes(n)))
+        lines.append(_row(f"{CATEGORIES[name]}, on the host", *_sizes(n)))
     return "\n".join([*lines, "", *_notes(p)])
 
 
@@ -113,10 +110,10 @@ def _notes(p: Plan) -> list[str]:
     return [
         f"context: {p.context:,} tokens ({why})",
         f"KV cache: {p.kv_bytes_per_token:,} B per token (K {p.kv_cache_dtype.k}, V "
-        f"{p.kv_cache_dtype.v}, full-attention layers) + {p.kv_ring_bytes / MIB:,.2f} MiB of "
+        f"{p.kv_cache_dtype.v}, full-attention layers) + {mib(p.kv_ring_bytes)} MiB of "
         "sliding-window rings",
-        f"activations: peak in the {peak} phase ({phases[peak] / MIB:,.1f} MiB) + "
-        f"{p.activations['resident'] / MIB:,.1f} MiB resident",
+        f"activations: peak in the {peak} phase ({mib(phases[peak], 1)} MiB) + "
+        f"{mib(p.activations['resident'], 1)} MiB resident",
     ]
 
 
@@ -125,4 +122,4 @@ def _row(label: str, mib: str, gib: str) -> str:
 
 
 def _sizes(n: int) -> tuple[str, str]:
-    return f"{n / MIB:,.1f}", f"{n / GIB:.3f}"
+    return mib(n, 1), f"{n / GIB:.3f}"

@@ -1,9 +1,10 @@
 """`gptoss-lite profile`: load a model, prefill and decode, and report memory against the plan.
 
-A thin shell over `gptoss_lite.memory.report`: `--model` loads a real checkpoint (folder or Hub id),
-`--geometry GEOMETRY` random weights of a preset geometry made in memory (check the fit before a
-13 GB download). It prints the verdict and the plan-vs-measured table, and writes report.md,
-report.json and report.png into `--out`.
+A thin shell over `gptoss_lite.memory.vram_report`: `--model` loads a real checkpoint (folder
+or Hub id), `--geometry GEOMETRY` random weights of a preset geometry made in memory (check the
+fit before a 13 GB download). It prints the verdict and the plan-vs-measured table, and writes
+report.md, report.json and report.png into `--out` (an earlier report there is replaced whole,
+or kept).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import click
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import ModelConfig
 from ..errors import GptossError
-from ..memory.report import measure_memory
-from ..memory.report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
+from ..memory.vram_report import measure_memory
+from ..memory.vram_report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
 from ..model.kv_quant import KVDtypes
 from ..outputs import check_outputs
 from .common import warn_kv
 from .options import (
+    budget_option,
     context_option,
     device_option,
     geometry_option,
@@ -44,6 +46,7 @@ from .options import (
 @click.option("--gen-tokens", type=click.IntRange(min=0), default=4, show_default=True,
               help="Tokens to decode greedily after the prefill.")
 @device_option()
+@budget_option()
 @click.option("--enforce/--no-enforce", default=None,
               help="Cap the CUDA allocator at the profile's card memory (default: on for CUDA).")
 @click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path),
@@ -53,7 +56,7 @@ from .options import (
 @kv_cache_option()
 def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_name: str | None,
             context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
-            enforce: bool | None, out: Path, overwrite: bool,
+            budget: float | None, enforce: bool | None, out: Path, overwrite: bool,
             kv_cache_dtype: KVDtypes | None) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
     if (model is None) == (geometry is None):
@@ -62,7 +65,8 @@ def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_
     source = SyntheticCheckpoint(geometry, seed) if geometry else model
     report = measure_memory(source, profile=profile_name, context=context,
                             prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,
-                            enforce=enforce, seed=seed, kv_cache_dtype=kv_cache_dtype)
+                            enforce=enforce, seed=seed, budget_gib=budget,
+                            kv_cache_dtype=kv_cache_dtype)
     warn_kv(report.plan)
     files = write_report(report, out)
     click.echo("\n".join([report.verdict()[1], "", *comparison_table(report.rows()), ""]))

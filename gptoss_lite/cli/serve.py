@@ -20,6 +20,7 @@ from ..server.app import create_app
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
 from .common import open_model
 from .options import (
+    budget_option,
     context_option,
     device_option,
     kv_cache_option,
@@ -36,7 +37,8 @@ class ServeOptions:
     profile: str | None
     context: int | None
     device: str | None
-    kv_cache_dtype: KVDtypes | None
+    budget: float | None = None
+    kv_cache_dtype: KVDtypes | None = None
     max_tokens: int | None = None
 
 
@@ -45,6 +47,7 @@ class ServeOptions:
 @profile_option()
 @context_option("Context length in tokens [default: the largest that fits the profile].")
 @device_option()
+@budget_option()
 @kv_cache_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
@@ -69,6 +72,7 @@ def serve(
     profile: str | None,
     context: int | None,
     device: str | None,
+    budget: float | None,
     kv_cache_dtype: KVDtypes | None,
     host: str,
     port: int,
@@ -80,7 +84,8 @@ def serve(
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
     listener = bind(host, port)
-    loaded = open_model(ServeOptions(model, profile, context, device, kv_cache_dtype), chat=True)
+    choice = ServeOptions(model, profile, context, device, budget, kv_cache_dtype)
+    loaded = open_model(choice, chat=True)
     service = Service(
         loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue
     )

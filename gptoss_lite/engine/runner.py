@@ -27,7 +27,7 @@ from ..config import ModelConfig, read_config
 from ..errors import GptossError
 from ..kernels import triton_available
 from ..memory.plan import Plan, plan
-from ..memory.profiles import Profile, cpu_profile, host_memory_bytes, load_profile
+from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
 from ..model.kv_quant import KVDtypes
 from ..model.transformer import KERNELS, Transformer
@@ -156,22 +156,22 @@ def load(
     memory, to check the fit before a download.
     """
     dtype = _dtype(dtype)
-    is_path = isinstance(model, (str, Path))
-    # From the Hub, only the configs come before the plan: a model that cannot fit is refused
-    # before its weights are downloaded.
-    config = read_config(resolve_model(model, weights=False)) if is_path else model.config
-    profile = _profile(profile, device)
+    profile = resolve_profile(profile, device)
+    device = run_device(profile, device)
     if kv_cache_dtype is not None:
         kv = kv_cache_dtype
         kv = kv if isinstance(kv, KVDtypes) else KVDtypes.parse(kv)
         profile = replace(profile, kv_cache_dtype=kv)
+    is_path = isinstance(model, (str, Path))
+    # From the Hub, only the configs come before the plan: a model that cannot fit is refused
+    # before its weights are downloaded.
+    config = read_config(resolve_model(model, weights=False)) if is_path else model.config
     memory_plan = plan(config, profile, context, ring_slots=ring_slots)
     if on_plan is not None:
         on_plan(memory_plan)
     checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
     if isinstance(checkpoint, Checkpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
-    device = torch.device(device or profile.device)
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
     net = Transformer(config, dtype, _kernels(kernels, device))
     load_weights(net, checkpoint, device, embedding_device)
@@ -187,32 +187,6 @@ def load(
     return Runner(
         net, cache, config, memory_plan.prefill_chunk, folder=checkpoint.folder, plan=memory_plan
     )
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """The torch device `device` names, or a one-line `GptossError` unless this machine has it."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise GptossError(f"--device {device}: not a device; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise GptossError(f"--device {device}: gptoss-lite runs on cpu or cuda")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GptossError(f"--device {device}: no CUDA device is available here; use cpu")
-    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise GptossError(f"--device {device}: this machine has {count} CUDA device(s)")
-    return dev
-
-
-def _profile(profile: str | Path | Profile | None, device: str | torch.device | None) -> Profile:
-    if isinstance(profile, Profile):
-        return profile
-    if profile is not None:
-        return load_profile(profile)
-    if device is not None and torch.device(device).type == "cpu":
-        return cpu_profile(host_memory_bytes())
-    return load_profile("auto")
 
 
 def _kernels(kernels: str, device: torch.device) -> str:

@@ -164,13 +164,14 @@ def _rss() -> tuple[int | None, int | None]:
     try:
         lines = Path("/proc/self/status").read_text().splitlines()
     except OSError:
-        return None, _max_rss()
+        return None, max_rss()
     fields = dict(line.split(":", 1) for line in lines if ":" in line)
     kib = {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM") if k in fields}
     return kib.get("VmRSS"), kib.get("VmHWM")
 
 
-def _max_rss() -> int | None:
+def max_rss() -> int | None:
+    """The peak resident set size of this process over its lifetime, in bytes (None on Windows)."""
     try:
         import resource
     except ImportError:  # Windows

@@ -1,30 +1,35 @@
 """Memory planning: from a model config and a profile to the largest context that fits.
 
-Pure arithmetic, no torch and no weights. The device holds the weights (MXFP4 experts as
+Arithmetic on the config, no weights and no device. The device holds the weights (MXFP4 experts as
 published, everything else bf16 except the norms, which the model keeps in fp32; the embedding
 table stays on the host when the profile says so), a KV cache (full-attention layers grow per
-token by the bytes of one K and one V row per kv head, codes and scales, in the profile's
-formats: `kv_quant.row_bytes`; sliding layers keep a fixed ring of `sliding_window` slots),
-the peak activations of one prefill chunk, and the profile's reserve.
+token by one K and one V row per kv head, codes and scales, in the profile's formats:
+`kv_quant.row_bytes`; sliding layers keep a fixed ring of `sliding_window` slots), the peak
+activations of one prefill chunk, and the profile's reserve.
 `plan()` picks the largest context within the budget (rounded down to `CONTEXT_GRANULE`,
-capped by the profile and the model), or checks a requested one and refuses it with the numbers.
+capped by the profile and the model), or checks a requested one and refuses it with the numbers
+and the way out (a smaller context, a `--budget` up to the card's memory, a larger profile).
+A model with no full-attention layer has a KV cache that does not grow: only the caps bound it.
 The activation model below is what the runner must match: see `activation_phases`.
+`decode_bytes_per_token` is the one count of the bytes a decode step reads (bench's bound).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 
 from ..config import ModelConfig
 from ..errors import GptossError
-from ..model.kv_quant import KVDtypes, row_bytes
+from ..model.attention import KEY_BLOCK
+from ..model.kv_quant import UNQUANTIZED, KVDtypes, row_bytes
 from ..model.mxfp4 import packed_nbytes
-from .profiles import GIB, Profile
+from ..units import GIB
+from .profiles import Profile
 
 BF16, FP32, INT64 = 2, 4, 8
 CONTEXT_GRANULE = 256  # contexts the planner picks are multiples of this
-ATTN_KEY_BLOCK = 1024  # keys per block in chunked attention (attention.KEY_BLOCK)
 # Score-sized fp32 tensors alive at once in attention.attention(): the block's scores, turned
 # into probabilities in place and freed before the next block (measured on CPU).
 ATTN_SCORE_COPIES = 1
@@ -48,11 +53,13 @@ class Plan:
     kv_cache_dtype: KVDtypes
     weights: dict[str, int]  # bytes on the device per category
     host_weights: dict[str, int]  # categories kept in host memory instead
+    kv_slot_bytes: int  # one token's K and V in one layer
     kv_bytes_per_token: int
     kv_ring_bytes: int  # the sliding layers' fixed rings
     activations: dict[str, int]  # "resident" plus the peak of each phase
     reserve_bytes: int
     budget_bytes: int
+    memory_bytes: int  # the card's (or host's): how far --budget may go
 
     @property
     def weights_bytes(self) -> int:
@@ -79,12 +86,20 @@ class Plan:
         return json.dumps(data, indent=2)
 
 
-def weight_bytes(config: ModelConfig) -> dict[str, int]:
-    """Checkpoint bytes per category (MXFP4 experts, bf16 rest): they sum to the file sizes."""
+def weight_bytes(config: ModelConfig, *, dense_experts: bool = False) -> dict[str, int]:
+    """Checkpoint bytes per category (MXFP4 experts, bf16 rest): they sum to the file sizes.
+
+    With `dense_experts`, the experts as bf16 matrices (a fine-tune's checkpoint, or what HF
+    transformers holds after dequantizing)."""
     h, i, e = config.hidden_size, config.intermediate_size, config.num_experts
     layers = config.num_layers
     q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    experts = e * (packed_nbytes(2 * i, h) + packed_nbytes(h, i) + (2 * i + h) * BF16)
+    matrices = (
+        (2 * i * h + h * i) * BF16
+        if dense_experts
+        else packed_nbytes(2 * i, h) + packed_nbytes(h, i)
+    )
+    experts = e * (matrices + (2 * i + h) * BF16)
     attention = ((q + 2 * kv) * h + h * q + (q + 2 * kv + h) + config.num_heads) * BF16
     return {
         "experts": layers * experts,
@@ -96,20 +111,26 @@ def weight_bytes(config: ModelConfig) -> dict[str, int]:
     }
 
 
+def held_weights(config: ModelConfig) -> dict[str, int]:
+    """Bytes per category as the model holds them: the checkpoint's, but the norm gains and
+    the attention sinks in fp32."""
+    held = weight_bytes(config)
+    held["norms"] = held["norms"] // BF16 * FP32
+    held["attention"] += config.num_layers * config.num_heads * (FP32 - BF16)
+    return held
+
+
 def device_weights(config: ModelConfig, profile: Profile) -> tuple[dict[str, int], dict[str, int]]:
     """(bytes on the device, bytes on the host) per category, as the model holds them."""
-    on_device = weight_bytes(config)
-    # The model keeps the norm gains and the attention sinks in fp32.
-    on_device["norms"] = on_device["norms"] // BF16 * FP32
-    on_device["attention"] += config.num_layers * config.num_heads * (FP32 - BF16)
+    on_device = held_weights(config)
     host = {}
     if not profile.embedding_on_device:
         host["embedding"] = on_device.pop("embedding")
     return on_device, host
 
 
-def kv_slot_bytes(config: ModelConfig, kv: KVDtypes) -> int:
-    """Bytes one token takes in one layer's cache: K and V of every kv head, codes and scales."""
+def kv_slot_bytes(config: ModelConfig, kv: KVDtypes = UNQUANTIZED) -> int:
+    """Bytes of one token's K and V in one layer."""
     d = config.head_dim
     return config.num_kv_heads * (row_bytes(kv.k, d) + row_bytes(kv.v, d))
 
@@ -126,13 +147,35 @@ def kv_ring_bytes(config: ModelConfig, kv: KVDtypes, ring_slots: int | None = No
     return config.num_sliding_layers * slots * kv_slot_bytes(config, kv)
 
 
+def decode_bytes_per_token(
+    config: ModelConfig,
+    context: int,
+    kv_slot: int | None = None,
+    *,
+    dense_experts: bool = False,
+) -> int:
+    """Bytes one decode step must read with `context` tokens in the cache.
+
+    The routed experts' share of the experts (k of E per layer), all of attention, router, norms
+    and lm_head, one embedding row, and the K and V attended over: every cached token of a full
+    layer, at most the window of a sliding one (`kv_slot` bytes each; default bf16). Weights as
+    this runner holds them, or with `dense_experts` as HF transformers does (all bf16)."""
+    c = config
+    weights = weight_bytes(c, dense_experts=True) if dense_experts else held_weights(c)
+    slot = kv_slot_bytes(c) if kv_slot is None else kv_slot
+    routed = weights.pop("experts") * c.experts_per_token // c.num_experts
+    row = weights.pop("embedding") // c.vocab_size
+    attended = c.num_full_layers * context + c.num_sliding_layers * min(context, c.sliding_window)
+    return routed + sum(weights.values()) + row + attended * slot
+
+
 def activation_phases(config: ModelConfig, chunk: int) -> dict[str, int]:
     """Peak bytes of one prefill chunk of `chunk` tokens, by phase of a layer.
 
     "resident" lives through the whole forward; the other phases follow each other, so the
     activation peak is resident + the largest phase. Each phase sums the tensors that can be
     alive at once in it, an upper bound of its peak. Assumptions the runner must match:
-    - attention: the query chunk against key blocks of ATTN_KEY_BLOCK, online softmax in fp32;
+    - attention: the query chunk against key blocks of attention.KEY_BLOCK, online softmax in fp32;
       ATTN_SCORE_COPIES fp32 [heads, chunk, block] tensors alive at once, and a bool
       visibility mask; sliding layers concatenate ring and chunk keys and values;
     - MoE: ONE expert at a time, its gate_up [2I, H] and down [H, I] dequantized to bf16, the
@@ -142,7 +185,7 @@ def activation_phases(config: ModelConfig, chunk: int) -> dict[str, int]:
     - RMSNorm: two fp32 copies of its input.
     """
     h, i, d, v = config.hidden_size, config.intermediate_size, config.head_dim, config.vocab_size
-    c, nq, kb = chunk, config.num_heads, ATTN_KEY_BLOCK
+    c, nq, kb = chunk, config.num_heads, KEY_BLOCK
     q_width, k_width = nq * d, config.num_kv_heads * d
     normed = c * h * BF16
     attention = (
@@ -196,6 +239,7 @@ def plan(
     if chunk <= 0:
         raise GptossError(f"prefill chunk must be positive, got {chunk}")
     weights, host = device_weights(config, profile)
+    slot = kv_slot_bytes(config, profile.kv_cache_dtype)
     draft = Plan(
         model=config.name,
         profile=profile.name,
@@ -207,17 +251,18 @@ def plan(
         kv_cache_dtype=profile.kv_cache_dtype,
         weights=weights,
         host_weights=host,
-        kv_bytes_per_token=kv_bytes_per_token(config, profile.kv_cache_dtype),
+        kv_slot_bytes=slot,
+        kv_bytes_per_token=config.num_full_layers * slot,
         kv_ring_bytes=kv_ring_bytes(config, profile.kv_cache_dtype, ring_slots),
         activations=activation_phases(config, chunk),
         reserve_bytes=profile.reserve_bytes,
         budget_bytes=profile.budget_bytes,
+        memory_bytes=profile.memory_bytes,
     )
     free = draft.budget_bytes - draft.total_bytes  # total at context 0 includes the rings
-    fits = max(free, 0) // draft.kv_bytes_per_token // CONTEXT_GRANULE * CONTEXT_GRANULE
-    fits = min(fits, config.max_context)
+    fits = _most_that_fits(draft, free, config.max_context)
     if fits == 0:
-        raise GptossError(_no_room(draft, free))
+        raise GptossError(_no_room(draft, free, config.max_context))
     if context is None:
         cap = min(profile.max_context, config.max_context)
         return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
@@ -228,20 +273,41 @@ def plan(
     return _with_context(draft, context, "requested")
 
 
+def _most_that_fits(draft: Plan, free: int, max_context: int) -> int:
+    """The largest context `free` bytes hold, rounded down to CONTEXT_GRANULE, at most
+    `max_context`; with no full-attention layer the cache does not grow, so any context fits."""
+    if free < 0:
+        return 0
+    if draft.kv_bytes_per_token == 0 or free // draft.kv_bytes_per_token >= max_context:
+        return max_context
+    return free // draft.kv_bytes_per_token // CONTEXT_GRANULE * CONTEXT_GRANULE
+
+
 def _with_context(draft: Plan, context: int, bound: str) -> Plan:
     return replace(draft, context=context, bound=bound)
 
 
+def _budget_needed(draft: Plan, context: int) -> str | None:
+    """The --budget (GiB, rounded up to 0.01) that holds `context`, if the card has that much."""
+    needed = math.ceil((draft.total_bytes + context * draft.kv_bytes_per_token) * 100 / GIB) / 100
+    if needed * GIB > draft.memory_bytes or needed * GIB <= draft.budget_bytes:
+        return None
+    return f"--budget {needed:.2f} (GiB; {draft.profile} has {draft.memory_bytes / GIB:.3g})"
+
+
 def _refusal(draft: Plan, context: int, free: int, fits: int) -> str:
     kv = draft.kv_ring_bytes + context * draft.kv_bytes_per_token
+    budget = _budget_needed(draft, context)
     return (
         f"context {context} needs {kv / GIB:.2f} GiB of KV cache, "
         f"{(free + draft.kv_ring_bytes) / GIB:.2f} GiB are free in profile {draft.profile}; "
-        f"the most that fits is {fits}: use --context {fits} or a larger profile"
+        f"the most that fits is {fits}: use --context {fits}"
+        + (f", {budget}," if budget else "")
+        + " or a larger profile"
     )
 
 
-def _no_room(draft: Plan, free: int) -> str:
+def _no_room(draft: Plan, free: int, max_context: int) -> str:
     gib = {
         "weights": draft.weights_bytes,
         "activations": draft.activation_bytes,
@@ -249,9 +315,17 @@ def _no_room(draft: Plan, free: int) -> str:
         "sliding-window cache": draft.kv_ring_bytes,
     }
     parts = " + ".join(f"{name} {n / GIB:.2f}" for name, n in gib.items())
-    tokens = max(free, 0) // draft.kv_bytes_per_token
-    return (
-        f"{draft.model} does not fit profile {draft.profile}: {parts} = "
-        f"{sum(gib.values()) / GIB:.2f} GiB of its {draft.budget_bytes / GIB:.2f} GiB budget "
-        f"leave room for {tokens} tokens of context, fewer than {CONTEXT_GRANULE}"
+    smallest = min(CONTEXT_GRANULE, max_context)
+    total = f"{sum(gib.values()) / GIB:.2f} GiB"
+    if free < 0:
+        room = f"{total}, more than its {draft.budget_bytes / GIB:.2f} GiB budget"
+    else:
+        tokens = free // draft.kv_bytes_per_token  # > 0: with none, any context fits
+        room = (
+            f"{total} of its {draft.budget_bytes / GIB:.2f} GiB budget leave room for {tokens} "
+            f"tokens of context, fewer than {smallest}"
+        )
+    budget = _budget_needed(draft, smallest)
+    return f"{draft.model} does not fit profile {draft.profile}: {parts} = {room}" + (
+        f"; {budget} would hold {smallest}" if budget else ""
     )

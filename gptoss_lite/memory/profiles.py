@@ -3,11 +3,13 @@
 A profile names a device kind, the card's memory, the budget the run must stay within (tensors
 plus a reserve for the CUDA context, allocator slack and, where the budget is the whole card,
 the desktop), the KV-cache dtypes (one for K and V, or a `{k = ..., v = ...}` table), the
-prefill chunk, where the embedding table lives and a context cap. Built-in profiles live in
-the top-level `profiles/` folder of a checkout; a non-editable install carries a copy inside
-the package (`gptoss_lite/_profiles`, copied by setup.py at build time). `load_profile("auto")`
+prefill chunk, where the embedding table lives and a context cap. Built-in profiles live in the
+top-level `profiles/` folder of a checkout; a non-editable install carries a copy inside the
+package (`gptoss_lite/_profiles`, copied by setup.py at build time). `load_profile("auto")`
 matches the local CUDA card, or falls back to the `cpu` profile sized to the host's RAM. Every
 bad key or value raises a one-line `GptossError`.
+`resolve_profile` is how every entry point turns its --profile, --device and --budget into one
+profile, and `run_device` the device a run on it uses, checked to exist on this machine.
 """
 
 from __future__ import annotations
@@ -19,16 +21,20 @@ import sys
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import GptossError
-from ..model.kv_quant import KV_FORMATS, KVDtypes
+from ..model.kv_quant import KV_FORMATS, UNQUANTIZED, KVDtypes
+from ..units import GIB
+
+if TYPE_CHECKING:
+    import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-GIB = 1 << 30
 DEVICES = ("cuda", "cpu")
 EMBEDDING_PLACES = ("host", "device")
 REQUIRED_KEYS = (
@@ -89,6 +95,73 @@ def load_profile(name_or_path: str | Path) -> Profile:
             "(or pass a path to a .toml file)"
         )
     return read_profile(known[name_or_path])
+
+
+def resolve_profile(
+    profile: str | Path | Profile | None = None,
+    device: str | torch.device | None = None,
+    budget_gib: float | None = None,
+) -> Profile:
+    """The profile a run uses: `profile` as given (a name, a file, "auto" or a `Profile`), by
+    default this machine's ("auto"; with a cpu `device`, the cpu profile), with its budget set
+    to `budget_gib` when given."""
+    if not isinstance(profile, Profile):
+        if profile is None and device is not None and _device_type(device) == "cpu":
+            profile = "cpu"
+        profile = load_profile(profile or "auto")
+    return profile if budget_gib is None else with_budget(profile, budget_gib)
+
+
+def with_budget(profile: Profile, budget_gib: float) -> Profile:
+    """`profile` with its budget set to `budget_gib` GiB: above its reserve, at most its memory."""
+    budget = round(budget_gib * GIB) if math.isfinite(budget_gib) else 0
+    memory = profile.memory_bytes / GIB
+    if not profile.reserve_bytes < budget <= profile.memory_bytes:
+        raise GptossError(
+            f"--budget {budget_gib:g}: profile {profile.name} has {memory:.3g} GiB and reserves "
+            f"{profile.reserve_bytes / GIB:.3g}; give a budget above the reserve, at most "
+            f"{memory:.3g}"
+        )
+    return replace(profile, budget_bytes=budget)
+
+
+def run_device(profile: Profile, device: str | torch.device | None = None) -> torch.device:
+    """The torch device a run on `profile` uses (`device`, else the profile's), checked to exist
+    on this machine with a one-line `GptossError`."""
+    import torch
+
+    if device is None and profile.device == "cuda" and not torch.cuda.is_available():
+        raise GptossError(
+            "this profile runs on CUDA and no CUDA device is available; "
+            "use --profile cpu (or --device cpu)"
+        )
+    return check_device(profile.device if device is None else device)
+
+
+def check_device(name: str | torch.device) -> torch.device:
+    """`name` as a torch device of this machine (a bare "cuda" becomes the current CUDA device),
+    or a one-line `GptossError` naming the --device."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise GptossError(f"--device {name}: not a device; use cpu, cuda or cuda:N") from None
+    if device.type not in DEVICES:
+        raise GptossError(f"--device {name}: gptoss-lite runs on cpu or cuda")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise GptossError(f"--device {name}: no CUDA device is available here; use cpu")
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise GptossError(f"--device {name}: this machine has {count} CUDA device(s)")
+    return torch.device("cuda", index)
+
+
+def _device_type(device: str | torch.device) -> str:
+    return str(device).split(":")[0]
 
 
 def builtin_profiles() -> dict[str, Path]:
@@ -178,8 +251,7 @@ def _choice(data: dict, key: str, allowed: tuple[str, ...], fail) -> str:
 def _kv_dtypes(data: dict, fail) -> KVDtypes:
     value = data["kv_cache_dtype"]
     if isinstance(value, dict):
-        extra = set(value) - {"k", "v"}
-        if extra or len(value) != 2:
+        if set(value) != {"k", "v"}:
             raise fail("kv_cache_dtype", f"as a table needs exactly the keys k and v, got {value}")
         return KVDtypes(*(_choice(value, k, KV_FORMATS, _within(fail)) for k in ("k", "v")))
     kind = _choice(data, "kv_cache_dtype", KV_FORMATS, fail)
@@ -237,7 +309,7 @@ def generic_gpu_profile(name: str, total_bytes: int) -> Profile:
         memory_bytes=total_bytes,
         reserve_bytes=int(1.5 * GIB),
         budget_bytes=total_bytes,
-        kv_cache_dtype=KVDtypes(),
+        kv_cache_dtype=UNQUANTIZED,
         prefill_chunk=1024,
         embedding="host",
         max_context=131072,

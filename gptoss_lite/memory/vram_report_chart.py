@@ -1,4 +1,4 @@
-"""The PNG of a memory report: plan vs measured per category, and memory over the phases.
+"""The PNG of the VRAM report: plan vs measured per category, and memory over the phases.
 
 Left: paired bars (plan, measured) for each weight category, the KV cache and the activations,
 on a log scale in MiB (the categories span six orders of magnitude), each pair labelled with its
@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .report import MemoryReport
-
-MIB, GIB = 1 << 20, 1 << 30
+from ..units import GIB, MIB
+from .vram_report import MemoryReport
 
 
 def draw_chart(report: MemoryReport, path: Path) -> bool:

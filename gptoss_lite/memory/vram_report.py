@@ -1,4 +1,4 @@
-"""Profiling memory against the plan: load, prefill and decode for real, then compare.
+"""The VRAM report of `gptoss-lite profile`: load, prefill and decode for real, then compare.
 
 `measure_memory(model, ...)` loads a model on a profile (a checkpoint folder or Hub id, or a
 `SyntheticCheckpoint`: random weights of a real geometry made in memory), prefills a prompt of
@@ -26,13 +26,13 @@ from ..engine.generate import decode, prefill
 from ..engine.runner import Runner, load
 from ..errors import GptossError
 from ..model.kv_quant import KVDtypes
+from ..units import format_bytes
+from .categories import CATEGORIES, category_of
 from .meter import CpuMeter, CudaMeter, Meter, Reading, cap_memory
 from .plan import Plan
-from .profiles import Profile, cpu_profile, host_memory_bytes, load_profile
+from .profiles import Profile, resolve_profile, run_device
 
 SCHEMA = "gptoss-lite/memory-report/1"
-CATEGORIES = ("experts", "attention", "router", "norms", "embedding", "lm_head")
-_TABLES = {"embedding": "embedding", "unembedding": "lm_head"}  # model parameter -> category
 
 
 @dataclass
@@ -158,18 +158,21 @@ class MemoryReport:
                 problems.append(f"{r.name} {r.measured:,} B ≠ {r.plan:,} B planned")
         for r in bounded:
             if r.measured is not None and r.measured > r.plan:
-                problems.append(f"{r.name} {_gib(r.measured)} > {_gib(r.plan)} planned")
+                problems.append(
+                    f"{r.name} {format_bytes(r.measured)} > {format_bytes(r.plan)} planned"
+                )
         if problems:
             return False, "PLAN NOT HELD: " + "; ".join(problems)
         act, peak, resident = bounded
         line = (
-            f"PLAN HELD: tensors peaked at {_gib(peak.measured)} of {_gib(peak.plan)} planned "
-            f"(weights and KV cache exact to the byte, activations {_gib(act.measured)} of "
-            f"{_gib(act.plan)})"
+            f"PLAN HELD: tensors peaked at {format_bytes(peak.measured)} of "
+            f"{format_bytes(peak.plan)} planned "
+            f"(weights and KV cache exact to the byte, activations {format_bytes(act.measured)} of "
+            f"{format_bytes(act.plan)})"
         )
         if resident.measured is not None:
-            line += f"; {self.resident_label} peak {_gib(resident.measured)}"
-            line += f" within the {_gib(resident.plan)} budget"
+            line += f"; {self.resident_label} peak {format_bytes(resident.measured)}"
+            line += f" within the {format_bytes(resident.plan)} budget"
         return True, line
 
     def to_dict(self) -> dict:
@@ -201,13 +204,6 @@ def _names(categories: dict[str, int]) -> list[str]:
     return [c for c in CATEGORIES if c in categories]
 
 
-def _gib(n: int | None) -> str:
-    """Bytes in GiB, or in MiB below 1 GiB."""
-    if n is None:
-        return "n/a"
-    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.1f} MiB"
-
-
 # ---------------------------------------------------------------------------- measuring
 
 
@@ -221,6 +217,7 @@ def measure_memory(
     device: str | torch.device | None = None,
     enforce: bool | None = None,
     seed: int = 0,
+    budget_gib: float | None = None,
     kv_cache_dtype: str | KVDtypes | None = None,
 ) -> MemoryReport:
     """Load `model` on `profile`, prefill `prompt_tokens` random ids, decode `gen_tokens`
@@ -228,13 +225,13 @@ def measure_memory(
 
     `enforce` (default: on for CUDA) caps the CUDA allocator at the profile's card memory, so a
     profile for a smaller card behaves like it on a bigger one; an out-of-memory error in the
-    prefill or the decode is then reported as a failed phase instead of raised.
-    `kv_cache_dtype` replaces the profile's KV-cache formats, as in `load`.
+    prefill or the decode is then reported as a failed phase instead of raised. `budget_gib`
+    replaces the profile's budget (`--budget`), `kv_cache_dtype` its KV-cache formats.
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
-    prof = _profile(profile, device)
-    dev = _device(device or prof.device)
+    prof = resolve_profile(profile, device, budget_gib)
+    dev = run_device(prof, device)
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
         tokens = prompt_tokens + gen_tokens
@@ -331,44 +328,13 @@ def weights_by_category(model: torch.nn.Module, device: torch.device) -> tuple[d
     host: dict[str, int] = {}
     for name, param in model.named_parameters():
         where = on_device if param.device.type == device.type else host
-        category = _category(name)
+        category = category_of(name)
         where[category] = where.get(category, 0) + param.numel() * param.element_size()
     return on_device, host
 
 
-def _category(name: str) -> str:
-    """The plan's category of a model parameter (names as in model.py)."""
-    if name in _TABLES:
-        return _TABLES[name]
-    if name.endswith("norm"):  # attn.N.norm, mlp.N.norm and the final norm
-        return "norms"
-    if name.startswith("attn."):
-        return "attention"
-    return "router" if ".router_" in name else "experts"
-
-
 def _tensors(runner: Runner) -> list[torch.Tensor]:
     return [*runner.model.parameters(), *runner.cache.tensors()]
-
-
-def _profile(profile: str | Path | Profile | None, device: str | torch.device | None) -> Profile:
-    if isinstance(profile, Profile):
-        return profile
-    if profile is None and device is not None and torch.device(device).type == "cpu":
-        return cpu_profile(host_memory_bytes())
-    return load_profile(profile or "auto")
-
-
-def _device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise GptossError(
-            "this profile runs on CUDA and no CUDA device is available; "
-            "use --profile cpu (or --device cpu)"
-        )
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
 
 
 @contextmanager

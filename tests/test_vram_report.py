@@ -20,8 +20,8 @@ from gptoss_lite.cli import main
 from gptoss_lite.memory.meter import CpuMeter
 from gptoss_lite.memory.plan import plan
 from gptoss_lite.memory.profiles import load_profile
-from gptoss_lite.memory.report import measure_memory
-from gptoss_lite.memory.report_files import PNG_SKIPPED, write_report
+from gptoss_lite.memory.vram_report import measure_memory
+from gptoss_lite.memory.vram_report_files import PNG_SKIPPED, write_report
 
 G1 = GEOMETRIES["g1"].with_(max_context=4096)
 CPU = load_profile("cpu")
@@ -325,3 +325,44 @@ def test_an_earlier_report_is_kept_unless_overwrite(tmp_path):
     replaced = CliRunner().invoke(main, [*args, "--overwrite"])
     assert replaced.exit_code == 0, replaced.output
     assert (tmp_path / "report.md").read_text() != "mine"
+
+
+def test_overwrite_failing_mid_write_keeps_the_earlier_report(report, tmp_path, monkeypatch):
+    import errno
+
+    from gptoss_lite.memory import vram_report_files
+
+    first = write_report(report, tmp_path / "out")
+    before = {f.name: f.read_bytes() for f in first}
+
+    def full_disk(report, path):
+        path.write_bytes(b"\x89PNG partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(vram_report_files, "draw_chart", full_disk)
+    with pytest.raises(GptossError, match="No space left on device; the folder is unchanged"):
+        write_report(replace(report, prompt_tokens=99), tmp_path / "out")
+    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without CUDA")
+def test_cuda_profile_without_cuda_is_one_line_for_every_command(checkpoint):
+    folder = str(checkpoint("g1"))
+    line = "error: this profile runs on CUDA and no CUDA device is available; "
+    for args in (
+        ["run", "--model", folder, "--profile", "rtx4090", "hello"],
+        ["chat", "--model", folder, "--profile", "rtx4090"],
+        ["bench", "--model", folder, "--profile", "rtx4090"],
+        ["profile", "--model", folder, "--profile", "rtx4090"],
+    ):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1 and result.output.startswith(line), result.output
+        assert result.output.count("\n") == 1
+    with pytest.raises(GptossError, match="no CUDA device is available; use --profile cpu"):
+        gptoss_lite.load(SyntheticCheckpoint(G1), profile="rtx4090")
+    with pytest.raises(GptossError, match="--device cuda:1: no CUDA device is available here"):
+        gptoss_lite.load(SyntheticCheckpoint(G1), device="cuda:1")
+    # The plan is arithmetic: it needs no GPU.
+    result = CliRunner().invoke(main, ["plan", "--model", folder, "--profile", "rtx4090"])
+    assert result.exit_code == 0, result.output
