@@ -110,6 +110,9 @@ class Quantized:
     def tensors(self) -> list[torch.Tensor]:
         return [self.codes, self.scales]
 
+    def to(self, device: torch.device | str) -> Quantized:
+        return Quantized(self.codes.to(device), self.scales.to(device))
+
 
 def quantize(x: torch.Tensor, kind: str) -> torch.Tensor | Quantized:
     """x [T, H, D] in the storage format `kind` (bf16: x itself)."""
