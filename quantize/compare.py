@@ -17,10 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gptoss_lite.model.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize, quantize_mxfp4
 
 from .metrics import ErrorMetrics, error_metrics
-from .mxfp4 import quantize_mxfp4
 
 Roundtrip = Callable[[torch.Tensor], tuple[torch.Tensor, int]]  # → (reconstruction, bytes stored)
 

@@ -1,19 +1,19 @@
 """`quantize`: a gpt-oss checkpoint with dense bf16 experts → the published MXFP4 layout, streamed.
 
 `plan_conversion` checks SRC and DST and lays out every output tensor and shard from the shard
-headers alone. `write_checkpoint` then reads each SRC tensor once: dense expert weights become
-MXFP4 blocks and scales (`experts.quantize_dense`), every other tensor is copied unchanged, and
-each shard is streamed to disk one tensor at a time, so peak memory is about the largest single
-tensor. Shards get the published off-by-one names (`model-00000-of-00002.safetensors` … for three
-files) and an index; config.json gains the published `quantization_config`; tokenizer and
+headers alone. `write_quantized` then reads each SRC tensor once: dense expert weights become
+MXFP4 blocks and scales (`checkpoint.dense.quantize_dense`), every other tensor is copied
+unchanged, and each shard is streamed to disk one tensor at a time, so peak memory is about the
+largest single tensor. Shards get the published off-by-one names (`model-00000-of-00002…` for
+three files) and an index; config.json gains the published `quantization_config`; tokenizer and
 generation files are copied. All of it goes into a hidden `.DST.partial-PID` folder beside DST,
-renamed to DST at the very end: an interrupted run leaves no DST (an empty DST stays as it was).
+renamed to DST at the very end (`checkpoint.staging`): an interrupted run, a full disk or
+SIGTERM leaves no DST (an empty DST stays as it was).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -23,12 +23,14 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from gptoss_lite.checkpoint.dense import packed_shapes, quantize_dense
+from gptoss_lite.checkpoint.layouts import DENSE_EXPERT
+from gptoss_lite.checkpoint.safetensors import INDEX, StreamWriter, TensorSpec
+from gptoss_lite.checkpoint.staging import staged
 from gptoss_lite.config import QUANTIZATION_CONFIG
 from gptoss_lite.errors import GptossError
 
-from .experts import DENSE_EXPERT, packed_shapes, quantize_dense
-from .source import AUX_FILES, INDEX, Source, read_source, resolve_source
-from .stream import StreamWriter, TensorSpec
+from .source import AUX_FILES, Source, read_source, resolve_source
 
 DEFAULT_SHARD_BYTES = 5_000_000_000  # the published 20b has 3 shards of at most 4.8 GB
 
@@ -48,7 +50,7 @@ class Item:
 
 @dataclass(frozen=True)
 class Plan:
-    """Everything `write_checkpoint` will do, decided before a byte is written."""
+    """Everything `write_quantized` will do, decided before a byte is written."""
 
     source: Source
     destination: Path
@@ -66,7 +68,7 @@ def convert_checkpoint(
     src: str, dst: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES
 ) -> Path:
     """Quantize the dense experts of `src` (folder or Hub id) into a new MXFP4 checkpoint `dst`."""
-    return write_checkpoint(plan_conversion(src, dst, max_shard_bytes))
+    return write_quantized(plan_conversion(src, dst, max_shard_bytes))
 
 
 def plan_conversion(src: str, dst: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Plan:
@@ -82,18 +84,12 @@ def plan_conversion(src: str, dst: str | Path, max_shard_bytes: int = DEFAULT_SH
     return plan
 
 
-def write_checkpoint(plan: Plan, progress: Callable[[int], None] | None = None) -> Path:
+def write_quantized(plan: Plan, progress: Callable[[int], None] | None = None) -> Path:
     """Write the planned checkpoint; `progress(n)` is told the bytes of each tensor written."""
     dst = plan.destination
     _check_destination(dst)
-    partial = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    partial.mkdir(parents=True)
-    try:
+    with staged(dst) as partial:
         _write_all(plan, partial, progress or (lambda n: None))
-        os.replace(partial, dst)  # atomic; replaces an empty DST folder
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return dst
 
 

@@ -1,24 +1,17 @@
-"""gpt-oss MoE experts: dense Hugging Face layout → the published MXFP4 layout.
+"""One layer's dense Hugging Face experts → the published MXFP4 tensors, in one call.
 
-A dense HF checkpoint (what `GptOssForCausalLM.save_pretrained` writes without quantization) holds
-`mlp.experts.gate_up_proj [E, H, 2I]` and `down_proj [E, I, H]`, used as `x @ W` (gate and up
-interleaved on the last axis of gate_up). The published checkpoints hold instead, per projection,
-`*_blocks [E, out, in/32, 16]` and `*_scales [E, out, in/32]` in nn.Linear orientation [out, in]:
-so each dense weight is transposed, then encoded in blocks along `in`. Row order, and so the
-gate/up interleave, is unchanged. Biases (`*_bias`) stay dense bf16 under their own names.
+The per-weight conversion (transpose to [out, in], then MXFP4 along `in`) lives with the dense
+checkpoint reader in `gptoss_lite.checkpoint.dense`; this pairs the two projections of a layer,
+as the quantization-error tools hold them.
 """
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from .mxfp4 import quantize_mxfp4
+from gptoss_lite.checkpoint.dense import quantize_dense
 
 PROJECTIONS = ("gate_up_proj", "down_proj")
-# Names of the dense expert weights in a HF gpt-oss checkpoint.
-DENSE_EXPERT = re.compile(r"^model\.layers\.\d+\.mlp\.experts\.(gate_up_proj|down_proj)$")
 
 
 def quantize_dense_experts(
@@ -41,15 +34,3 @@ def quantize_dense_experts(
     for name, weight in zip(PROJECTIONS, (gate_up_proj, down_proj), strict=True):
         out.update(quantize_dense(name, weight))
     return out
-
-
-def quantize_dense(name: str, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`{name}_blocks`, `{name}_scales` of one dense `x @ W` weight `[..., in, out]`."""
-    blocks, scales = quantize_mxfp4(weight.transpose(-1, -2))  # encoded along `in`
-    return {f"{name}_blocks": blocks, f"{name}_scales": scales}
-
-
-def packed_shapes(dense_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Shapes of the blocks and scales made from a dense `x @ W` weight of `dense_shape`."""
-    *lead, k, n = dense_shape
-    return (*lead, n, k // 32, 16), (*lead, n, k // 32)

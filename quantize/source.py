@@ -2,29 +2,30 @@
 
 SRC is a local folder or a Hugging Face Hub id (downloaded with `snapshot_download`, only the
 files conversion needs). `read_source` checks it before anything is written: a HF gpt-oss
-`config.json` without a quantization_config, every shard present and complete (a truncated
-safetensors file fails at open), every tensor of the index found in its shard, and the dense
+`config.json` without a quantization_config, every shard present, inside SRC and complete (its
+header checked against its bytes), every tensor of the index found in its shard, and the dense
 expert weights of every layer with the shapes the config implies. It only reads: SRC is never
 written. Each problem is one `GptossError` line.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
-
 from gptoss_lite.checkpoint.hub import download
-from gptoss_lite.config import ModelConfig
+from gptoss_lite.checkpoint.layouts import DENSE_EXPERT
+from gptoss_lite.checkpoint.safetensors import (
+    INDEX,
+    TensorSpec,
+    read_header,
+    read_index,
+    shard_path,
+)
+from gptoss_lite.config import ModelConfig, read_json_object
 from gptoss_lite.errors import GptossError
 
-from .experts import DENSE_EXPERT
-from .stream import TORCH_DTYPES, TensorSpec
-
-INDEX = "model.safetensors.index.json"
 # Copied unchanged to DST when present.
 AUX_FILES = (
     "generation_config.json",
@@ -75,11 +76,9 @@ def _read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise GptossError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise GptossError(f"cannot read {path}: {exc}") from None
-    method = (config.get("quantization_config") or {}).get("quant_method")
+    config = read_json_object(path)
+    quantization = config.get("quantization_config") or {}
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else "unknown"
     if method == "mxfp4":
         raise GptossError(f"{folder} is already an MXFP4 checkpoint: run it as it is")
     if method:
@@ -88,43 +87,23 @@ def _read_config(folder: Path) -> dict:
 
 
 def _read_tensors(folder: Path) -> dict[str, tuple[Path, TensorSpec]]:
-    index = folder / INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise GptossError(f"cannot read {index}: {exc!r}") from None
-    elif (folder / "model.safetensors").is_file():
-        weight_map = None
-    else:
-        raise GptossError(f"{folder} has neither {INDEX} nor model.safetensors")
-    files = sorted(set(weight_map.values())) if weight_map else ["model.safetensors"]
+    index = read_index(folder)
+    if index is None:
+        if not (folder / "model.safetensors").exists():
+            raise GptossError(f"{folder} has neither {INDEX} nor model.safetensors")
+        single = shard_path(folder, "model.safetensors")
+        index = {spec.name: single for spec in read_header(single)}
     tensors = {}
-    for file in files:
-        for spec in _shard_specs(folder / file):
-            if weight_map is None or weight_map.get(spec.name) == file:
-                tensors[spec.name] = (folder / file, spec)
-    missing = sorted(set(weight_map or ()) - set(tensors))
+    for file in sorted(set(index.values())):
+        for spec in read_header(file):
+            if index.get(spec.name) == file:
+                tensors[spec.name] = (file, spec)
+    missing = sorted(set(index) - set(tensors))
     if missing:
-        raise GptossError(f"{missing[0]} is in {INDEX} but not in {weight_map[missing[0]]}")
+        raise GptossError(f"{missing[0]} is in {INDEX} but not in {index[missing[0]]}")
     if any(name.endswith(("_blocks", "_scales")) for name in tensors):
         raise GptossError(f"{folder} already holds MXFP4 tensors (*_blocks/*_scales)")
     return tensors
-
-
-def _shard_specs(path: Path) -> list[TensorSpec]:
-    if not path.is_file():
-        raise GptossError(f"shard {path} is missing")
-    try:
-        with safe_open(path, "pt") as f:
-            slices = {name: f.get_slice(name) for name in f.keys()}  # noqa: SIM118 (not a dict)
-            specs = [TensorSpec(n, s.get_dtype(), tuple(s.get_shape())) for n, s in slices.items()]
-    except SafetensorError as exc:
-        raise GptossError(f"shard {path} is truncated or corrupt ({exc})") from None
-    unknown = [s for s in specs if s.dtype not in TORCH_DTYPES]
-    if unknown:
-        raise GptossError(f"{unknown[0].name} in {path} has unsupported dtype {unknown[0].dtype}")
-    return specs
 
 
 def _check_experts(cfg: ModelConfig, tensors: dict[str, tuple[Path, TensorSpec]]) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from gptoss_lite.checkpoint.synthetic import write_checkpoint
+from gptoss_lite.checkpoint.synthetic import write_synthetic
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
 from gptoss_lite.engine.runner import Runner
@@ -26,7 +26,7 @@ from gptoss_lite.engine.runner import Runner
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint folder of the `tiny` preset (full vocabulary), random weights, seed 0."""
-    return write_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", preset("tiny"), seed=0)
+    return write_synthetic(tmp_path_factory.mktemp("tiny") / "ckpt", preset("tiny"), seed=0)
 
 
 @pytest.fixture

@@ -70,7 +70,7 @@ GEOMETRIES = {
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """`checkpoint(geometry, layout="hf", shards=1, seed=0)` → path of a written checkpoint."""
-    from gptoss_lite.checkpoint.synthetic import write_checkpoint
+    from gptoss_lite.checkpoint.synthetic import write_synthetic
 
     made = {}
 
@@ -78,7 +78,7 @@ def checkpoint(tmp_path_factory):
         key = (geometry, layout, shards, seed)
         if key not in made:
             folder = tmp_path_factory.mktemp(f"{geometry}-{layout}-{shards}")
-            made[key] = write_checkpoint(
+            made[key] = write_synthetic(
                 folder / "ckpt", GEOMETRIES[geometry], seed=seed, layout=layout, shards=shards
             )
         return made[key]

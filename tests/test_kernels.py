@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from gptoss_lite.kernels import triton_available
+from gptoss_lite.model.moe import PackedExperts
 from gptoss_lite.model.mxfp4 import dequantize
 
 CUDA = torch.cuda.is_available()
@@ -83,7 +84,9 @@ def test_dequantize_tile_is_bit_exact(dtype):
 # ------------------------------------------------------------------ MoE
 
 
-def _experts(num_experts: int, hidden: int, inter: int, device: str, seed: int = 0) -> dict:
+def _experts(
+    num_experts: int, hidden: int, inter: int, device: str, seed: int = 0
+) -> PackedExperts:
     """Random packed experts; scales 2**-6..2**-3 keep the activations in the SwiGLU's range."""
     gen = torch.Generator().manual_seed(seed)
 
@@ -98,15 +101,10 @@ def _experts(num_experts: int, hidden: int, inter: int, device: str, seed: int =
 
     gate_up_blocks, gate_up_scales = packed(2 * inter, hidden)
     down_blocks, down_scales = packed(hidden, inter)
-    b1 = torch.randn(num_experts, 2 * inter, generator=gen).bfloat16().to(device)
-    b2 = torch.randn(num_experts, hidden, generator=gen).bfloat16().to(device)
-    return dict(
-        gate_up_blocks=gate_up_blocks,
-        gate_up_scales=gate_up_scales,
-        b1=b1,
-        down_blocks=down_blocks,
-        down_scales=down_scales,
-        b2=b2,
+    gate_up_bias = torch.randn(num_experts, 2 * inter, generator=gen).bfloat16().to(device)
+    down_bias = torch.randn(num_experts, hidden, generator=gen).bfloat16().to(device)
+    return PackedExperts(
+        gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias
     )
 
 
@@ -122,7 +120,7 @@ def _routing(tokens: int, k: int, num_experts: int, shared: int, seed: int = 0):
 
 
 def _run(fn, x, idx, weight, experts):
-    return fn(x, idx, weight, **experts, limit=LIMIT, alpha=ALPHA)
+    return fn(x, idx, weight, experts, ALPHA, LIMIT)
 
 
 def _assert_close_scaled(out, ref, rel):
@@ -168,7 +166,7 @@ def test_moe_prefill_matches_reference():
     x = torch.randn(tokens, 64, generator=torch.Generator().manual_seed(4)).bfloat16().to(dev)
     args = (x, idx.to(dev), weight.to(dev), experts)
     ref = _run(moe.moe_forward_reference, *args)
-    out = moe.moe_prefill(*args[:3], **experts, limit=LIMIT, alpha=ALPHA, block_m=16)
+    out = moe.moe_prefill(*args, ALPHA, LIMIT, block_m=16)
     _assert_close_scaled(out, ref, 1e-2)
     _assert_close_scaled(_run(moe.moe_forward, *args), ref, 1e-2)  # T > 8: prefill
 
@@ -179,9 +177,9 @@ def test_moe_swiglu_clamps(path, gate_bias, up_bias):
     """Biases push gate/up past the limit: the gate is clamped above only, up both ways.
     With b2 = 0 a very negative gate makes the output tiny, so any lower gate clamp shows."""
     experts = _experts(4, 64, 64, DEVICE, seed=5)
-    experts["b1"][:, 0::2] = gate_bias
-    experts["b1"][:, 1::2] = up_bias
-    experts["b2"].zero_()
+    experts.gate_up_bias[:, 0::2] = gate_bias
+    experts.gate_up_bias[:, 1::2] = up_bias
+    experts.down_bias.zero_()
     idx, weight = _routing(12, 2, 4, shared=1, seed=6)
     x = torch.randn(12, 64, generator=torch.Generator().manual_seed(7)).bfloat16().to(DEVICE)
     args = (x, idx.to(DEVICE), weight.to(DEVICE), experts)
@@ -192,14 +190,14 @@ def test_moe_swiglu_clamps(path, gate_bias, up_bias):
 
 def test_moe_forward_is_a_drop_in_for_the_model_path():
     """Same result as `gptoss_lite.model.moe.experts_forward` (fp32: both paths are exact-ish)."""
-    from gptoss_lite.model.moe import PackedExperts, experts_forward
+    from gptoss_lite.model.moe import experts_forward
 
-    experts = PackedExperts(*_experts(8, 64, 96, DEVICE, seed=8).values())
+    experts = _experts(8, 64, 96, DEVICE, seed=8)
     idx, weight = _routing(5, 4, 8, shared=3, seed=9)
     x = torch.randn(5, 64, generator=torch.Generator().manual_seed(10)).to(DEVICE)
     idx, weight = idx.to(DEVICE), weight.float().to(DEVICE)
     ref = experts_forward(x, idx, weight, experts, ALPHA, LIMIT)
-    out = moe.moe_forward(x, idx, weight, *experts.tensors(), limit=LIMIT, alpha=ALPHA)
+    out = moe.moe_forward(x, idx, weight, experts, ALPHA, LIMIT)
     _assert_close_scaled(out, ref, 1e-5)
 
 
@@ -231,6 +229,25 @@ def _check_attention(case, window):
 def test_attention_matches_reference(kv_heads, window, tokens, keys, empty):
     case = _attention_case(tokens, keys, 8, kv_heads, empty=empty, seed=tokens + kv_heads)
     _check_attention(case, window)
+
+
+@pytest.mark.parametrize("window", [None, 8])
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_attention_split_keys(monkeypatch, window, tokens):
+    """Keys split across programs (as in decode): the partial states merge to the same result,
+    also where a split holds no key visible to a row (the window leaves split 0 empty)."""
+    monkeypatch.setattr(attn, "SPLIT_MIN_KEYS", attn.BLOCK_N)
+    assert attn._key_splits(150, 2) == (128, 2)
+    case = _attention_case(tokens, 150, 8, 2, empty=3, seed=tokens)
+    _check_attention(case, window)
+
+
+def test_key_splits_by_hand():
+    # decode at 32k context on 8 kv heads: 32 splits of 1024 keys make 256 programs
+    assert attn._key_splits(32768, 8) == (1024, 32)
+    assert attn._key_splits(4096, 8) == (256, 16)  # at least SPLIT_MIN_KEYS keys per split
+    assert attn._key_splits(129, 8) == (192, 1)  # a sliding layer's ring and one new key
+    assert attn._key_splits(2000, 512) == (2048, 1)  # prefill fills the GPU without splits
 
 
 def test_attention_fp32_is_tight():

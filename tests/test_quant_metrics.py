@@ -13,10 +13,9 @@ from click.testing import CliRunner
 
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
-from gptoss_lite.model.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize, quantize_mxfp4
 from quantize.compare import compare_formats
 from quantize.metrics import error_metrics
-from quantize.mxfp4 import quantize_mxfp4
 from quantize.report import random_expert, tensor_error_report
 
 

@@ -9,9 +9,13 @@ and give the logits of the original model with exactly those weights substituted
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
+import os
 import re
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -19,14 +23,13 @@ import torch
 from click.testing import CliRunner
 
 import quantize.convert as convert
+from gptoss_lite.checkpoint.dense import quantize_dense
 from gptoss_lite.cli import main
 from gptoss_lite.config import QUANTIZATION_CONFIG
 from gptoss_lite.errors import GptossError
-from gptoss_lite.model.mxfp4 import dequantize
+from gptoss_lite.model.mxfp4 import dequantize, quantize_mxfp4
 from quantize.convert import convert_checkpoint
-from quantize.experts import quantize_dense
 from quantize.metrics import error_metrics
-from quantize.mxfp4 import quantize_mxfp4
 
 transformers = pytest.importorskip("transformers")
 
@@ -270,3 +273,60 @@ def test_hub_id_fetches_config_first_and_only_needed_files(dense, converted, tmp
     assert run_cli("me/dense", str(tmp_path / "b")).exit_code == 0
     assert calls[0] == ["config.json"] and "model*.safetensors" in calls[1]
     assert not any("original" in pattern for pattern in calls[1])
+
+
+SLOW_QUANTIZE = """
+import sys, time
+import quantize.convert as convert
+quantize_dense = convert.quantize_dense
+convert.quantize_dense = lambda *args: (time.sleep(0.3), quantize_dense(*args))[1]
+from gptoss_lite.cli import main
+main(["quantize", sys.argv[1], sys.argv[2], "--shard-size", "0.0001"])
+"""
+
+
+def test_sigterm_mid_write_leaves_nothing_and_exits_143(dense, tmp_path):
+    from test_staging import start_slow, wait_for_shard
+
+    from gptoss_lite.checkpoint.staging import partial_name
+
+    before, dst = tree_hash(dense[0]), tmp_path / "dst"
+    proc = start_slow(SLOW_QUANTIZE, dense[0], dst)
+    wait_for_shard(tmp_path / partial_name(dst, proc.pid), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+    assert tree_hash(dense[0]) == before
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(dense, tmp_path, monkeypatch):
+    from gptoss_lite.checkpoint.safetensors import StreamWriter
+
+    real, calls = StreamWriter.append, []
+
+    def fill_up(self, data):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(StreamWriter, "append", fill_up)
+    result = run_cli(str(dense[0]), str(tmp_path / "out"))
+    assert result.exit_code == 1  # after the progress bar's label, one line
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: writing {tmp_path / 'out'} failed: No space left on device; nothing was written"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_index_naming_a_file_outside_src_is_refused(dense, tmp_path):
+    src = shutil.copytree(dense[0], tmp_path / "src")
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    first = next(iter(index["weight_map"]))
+    shard = src / index["weight_map"][first]
+    shutil.copy(shard, tmp_path / "elsewhere.safetensors")
+    index["weight_map"][first] = "../elsewhere.safetensors"
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    line = one_error_line(run_cli(str(src), str(tmp_path / "out")))
+    assert "names a file outside the folder" in line

@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from gptoss_lite.errors import GptossError
-from gptoss_lite.model.mxfp4 import FP4_VALUES, dequantize
+from gptoss_lite.model.mxfp4 import FP4_VALUES, dequantize, quantize_mxfp4
 from quantize.experts import quantize_dense_experts
-from quantize.mxfp4 import quantize_mxfp4
 
 GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 

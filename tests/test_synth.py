@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from gptoss_lite.checkpoint.synthetic import random_state_dict, tensor_nbytes, write_checkpoint
+from gptoss_lite.checkpoint.synthetic import random_state_dict, tensor_nbytes, write_synthetic
 from gptoss_lite.cli import main
 from gptoss_lite.config import ModelConfig, preset
 from gptoss_lite.errors import GptossError
@@ -38,7 +38,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("synth")
     kinds = {"hf1": ("hf", 1), "hf3": ("hf", 3), "orig1": ("original", 1), "orig3": ("original", 3)}
     return {
-        key: write_checkpoint(root / key, TINY, seed=7, layout=layout, shards=shards)
+        key: write_synthetic(root / key, TINY, seed=7, layout=layout, shards=shards)
         for key, (layout, shards) in kinds.items()
     }
 
@@ -183,9 +183,9 @@ def test_original_shards_use_the_double_dash_names(ckpts):
 
 
 def test_same_seed_same_bytes_and_state_dict(ckpts, tmp_path):
-    again = write_checkpoint(tmp_path / "again", TINY, seed=7, shards=3)
+    again = write_synthetic(tmp_path / "again", TINY, seed=7, shards=3)
     assert _digest(again) == _digest(ckpts["hf3"])
-    other = write_checkpoint(tmp_path / "other", TINY, seed=8)
+    other = write_synthetic(tmp_path / "other", TINY, seed=8)
     assert _digest(other)["model.safetensors"] != _digest(ckpts["hf1"])["model.safetensors"]
     tensors = _read(ckpts["hf1"])
     for name, tensor in random_state_dict(TINY, seed=7):
@@ -198,9 +198,9 @@ def test_refuses_to_overwrite_and_leaves_nothing_behind(tmp_path):
     (out / "keep.txt").write_text("mine")
     small = TINY.with_(num_layers=1)
     with pytest.raises(GptossError, match="not empty"):
-        write_checkpoint(out, small)
+        write_synthetic(out, small)
     assert (out / "keep.txt").exists()
-    write_checkpoint(out, small, overwrite=True)
+    write_synthetic(out, small, overwrite=True)
     assert not (out / "keep.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
@@ -210,15 +210,15 @@ def test_an_interrupted_write_leaves_nothing(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        write_checkpoint(tmp_path / "ckpt", TINY, progress=interrupt)
+        write_synthetic(tmp_path / "ckpt", TINY, progress=interrupt)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):
     with pytest.raises(GptossError, match="layout"):
-        write_checkpoint(tmp_path / "a", TINY, layout="gguf")
+        write_synthetic(tmp_path / "a", TINY, layout="gguf")
     with pytest.raises(GptossError, match="shards"):
-        write_checkpoint(tmp_path / "b", TINY, shards=200)
+        write_synthetic(tmp_path / "b", TINY, shards=200)
 
 
 def test_cli_writes_and_refuses_to_overwrite(tmp_path):

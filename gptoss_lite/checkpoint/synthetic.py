@@ -1,14 +1,15 @@
 """Synthetic checkpoints: random gpt-oss weights written in the exact published file layouts.
 
-`write_checkpoint` writes a folder that a loader cannot tell from a download except by its values:
+`write_synthetic` writes a folder that a loader cannot tell from a download except by its values:
 the Hugging Face layout (`config.json`, `generation_config.json`, `model-0000i-of-0000{K-1}`
 shards named off by one as published, an index, MXFP4 experts as `_blocks`/`_scales`) or OpenAI's
 original layout (`block.N.attn.qkv.weight`, `dtypes.json`, `model--0000i-of-0000K` shards).
 Every tensor is cut into fixed-size chunks, each drawn from its own generator seeded by (seed, HF
 tensor name, chunk index), so the values depend on neither layout, sharding nor thread count: one
 seed gives one model in both layouts, and the fused qkv is exactly cat(q, k, v). Files are
-streamed a chunk at a time (a few chunks in RAM, whatever the geometry) into a temporary folder
-beside the target, which is renamed into place only once everything is written.
+streamed a chunk at a time (a few chunks in RAM, whatever the geometry) into a hidden folder
+beside the target, which is renamed into place only once everything is written (`staging`). The
+original names come from the HF ones through the one name table (`layouts`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
-import struct
-import tempfile
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +29,9 @@ import torch
 from ..config import ModelConfig, preset
 from ..errors import GptossError
 from ..model.mxfp4 import BLOCK, BYTES_PER_BLOCK
+from .layouts import GLOBAL, LAYOUTS, layer_names
+from .safetensors import INDEX, NAMES, StreamWriter, TensorSpec
+from .staging import staged
 
 CHUNK = 1 << 22  # elements per independently seeded piece of a tensor
 BIAS_STD = 0.02
@@ -41,33 +42,11 @@ EMBED_STD = 1.0
 _SPREAD = torch.tensor([-1, 0, 0, 1])
 # RMS of a uniformly random FP4 code (mean square 8.5625) times 2**spread (mean square 1.5625).
 _MXFP4_RMS = math.sqrt(8.5625 * 1.5625)
-_ST_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8"}
 WORKERS = max(1, min(4, os.cpu_count() or 1))  # chunk generators running beside the writer
 _ORIGINAL_KIND = {"fp4": "FP4", "e8m0": "UE8"}  # dtypes.json names of the two uint8 kinds
 _PUBLISHED_SHARDS = {
     "gpt-oss-20b": {"hf": 3, "original": 1},
     "gpt-oss-120b": {"hf": 15, "original": 7},
-}
-# HF layer suffix -> original block suffix; q, k and v are fused separately into attn.qkv.
-_ORIGINAL_NAMES = {
-    "input_layernorm.weight": "attn.norm.scale",
-    "self_attn.sinks": "attn.sinks",
-    "self_attn.o_proj.weight": "attn.out.weight",
-    "self_attn.o_proj.bias": "attn.out.bias",
-    "post_attention_layernorm.weight": "mlp.norm.scale",
-    "mlp.router.weight": "mlp.gate.weight",
-    "mlp.router.bias": "mlp.gate.bias",
-    "mlp.experts.gate_up_proj_blocks": "mlp.mlp1_weight.blocks",
-    "mlp.experts.gate_up_proj_scales": "mlp.mlp1_weight.scales",
-    "mlp.experts.gate_up_proj_bias": "mlp.mlp1_bias",
-    "mlp.experts.down_proj_blocks": "mlp.mlp2_weight.blocks",
-    "mlp.experts.down_proj_scales": "mlp.mlp2_weight.scales",
-    "mlp.experts.down_proj_bias": "mlp.mlp2_bias",
-}
-_ORIGINAL_GLOBALS = {
-    "model.embed_tokens.weight": "embedding.weight",
-    "model.norm.weight": "norm.scale",
-    "lm_head.weight": "unembedding.weight",
 }
 
 
@@ -108,6 +87,9 @@ class _Entry:
 
     def nbytes(self, dtype: torch.dtype) -> int:
         return sum(p.numel * p.dtype(dtype).itemsize for p in self.parts)
+
+    def spec(self, dtype: torch.dtype) -> TensorSpec:
+        return TensorSpec(self.name, NAMES[self.parts[0].dtype(dtype)], self.shape)
 
 
 # ---------------------------------------------------------------------------- what to write
@@ -163,17 +145,11 @@ def _global_specs(c: ModelConfig) -> list[_Spec]:
 
 
 def _original_layer(specs: list[_Spec], n: int) -> list[_Entry]:
-    by_suffix = {s.name.removeprefix(f"model.layers.{n}."): s for s in specs}
-    fused = [
-        _Entry(
-            f"block.{n}.attn.qkv.{kind}",
-            tuple(by_suffix[f"self_attn.{x}_proj.{kind}"] for x in "qkv"),
-            n,
-        )
-        for kind in ("weight", "bias")
-    ]
-    return fused + [
-        _Entry(f"block.{n}.{o}", (by_suffix[h],), n) for h, o in _ORIGINAL_NAMES.items()
+    """The original layout's tensors of layer `n`, each the rows of its HF tensors (`layouts`)."""
+    by_name = {s.name: s for s in specs}
+    return [
+        _Entry(original[0], tuple(by_name[h] for h in hf), n)
+        for hf, original in layer_names(n).values()
     ]
 
 
@@ -186,8 +162,9 @@ def tensor_entries(config: ModelConfig, layout: str) -> list[_Entry]:
             out += [_Entry(s.name, (s,), n) for s in specs]
         else:
             out += _original_layer(specs, n)
+    original = {hf[0]: names[0] for hf, names in GLOBAL.values()}
     for s in _global_specs(config):
-        out.append(_Entry(s.name if layout == "hf" else _ORIGINAL_GLOBALS[s.name], (s,), None))
+        out.append(_Entry(s.name if layout == "hf" else original[s.name], (s,), None))
     return out
 
 
@@ -245,7 +222,7 @@ def draw_chunk(spec: _Spec, seed: int, index: int, dtype: torch.dtype) -> torch.
 def random_state_dict(
     config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors `write_checkpoint` writes for `seed`, in HF naming, one at a time."""
+    """The tensors `write_synthetic` writes for `seed`, in HF naming, one at a time."""
     _check_dtype(dtype)
     for entry in tensor_entries(config, "hf"):
         spec = entry.parts[0]
@@ -272,32 +249,6 @@ def _in_order(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, ahead: in
         yield pending.popleft().result()
 
 
-def _header(entries: list[_Entry], dtype: torch.dtype) -> bytes:
-    """A safetensors header: its length, then JSON with the data offsets in file order."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for e in entries:
-        end = offset + e.nbytes(dtype)
-        kind = _ST_DTYPES[e.parts[0].dtype(dtype)]
-        header[e.name] = {"dtype": kind, "shape": list(e.shape), "data_offsets": [offset, end]}
-        offset = end
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors pads it
-    return struct.pack("<Q", len(raw)) + raw
-
-
-def _write_safetensors(
-    path: Path, header: bytes, chunks: Iterable[torch.Tensor], progress: Callable[[int], None]
-) -> None:
-    """A safetensors file whose data is written one chunk at a time, as it is generated."""
-    with open(path, "wb") as f:
-        f.write(header)
-        for chunk in chunks:
-            data = chunk.view(torch.uint8).numpy()
-            f.write(data)
-            progress(data.nbytes)
-
-
 def _write_shards(
     folder: Path, files: dict[str, list[_Entry]], seed: int, dtype: torch.dtype,
     progress: Callable[[int], None],
@@ -307,8 +258,9 @@ def _write_shards(
         for name, entries in files.items():
             parts = [s for e in entries for s in e.parts]
             jobs = [(s, seed, i, dtype) for s in parts for i in range(s.num_chunks)]
-            chunks = _in_order(pool, draw_chunk, jobs, ahead=2 * WORKERS)
-            _write_safetensors(folder / name, _header(entries, dtype), chunks, progress)
+            with StreamWriter(folder / name, [e.spec(dtype) for e in entries]) as writer:
+                for chunk in _in_order(pool, draw_chunk, jobs, ahead=2 * WORKERS):
+                    progress(writer.append(chunk))
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -331,13 +283,13 @@ def _write_metadata(
     else:
         _write_json(folder / "config.json", config.to_original())
         entries = [e for file in files.values() for e in file]
-        kinds = {e.name: _ORIGINAL_KIND.get(e.parts[0].kind, _ST_DTYPES[dtype]) for e in entries}
+        kinds = {e.name: _ORIGINAL_KIND.get(e.parts[0].kind, NAMES[dtype]) for e in entries}
         _write_json(folder / "dtypes.json", dict(sorted(kinds.items())))
     if len(files) > 1:
         weight_map = {e.name: file for file, entries in files.items() for e in entries}
         total = sum(e.nbytes(dtype) for entries in files.values() for e in entries)
         _write_json(
-            folder / "model.safetensors.index.json",
+            folder / INDEX,
             {
                 "metadata": {"total_size": total},
                 "weight_map": dict(sorted(weight_map.items())),
@@ -367,17 +319,7 @@ def _default_shards(config: ModelConfig, layout: str) -> int:
     return 1
 
 
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-    out_dir.rename(old / out_dir.name)
-    tmp.rename(out_dir)
-    shutil.rmtree(old)
-
-
-def write_checkpoint(
+def write_synthetic(
     out_dir: str | Path,
     config: ModelConfig,
     *,
@@ -405,7 +347,7 @@ def write_checkpoint(
     gives unit-variance logits, so tokens pick different experts.
     """
     out_dir, progress = Path(out_dir), progress or (lambda nbytes: None)
-    if layout not in ("hf", "original"):
+    if layout not in LAYOUTS:
         raise GptossError(f"synth: layout must be 'hf' or 'original', got {layout!r}")
     _check_dtype(dtype)
     shards = _default_shards(config, layout) if shards is None else shards
@@ -414,14 +356,7 @@ def write_checkpoint(
     _check_target(out_dir, overwrite)
     cut = _split(tensor_entries(config, layout), shards, dtype)
     files = dict(zip(_file_names(layout, shards), cut, strict=True))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)
+    with staged(out_dir, replace=True) as tmp:
         _write_metadata(tmp, config, layout, files, dtype)
         _write_shards(tmp, files, seed, dtype, progress)
-        _move_into_place(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir

@@ -1,10 +1,10 @@
 """In-memory synthetic checkpoints: random weights of a real geometry, no file written.
 
-`SyntheticCheckpoint(config, seed)` looks to `weights.load_weights` like an opened Hugging Face
-checkpoint (`tensors`, `layout`, `read`, `folder`), but `read(name, device)` draws the tensor on
+`SyntheticCheckpoint(config, seed)` is a `Checkpoint` (protocol.py) in the Hugging Face layout,
+but `read(name, device)` draws the tensor on
 demand, one chunk at a time on the host, straight into its final buffer on the target device.
 Loading the gpt-oss-20b geometry therefore needs its 13.8 GB once (on the device) plus a few
-chunks on the host, and no download. The values are those `synth.write_checkpoint` writes for
+chunks on the host, and no download. The values are those `synthetic.write_synthetic` writes for
 the same seed (same per-chunk generators), so an in-memory model and a written one are equal.
 Pass one to `gptoss_lite.load(SyntheticCheckpoint(preset("gpt-oss-20b")))`.
 """
@@ -13,21 +13,13 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
 from ..config import ModelConfig
 from ..errors import GptossError
+from .protocol import TensorInfo
 from .synthetic import CHUNK, WORKERS, draw_chunk, tensor_entries
-
-
-@dataclass(frozen=True)
-class SyntheticTensor:
-    """What a reader can know of a tensor before drawing it."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
 
 
 class SyntheticCheckpoint:
@@ -40,7 +32,7 @@ class SyntheticCheckpoint:
         self.config, self.seed, self.dtype = config, seed, dtype
         self._specs = {e.name: e.parts[0] for e in tensor_entries(config, "hf")}
         self.tensors = {
-            name: SyntheticTensor(s.shape, s.dtype(dtype)) for name, s in self._specs.items()
+            name: TensorInfo(s.shape, s.dtype(dtype)) for name, s in self._specs.items()
         }
 
     def __contains__(self, name: str) -> bool:
@@ -68,4 +60,4 @@ class SyntheticCheckpoint:
         return out.view(spec.shape)
 
     def close(self) -> None:
-        """Nothing to close; here so the loader can treat it like a `Checkpoint`."""
+        """Nothing to close: there are no files."""

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from quantize.convert import DEFAULT_SHARD_BYTES, plan_conversion, write_checkpoint
+from quantize.convert import DEFAULT_SHARD_BYTES, plan_conversion, write_quantized
 
 
 @click.command("quantize")
@@ -27,7 +27,7 @@ def quantize(src: str, dst: str, shard_size: float) -> None:
     """
     plan = plan_conversion(src, dst, int(shard_size * 1e9))
     with click.progressbar(length=plan.total_bytes, label="quantizing", file=sys.stderr) as bar:
-        write_checkpoint(plan, progress=bar.update)
+        write_quantized(plan, progress=bar.update)
     click.echo(
         f"wrote {plan.destination}: {len(plan.shards)} shard(s), {plan.total_bytes / 1e9:.2f} GB"
     )

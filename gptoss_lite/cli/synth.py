@@ -1,6 +1,6 @@
 """`gptoss-lite synth`: write random weights in the exact published checkpoint layout.
 
-A thin shell over `gptoss_lite.checkpoint.synthetic.write_checkpoint`: it takes a preset
+A thin shell over `gptoss_lite.checkpoint.synthetic.write_synthetic`: it takes a preset
 geometry (optionally with fewer layers), shows a progress bar on stderr while the tensors stream
 to disk, and prints the files it wrote with their sizes, the tensor bytes and the time taken.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ..checkpoint.synthetic import tensor_nbytes, write_checkpoint
+from ..checkpoint.synthetic import tensor_nbytes, write_synthetic
 from ..config import ModelConfig
 from .options import geometry_option, overwrite_option
 
@@ -40,7 +40,7 @@ def synth(out: Path, geometry: ModelConfig, layers: int | None, seed: int, layou
     start = time.perf_counter()
     with click.progressbar(length=tensor_nbytes(config), label=f"writing {out}",
                            file=sys.stderr) as bar:
-        write_checkpoint(out, config, seed=seed, layout=layout, shards=shards,
+        write_synthetic(out, config, seed=seed, layout=layout, shards=shards,
                          overwrite=overwrite, progress=bar.update)
     seconds = time.perf_counter() - start
     title = f"{config.name}, {config.num_layers} layers, {layout} layout, seed {seed}"

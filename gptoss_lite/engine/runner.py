@@ -21,8 +21,8 @@ import torch
 from ..checkpoint.dense import QuantizingCheckpoint, has_dense_experts
 from ..checkpoint.hub import resolve_model
 from ..checkpoint.loader import load_weights
-from ..checkpoint.reader import Checkpoint, open_checkpoint
-from ..checkpoint.synthetic_memory import SyntheticCheckpoint
+from ..checkpoint.protocol import Checkpoint
+from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
 from ..kernels import triton_available
@@ -129,7 +129,7 @@ class Runner:
 
 
 def load(
-    model: str | Path | Checkpoint | SyntheticCheckpoint,
+    model: str | Path | Checkpoint,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -176,7 +176,7 @@ def load(
     if on_plan is not None:
         on_plan(memory_plan)
     checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
-    if isinstance(checkpoint, Checkpoint) and has_dense_experts(checkpoint):
+    if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
     net = Transformer(config, dtype, kernels)

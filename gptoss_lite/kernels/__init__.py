@@ -14,6 +14,7 @@ import os
 import torch
 
 _TRUE = ("1", "true", "on", "yes")  # the spellings Triton itself accepts
+MIN_CAPABILITY = (8, 0)  # bf16 `tl.dot` (tensor cores for bf16) needs sm_80: Ampere or newer
 
 
 def interpreter_enabled() -> bool:

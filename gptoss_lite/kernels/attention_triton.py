@@ -5,10 +5,15 @@ a key with k_pos < 0 is an empty cache slot. q head h reads kv head h // (Hq / H
 Math per head: s_j = (q·k_j)/sqrt(D) for visible keys (k_pos_j <= q_pos, and on a sliding layer
 q_pos - window < k_pos_j: the window includes the query), m = max(sink, max_j s_j),
 out = Σ_j exp(s_j - m)·v_j / (Σ_j exp(s_j - m) + exp(sink - m)). The sink is an unscaled logit with
-no value, so the running max starts at it and the denominator at 1. One program takes a block of
-(query, head) rows of one kv group, so a decode step reads each key and value once per kv head;
-key blocks that no row sees are skipped, and no [heads, T, S] tensor is formed. The scores and
-softmax are fp32; p is rounded to the value dtype for the p·V `tl.dot`, as flash kernels do.
+no value. One program takes a block of (query, head) rows of one kv group and one split of the
+keys, so each key and value is read once per kv head and split, and no [heads, T, S] tensor is
+formed. With one split (prefill) the program finishes the rows itself: its running max starts at
+the sink and its denominator at 1. With several (decode, flash-decoding style: a few query rows
+would otherwise occupy one block per kv head) each split writes its partial state (max, sum,
+unnormalized output) and `_combine_kernel` merges the splits and adds the sink once. The key
+loop has no branch around its loads, so Triton can software-pipeline them; keys no row of the
+block sees are masked out of the loads (no memory traffic), not skipped. The scores and softmax
+are fp32; p is rounded to the value dtype for the p·V `tl.dot`, as flash kernels do.
 `attention_reference` is the naive torch oracle with the same signature.
 """
 
@@ -22,18 +27,25 @@ import triton.language as tl
 
 from . import dot_dtype
 
-BLOCK_M = 64  # (query, head) rows per program; fewer for small decode batches
+BLOCK_M = 64  # (query, head) rows per program; fewer (down to 16, tl.dot's least) in decode
 BLOCK_N = 64  # keys per step
+STAGES = 3  # software-pipeline depth of the key loop
+SPLIT_PROGRAMS = 256  # split the keys until about this many programs run (2 per SM or more)
+SPLIT_MIN_KEYS = 256  # but give each split at least this many keys
+COMBINE_ROWS = 16  # (query, head) rows per program of the split reduction
 _LOG2E = tl.constexpr(1.4426950408889634)  # scores and sink go through exp2
 
 
 @triton.jit
 def _attention_kernel(
-    q_ptr, k_ptr, v_ptr, sink_ptr, q_pos_ptr, k_pos_ptr, out_ptr, T, S, window, qk_scale,
-    sq_t, sq_h, sk_s, sk_h, sv_s, sv_h, so_t, so_h,
-    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT: tl.constexpr,
+    q_ptr, k_ptr, v_ptr, sink_ptr, q_pos_ptr, k_pos_ptr, out_ptr, m_ptr, l_ptr, T, S, window,
+    qk_scale, split_keys, sq_t, sq_h, sk_s, sk_h, sv_s, sv_h, so_t, so_h,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, DOT: tl.constexpr,
 ):  # fmt: skip
+    """Rows of one kv group over one split of the keys. Without SPLIT, writes out [T, Hq, D];
+    with it, the fp32 partial outputs [splits, T, Hq, D] at out_ptr and the partial maxima and
+    sums [splits, T, Hq] at m_ptr and l_ptr."""
     kv = tl.program_id(1)
     r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * GROUP + head in group
     r_mask = r < T * GROUP
@@ -42,30 +54,72 @@ def _attention_kernel(
     d = tl.arange(0, HEAD_DIM)
     q_offs = t[:, None] * sq_t + h[:, None] * sq_h + d[None, :]
     q = tl.load(q_ptr + q_offs, mask=r_mask[:, None], other=0.0).to(DOT)
-    q_pos = tl.load(q_pos_ptr + t, mask=r_mask, other=-1)
-    # log2 domain: exp2(x·log2 e) = exp(x). The running max starts at the sink, so l starts at 1.
+    q_pos = tl.load(q_pos_ptr + t, mask=r_mask, other=-1).to(tl.int32)  # int32: fewer registers
+    # log2 domain: exp2(x·log2 e) = exp(x). The running max starts at the sink, a floor that keeps
+    # it finite; the sink's own term exp(sink - m) is 1 here, or added once by the combine.
     m_i = tl.load(sink_ptr + h, mask=r_mask, other=0.0).to(tl.float32) * _LOG2E
-    l_i = tl.full([BLOCK_M], 1.0, tl.float32)
+    l_i = tl.full([BLOCK_M], 0.0 if SPLIT else 1.0, tl.float32)
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
-    for n0 in range(0, S, BLOCK_N):
+    lo = tl.program_id(2) * split_keys
+    hi = tl.minimum(lo + split_keys, S)
+    for n0 in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
         n = n0 + tl.arange(0, BLOCK_N)
-        k_pos = tl.load(k_pos_ptr + n, mask=n < S, other=-1)
-        visible = (k_pos[None, :] >= 0) & (k_pos[None, :] <= q_pos[:, None]) & r_mask[:, None]
-        if SLIDING:  # the window includes the query
-            visible = visible & (k_pos[None, :] > q_pos[:, None] - window)
-        if tl.max(visible.to(tl.int32)) > 0:  # skip key blocks no row sees
-            k_t = tl.load(k_ptr + n[None, :] * sk_s + kv * sk_h + d[:, None], mask=n[None, :] < S)
-            s = tl.dot(q, k_t.to(DOT)) * qk_scale  # (BLOCK_M, BLOCK_N), times log2 e / sqrt(D)
-            s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            rescale = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * rescale + tl.sum(p, axis=1)
-            v = tl.load(v_ptr + n[:, None] * sv_s + kv * sv_h + d[None, :], mask=n[:, None] < S)
-            p = p.to(v_ptr.dtype.element_ty).to(DOT)  # p·V in the value dtype, as flash kernels
-            acc = tl.dot(p, v.to(DOT), acc * rescale[:, None])
-            m_i = m_new
-    out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
+        k_pos = tl.load(k_pos_ptr + n, mask=n < hi, other=-1).to(tl.int32)
+        back = q_pos[:, None] - k_pos[None, :]  # how far back each key is from each query
+        # sliding: 0 <= back < window in one unsigned compare (the window includes the query)
+        visible = back.to(tl.uint32, bitcast=True) < window if SLIDING else back >= 0
+        visible = visible & (k_pos >= 0)[None, :] & r_mask[:, None]
+        seen = tl.max(visible.to(tl.int32), axis=0) > 0  # keys some row of the block sees
+        k_t = tl.load(
+            k_ptr + n[None, :] * sk_s + kv * sk_h + d[:, None], mask=seen[None, :], other=0.0
+        )
+        s = tl.dot(q, k_t.to(DOT)) * qk_scale  # (BLOCK_M, BLOCK_N), times log2 e / sqrt(D)
+        s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        rescale = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * rescale + tl.sum(p, axis=1)
+        v = tl.load(
+            v_ptr + n[:, None] * sv_s + kv * sv_h + d[None, :], mask=seen[:, None], other=0.0
+        )
+        p = p.to(v_ptr.dtype.element_ty).to(DOT)  # p·V in the value dtype, as flash kernels
+        acc = tl.dot(p, v.to(DOT), acc * rescale[:, None])
+        m_i = m_new
+    if SPLIT:  # partial state of this split: [splits, T, Hq] maxima and sums, outputs alongside
+        heads = GROUP * tl.num_programs(1)
+        part = (tl.program_id(2) * T + t) * heads + h
+        tl.store(m_ptr + part, m_i, mask=r_mask)
+        tl.store(l_ptr + part, l_i, mask=r_mask)
+        tl.store(out_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=r_mask[:, None])
+    else:
+        out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
+        o_offs = t[:, None] * so_t + h[:, None] * so_h + d[None, :]
+        tl.store(out_ptr + o_offs, out, mask=r_mask[:, None])
+
+
+@triton.jit
+def _combine_kernel(
+    part_ptr, m_ptr, l_ptr, sink_ptr, out_ptr, rows, heads, splits, so_t, so_h,
+    HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Merge the splits' partial states of rows (t, h) and count the sink once."""
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # row = t * heads + h
+    r_mask = r < rows
+    d = tl.arange(0, HEAD_DIM)
+    sink = tl.load(sink_ptr + r % heads, mask=r_mask, other=0.0).to(tl.float32) * _LOG2E
+    m = sink  # every split's max starts at the sink, so the overall max is among theirs
+    for split in range(splits):
+        m = tl.maximum(m, tl.load(m_ptr + split * rows + r, mask=r_mask, other=0.0))
+    l_sum = tl.exp2(sink - m)
+    acc = tl.full([BLOCK_R, HEAD_DIM], 0.0, tl.float32)
+    for split in range(splits):
+        offs = split * rows + r
+        weight = tl.exp2(tl.load(m_ptr + offs, mask=r_mask, other=0.0) - m)
+        l_sum += weight * tl.load(l_ptr + offs, mask=r_mask, other=0.0)
+        part = tl.load(part_ptr + offs[:, None] * HEAD_DIM + d[None, :], mask=r_mask[:, None])
+        acc += weight[:, None] * part
+    out = (acc / l_sum[:, None]).to(out_ptr.dtype.element_ty)
+    t, h = r // heads, r % heads
     tl.store(
         out_ptr + t[:, None] * so_t + h[:, None] * so_h + d[None, :], out, mask=r_mask[:, None]
     )
@@ -94,15 +148,36 @@ def attention(
     group = hq // hkv
     out = torch.empty_like(q)
     block_m = min(BLOCK_M, max(16, triton.next_power_of_2(t * group)))
-    grid = (triton.cdiv(t * group, block_m), hkv)
+    row_blocks = triton.cdiv(t * group, block_m)
+    split_keys, splits = _key_splits(s, row_blocks * hkv)
+    sinks = sinks.contiguous()
+    if splits > 1:
+        m = torch.empty(splits, t, hq, dtype=torch.float32, device=q.device)
+        l_sum = torch.empty_like(m)
+        part = torch.empty(splits, t, hq, dim, dtype=torch.float32, device=q.device)
+    else:
+        m = l_sum = part = out  # unused
     strides = (*q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2])
-    meta = dict(GROUP=group, HEAD_DIM=dim, SLIDING=window is not None, BLOCK_M=block_m)
-    _attention_kernel[grid](
-        q, k, v, sinks.contiguous(), q_pos.contiguous(), k_pos.contiguous(), out, t, s,
-        window or 0, _LOG2E.value / math.sqrt(dim), *strides,
-        BLOCK_N=BLOCK_N, DOT=dot_dtype(q.device, q.dtype), **meta,
+    meta = dict(GROUP=group, HEAD_DIM=dim, SLIDING=window is not None, SPLIT=splits > 1)
+    _attention_kernel[(row_blocks, hkv, splits)](
+        q, k, v, sinks, q_pos.contiguous(), k_pos.contiguous(), part, m, l_sum, t, s,
+        window or 0, _LOG2E.value / math.sqrt(dim), split_keys, *strides,
+        BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, DOT=dot_dtype(q.device, q.dtype), **meta,
     )  # fmt: skip
+    if splits > 1:
+        _combine_kernel[(triton.cdiv(t * hq, COMBINE_ROWS),)](
+            part, m, l_sum, sinks, out, t * hq, hq, splits, *out.stride()[:2],
+            HEAD_DIM=dim, BLOCK_R=COMBINE_ROWS,
+        )  # fmt: skip
     return out
+
+
+def _key_splits(keys: int, programs: int) -> tuple[int, int]:
+    """(keys per split, a multiple of BLOCK_N; number of splits) for `programs` without splits."""
+    most = max(1, keys // SPLIT_MIN_KEYS)
+    splits = max(1, min(most, triton.cdiv(SPLIT_PROGRAMS, programs)))
+    split_keys = triton.cdiv(triton.cdiv(keys, splits), BLOCK_N) * BLOCK_N
+    return split_keys, triton.cdiv(keys, split_keys)
 
 
 def attention_reference(

@@ -237,60 +237,38 @@ def moe_forward(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    gate_up_blocks: torch.Tensor,
-    gate_up_scales: torch.Tensor,
-    b1: torch.Tensor,
-    down_blocks: torch.Tensor,
-    down_scales: torch.Tensor,
-    b2: torch.Tensor,
-    *,
-    limit: float,
+    experts: PackedExperts,
     alpha: float,
+    limit: float,
 ) -> torch.Tensor:
-    """MoE output [T, H] for x [T, H] routed to experts `expert_idx [T, k]` with `expert_weight`:
-    the decode kernels for up to DECODE_MAX_TOKENS tokens, the grouped prefill kernels beyond."""
+    """`moe.experts_forward` on the kernels: MoE output [T, H] for x [T, H] routed to
+    `expert_idx [T, k]` with `expert_weight`; the decode kernels for up to DECODE_MAX_TOKENS
+    tokens, the grouped prefill kernels beyond."""
     forward = moe_decode if x.shape[0] <= DECODE_MAX_TOKENS else moe_prefill
-    weights = (gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
-    return forward(x, expert_idx, expert_weight, *weights, limit=limit, alpha=alpha)
+    return forward(x, expert_idx, expert_weight, experts, alpha, limit)
 
 
 def moe_decode(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    gate_up_blocks: torch.Tensor,
-    gate_up_scales: torch.Tensor,
-    b1: torch.Tensor,
-    down_blocks: torch.Tensor,
-    down_scales: torch.Tensor,
-    b2: torch.Tensor,
-    *,
-    limit: float,
+    experts: PackedExperts,
     alpha: float,
+    limit: float,
 ) -> torch.Tensor:
     """`moe_forward` by matrix-vector kernels, one program per (token, expert) pair; fp32 math."""
-    weights = (gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
-    t, h, i, k = _check(x, expert_idx, expert_weight, *weights)
+    t, h, i, k = _check(x, expert_idx, expert_weight, experts)
+    e = experts
     idx, wt = expert_idx.contiguous(), expert_weight.contiguous()
     act = torch.empty(t * k, i, dtype=torch.float32, device=x.device)  # (T·k, I)
     out = torch.empty_like(x)
     blocks = dict(BLOCK_N=DECODE_BLOCK_N, BLOCK_KB=DECODE_BLOCK_KB)
     _gate_up_decode_kernel[(t * k, triton.cdiv(i, DECODE_BLOCK_N))](
-        x,
-        idx,
-        gate_up_blocks,
-        gate_up_scales,
-        b1,
-        act,
-        h,
-        i,
-        k,
-        float(limit),
-        float(alpha),
-        **blocks,
-    )
+        x, idx, e.gate_up_blocks, e.gate_up_scales, e.gate_up_bias, act, h, i, k,
+        float(limit), float(alpha), **blocks,
+    )  # fmt: skip
     _down_decode_kernel[(t, triton.cdiv(h, DECODE_BLOCK_N))](
-        act, idx, wt, down_blocks, down_scales, b2, out, h, i, k, **blocks
+        act, idx, wt, e.down_blocks, e.down_scales, e.down_bias, out, h, i, k, **blocks
     )
     return out
 
@@ -299,22 +277,17 @@ def moe_prefill(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    gate_up_blocks: torch.Tensor,
-    gate_up_scales: torch.Tensor,
-    b1: torch.Tensor,
-    down_blocks: torch.Tensor,
-    down_scales: torch.Tensor,
-    b2: torch.Tensor,
-    *,
-    limit: float,
+    experts: PackedExperts,
     alpha: float,
+    limit: float,
+    *,
     block_m: int = PREFILL_BLOCK_M,
 ) -> torch.Tensor:
     """`moe_forward` by grouped matmuls over the (token, expert) pairs sorted by expert:
     each expert's weight tiles are read once per `block_m` of its pairs."""
-    weights = (gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
-    t, h, i, k = _check(x, expert_idx, expert_weight, *weights)
-    pairs, sched = _tile_schedule(expert_idx, gate_up_blocks.shape[0], block_m)
+    t, h, i, k = _check(x, expert_idx, expert_weight, experts)
+    e = experts
+    pairs, sched = _tile_schedule(expert_idx, e.gate_up_blocks.shape[0], block_m)
     tiles = sched.shape[0]
     blocks = dict(
         BLOCK_M=block_m, BLOCK_N=PREFILL_BLOCK_N, BLOCK_KB=PREFILL_BLOCK_KB, DOT=dot_dtype(x.device)
@@ -322,33 +295,13 @@ def moe_prefill(
     act = torch.empty(t * k, i, dtype=torch.bfloat16, device=x.device)  # (T·k, I), sorted rows
     y = torch.empty(t * k, h, dtype=torch.float32, device=x.device)  # (T·k, H), pair order
     _gate_up_grouped_kernel[(tiles, triton.cdiv(i, PREFILL_BLOCK_N))](
-        x,
-        pairs,
-        sched,
-        gate_up_blocks,
-        gate_up_scales,
-        b1,
-        act,
-        h,
-        i,
-        k,
-        float(limit),
-        float(alpha),
-        **blocks,
-    )
+        x, pairs, sched, e.gate_up_blocks, e.gate_up_scales, e.gate_up_bias, act, h, i, k,
+        float(limit), float(alpha), **blocks,
+    )  # fmt: skip
     _down_grouped_kernel[(tiles, triton.cdiv(h, PREFILL_BLOCK_N))](
-        act,
-        pairs,
-        expert_weight.contiguous(),
-        sched,
-        down_blocks,
-        down_scales,
-        b2,
-        y,
-        h,
-        i,
-        **blocks,
-    )
+        act, pairs, expert_weight.contiguous(), sched, e.down_blocks, e.down_scales, e.down_bias,
+        y, h, i, **blocks,
+    )  # fmt: skip
     return y.view(t, k, h).sum(dim=1).to(x.dtype)
 
 
@@ -383,24 +336,23 @@ def _check_packed(blocks: torch.Tensor, scales: torch.Tensor, name: str) -> None
         raise ValueError(f"{name}: must be contiguous (the kernels never copy weights)")
 
 
-def _check(
-    x, expert_idx, expert_weight, gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2
-):
+def _check(x, expert_idx, expert_weight, experts: PackedExperts) -> tuple[int, int, int, int]:
     """Validate shapes and layout; return (T, H, I, k)."""
-    _check_packed(gate_up_blocks, gate_up_scales, "w1")
-    _check_packed(down_blocks, down_scales, "w2")
+    e = experts
+    _check_packed(e.gate_up_blocks, e.gate_up_scales, "gate_up")
+    _check_packed(e.down_blocks, e.down_scales, "down")
     t, h = x.shape
-    e, two_i, g1, _ = gate_up_blocks.shape
+    num, two_i, g1, _ = e.gate_up_blocks.shape
     i = two_i // 2
-    if g1 * 32 != h or tuple(down_blocks.shape[:3]) != (e, h, i // 32):
+    if g1 * 32 != h or tuple(e.down_blocks.shape[:3]) != (num, h, i // 32):
         raise ValueError(
-            f"expert weights {tuple(gate_up_blocks.shape)}, {tuple(down_blocks.shape)}"
+            f"expert weights {tuple(e.gate_up_blocks.shape)}, {tuple(e.down_blocks.shape)}"
         )
-    if tuple(b1.shape) != (e, two_i) or tuple(b2.shape) != (e, h):
-        raise ValueError(f"expert biases {tuple(b1.shape)}, {tuple(b2.shape)}")
+    if tuple(e.gate_up_bias.shape) != (num, two_i) or tuple(e.down_bias.shape) != (num, h):
+        raise ValueError(f"expert biases {tuple(e.gate_up_bias.shape)}, {tuple(e.down_bias.shape)}")
     if expert_idx.shape != expert_weight.shape or expert_idx.shape[0] != t:
         raise ValueError(f"routing {tuple(expert_idx.shape)}, {tuple(expert_weight.shape)}")
-    if not (x.is_contiguous() and b1.is_contiguous() and b2.is_contiguous()):
+    if not (x.is_contiguous() and e.gate_up_bias.is_contiguous() and e.down_bias.is_contiguous()):
         raise ValueError("x and the expert biases must be contiguous")
     return t, h, i, expert_idx.shape[1]
 
@@ -412,18 +364,11 @@ def moe_forward_reference(
     x: torch.Tensor,
     expert_idx: torch.Tensor,
     expert_weight: torch.Tensor,
-    gate_up_blocks: torch.Tensor,
-    gate_up_scales: torch.Tensor,
-    b1: torch.Tensor,
-    down_blocks: torch.Tensor,
-    down_scales: torch.Tensor,
-    b2: torch.Tensor,
-    *,
-    limit: float,
+    experts: PackedExperts,
     alpha: float,
+    limit: float,
 ) -> torch.Tensor:
     """`moe_forward` in fp32 torch: the model's own `moe.experts_forward`, one routed expert
     at a time with weights from `dequantize`."""
-    experts = PackedExperts(gate_up_blocks, gate_up_scales, b1, down_blocks, down_scales, b2)
     out = experts_forward(x.float(), expert_idx, expert_weight, experts, alpha, limit)
     return out.to(x.dtype)

@@ -36,11 +36,7 @@ def kernel_functions(kernels: str) -> tuple:
     from ..kernels.attention_triton import attention as triton_attention
     from ..kernels.moe_triton import moe_forward
 
-    def triton_experts(x, expert_idx, expert_weight, experts, alpha, limit):
-        weights = experts.tensors()
-        return moe_forward(x, expert_idx, expert_weight, *weights, limit=limit, alpha=alpha)
-
-    return triton_attention, triton_experts
+    return triton_attention, moe_forward
 
 
 def _empty(*shape: int, dtype: torch.dtype) -> nn.Parameter:
