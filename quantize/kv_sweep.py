@@ -30,7 +30,7 @@ from gptoss_lite.model.cache import KVCache
 from gptoss_lite.model.kv_quant import UNQUANTIZED, KVDtypes
 
 from .divergence import Positions, compare_positions, summarize_kld, summarize_rate
-from .kld import DTYPES, cut, text_ids
+from .kld import DTYPES, cut, text_ids, token_summary
 
 PAIRS = tuple(
     KVDtypes.parse(p) for p in ("q8", "bf16,q8", "q8,bf16", "fp8", "bf16,fp8", "fp8,bf16")
@@ -90,15 +90,7 @@ def kv_error_report(
         "dtype": dtype,
         "profile": profile,
         "plan_model": (plan_config or config).name,
-        "tokens": {
-            "kind": "random" if prompts is None else "text",
-            "file": None if prompts is None else str(prompts),
-            "seed": seed if prompts is None else None,
-            "requested": tokens,
-            "sequences": sequences.shape[0],
-            "context": sequences.shape[1],
-            "positions": sequences.shape[0] * (sequences.shape[1] - 1),
-        },
+        "tokens": token_summary(tokens, prompts, seed, sequences),
         "rows": rows,
     }
 
