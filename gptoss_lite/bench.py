@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ import torch
 from .chat.stats import peak_memory
 from .config import ModelConfig
 from .engine.generate import prefill
+from .engine.graphs import GraphedDecodeStep
 from .engine.runner import Runner
 from .memory.categories import category_of
 from .memory.plan import decode_bytes_per_token, kv_slot_bytes
@@ -70,8 +72,12 @@ def resident_bytes(runner: Runner) -> dict[str, int]:
     }
 
 
-def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) -> BenchResult:
-    """Prefill `prompt_tokens` random tokens, then decode `gen_tokens` greedily."""
+def bench(
+    runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0, cuda_graph: bool = False
+) -> BenchResult:
+    """Prefill `prompt_tokens` random tokens, then decode `gen_tokens` greedily. With
+    `cuda_graph` each step is a graph replay; the first step (warm-up and capture) runs before
+    the clock starts, and `gen_tokens` more are timed."""
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(0, runner.config.vocab_size, (prompt_tokens,), generator=g)
     device = runner.device
@@ -81,10 +87,15 @@ def bench(runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0) ->
     logits = prefill(runner.model, runner.cache, prompt.to(device), runner.prefill_chunk)
     prefill_seconds = _now(device) - start
     token = logits[-1].argmax().view(1)
+    if cuda_graph:
+        step = GraphedDecodeStep(runner.model, runner.cache)
+        token = step(token)[-1].argmax().view(1)
+    else:
+        step = partial(runner.model, cache=runner.cache, last_only=True)
     start = _now(device)
     with torch.inference_mode():
         for _ in range(gen_tokens):
-            token = runner.model(token, runner.cache, last_only=True)[-1].argmax().view(1)
+            token = step(token)[-1].argmax().view(1)
     decode_seconds = _now(device) - start
     return _result(
         "gptoss-lite",

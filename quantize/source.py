@@ -119,6 +119,7 @@ def _check_experts(cfg: ModelConfig, tensors: dict[str, tuple[Path, TensorSpec]]
                 raise GptossError(
                     f"{name} is {spec.dtype} {list(spec.shape)}; expected a float {list(shape)}"
                 )
-    extra = [n for n in tensors if DENSE_EXPERT.match(n) and int(n.split(".")[2]) >= cfg.num_layers]
+    layers = {n: int(m[1]) for n in tensors if (m := DENSE_EXPERT.match(n))}
+    extra = [n for n, layer in layers.items() if layer >= cfg.num_layers]
     if extra:
         raise GptossError(f"{extra[0]} is beyond num_hidden_layers={cfg.num_layers}")

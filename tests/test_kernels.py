@@ -294,7 +294,7 @@ def test_moe_20b_shapes_gpu(tokens):
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize("window", [None, 128])
-@pytest.mark.parametrize(("tokens", "keys"), [(1, 4096), (512, 1024)])
+@pytest.mark.parametrize(("tokens", "keys"), [(1, 4096), (1, 32768), (512, 1024)])
 def test_attention_20b_shapes_gpu(window, tokens, keys):
     case = _attention_case(tokens, keys, 64, 8, dim=64)
     _check_attention(case, window)

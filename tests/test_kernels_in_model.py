@@ -62,3 +62,32 @@ def test_prefill_kernels_match_torch(checkpoint):
     per_position = (got - ref).abs().amax(dim=-1)
     assert (per_position < 0.05).float().mean() >= 0.75
     assert per_position.median() < 0.05
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("chunk", [4, 64])  # the decode kernels, then the grouped prefill ones
+def test_compiled_kernels_in_model_gpu(checkpoint, chunk):
+    """bf16 on the compiled kernels vs the float32 torch path on CPU. The yardstick is the error
+    bf16 itself makes: the torch path in bf16 on CPU against the same float32 logits. The
+    kernels round in other places (fp32 decode math, bf16 p·V and MoE operands), so their
+    error may differ from it, but not grow past twice it on the median position (router
+    choices near a tie flip under either rounding; the median ignores those few positions)."""
+    folder = checkpoint("g1")
+    ids = list(range(3, 43))
+
+    def logits(device, dtype, kernels):
+        profile = "h200" if device == "cuda" else "cpu"  # any card: the model is tiny
+        runner = gptoss_lite.load(
+            folder, device=device, dtype=dtype, context=64, profile=profile, kernels=kernels
+        )
+        runner.prefill_chunk = chunk
+        return runner.logits(ids).float().cpu()
+
+    ref = logits("cpu", torch.float32, "torch")
+
+    def error(got):
+        return (got - ref).abs().amax(dim=-1).median().item()
+
+    bf16_error = error(logits("cpu", torch.bfloat16, "torch"))
+    assert error(logits("cuda", torch.bfloat16, "triton")) <= 2 * bf16_error

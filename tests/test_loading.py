@@ -170,3 +170,14 @@ def test_hub_weights_are_fetched_only_after_the_plan_fits(checkpoint, monkeypatc
     assert requests[0] == METADATA_FILES
     assert any(p.endswith(".safetensors") for p in requests[1])
     assert not any(p.startswith(("original", "metal")) for p in requests[1])
+
+
+def test_every_checkpoint_kind_is_a_checkpoint(checkpoint):
+    from gptoss_lite.checkpoint.dense import QuantizingCheckpoint
+    from gptoss_lite.checkpoint.protocol import Checkpoint
+    from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
+
+    files = open_checkpoint(checkpoint("g1"))
+    kinds = [files, QuantizingCheckpoint(files), SyntheticCheckpoint(GEOMETRIES["g1"])]
+    assert all(isinstance(kind, Checkpoint) for kind in kinds)
+    assert not isinstance(GEOMETRIES["g1"], Checkpoint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import GptossError
+from .safetensors import INDEX
 
 # Small files, fetched first so the memory plan can be shown before the weights download.
 METADATA_FILES = [
@@ -20,7 +21,7 @@ METADATA_FILES = [
     "special_tokens_map.json",
     "chat_template.jinja",
 ]
-WEIGHT_FILES = ["model.safetensors.index.json", "model.safetensors", "model-*.safetensors"]
+WEIGHT_FILES = [INDEX, "model.safetensors", "model-*.safetensors"]
 
 
 def resolve_model(model: str | Path, *, weights: bool = True, endpoint: str | None = None) -> Path:

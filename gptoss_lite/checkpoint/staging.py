@@ -101,6 +101,7 @@ def _sigterm_exits() -> Iterator[None]:
         return
 
     def exit_143(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
         raise SystemExit(SIGTERM_STATUS)
 
     signal.signal(signal.SIGTERM, exit_143)

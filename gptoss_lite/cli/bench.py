@@ -37,20 +37,17 @@ from .options import (
     type=click.Choice(["transformers"]),
     help="Also run HF transformers on the same checkpoint and print the ratio (needs --model).",
 )
+@click.option(
+    "--cuda-graph",
+    is_flag=True,
+    help="Decode with the step captured in a CUDA graph (Triton kernels on CUDA; untimed yet).",
+)
 @kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
-    model,
-    geometry,
-    profile,
-    context,
-    prompt_tokens,
-    gen_tokens,
-    device,
-    compare,
-    kv_cache_dtype,
-    as_json,
-):
+    model, geometry, profile, context, prompt_tokens, gen_tokens, device, compare, cuda_graph,
+    kv_cache_dtype, as_json,
+):  # fmt: skip
     """Measure prefill tok/s, decode tok/s and GB/s, and peak memory."""
     if bool(model) == bool(geometry):
         raise GptossError("give exactly one of --model or --geometry")
@@ -68,7 +65,7 @@ def bench_command(
     loaded = {"seconds": load_seconds, **resident_bytes(runner)}
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
-    results = [bench(runner, prompt_tokens, gen_tokens)]
+    results = [bench(runner, prompt_tokens, gen_tokens, cuda_graph=cuda_graph)]
     if compare:
         del runner
         results.append(

@@ -12,6 +12,7 @@ prompt extends the tokens already cached only prefills the new tokens.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..checkpoint.protocol import Checkpoint
 from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
-from ..kernels import triton_available
+from ..kernels import triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
@@ -198,9 +199,17 @@ def load(
 def _kernels(kernels: str, device: torch.device) -> str:
     if kernels not in ("auto", *KERNELS):
         raise GptossError(f"unknown kernels {kernels!r}; use auto, torch or triton")
+    refusal = triton_refusal(device) if device.type == "cuda" else None
+    if kernels == "triton" and refusal:
+        raise GptossError(refusal)
     if kernels != "auto":
         return kernels
-    return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if device.type != "cuda" or not triton_available():
+        return "torch"
+    if refusal:
+        logging.getLogger(__name__).warning("%s: running the torch path", refusal)
+        return "torch"
+    return "triton"
 
 
 def _dtype(dtype: torch.dtype | str | None) -> torch.dtype:

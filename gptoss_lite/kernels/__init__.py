@@ -4,7 +4,9 @@
 `triton_available()` can be asked anywhere. The kernels run on CUDA tensors when compiled, and on
 CPU tensors under the Triton interpreter, which is how they are tested without a GPU: then
 TRITON_INTERPRET=1 must be set before Triton is first imported (its standard library is jit code
-too) and when the kernel modules are imported."""
+too) and when the kernel modules are imported. Compiled, they need compute capability 8.0 (sm_80,
+Ampere) or newer: bf16 `tl.dot` has no tensor-core instruction before it; older cards run the
+torch path. `compile_check` compiles every launch for sm_80..sm_90 without a GPU."""
 
 from __future__ import annotations
 
@@ -27,6 +29,18 @@ def triton_available() -> bool:
     if importlib.util.find_spec("triton") is None:
         return False
     return interpreter_enabled() or torch.cuda.is_available()
+
+
+def triton_refusal(device: torch.device) -> str | None:
+    """Why the compiled kernels cannot run on the CUDA `device` (one line), or None if they can."""
+    capability = torch.cuda.get_device_capability(device)
+    if capability >= MIN_CAPABILITY:
+        return None
+    have, need = ".".join(map(str, capability)), ".".join(map(str, MIN_CAPABILITY))
+    return (
+        f"the Triton kernels need a GPU of compute capability {need} (sm_80) or newer; "
+        f"{torch.cuda.get_device_name(device)} is {have}"
+    )
 
 
 def dot_dtype(device: torch.device, dtype: torch.dtype = torch.bfloat16):

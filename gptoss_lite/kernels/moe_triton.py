@@ -2,13 +2,15 @@
 
 Weights stay as published (see `gptoss_lite.model.mxfp4`): `gate_up_blocks [E, 2I, H/32, 16]` and
 `gate_up_scales [E, 2I, H/32]` (gate/up interleaved on the out axis: row 2j = gate j, 2j+1 = up j),
-`down_blocks [E, H, I/32, 16]`, `down_scales [E, H, I/32]`, biases `b1 [E, 2I]`, `b2 [E, H]`. A
+`down_blocks [E, H, I/32, 16]`, `down_scales [E, H, I/32]`, biases `gate_up_bias [E, 2I]` and
+`down_bias [E, H]`, all in a `PackedExperts`; the entry points have `experts_forward`'s signature. A
 row's bytes are contiguous, so byte c of row n holds elements 2c (low nibble) and 2c+1 (high
 nibble), scaled by `scales[n, c // 16]`; kernels decode tiles in registers and multiply the even
 and odd activations separately. Per token t and routed expert e with weight w:
 h = W1[e]·x + b1[e]; gate = min(h[0::2], limit); up = clamp(h[1::2], ±limit);
 a = gate·sigmoid(alpha·gate)·(up + 1); out += w·(W2[e]·a + b2[e]).
-Decode (few tokens) runs one program per (token, expert) pair and fp32 math throughout; prefill
+Decode (few tokens) runs matrix-vector programs per (token, expert) pair and block of output rows,
+fp32 math throughout, many small programs so that the weight reads spread over every SM; prefill
 groups the pairs by expert and runs tiled `tl.dot`s on bf16-rounded operands with fp32
 accumulation (the activation a is rounded to bf16 between the two matmuls). Neither syncs with
 the host, so both can be captured in a CUDA graph for a fixed token count.
@@ -26,11 +28,12 @@ from ..model.mxfp4 import BYTES_PER_BLOCK
 from . import dot_dtype
 
 DECODE_MAX_TOKENS = 8  # up to this many tokens use the per-pair decode kernels (untuned)
-DECODE_BLOCK_N = 32  # output rows per decode program
+DECODE_BLOCK_N = 16  # output rows per decode program: 180 programs per pair at the 20b width
 DECODE_BLOCK_KB = 128  # packed bytes (256 weights) per row per decode step
 PREFILL_BLOCK_M = 64  # (token, expert) pairs per prefill tile
 PREFILL_BLOCK_N = 64
 PREFILL_BLOCK_KB = 64  # packed bytes per row per prefill step (128 weights of K)
+PREFILL_WARPS = 8  # a 64x64 fp32 tile and its decoded weights: 4 warps spill on sm_80
 
 
 # ------------------------------------------------------------------ device helpers
@@ -157,22 +160,17 @@ def _gate_up_decode_kernel(
 
 @triton.jit
 def _down_decode_kernel(
-    act_ptr, idx_ptr, wt_ptr, blk_ptr, scl_ptr, b_ptr, out_ptr, hidden, inter, TOPK,
+    act_ptr, idx_ptr, wt_ptr, blk_ptr, scl_ptr, b_ptr, y_ptr, hidden, inter,
     BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr,
 ):  # fmt: skip
-    token = tl.program_id(0)
+    pair = tl.program_id(0)  # token * TOPK + slot: each pair's rows in programs of their own
     n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)  # hidden units
     n_mask = n < hidden
-    out = tl.full([BLOCK_N], 0.0, tl.float32)
-    for slot in range(TOPK):  # the weighted sum over experts, in slot order
-        pair = token * TOPK + slot
-        expert = tl.load(idx_ptr + pair).to(tl.int64)
-        rows = expert * hidden + n
-        a_row = act_ptr + pair * inter
-        y = _matvec(a_row, blk_ptr, scl_ptr, rows, n_mask, inter // 2, BLOCK_KB)
-        y += tl.load(b_ptr + rows, mask=n_mask, other=0.0).to(tl.float32)  # bias, then weight
-        out += tl.load(wt_ptr + pair).to(tl.float32) * y
-    tl.store(out_ptr + token * hidden + n, out.to(out_ptr.dtype.element_ty), mask=n_mask)
+    expert = tl.load(idx_ptr + pair).to(tl.int64)
+    rows = expert * hidden + n
+    y = _matvec(act_ptr + pair * inter, blk_ptr, scl_ptr, rows, n_mask, inter // 2, BLOCK_KB)
+    y += tl.load(b_ptr + rows, mask=n_mask, other=0.0).to(tl.float32)  # bias, then weight
+    tl.store(y_ptr + pair * hidden + n, tl.load(wt_ptr + pair).to(tl.float32) * y, mask=n_mask)
 
 
 @triton.jit
@@ -261,16 +259,16 @@ def moe_decode(
     e = experts
     idx, wt = expert_idx.contiguous(), expert_weight.contiguous()
     act = torch.empty(t * k, i, dtype=torch.float32, device=x.device)  # (T·k, I)
-    out = torch.empty_like(x)
     blocks = dict(BLOCK_N=DECODE_BLOCK_N, BLOCK_KB=DECODE_BLOCK_KB)
     _gate_up_decode_kernel[(t * k, triton.cdiv(i, DECODE_BLOCK_N))](
         x, idx, e.gate_up_blocks, e.gate_up_scales, e.gate_up_bias, act, h, i, k,
         float(limit), float(alpha), **blocks,
     )  # fmt: skip
-    _down_decode_kernel[(t, triton.cdiv(h, DECODE_BLOCK_N))](
-        act, idx, wt, e.down_blocks, e.down_scales, e.down_bias, out, h, i, k, **blocks
+    y = torch.empty(t * k, h, dtype=torch.float32, device=x.device)  # (T·k, H), weighted
+    _down_decode_kernel[(t * k, triton.cdiv(h, DECODE_BLOCK_N))](
+        act, idx, wt, e.down_blocks, e.down_scales, e.down_bias, y, h, i, **blocks
     )
-    return out
+    return y.view(t, k, h).sum(dim=1).to(x.dtype)  # the weighted sum over experts, slot order
 
 
 def moe_prefill(
@@ -290,7 +288,11 @@ def moe_prefill(
     pairs, sched = _tile_schedule(expert_idx, e.gate_up_blocks.shape[0], block_m)
     tiles = sched.shape[0]
     blocks = dict(
-        BLOCK_M=block_m, BLOCK_N=PREFILL_BLOCK_N, BLOCK_KB=PREFILL_BLOCK_KB, DOT=dot_dtype(x.device)
+        BLOCK_M=block_m,
+        BLOCK_N=PREFILL_BLOCK_N,
+        BLOCK_KB=PREFILL_BLOCK_KB,
+        DOT=dot_dtype(x.device),
+        num_warps=PREFILL_WARPS,
     )
     act = torch.empty(t * k, i, dtype=torch.bfloat16, device=x.device)  # (T·k, I), sorted rows
     y = torch.empty(t * k, h, dtype=torch.float32, device=x.device)  # (T·k, H), pair order

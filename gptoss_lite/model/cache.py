@@ -45,6 +45,7 @@ class KVCache:
         # Absolute position held by each ring slot (-1: empty); shared by all sliding layers.
         self.ring_pos = torch.full((self.ring_slots,), -1, dtype=torch.long, device=device)
         self.length = 0  # tokens whose keys and values are in the cache
+        self.slot_pos: torch.Tensor | None = None  # set by `use_whole_buffers`
 
     def tensors(self) -> list[torch.Tensor]:
         """Every tensor the cache holds: K and V (codes and scales), and the ring positions."""
@@ -80,6 +81,13 @@ class KVCache:
         self.ring_pos[self.ring_pos >= length] = -1
         self.length = length
 
+    def use_whole_buffers(self) -> None:
+        """From now on full-attention layers attend over their whole buffer, slot s holding
+        position s, masked by position (slots past the query are in its future): the same
+        shapes at every step, as a CUDA graph needs."""
+        if self.slot_pos is None:
+            self.slot_pos = torch.arange(self.context, device=self.ring_pos.device)
+
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
     ) -> tuple[torch.Tensor | Quantized, torch.Tensor | Quantized, torch.Tensor]:
@@ -90,6 +98,10 @@ class KVCache:
         """
         start, t = self.length, k.shape[0]
         k, v = kv_quant.quantize(k, self.kv_dtypes.k), kv_quant.quantize(v, self.kv_dtypes.v)
+        if not self.config.is_sliding(layer) and self.slot_pos is not None:
+            self.k[layer].index_copy_(0, positions, k)  # no host-side offset: graph-safe
+            self.v[layer].index_copy_(0, positions, v)
+            return self.k[layer], self.v[layer], self.slot_pos
         if not self.config.is_sliding(layer):
             self.k[layer][start : start + t] = k
             self.v[layer][start : start + t] = v
@@ -106,6 +118,10 @@ class KVCache:
 
     def advance(self, positions: torch.Tensor) -> None:
         """Mark the tokens at `positions` as cached (after every layer was updated)."""
+        self.record_ring(positions)
+        self.length += positions.shape[0]
+
+    def record_ring(self, positions: torch.Tensor) -> None:
+        """The device-side half of `advance`: the ring slots now hold `positions`."""
         keep = min(positions.shape[0], self.ring_slots)
         self.ring_pos[positions[-keep:] % self.ring_slots] = positions[-keep:]
-        self.length += positions.shape[0]

@@ -110,6 +110,11 @@ class Quantized:
     def tensors(self) -> list[torch.Tensor]:
         return [self.codes, self.scales]
 
+    def index_copy_(self, dim: int, index: torch.Tensor, value: Quantized) -> Quantized:
+        self.codes.index_copy_(dim, index, value.codes)
+        self.scales.index_copy_(dim, index, value.scales)
+        return self
+
     def to(self, device: torch.device | str) -> Quantized:
         return Quantized(self.codes.to(device), self.scales.to(device))
 

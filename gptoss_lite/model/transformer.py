@@ -137,16 +137,28 @@ class Transformer(nn.Module):
 
         With `last_only`, only the last position's logits are computed ([1, V]).
         """
-        if self.rotary is None:
-            self.rotary = Rotary(self.config, self.device)
         cache.reserve(tokens.shape[0])
         positions = torch.arange(cache.length, cache.length + tokens.shape[0], device=self.device)
-        x = F.embedding(tokens.to(self.embedding.device), self.embedding).to(self.device)
+        logits = self.layers_forward(self.embed(tokens), positions, cache, last_only)
+        cache.advance(positions)
+        return logits
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Hidden states [T, H] of tokens [T], on the model's device."""
+        return F.embedding(tokens.to(self.embedding.device), self.embedding).to(self.device)
+
+    def layers_forward(
+        self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits for hidden states x [T, H] at `positions` [T]: every layer, then the head.
+        Writes the new keys and values but leaves the cache's bookkeeping to the caller; tensor
+        work only, so a CUDA graph can capture it (see `engine/graphs.py`)."""
+        if self.rotary is None:
+            self.rotary = Rotary(self.config, self.device)
         rope = self.rotary.cos_sin(positions, x.dtype)  # the same for every layer
         for attn, mlp in zip(self.attn, self.mlp, strict=True):
             x = attn(x, positions, rope, cache)
             x = mlp(x)
-        cache.advance(positions)
         if last_only:
             x = x[-1:]
         x = rms_norm(x, self.norm, self.config.rms_norm_eps)
