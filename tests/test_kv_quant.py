@@ -162,8 +162,3 @@ def test_kl_of_each_kv_pair_against_the_unquantized_cache(quantized_runner):
         kl[kv] = float(kl_divergence(reference, logits).median())
         assert 0 < kl[kv] <= bound, (kv, kl[kv])
     assert kl["fp8"] > kl["q8"] > max(kl["bf16,q8"], kl["q8,bf16"])
-
-
-def test_triton_kernels_refuse_a_quantized_cache_in_one_line(checkpoint):
-    with pytest.raises(gptoss_lite.GptossError, match="does not read a quantized KV cache yet"):
-        gptoss_lite.load(checkpoint("g1"), device="cpu", kernels="triton", kv_cache_dtype="q8")

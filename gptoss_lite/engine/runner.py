@@ -30,7 +30,7 @@ from ..kernels import triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
-from ..model.kv_quant import UNQUANTIZED, KVDtypes
+from ..model.kv_quant import KVDtypes
 from ..model.transformer import KERNELS, Transformer
 from .generate import PREFILL_CHUNK, decode, prefill
 
@@ -169,11 +169,6 @@ def load(
     config = read_config(resolve_model(model, weights=False)) if is_path else model.config
     memory_plan = plan(config, profile, context, ring_slots=ring_slots)
     kernels = _kernels(kernels, device)
-    if kernels == "triton" and memory_plan.kv_cache_dtype != UNQUANTIZED:
-        raise GptossError(
-            "the Triton attention kernel does not read a quantized KV cache yet; use "
-            "--kv-cache-dtype bf16 here, or the torch kernels (load(..., kernels='torch'))"
-        )
     if on_plan is not None:
         on_plan(memory_plan)
     checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
