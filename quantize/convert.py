@@ -55,6 +55,7 @@ class Plan:
     source: Source
     destination: Path
     shards: tuple[tuple[Item, ...], ...]
+    overwrite: bool = False  # replace a non-empty DST, whole, once the new one is written
 
     @property
     def total_bytes(self) -> int:
@@ -71,15 +72,21 @@ def convert_checkpoint(
     return write_quantized(plan_conversion(src, dst, max_shard_bytes))
 
 
-def plan_conversion(src: str, dst: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> Plan:
-    """Check DST (absent or empty), then SRC (see `source.read_source`), and plan the shards."""
+def plan_conversion(
+    src: str,
+    dst: str | Path,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    overwrite: bool = False,
+) -> Plan:
+    """Check DST (absent or empty, unless `overwrite`), then SRC (see `source.read_source`),
+    and plan the shards."""
     destination = Path(dst).expanduser().absolute()
-    _check_destination(destination)
+    _check_destination(destination, overwrite)
     source = read_source(resolve_source(src))
     if destination.resolve().is_relative_to(source.folder.resolve()):
         raise GptossError(f"{dst} is inside SRC {source.folder}; pass a folder outside it")
     items = [_item(name, *source.tensors[name]) for name in sorted(source.tensors, key=_natural)]
-    plan = Plan(source, destination, _pack(items, max_shard_bytes))
+    plan = Plan(source, destination, _pack(items, max_shard_bytes), overwrite)
     _check_free_space(destination, plan.total_bytes)
     return plan
 
@@ -87,15 +94,15 @@ def plan_conversion(src: str, dst: str | Path, max_shard_bytes: int = DEFAULT_SH
 def write_quantized(plan: Plan, progress: Callable[[int], None] | None = None) -> Path:
     """Write the planned checkpoint; `progress(n)` is told the bytes of each tensor written."""
     dst = plan.destination
-    _check_destination(dst)
-    with staged(dst) as partial:
+    _check_destination(dst, plan.overwrite)
+    with staged(dst, replace=plan.overwrite) as partial:
         _write_all(plan, partial, progress or (lambda n: None))
     return dst
 
 
-def _check_destination(dst: Path) -> None:
-    if dst.is_dir() and any(dst.iterdir()):
-        raise GptossError(f"{dst} is not empty; pass a new folder")
+def _check_destination(dst: Path, overwrite: bool = False) -> None:
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise GptossError(f"{dst} is not empty; pass a new folder, or --overwrite to replace it")
     if dst.exists() and not dst.is_dir():
         raise GptossError(f"{dst} is a file; pass a new folder")
 

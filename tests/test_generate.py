@@ -5,6 +5,7 @@ import torch
 from conftest import GEOMETRIES
 
 import gptoss_lite
+from gptoss_lite.engine.generate import check_fits
 from gptoss_lite.model.cache import KVCache
 
 
@@ -71,3 +72,14 @@ def test_cache_sizes_and_ring(checkpoint):
     assert bigger.can_rewind_to(0)
     bigger.length = 30
     assert bigger.can_rewind_to(18) and not bigger.can_rewind_to(17)
+
+
+def test_the_context_fit_rule():
+    assert check_fits(10, None, 96) == 86  # all the room left
+    assert check_fits(10, 86, 96) == 86  # exactly full
+    with pytest.raises(gptoss_lite.GptossError, match=r"prompt \(10 tokens\) \+ 87 new tokens"):
+        check_fits(10, 87, 96)
+    with pytest.raises(gptoss_lite.GptossError, match="the prompt is 96 tokens but the context"):
+        check_fits(96, None, 96)
+    with pytest.raises(gptoss_lite.GptossError, match="the prompt is empty"):
+        check_fits(0, 5, 96)

@@ -135,7 +135,9 @@ def test_unknown_hub_repo_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(GptossError, match="Hub is unreachable .* pass a local checkpoint folder"):
+    with pytest.raises(
+        GptossError, match="HF_HUB_OFFLINE=1 is set .* pass a local checkpoint folder"
+    ):
         load("someone/not-a-model")
 
 

@@ -251,6 +251,15 @@ def test_non_empty_dst_is_refused(dense, tmp_path):
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 
+def test_overwrite_replaces_dst_whole(dense, tmp_path):
+    assert run_cli(str(dense[0]), str(tmp_path / "fresh")).exit_code == 0
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "old.txt").write_text("replaced")
+    result = run_cli(str(dense[0]), str(tmp_path / "out"), "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert tree_hash(tmp_path / "out") == tree_hash(tmp_path / "fresh")  # nothing old is left
+
+
 def test_dst_inside_src_is_refused(dense):
     with pytest.raises(GptossError, match="inside SRC"):
         convert.plan_conversion(str(dense[0]), dense[0] / "mxfp4")

@@ -318,6 +318,41 @@ def test_responses_streams_function_call_arguments(serve):
     assert [e.item.type for e in done] == ["reasoning", "function_call"]
 
 
+def test_tool_choice_forces_a_call(serve, harmony_oracle):
+    """A named function (or "required") opens the reply with the call's header, as gpt-oss
+    writes it; the model writes the arguments (or the name and arguments) and `<|call|>`."""
+    client, service = serve(f"{WEATHER_ARGS}<|call|>")
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(
+        model="gpt-oss-test", messages=USER, tools=TOOLS, tool_choice=named
+    )
+    [call] = reply.choices[0].message.tool_calls
+    assert (call.function.name, call.function.arguments) == ("get_weather", WEATHER_ARGS)
+    assert reply.choices[0].finish_reason == "tool_calls"
+    header = service.tokenizer.encode(
+        "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>",
+        allow_special=True,
+    )
+    assert service.runner.prompts[-1][-len(header) :] == header
+    # openai-harmony reads the forced header and the model's arguments as that call
+    completion = header + service.tokenizer.encode(f"{WEATHER_ARGS}<|call|>", allow_special=True)
+    [parsed] = harmony_oracle.parse_messages_from_completion_tokens(completion, oh.Role.ASSISTANT)
+    assert (parsed.recipient, parsed.channel) == ("functions.get_weather", "commentary")
+
+    service.runner.script("get_time <|constrain|>json<|message|>{}<|call|>")
+    events = list(
+        client.responses.create(
+            model="gpt-oss-test",
+            input="x",
+            tools=RESPONSE_TOOLS,
+            tool_choice="required",
+            stream=True,
+        )
+    )
+    [item] = [e.item for e in events if e.type == "response.output_item.done"]
+    assert (item.type, item.name, item.arguments) == ("function_call", "get_time", "{}")
+
+
 def test_stop_strings_cut_the_content(serve):
     client, _ = serve(REASONED)
     reply = client.chat.completions.create(model="gpt-oss-test", messages=USER, stop=[" = "])

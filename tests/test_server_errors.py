@@ -56,6 +56,10 @@ def test_prompt_longer_than_the_context(http):
     assert error["param"] == "max_tokens" and "300" in error["message"]
     response = {"model": "gpt-oss-test", "input": "Hi", "max_output_tokens": 10_000}
     assert _error(client.post("/v1/responses", json=response), 400)["param"] == "max_output_tokens"
+    long = {"model": "gpt-oss-test", "input": "word " * 400}
+    assert _error(client.post("/v1/responses", json=long), 400)["param"] == "input"
+    long = {"model": "gpt-oss-test", "prompt": "word " * 400}
+    assert _error(client.post("/v1/completions", json=long), 400)["param"] == "prompt"
     assert service.runner.prompts == []  # nothing reached the model
 
 
@@ -105,7 +109,16 @@ def test_malformed_bodies(http, body, param):
     ("path", "body", "param"),
     [
         ("/v1/chat/completions", {**CHAT, "reasoning_effort": "extreme"}, "reasoning_effort"),
-        ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),
+        ("/v1/chat/completions", {**CHAT, "tool_choice": "required"}, "tool_choice"),  # no tools
+        (
+            "/v1/chat/completions",
+            {
+                **CHAT,
+                "tool_choice": {"type": "function", "function": {"name": "nope"}},
+                "tools": [{"type": "function", "function": {"name": "get_time"}}],
+            },
+            "tool_choice",
+        ),
         (
             "/v1/chat/completions",
             {**CHAT, "messages": [{"role": "tool", "tool_call_id": "call_x", "content": "1"}]},

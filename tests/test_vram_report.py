@@ -264,7 +264,7 @@ def test_cli_writes_the_report(tmp_path):
                 "--prompt-tokens",
                 "300",
             ],
-            "error: 304 prompt + generated tokens exceed the context of 256",
+            "error: the prompt (300 tokens) + 4 new tokens exceed the context of 256 tokens",
         ),
         (["--geometry", "tiny", "--profile", "cpu", "--enforce"], "error: --enforce caps"),
     ],

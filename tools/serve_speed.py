@@ -7,24 +7,36 @@ Run against a server already listening (e.g. `gptoss-lite serve -m ./tiny --devi
 Decode: a streamed `/v1/completions` request of `--gen-tokens` greedy tokens after a prompt of
 `--prompt-tokens` tokens; the rate is the tokens after the first over the time from the first
 chunk to the finishing one, as the client sees it (`gptoss-lite bench` times its decode steps
-after the first token the same way, inside the process). Time to first token: a chat history
-of about `--history-tokens` tokens answered with one token (`max_tokens` 1), first from a cold
-cache, then again with one more turn appended, which the cache serves (`cached_tokens`).
-`--direct MODEL` times the same decode on a runner loaded in this process as `serve` loads it
-(the chat-sized sliding-window rings, which make each decode step dearer than `bench`'s).
+after the first token the same way, inside the process). With `--server-pid` (same machine) the
+rate is also given per second of the server's CPU time, which a busy shared machine disturbs far
+less than wall time. `--direct MODEL` times the same decode on a runner loaded in this process
+as `serve` loads it (sliding-window rings sized to rewind over a reply, as `chat` has them), or
+with `--bench-rings` as `bench` loads it. Time to first token: a chat history of about
+`--history-tokens` tokens answered with one token (`max_tokens` 1), first from a cold cache,
+then again with one more turn appended, which the cache serves (`cached_tokens`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import time
+from pathlib import Path
 
 import httpx
 
 
-def decode_rate(client: httpx.Client, model: str, prompt_tokens: int, gen_tokens: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) process `pid` has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def decode_rate(
+    client: httpx.Client, model: str, prompt_tokens: int, gen_tokens: int, pid: int | None
+) -> tuple[float, float | None]:
+    """(tokens per second of wall time, of the server's CPU time) of one streamed decode."""
     prompt = " ".join(["word"] * prompt_tokens)
     body = {"model": model, "prompt": prompt, "max_tokens": gen_tokens, "temperature": 0}
     first = finish = None
@@ -33,29 +45,34 @@ def decode_rate(client: httpx.Client, model: str, prompt_tokens: int, gen_tokens
             if not line.startswith("data: {"):
                 continue
             choice = json.loads(line[6:])["choices"][0]
-            first = first or time.perf_counter()
+            if first is None:
+                first, first_cpu = time.perf_counter(), pid and cpu_seconds(pid)
             if choice["finish_reason"] is not None:
-                finish = time.perf_counter()
+                finish, finish_cpu = time.perf_counter(), pid and cpu_seconds(pid)
                 assert choice["finish_reason"] == "length", "stopped before --gen-tokens"
-    return (gen_tokens - 1) / (finish - first)
+    cpu = (gen_tokens - 1) / (finish_cpu - first_cpu) if pid else None
+    return (gen_tokens - 1) / (finish - first), cpu
 
 
-def direct_rate(model: str, prompt_tokens: int, gen_tokens: int) -> float:
-    """The same greedy decode on the runner itself, loaded as `serve` loads it (chat rings)."""
+def direct_rate(
+    model: str, prompt_tokens: int, gen_tokens: int, rings: bool = True
+) -> tuple[float, float]:
+    """The same greedy decode on the runner itself, loaded as `serve` loads it (chat rings), or
+    with `rings` off as `bench` loads it: tokens per second of wall time and of CPU time."""
     import gptoss_lite
     from gptoss_lite.chat.session import chat_ring_slots
     from gptoss_lite.chat.tokenizer import ENDOFTEXT, load_tokenizer
     from gptoss_lite.config import read_config
 
-    ring = chat_ring_slots(read_config(model))
+    ring = chat_ring_slots(read_config(model)) if rings else None
     runner = gptoss_lite.load(model, device="cpu", ring_slots=ring)
     prompt = load_tokenizer(model).encode(" ".join(["word"] * prompt_tokens))
     tokens = runner.generate(prompt, max_new_tokens=gen_tokens, temperature=0, stop=(ENDOFTEXT,))
     next(tokens)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     count = sum(1 for _ in tokens)
     assert count == gen_tokens - 1, "stopped before --gen-tokens"
-    return count / (time.perf_counter() - start)
+    return count / (time.perf_counter() - start), count / (time.process_time() - start_cpu)
 
 
 def first_token_seconds(client: httpx.Client, model: str, messages: list[dict]) -> tuple:
@@ -75,17 +92,21 @@ def main() -> None:
     parser.add_argument("--history-tokens", type=int, default=1500)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--direct", metavar="MODEL", help="time the runner itself instead")
+    parser.add_argument("--bench-rings", action="store_true", help="with --direct: bench's rings")
+    parser.add_argument("--server-pid", type=int, help="also count the server's CPU time")
     args = parser.parse_args()
     if args.direct:
-        rates = [direct_rate(args.direct, args.prompt_tokens, args.gen_tokens)]
-        print(f"decode on the runner: {rates[0]:.2f} tok/s")
+        rings = not args.bench_rings
+        wall, cpu = direct_rate(args.direct, args.prompt_tokens, args.gen_tokens, rings)
+        name = "chat" if rings else "bench"
+        print(f"decode on the runner ({name} rings): {wall:.2f} tok/s, {cpu:.2f} tok/CPU-s")
         return
     client = httpx.Client(base_url=args.url, timeout=600)
     model = client.get("/v1/models").json()["data"][0]["id"]
-    rates = [
-        decode_rate(client, model, args.prompt_tokens, args.gen_tokens) for _ in range(args.repeats)
-    ]
-    print(f"decode through the server: median {statistics.median(rates):.2f} tok/s {rates}")
+    for _ in range(args.repeats):
+        wall, cpu = decode_rate(client, model, args.prompt_tokens, args.gen_tokens, args.server_pid)
+        per_cpu = f", {cpu:.2f} tok/CPU-s" if cpu else ""
+        print(f"decode through the server: {wall:.2f} tok/s{per_cpu}")
     for run in range(args.repeats):
         history = [{"role": "user", "content": f"{run} " + "story " * args.history_tokens}]
         cold = first_token_seconds(client, model, history)

@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from ..config import ModelConfig
+from ..engine.generate import check_fits
 from ..engine.runner import Runner
 from ..errors import GptossError
 from .harmony import EFFORTS, STOP_TOKENS, Conversation, Message, render_prompt
@@ -44,8 +45,7 @@ class Generation:
     def __init__(
         self, runner: Runner, prompt: list[int], sampling: Sampling, stop: Sequence[int]
     ) -> None:
-        room = check_fits(len(prompt), runner.context)
-        self.max_new_tokens = min(sampling.max_new_tokens or room, room)
+        self.max_new_tokens = check_fits(len(prompt), sampling.max_new_tokens, runner.context)
         self.stop = tuple(stop)
         self.output: list[int] = []
         self.stats = ReplyStats(prompt_tokens=len(prompt))
@@ -130,18 +130,6 @@ def user_prompt(conversation: Conversation, text: str, tokenizer: Tokenizer) -> 
     """The prompt asking for the reply to user message `text` after `conversation`."""
     turns = [*conversation.messages, Message.user(text)]
     return render_prompt(replace(conversation, messages=turns), tokenizer)
-
-
-def check_fits(prompt_tokens: int, context: int) -> int:
-    """How many tokens can follow a prompt of `prompt_tokens`; a `GptossError` if none can."""
-    if prompt_tokens == 0:
-        raise GptossError("the prompt is empty")
-    if prompt_tokens >= context:
-        raise GptossError(
-            f"the prompt is {prompt_tokens:,} tokens but the context holds {context:,}; "
-            "use a larger --context or a shorter prompt"
-        )
-    return context - prompt_tokens
 
 
 def check_effort(effort: str) -> str:

@@ -2,7 +2,9 @@
 
 From the Hub only the files this runner reads are fetched (the HF-layout shards, their index,
 the configs and the tokenizer files); the repo's `original/` and `metal/` copies would double
-the download. huggingface_hub shows progress bars and resumes interrupted downloads.
+the download. huggingface_hub shows progress bars and resumes interrupted downloads. Offline
+(`HF_HUB_OFFLINE=1`, or no network) a repo comes from the Hugging Face cache, and an error names
+the cache folder looked in and the command that fills it.
 """
 
 from __future__ import annotations
@@ -40,15 +42,22 @@ def resolve_model(model: str | Path, *, weights: bool = True, endpoint: str | No
 
 def download(repo_id: str, files: list[str], *, endpoint: str | None = None) -> Path:
     """The local snapshot of the `files` (glob patterns) of Hub repo `repo_id`, with progress."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=files, endpoint=endpoint))
     except LocalEntryNotFoundError:
+        cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+        why = (
+            "HF_HUB_OFFLINE=1 is set"
+            if constants.HF_HUB_OFFLINE
+            else "the Hugging Face Hub is unreachable"
+        )
         raise GptossError(
-            f"cannot download {repo_id}: the Hugging Face Hub is unreachable and it is not cached; "
-            "pass a local checkpoint folder instead (--model PATH)"
+            f"cannot download {repo_id}: {why} and no complete copy is cached in {cache}; "
+            f"download it first with `hf download {repo_id}`, or pass a local checkpoint folder "
+            "(--model PATH)"
         ) from None
     except HfHubHTTPError as exc:
         reason = str(exc).splitlines()[0]

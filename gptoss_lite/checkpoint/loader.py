@@ -10,6 +10,8 @@ MXFP4 expert blocks and scales stay uint8.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -23,10 +25,13 @@ def load_weights(
     checkpoint: Checkpoint,
     device: torch.device | str,
     embedding_device: torch.device | str | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device`."""
+    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device`;
+    `progress(done, total)` is told the parameter bytes filled after each one."""
     table = name_table(model.config.num_layers, checkpoint.layout)
     params = dict(model.named_parameters())
+    total, done = sum(p.numel() * p.element_size() for p in params.values()), 0
     if set(table) != set(params):
         raise GptossError(
             f"the {checkpoint.layout} name table and the model disagree on "
@@ -39,6 +44,9 @@ def load_weights(
         parts = [checkpoint.read(s, where) for s in sources]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
         _assign(model, param_name, tensor.to(target.dtype))
+        done += target.numel() * target.element_size()
+        if progress is not None:
+            progress(done, total)
 
 
 def check_tensors(

@@ -75,15 +75,16 @@ class FileCheckpoint:
         self._open.clear()
 
 
-def open_checkpoint(path: str | Path) -> FileCheckpoint:
-    """Open a local checkpoint folder in either published layout."""
+def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> FileCheckpoint:
+    """Open a local checkpoint folder in either published layout (`config`: its config, when
+    the caller has read it already)."""
     folder = Path(path)
     if not folder.is_dir():
         raise GptossError(f"checkpoint folder {folder} does not exist")
     if any(folder.glob("*.safetensors")):
-        return FileCheckpoint(folder, read_config(folder), _files(folder))
+        return FileCheckpoint(folder, config or read_config(folder), _files(folder))
     if (folder / "original").is_dir():
-        return open_checkpoint(folder / "original")
+        return open_checkpoint(folder / "original", config)
     raise GptossError(
         f"{folder} holds no gpt-oss checkpoint (expected model.safetensors.index.json, "
         "model.safetensors, or an original/ folder)"

@@ -1,9 +1,11 @@
-"""What `run` and `chat` share besides their options: opening a model, one-line reports on stderr.
+"""What `run` and `chat` share besides their options: opening a model, reports on stderr.
 
-`open_model` checks the device, resolves the model, loads its tokenizer and makes the prompt (so
-a missing tokenizer or a prompt too long fails before the slow part), prints the memory plan on
-stderr and only then reads the weights. `read_prompt` takes the prompt from the argument or
-stdin; `plan_line`, `kv_warning` and `stats_lines` are the summaries printed on stderr.
+`open_model` finds the model (resolving it and reading its config once), loads its tokenizer and
+makes the prompt (so a missing tokenizer or a prompt too long fails before the slow part),
+prints the memory plan on stderr and only then reads the weights. On a terminal, `Progress`
+shows the weights loaded and the prompt tokens prefilled on one rewritten stderr line (nothing
+when stderr is not a terminal). `read_prompt` takes the prompt from the argument or stdin;
+`plan_line`, `kv_warning` and `stats_lines` are the summaries printed on stderr.
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TextIO
 
 import click
 import torch
 
-from ..chat.session import chat_ring_slots, check_fits
+from ..chat.session import chat_ring_slots
 from ..chat.stats import ReplyStats, peak_memory
 from ..chat.tokenizer import Tokenizer, load_tokenizer
-from ..checkpoint.hub import resolve_model
-from ..config import read_config
-from ..engine.runner import Runner, load
+from ..engine.generate import check_fits
+from ..engine.runner import Runner, find_model, load
 from ..errors import GptossError
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile, run_device
@@ -71,28 +72,48 @@ def open_model(
     rewind over a whole reply."""
     profile = resolve_profile(options.profile, options.device, options.budget)
     run_device(profile, options.device)  # before anything is read or downloaded
-    folder = resolve_model(options.model, weights=False)  # the weights come after the plan
-    tokenizer = load_tokenizer(folder)
+    source = find_model(options.model)  # from the Hub: the weights come after the plan
+    tokenizer = load_tokenizer(source.folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
-    ring = chat_ring_slots(read_config(folder), options.max_tokens) if chat else None
+    ring = chat_ring_slots(source.config, options.max_tokens) if chat else None
 
     def show(plan: Plan) -> None:
         if prompt:
-            check_fits(len(prompt), plan.context)
+            check_fits(len(prompt), options.max_tokens, plan.context)
         click.echo(plan_line(plan), err=True)
         warn_kv(plan)
 
     start = time.perf_counter()
     runner = load(
-        options.model,
+        source,
         device=options.device,
         context=options.context,
         profile=profile,
         ring_slots=ring,
         on_plan=show,
         kv_cache_dtype=options.kv_cache_dtype,
+        progress=Progress.on_stderr("loading weights", format_bytes),
     )
+    runner.progress = Progress.on_stderr("prefill", lambda n: f"{n:,} tokens")
     return Model(runner, tokenizer, time.perf_counter() - start, prompt)
+
+
+class Progress:
+    """`progress(done, total)` shown as one line rewritten in place, cleared when done."""
+
+    def __init__(self, label: str, unit: Callable[[int], str], stream: TextIO) -> None:
+        self.label, self.unit, self.stream = label, unit, stream
+
+    @classmethod
+    def on_stderr(cls, label: str, unit: Callable[[int], str]) -> Progress | None:
+        """A `Progress` on stderr when it is a terminal, else None (nothing shown)."""
+        return cls(label, unit, sys.stderr) if sys.stderr.isatty() else None
+
+    def __call__(self, done: int, total: int) -> None:
+        line = f"{self.label}: {self.unit(done)} of {self.unit(total)} ({done / total:.0%})"
+        end = "\r\033[K" if done >= total else ""  # erase the line once finished
+        self.stream.write(f"\r\033[K{line}{end}")
+        self.stream.flush()
 
 
 def read_prompt(argument: str | None) -> str:

@@ -8,6 +8,8 @@ import click
 
 from quantize.convert import DEFAULT_SHARD_BYTES, plan_conversion, write_quantized
 
+from .options import overwrite_option
+
 
 @click.command("quantize")
 @click.argument("src")
@@ -19,13 +21,15 @@ from quantize.convert import DEFAULT_SHARD_BYTES, plan_conversion, write_quantiz
     show_default=True,
     help="Largest output shard, in GB (1e9 bytes); memory use does not depend on it.",
 )
-def quantize(src: str, dst: str, shard_size: float) -> None:
+@overwrite_option("DST")
+def quantize(src: str, dst: str, shard_size: float, overwrite: bool) -> None:
     """Quantize the MoE experts of SRC to MXFP4, writing the published layout to DST.
 
     SRC is a gpt-oss checkpoint folder with dense bf16 experts (as transformers saves a
-    fine-tune), or a Hugging Face Hub id. DST must be a new or empty folder; SRC is only read.
+    fine-tune), or a Hugging Face Hub id. DST must be a new or empty folder (or --overwrite); SRC
+    is only read.
     """
-    plan = plan_conversion(src, dst, int(shard_size * 1e9))
+    plan = plan_conversion(src, dst, int(shard_size * 1e9), overwrite)
     with click.progressbar(length=plan.total_bytes, label="quantizing", file=sys.stderr) as bar:
         write_quantized(plan, progress=bar.update)
     click.echo(

@@ -101,7 +101,7 @@ def report(generation: Generation, model: Model, raw: bool) -> dict:
         calls = [{"name": c.name, **asdict(c)} for c in completion.tool_calls]
     peak = peak_memory(model.runner.device)
     return {
-        "model": str(model.runner.folder),
+        "model": model.runner.name,
         "final": final,
         "analysis": analysis,
         "tool_calls": calls,

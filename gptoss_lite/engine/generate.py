@@ -1,21 +1,48 @@
 """Prefill and cached decode as plain functions over a model and its KV cache.
 
-`prefill` runs the prompt through the model in chunks (bounded activation memory whatever the
-prompt length) and returns the last position's logits; `decode` is a generator that samples a
-token, yields it, and feeds it back, one cached step at a time, until a stop token or the limit.
+`check_fits` is the one context-fit rule: a prompt and the tokens asked to follow it must fit the
+context, or a `GptossError` gives the numbers (the CLI, the chat session, the memory report and
+the runner all ask it, before any forward pass). `prefill` runs the prompt through the model in
+chunks (bounded activation memory whatever the prompt length), telling `progress(done, total)`
+after each; `decode_step` feeds one token; `next_token` samples and refuses a broken model (NaN
+or infinite logits) in the same host transfer that reads the token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 
 import torch
 
+from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
 from .sampling import sample
 
 PREFILL_CHUNK = 512  # tokens per prefill step unless the memory profile says otherwise
+
+Progress = Callable[[int, int], None]  # (done, total), called as work advances
+
+
+def check_fits(prompt_tokens: int, new_tokens: int | None, context: int) -> int:
+    """How many tokens may follow a prompt of `prompt_tokens` in `context`: `new_tokens`, or
+    all the room left when it is None; a one-line `GptossError` with the numbers otherwise."""
+    if prompt_tokens == 0:
+        raise GptossError("the prompt is empty")
+    if new_tokens is None:
+        if prompt_tokens >= context:
+            raise GptossError(
+                f"the prompt is {prompt_tokens:,} tokens but the context holds {context:,}; "
+                "use a larger --context or a shorter prompt"
+            )
+        return context - prompt_tokens
+    if prompt_tokens + new_tokens > context:
+        raise GptossError(
+            f"the prompt ({prompt_tokens:,} tokens) + {new_tokens:,} new tokens exceed the "
+            f"context of {context:,} tokens; use a larger --context, a shorter prompt or fewer "
+            "new tokens"
+        )
+    return new_tokens
 
 
 @torch.inference_mode()
@@ -25,43 +52,43 @@ def prefill(
     tokens: torch.Tensor,
     chunk: int = PREFILL_CHUNK,
     all_logits: bool = False,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """Feed tokens [T] after the cache's contents; logits [1, V] (or [T, V] with all_logits)."""
-    cache.reserve(tokens.shape[0])
+    total = tokens.shape[0]
     outputs = []
-    for start in range(0, tokens.shape[0], chunk):
+    for start in range(0, total, chunk):
         part = tokens[start : start + chunk]
-        last = start + chunk >= tokens.shape[0]
+        last = start + chunk >= total
         logits = model(part, cache, last_only=not all_logits)
         if all_logits or last:
             outputs.append(logits)
+        if progress is not None:
+            progress(min(start + chunk, total), total)
     return torch.cat(outputs)
 
 
 @torch.inference_mode()
-def decode(
-    model: Transformer,
-    cache: KVCache,
+def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
+    """Feed one token after the cache's contents; its logits [1, V]."""
+    return model(torch.tensor([token], device=model.device), cache, last_only=True)
+
+
+def next_token(
     logits: torch.Tensor,
     *,
-    max_new_tokens: int,
     temperature: float = 1.0,
     top_p: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
-    stop: Iterable[int] = (),
-) -> Iterator[int]:
-    """Yield up to `max_new_tokens` sampled ids, starting from the prompt's last logits [1, V].
-
-    A stop token is yielded and ends the generation; it is not fed back into the cache.
-    """
-    stop = set(stop)
-    for n in range(max_new_tokens):
-        token = sample(
-            logits[-1], temperature=temperature, top_p=top_p, top_k=top_k, generator=generator
+) -> int:
+    """The next token id sampled from logits [V]; a `GptossError` if they are not finite."""
+    token = sample(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
+    # One transfer for both: the token and whether the row's max is finite (NaN propagates).
+    token_id, finite = torch.stack((token, logits.max().isfinite().long())).tolist()
+    if not finite:
+        raise GptossError(
+            "the model's logits are NaN or infinite: its weights are broken, or overflow the "
+            "activation dtype"
         )
-        token_id = int(token)
-        yield token_id
-        if token_id in stop or n == max_new_tokens - 1:
-            return
-        logits = model(token.view(1).to(model.device), cache, last_only=True)
+    return token_id

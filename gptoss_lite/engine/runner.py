@@ -4,16 +4,22 @@
     for token in runner.generate(ids, max_new_tokens=64, temperature=0):
         ...
 
-`load` resolves the model (local folder or Hub id), reads its config, builds the model with empty
-parameters, fills them from the checkpoint straight onto the device (experts stay MXFP4), and
-allocates the KV cache for the context. The runner keeps one cache: a `generate` call whose
-prompt extends the tokens already cached only prefills the new tokens.
+`find_model` resolves the model (local folder or Hub id: configs and tokenizer first) and reads
+its config, once; `load` plans the memory from that, then fills the model's empty parameters
+from the checkpoint straight onto the device (experts stay MXFP4) and allocates the KV cache for
+the context. The runner keeps one cache: a `generate` call whose prompt extends the tokens
+already cached only prefills the new tokens. One call at a time owns that cache: a call made
+while another is computing (another thread) is refused with a `GptossError` rather than made to
+wait (callers that want a queue, like an HTTP server, keep their own), and a generator whose
+cache a later call took over raises on its next step instead of yielding wrong tokens.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -26,27 +32,69 @@ from ..checkpoint.protocol import Checkpoint
 from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
-from ..kernels import triton_available, triton_refusal
+from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
 from ..model.kv_quant import KVDtypes
-from ..model.transformer import KERNELS, Transformer
-from .generate import PREFILL_CHUNK, decode, prefill
+from ..model.transformer import Transformer
+from .generate import PREFILL_CHUNK, Progress, check_fits, decode_step, next_token, prefill
+from .sampling import check_sampling
+
+BUSY = (
+    "this Runner is already computing for another call (another thread?): it holds one KV "
+    "cache, so make one call at a time, or load one Runner per thread"
+)
+TAKEN_OVER = (
+    "this generation's KV cache was taken over by a later generate() or logits() call on the "
+    "same Runner; finish (or close) one generation before starting the next"
+)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model found but not yet read: the name it goes by (a Hub repo id or the folder's
+    name), the folder of its configs and tokenizer, and its config."""
+
+    model: str | Path
+    name: str
+    folder: Path
+    config: ModelConfig
+
+    def weights_folder(self) -> Path:
+        """The folder with the weights too (from the Hub: downloaded now)."""
+        return resolve_model(self.model)
+
+
+def find_model(model: str | Path) -> ModelSource:
+    """Find `model` (a local folder or a Hub repo id) and read its config; from the Hub only
+    the configs and tokenizer are fetched, so a model that cannot fit is refused first."""
+    folder = resolve_model(model, weights=False)
+    local = Path(model).expanduser().exists()
+    config = read_config(folder)
+    name = config.name if local else str(model)  # not the Hub cache's snapshot hash
+    return ModelSource(model, name, folder, config.with_(name=name))
 
 
 @dataclass
 class Runner:
+    """A loaded model with its KV cache. `progress(done, total)`, when set, is told the prompt
+    tokens prefilled so far on every prefill."""
+
     model: Transformer
     cache: KVCache
     config: ModelConfig
     prefill_chunk: int = PREFILL_CHUNK
     folder: Path | None = None
     plan: Plan | None = None
+    name: str | None = None
+    progress: Progress | None = None
 
     def __post_init__(self) -> None:
         self._history: list[int] = []  # tokens fed or yielded; the cache holds a prefix of them
         self.prefilled = 0  # prompt tokens the last generate() fed; the rest came from the cache
+        self._lock = threading.Lock()  # held while a call computes on the cache
+        self._owner = 0  # the call that owns the cache; each new call takes the next number
 
     @property
     def cached(self) -> list[int]:
@@ -64,48 +112,76 @@ class Runner:
     def logits(self, token_ids: Iterable[int]) -> torch.Tensor:
         """Float32 logits [len(token_ids), vocab] from one forward pass over a fresh cache."""
         tokens = self._tensor(token_ids)
-        self.cache.rewind(0)
-        self._history = tokens.tolist()
-        return prefill(self.model, self.cache, tokens, self.prefill_chunk, all_logits=True)
+        check_fits(tokens.numel(), 0, self.context)
+        with self._cache_for(None):
+            self.cache.rewind(0)
+            self._history = tokens.tolist()
+            return prefill(self.model, self.cache, tokens, self.prefill_chunk, True, self.progress)
 
     def generate(
         self,
         token_ids: Iterable[int],
         *,
-        max_new_tokens: int = 256,
+        max_new_tokens: int | None = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int | None = None,
         seed: int | None = None,
         stop: Iterable[int] = (),
     ) -> Iterator[int]:
-        """Yield new token ids one at a time, using (and reusing) the KV cache."""
-        tokens = self._tensor(token_ids)
-        if tokens.numel() == 0:
-            raise GptossError("the prompt is empty")
-        if tokens.numel() + max_new_tokens > self.context:
-            raise GptossError(
-                f"prompt ({tokens.numel()} tokens) + max_new_tokens ({max_new_tokens}) exceed "
-                f"the context of {self.context} tokens; use a larger --context or fewer tokens"
-            )
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
-        new = self._reuse_prefix(tokens.tolist())
-        self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
-        logits = prefill(self.model, self.cache, tokens[new:], self.prefill_chunk)
-        for token in decode(
-            self.model,
-            self.cache,
-            logits,
-            max_new_tokens=max_new_tokens,
+        """Yield new token ids one at a time, using (and reusing) the KV cache.
+
+        `max_new_tokens` None means until the context is full. The settings are checked, and
+        the cache taken from any earlier generation, when this is called."""
+        check_sampling(
             temperature=temperature,
             top_p=top_p,
             top_k=top_k,
-            generator=generator,
-            stop=stop,
-        ):
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+        )
+        tokens = self._tensor(token_ids)
+        n = check_fits(tokens.numel(), max_new_tokens, self.context)
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+        with self._cache_for(None) as owner:
+            pass
+        return self._generate(owner, tokens, n, set(stop), sampling | {"generator": generator})
+
+    def _generate(
+        self, owner: int, tokens: torch.Tensor, n: int, stop: set[int], sampling: dict
+    ) -> Iterator[int]:
+        with self._cache_for(owner):
+            new = self._reuse_prefix(tokens.tolist())
+            self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
+            logits = prefill(
+                self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
+            )
+            token = next_token(logits[-1], **sampling)
             self._history.append(token)
+        for step in range(1, n + 1):
             yield token
+            if token in stop or step == n:
+                return  # a stop token (or the last one) is never fed back
+            with self._cache_for(owner):
+                token = next_token(decode_step(self.model, self.cache, token)[-1], **sampling)
+                self._history.append(token)
+
+    @contextmanager
+    def _cache_for(self, owner: int | None) -> Iterator[int]:
+        """Hold the cache while call `owner` computes (None: a new call, which takes it over
+        from every earlier one); a `GptossError` if another call is computing or took it."""
+        if not self._lock.acquire(blocking=False):
+            raise GptossError(BUSY)
+        try:
+            if owner is None:
+                self._owner += 1
+            elif owner != self._owner:
+                raise GptossError(TAKEN_OVER)
+            yield self._owner
+        finally:
+            self._lock.release()
 
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Rewind the cache to its longest prefix shared with `tokens` (keeping at least one
@@ -130,7 +206,7 @@ class Runner:
 
 
 def load(
-    model: str | Path | Checkpoint,
+    model: str | Path | ModelSource | Checkpoint,
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
@@ -140,6 +216,7 @@ def load(
     on_plan: Callable[[Plan], None] | None = None,
     kernels: str = "auto",
     kv_cache_dtype: str | KVDtypes | None = None,
+    progress: Progress | None = None,
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
@@ -149,34 +226,34 @@ def load(
     read, so a model that cannot fit fails at once. `dtype` sets the activations and the
     attention/router/embedding weights (default bf16); the experts stay MXFP4 whatever it is.
     `ring_slots` enlarges the sliding layers' rings so the cache can rewind that far back
-    (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it.
+    (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it;
+    `progress(done, total)` is told the bytes of weights loaded so far.
     `kernels` is "torch", "triton" (the fused GPU kernels) or "auto" (triton on CUDA when
     Triton is installed, else torch). `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see
-    `kv_quant`) replaces the profile's KV-cache formats. `model` may also be an opened checkpoint:
-    `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that geometry made in
-    memory, to check the fit before a download.
+    `kv_quant`) replaces the profile's KV-cache formats. `model` may also be what `find_model`
+    found, or an opened checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random
+    weights of that geometry made in memory, to check the fit before a download.
     """
     dtype = _dtype(dtype)
     profile = resolve_profile(profile, device)
-    device = run_device(profile, device)
+    device = run_device(profile, device)  # before anything is read or downloaded
     if kv_cache_dtype is not None:
         kv = kv_cache_dtype
         kv = kv if isinstance(kv, KVDtypes) else KVDtypes.parse(kv)
         profile = replace(profile, kv_cache_dtype=kv)
-    is_path = isinstance(model, (str, Path))
-    # From the Hub, only the configs come before the plan: a model that cannot fit is refused
-    # before its weights are downloaded.
-    config = read_config(resolve_model(model, weights=False)) if is_path else model.config
+    if isinstance(model, (str, Path)):
+        model = find_model(model)
+    config = model.config
     memory_plan = plan(config, profile, context, ring_slots=ring_slots)
-    kernels = _kernels(kernels, device)
     if on_plan is not None:
         on_plan(memory_plan)
-    checkpoint = open_checkpoint(resolve_model(model)) if is_path else model
+    found = isinstance(model, ModelSource)
+    checkpoint = open_checkpoint(model.weights_folder(), config) if found else model
     if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
-    net = Transformer(config, dtype, kernels)
-    load_weights(net, checkpoint, device, embedding_device)
+    net = Transformer(config, dtype, kernel_functions(_kernels(kernels, device)))
+    load_weights(net, checkpoint, device, embedding_device, progress=progress)
     checkpoint.close()
     cache = KVCache(
         config,
@@ -186,14 +263,21 @@ def load(
         ring_slots=ring_slots,
         kv_dtypes=memory_plan.kv_cache_dtype,
     )
+    name = model.name if found else config.name
     return Runner(
-        net, cache, config, memory_plan.prefill_chunk, folder=checkpoint.folder, plan=memory_plan
+        net,
+        cache,
+        config,
+        memory_plan.prefill_chunk,
+        folder=checkpoint.folder,
+        plan=memory_plan,
+        name=name,
     )
 
 
 def _kernels(kernels: str, device: torch.device) -> str:
-    if kernels not in ("auto", *KERNELS):
-        raise GptossError(f"unknown kernels {kernels!r}; use auto, torch or triton")
+    """ "auto" made concrete (a card the kernels cannot run on gets torch); any other name is
+    `kernel_functions`' to check."""
     refusal = triton_refusal(device) if device.type == "cuda" else None
     if kernels == "triton" and refusal:
         raise GptossError(refusal)

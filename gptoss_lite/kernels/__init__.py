@@ -1,7 +1,9 @@
 """Triton kernels for the GPU fast path: fused MXFP4 experts and attention with sinks.
 
-`moe_triton` and `attention_triton` import Triton at import time; this package does not, so
-`triton_available()` can be asked anywhere. The kernels run on CUDA tensors when compiled, and on
+`kernel_functions(name)` gives the model (`model.transformer.Kernels`) the implementation named:
+the engine picks it, the model never imports this package. `moe_triton` and `attention_triton`
+import Triton at import time; this package does not, so `triton_available()` can be asked
+anywhere. The kernels run on CUDA tensors when compiled, and on
 CPU tensors under the Triton interpreter, which is how they are tested without a GPU: then
 TRITON_INTERPRET=1 must be set before Triton is first imported (its standard library is jit code
 too) and when the kernel modules are imported. Compiled, they need compute capability 8.0 (sm_80,
@@ -14,6 +16,11 @@ import importlib.util
 import os
 
 import torch
+
+from ..errors import GptossError
+from ..model.transformer import TORCH_KERNELS, Kernels
+
+KERNELS = ("torch", "triton")  # what `kernel_functions` knows
 
 _TRUE = ("1", "true", "on", "yes")  # the spellings Triton itself accepts
 MIN_CAPABILITY = (8, 0)  # bf16 `tl.dot` (tensor cores for bf16) needs sm_80: Ampere or newer
@@ -50,3 +57,16 @@ def dot_dtype(device: torch.device, dtype: torch.dtype = torch.bfloat16):
 
     types = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
     return tl.float32 if device.type == "cpu" else types[dtype]
+
+
+def kernel_functions(name: str) -> Kernels:
+    """The implementation `name` names: "torch" (the model's own functions, any device) or
+    "triton" (the fused kernels, CUDA or the interpreter); else a one-line `GptossError`."""
+    if name == "torch":
+        return TORCH_KERNELS
+    if name != "triton":
+        raise GptossError(f"unknown kernels {name!r}; use auto, {' or '.join(KERNELS)}")
+    from .attention_triton import attention
+    from .moe_triton import moe_forward
+
+    return Kernels("triton", attention, moe_forward)

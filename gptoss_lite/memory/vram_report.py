@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
-from ..engine.generate import decode, prefill
+from ..engine.generate import check_fits, decode_step, next_token, prefill
 from ..engine.runner import Runner, load
 from ..errors import GptossError
 from ..model.kv_quant import KVDtypes
@@ -234,8 +234,9 @@ def measure_memory(
     dev = run_device(prof, device)
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
-        tokens = prompt_tokens + gen_tokens
-        runner, phases = _load(model, prof, dev, meter, context, tokens, kv_cache_dtype)
+        runner, phases = _load(
+            model, prof, dev, meter, context, prompt_tokens, gen_tokens, kv_cache_dtype
+        )
         _prefill_and_decode(runner, meter, phases, prompt_tokens, gen_tokens, seed)
     weights, host = weights_by_category(runner.model, dev)
     return MemoryReport(
@@ -261,17 +262,14 @@ def _load(
     dev: torch.device,
     meter: Meter,
     context: int | None,
-    tokens: int,
+    prompt_tokens: int,
+    gen_tokens: int,
     kv_cache_dtype: str | KVDtypes | None,
 ) -> tuple[Runner, list[Phase]]:
     """The runner, and the measured load phase (weights and KV cache)."""
 
     def fits(p: Plan) -> None:  # called with the plan, before any weight is read
-        if tokens > p.context:
-            raise GptossError(
-                f"{tokens} prompt + generated tokens exceed the context of {p.context}; "
-                "pass a larger --context or fewer tokens"
-            )
+        check_fits(prompt_tokens, gen_tokens, p.context)
 
     start = time.perf_counter()
     try:
@@ -301,7 +299,11 @@ def _prefill_and_decode(
         return prefill(runner.model, runner.cache, tokens, runner.prefill_chunk)
 
     def run_decode() -> list[int]:  # m forward passes: the first token comes from the prefill
-        return list(decode(runner.model, runner.cache, logits, max_new_tokens=m + 1, temperature=0))
+        tokens = [next_token(logits[-1], temperature=0)]
+        for _ in range(m):
+            step = decode_step(runner.model, runner.cache, tokens[-1])
+            tokens.append(next_token(step[-1], temperature=0))
+        return tokens
 
     logits = _phase(meter, phases, "prefill", n, run_prefill)
     if m and logits is not None:

@@ -5,14 +5,16 @@ unembedding(rmsnorm(x)). RMSNorm runs in float32 with float32 gains; attention a
 stream run in the activation dtype (bf16, or float32 for tests); experts stay MXFP4 (moe.py).
 Parameters are created empty on the meta device and filled by `weights.load_weights`.
 The embedding table may live on another device than the rest (host RAM saves VRAM: it is only a
-row gather per token). `kernels` picks the implementation of attention and of the experts when the
-model is built: "torch" (the functions in attention.py and moe.py, any device) or "triton" (the
-fused kernels in kernels/, CUDA or the Triton interpreter); both have the same signatures.
+row gather per token). `Kernels` is the implementation of attention and of the experts the model
+is built with: by default the functions of attention.py and moe.py (any device); the fused ones
+of `gptoss_lite/kernels/` have the same signatures, and whoever builds the model picks them
+(`kernels.kernel_functions`), so this package never imports them.
 """
 
 from __future__ import annotations
 
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -24,19 +26,18 @@ from .cache import KVCache
 from .moe import PackedExperts, experts_forward, route
 from .rope import Rotary, apply_rotary
 
-KERNELS = ("torch", "triton")
+
+@dataclass(frozen=True)
+class Kernels:
+    """The implementation the model runs: attention with the signature of
+    `attention.attention`, the routed experts with that of `moe.experts_forward`."""
+
+    name: str
+    attention: Callable = attention
+    experts: Callable = experts_forward
 
 
-def kernel_functions(kernels: str) -> tuple:
-    """(attention, experts_forward) of the chosen implementation."""
-    if kernels == "torch":
-        return attention, experts_forward
-    if kernels != "triton":
-        raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    from ..kernels.attention_triton import attention as triton_attention
-    from ..kernels.moe_triton import moe_forward
-
-    return triton_attention, moe_forward
+TORCH_KERNELS = Kernels("torch")
 
 
 def _empty(*shape: int, dtype: torch.dtype) -> nn.Parameter:
@@ -113,15 +114,19 @@ class MoEBlock(nn.Module):
 
 class Transformer(nn.Module):
     def __init__(
-        self, config: ModelConfig, dtype: torch.dtype = torch.bfloat16, kernels: str = "torch"
+        self,
+        config: ModelConfig,
+        dtype: torch.dtype = torch.bfloat16,
+        kernels: Kernels = TORCH_KERNELS,
     ):
         super().__init__()
         c = config
-        self.config, self.dtype, self.kernels = c, dtype, kernels
-        attend, run_experts = kernel_functions(kernels)
+        self.config, self.dtype, self.kernels = c, dtype, kernels.name
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
-        self.attn = nn.ModuleList(AttentionBlock(c, n, dtype, attend) for n in range(c.num_layers))
-        self.mlp = nn.ModuleList(MoEBlock(c, dtype, run_experts) for _ in range(c.num_layers))
+        self.attn = nn.ModuleList(
+            AttentionBlock(c, n, dtype, kernels.attention) for n in range(c.num_layers)
+        )
+        self.mlp = nn.ModuleList(MoEBlock(c, dtype, kernels.experts) for _ in range(c.num_layers))
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.rotary: Rotary | None = None

@@ -73,7 +73,22 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class ChatRequest(_Body):
+class SamplingFields(_Body):
+    """The sampling fields Chat Completions and Completions share."""
+
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, **SEED_RANGE)
+    stop: str | list[str] | None = None
+    n: int | None = Field(None, ge=1, le=1)
+    stream: bool = False
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else self.stop or []
+
+
+class ChatRequest(SamplingFields):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     tools: list[ChatTool] | None = None
@@ -81,12 +96,6 @@ class ChatRequest(_Body):
     reasoning_effort: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, **SEED_RANGE)
-    stop: str | list[str] | None = None
-    n: int | None = Field(None, ge=1, le=1)
-    stream: bool = False
     stream_options: StreamOptions | None = None
 
 
@@ -98,14 +107,16 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         conv.function_tool(t.function.name, t.function.description, t.function.parameters)
         for t in body.tools or []
     ]
+    tools, forced = conv.tools_for(tools, body.tool_choice)
     chat = conv.conversation(
         turns,
         instructions=instructions,
-        tools=conv.tools_for(tools, body.tool_choice),
+        tools=tools,
         effort=body.reasoning_effort,
         effort_param="reasoning_effort",
     )
-    prompt = render_prompt(chat, service.tokenizer)
+    call = conv.forced_call(forced, service.tokenizer)
+    prompt = render_prompt(chat, service.tokenizer) + call
     limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     sampling = service.sampling(
         prompt,
@@ -115,8 +126,7 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         top_p=body.top_p,
         seed=body.seed,
     )
-    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
-    return service.submit(prompt, sampling), Reply(service.tokenizer, stops)
+    return service.submit(prompt, sampling), Reply(service.tokenizer, body.stops, prefix=call)
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:

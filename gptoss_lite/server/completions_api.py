@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from ..chat.tokenizer import ENDOFTEXT
-from .chat_api import SEED_RANGE
+from .chat_api import SamplingFields
 from .errors import ApiError
 from .reply import Reply, new_id
 from .service import Service, changes, finish_reason, guarded, sse
@@ -22,18 +22,10 @@ from .worker import Done, Job
 DEFAULT_MAX_TOKENS = 16
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
+class CompletionRequest(SamplingFields):
     model: str
     prompt: str | list[str]
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = Field(None, **SEED_RANGE)
-    stop: str | list[str] | None = None
-    n: int | None = Field(None, ge=1, le=1)
-    stream: bool = False
 
 
 def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
@@ -47,13 +39,13 @@ def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
         prompt,
         max_tokens=body.max_tokens,
         max_param="max_tokens",
+        prompt_param="prompt",
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
     )
-    stops = [body.stop] if isinstance(body.stop, str) else body.stop or []
     job = service.submit(prompt, sampling, stop=(ENDOFTEXT,))
-    return job, Reply(service.tokenizer, stops, harmony=False)
+    return job, Reply(service.tokenizer, body.stops, harmony=False)
 
 
 def completion(reply: Reply, done: Done, service: Service) -> dict:

@@ -3,7 +3,8 @@
 Each endpoint turns its own message or item list into harmony `Message`s with these helpers;
 `conversation` then assembles the `Conversation`: system and developer texts of the request
 become the developer instructions (the model identity stays harmony's), function tools are
-declared unless `tool_choice` is "none", and reasoning is kept only where harmony wants it: the
+declared unless `tool_choice` is "none" (a `tool_choice` that demands a call opens the reply
+with the call's header, `forced_call`), and reasoning is kept only where harmony wants it: the
 analysis of turns after the last user message (a tool-call chain still under way) stays, every
 earlier one is dropped, whether or not the client sent it back.
 """
@@ -15,6 +16,7 @@ import json
 from typing import Any
 
 from ..chat.harmony import EFFORTS, Conversation, Message, ToolDef
+from ..chat.tokenizer import CHANNEL, CONSTRAIN, MESSAGE, Tokenizer
 from .errors import ApiError
 
 JSON_TYPE = "<|constrain|>json"  # how a function's arguments are typed in its call header
@@ -86,15 +88,40 @@ def function_tool(name: str, description: str | None, parameters: Any) -> ToolDe
     return ToolDef(name, description or "", parameters or None)
 
 
-def tools_for(tools: list[ToolDef], tool_choice: Any, param: str = "tool_choice") -> list[ToolDef]:
-    """The tools to declare: all of them for "auto" (or no choice), none for "none"."""
+def tools_for(
+    tools: list[ToolDef], tool_choice: Any, param: str = "tool_choice"
+) -> tuple[list[ToolDef], str | None]:
+    """The tools to declare and, when `tool_choice` demands a call, the start of its recipient:
+    "functions." for "required" (the model picks the function), "functions.NAME" for a named
+    one. None lets the model choose ("auto", or no choice); "none" declares no tools."""
     if tool_choice is None or tool_choice == "auto":
-        return tools
+        return tools, None
     if tool_choice == "none":
+        return [], None
+    if not tools:
+        raise ApiError(400, f"{param} asks for a tool call but no tools are given", param=param)
+    if tool_choice == "required":
+        return tools, "functions."
+    named = tool_choice.get("function", tool_choice) if isinstance(tool_choice, dict) else None
+    name = named.get("name") if isinstance(named, dict) else None
+    if name is None:
+        raise ApiError(
+            400,
+            f"{param} {json.dumps(tool_choice)}: use 'auto', 'none', 'required' or a function",
+            param=param,
+            code="invalid_value",
+        )
+    if name not in {tool.name for tool in tools}:
+        raise ApiError(400, f"{param} names {name!r}, which is not among the tools", param=param)
+    return tools, f"functions.{name}"
+
+
+def forced_call(recipient: str | None, tokenizer: Tokenizer) -> list[int]:
+    """The tokens that open the assistant's reply as a call to `recipient` (a whole function
+    name, or just "functions." for the model to finish), the way gpt-oss writes a call header."""
+    if recipient is None:
         return []
-    raise ApiError(
-        400,
-        f"tool_choice {json.dumps(tool_choice)} is not supported: use 'auto' or 'none'",
-        param=param,
-        code="unsupported_value",
-    )
+    if recipient == "functions.":
+        return [CHANNEL, *tokenizer.encode(f"commentary to={recipient}")]
+    header = tokenizer.encode(f"commentary to={recipient} ")
+    return [CHANNEL, *header, CONSTRAIN, *tokenizer.encode("json"), MESSAGE]

@@ -95,7 +95,11 @@ class Reply:
     """Consumes the generated tokens of one reply and reports its parts as they change."""
 
     def __init__(
-        self, tokenizer: Tokenizer, stop: Sequence[str] = (), harmony: bool = True
+        self,
+        tokenizer: Tokenizer,
+        stop: Sequence[str] = (),
+        harmony: bool = True,
+        prefix: Sequence[int] = (),
     ) -> None:
         self._tokenizer = tokenizer
         self._parser = StreamParser(tokenizer)
@@ -105,6 +109,9 @@ class Reply:
         self.parts: list[Part] = []
         self._open: Part | None = None
         self.reasoning_tokens = 0
+        # `prefix`: reply tokens the prompt already holds (a forced call header); the first
+        # feed() reports what they opened.
+        self._early = [c for token in prefix for c in self._changes(self._parser.feed(token))]
 
     @property
     def stopped(self) -> bool:
@@ -123,7 +130,8 @@ class Reply:
             return self._changes([Event("text", self._plain, text)])
         if self._parser.channel == "analysis":
             self.reasoning_tokens += 1
-        return self._changes(self._parser.feed(token))
+        early, self._early = self._early, []
+        return early + self._changes(self._parser.feed(token))
 
     def finish(self) -> list[Change]:
         """The end of the generation: close whatever is open."""

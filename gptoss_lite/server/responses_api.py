@@ -131,22 +131,26 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
     turns = store.get(body.previous_response_id) if body.previous_response_id else Turns()
     instructions = add_input(turns, body.input)
     tools = [_tool(t, i) for i, t in enumerate(body.tools or [])]
+    tools, forced = conv.tools_for(tools, body.tool_choice)
     chat = conv.conversation(
         turns.messages,
         instructions=[body.instructions or "", *instructions],
-        tools=conv.tools_for(tools, body.tool_choice),
+        tools=tools,
         effort=body.reasoning.effort if body.reasoning else None,
         effort_param="reasoning.effort",
     )
-    prompt = render_prompt(chat, service.tokenizer)
+    call = conv.forced_call(forced, service.tokenizer)
+    prompt = render_prompt(chat, service.tokenizer) + call
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_output_tokens,
         max_param="max_output_tokens",
+        prompt_param="input",
         temperature=body.temperature,
         top_p=body.top_p,
     )
-    return Pending(body, turns, service.submit(prompt, sampling), Reply(service.tokenizer))
+    reply = Reply(service.tokenizer, prefix=call)
+    return Pending(body, turns, service.submit(prompt, sampling), reply)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -164,7 +168,9 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
         elif item.type == "message" and item.role == "assistant":
             turns.messages.append(conv.answer(_text(item.content, where)))
         elif item.type == "reasoning":
-            turns.messages.append(conv.reasoning(_text(item.content or item.summary, where)))
+            thought = _text(item.content or item.summary, where)
+            if thought:
+                turns.messages.append(conv.reasoning(thought))
         elif item.type == "function_call" and item.name and item.call_id:
             turns.names[item.call_id] = item.name
             turns.messages.append(conv.tool_call(item.name, item.arguments or ""))

@@ -20,8 +20,9 @@ from pathlib import Path
 from starlette.requests import Request
 
 from ..chat.harmony import STOP_TOKENS
-from ..chat.session import Sampling, check_fits
+from ..chat.session import Sampling
 from ..chat.tokenizer import Tokenizer
+from ..engine.generate import check_fits
 from ..engine.runner import Runner
 from ..errors import GptossError
 from .errors import ApiError, internal_error
@@ -70,27 +71,19 @@ class Service:
         *,
         max_tokens: int | None,
         max_param: str,
+        prompt_param: str = "messages",
         temperature: float | None,
         top_p: float | None,
         seed: int | None = None,
     ) -> Sampling:
         """How to sample the reply to `prompt`, which must leave room for `max_tokens`."""
-        try:
-            room = check_fits(len(prompt), self.context)
-        except GptossError as exc:
-            raise ApiError(
-                400, str(exc), param="messages", code="context_length_exceeded"
-            ) from None
-        if max_tokens is not None and max_tokens > room:
-            raise ApiError(
-                400,
-                f"{max_param} is {max_tokens:,} but the prompt is {len(prompt):,} tokens and the "
-                f"context holds {self.context:,}: at most {room:,} tokens can follow",
-                param=max_param,
-                code="context_length_exceeded",
-            )
+        for param, new_tokens in ((prompt_param, None), (max_param, max_tokens)):
+            try:
+                room = check_fits(len(prompt), new_tokens, self.context)
+            except GptossError as exc:
+                raise ApiError(400, str(exc), param=param, code="context_length_exceeded") from None
         return Sampling(
-            max_new_tokens=max_tokens or room,
+            max_new_tokens=room,
             temperature=1.0 if temperature is None else temperature,
             top_p=1.0 if top_p is None else top_p,
             seed=seed,
