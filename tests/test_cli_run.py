@@ -19,6 +19,7 @@ from gptoss_lite.chat.harmony_parser import parse_completion
 from gptoss_lite.chat.session import user_prompt
 from gptoss_lite.chat.tokenizer import ENDOFTEXT
 from gptoss_lite.cli.display import show_harmony, show_text
+from gptoss_lite.kernels import cpu
 
 pytest_plugins = ["cli_fixtures"]
 
@@ -152,12 +153,13 @@ def test_json_counts_and_verbose_stats(cli, tiny_model, o200k_tokenizer):
     assert usage["cached_tokens"] == 0 and out["context"] == 2048
     assert out["timings"]["prefill_s"] > 0 and out["timings"]["prompt_tokens_per_s"] > 0
     assert out["peak_memory_bytes"] > 0
-    plan, prompt, reply, memory = result.stderr.splitlines()
+    plan, prompt, reply, memory, kernels = result.stderr.splitlines()
     assert "context 2,048 tokens" in plan and "weights" in plan and "KV cache" in plan
     assert prompt.startswith(f"prompt: {usage['prompt_tokens']} tokens (0 cached)")
     assert reply.startswith(f"reply: {len(ids)} tokens ({out['finish_reason']})")
     assert "tok/s" in prompt and "tok/s" in reply
     assert memory.startswith("peak memory: ") and memory.endswith("(peak RSS)")
+    assert kernels == f"kernels: {cpu.kernel_name() if cpu.available() else 'torch'}"
 
 
 def test_quantized_kv_cache_warns_in_one_line(cli, tiny_model):

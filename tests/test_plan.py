@@ -163,10 +163,45 @@ def test_profile_cap_bounds_the_choice():
 
 def test_model_that_does_not_fit_says_so():
     with pytest.raises(GptossError) as err:
-        plan(GPT20, load_profile("rtx3060-12gb"))
+        plan(GPT20, load_profile("rtx3060-12gb"), cpu_experts=0)
     assert str(err.value).startswith("gpt-oss-20b does not fit profile rtx3060-12gb: weights 11.74")
     with pytest.raises(GptossError, match="does not fit profile rtx4090"):
-        plan(GPT120, RTX4090)
+        plan(GPT120, RTX4090, cpu_experts=0)
+
+
+EXPERTS_PER_LAYER_20B = 10_165_616_640 // 24
+
+
+def test_small_card_gets_the_fewest_expert_layers_on_the_host():
+    rtx3060 = load_profile("rtx3060-12gb")
+    p = plan(GPT20, rtx3060)
+    assert p.cpu_experts == 5
+    assert p.host_weights["experts"] == 5 * EXPERTS_PER_LAYER_20B
+    assert p.weights["experts"] == 19 * EXPERTS_PER_LAYER_20B
+    assert p.context >= CONTEXT_GRANULE and p.total_bytes <= p.budget_bytes
+    # One host layer fewer leaves room for less than CONTEXT_GRANULE tokens of KV cache.
+    fewer = plan(GPT20, rtx3060, cpu_experts=5)
+    free = fewer.budget_bytes - fewer.total_bytes + fewer.kv_bytes - fewer.kv_ring_bytes
+    assert free - EXPERTS_PER_LAYER_20B < CONTEXT_GRANULE * fewer.kv_bytes_per_token
+    with pytest.raises(GptossError, match="does not fit profile rtx3060-12gb"):
+        plan(GPT20, rtx3060, cpu_experts=4)
+    assert plan(GPT20, RTX4090).cpu_experts == 0  # a card that holds every expert keeps them
+
+
+def test_cpu_experts_requested_or_from_the_profile():
+    every = plan(GPT20, RTX4090, cpu_experts="all")
+    assert every.cpu_experts == 24 and every.weights["experts"] == 0
+    assert every.host_weights["experts"] == 10_165_616_640
+    assert every.context > plan(GPT20, RTX4090).context
+    assert plan(GPT20, replace(RTX4090, cpu_experts=3)).cpu_experts == 3
+    assert plan(GPT20, replace(RTX4090, cpu_experts=3), cpu_experts=1).cpu_experts == 1
+    for bad in (25, -1, "half"):
+        with pytest.raises(GptossError, match="cpu_experts"):
+            plan(GPT20, RTX4090, cpu_experts=bad)
+    # On a cpu device the host is the device: the split is made, the bytes stay counted there.
+    on_cpu = plan(GPT20, load_profile("cpu"), cpu_experts=2)
+    assert on_cpu.cpu_experts == 2 and "experts" not in on_cpu.host_weights
+    assert on_cpu.weights == plan(GPT20, load_profile("cpu")).weights
 
 
 def test_prefill_chunk_override():
@@ -205,6 +240,20 @@ def test_cli_human_output():
         "24,576 B per token",
     ):
         assert text in result.output
+
+
+def test_cli_shows_the_expert_split():
+    result = run_cli("--model", "gpt-oss-20b", "--profile", "rtx3060-12gb")
+    assert result.exit_code == 0, result.output
+    host_mib = f"{5 * EXPERTS_PER_LAYER_20B / (1 << 20):,.1f}"
+    assert re.search(
+        rf"experts \(MXFP4 \+ bias\), on the host +{re.escape(host_mib)} ", result.output
+    )
+    assert "experts: 5 layers' in host RAM (run by the CPU kernel)" in result.output
+    result = run_cli("--model", "gpt-oss-20b", "--profile", "rtx4090", "--cpu-experts", "all")
+    assert result.exit_code == 0 and "experts: 24 layers' in host RAM" in result.output
+    result = run_cli("--model", "gpt-oss-20b", "--profile", "rtx4090", "--cpu-experts", "x")
+    assert result.exit_code == 2 and "not a number of layers or 'all'" in result.output
 
 
 def test_cli_json_with_a_hub_id():
@@ -287,7 +336,7 @@ def test_all_sliding_model_is_bounded_only_by_the_caps():
     assert plan(one, RTX4090, 100_000).context == 100_000
     with pytest.raises(GptossError, match="does not fit profile rtx3060-12gb"):
         plan(GPT20.with_(num_layers=24, layer_types=("sliding_attention",) * 24),
-             load_profile("rtx3060-12gb"))  # fmt: skip
+             load_profile("rtx3060-12gb"), cpu_experts=0)  # fmt: skip
 
 
 def test_a_small_max_context_is_not_rounded_to_zero():
@@ -307,9 +356,9 @@ def test_refusal_names_the_budget_that_would_hold_it():
     assert p.total_bytes <= p.budget_bytes == round(budget * GIB)
     with pytest.raises(GptossError):
         plan(GPT20, with_budget(RTX4090, budget - 0.01), 131_072)
-    # Where the card itself is too small, only a larger profile helps.
+    # Where the card itself is too small (its experts kept on it), only a larger profile helps.
     with pytest.raises(GptossError) as err:
-        plan(GPT120, RTX4090)
+        plan(GPT120, RTX4090, cpu_experts=0)
     assert "--budget" not in str(err.value)
 
 

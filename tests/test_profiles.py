@@ -76,7 +76,12 @@ def test_user_profile_by_path(tmp_path):
 
 def test_optional_keys_may_be_left_out(tmp_path):
     p = read_profile(write_profile(tmp_path, gpu=None, description=None))
-    assert p.gpu == "" and p.description == ""
+    assert p.gpu == "" and p.description == "" and p.cpu_experts is None
+
+
+def test_cpu_experts_key(tmp_path):
+    assert read_profile(write_profile(tmp_path, cpu_experts=3)).cpu_experts == 3
+    assert read_profile(write_profile(tmp_path, cpu_experts="all")).cpu_experts == "all"
 
 
 @pytest.mark.parametrize(
@@ -97,6 +102,8 @@ def test_optional_keys_may_be_left_out(tmp_path):
         ({"embedding": "disk"}, "embedding", "must be one of host, device"),
         ({"kv_cache_dtype": "q4"}, "kv_cache_dtype", "must be one of bf16, q8, fp8"),
         ({"gpu": 4090}, "gpu", "must be a string"),
+        ({"cpu_experts": -1}, "cpu_experts", "must be a number of layers or 'all'"),
+        ({"cpu_experts": "some"}, "cpu_experts", "must be a number of layers or 'all'"),
     ],
 )
 def test_bad_profile_is_one_clear_line(tmp_path, changes, key, why):

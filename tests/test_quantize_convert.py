@@ -304,7 +304,7 @@ def test_sigterm_mid_write_leaves_nothing_and_exits_143(dense, tmp_path):
     wait_for_shard(tmp_path / partial_name(dst, proc.pid), proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr, stderr
     assert list(tmp_path.iterdir()) == []
     assert tree_hash(dense[0]) == before
 

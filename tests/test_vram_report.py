@@ -17,6 +17,7 @@ from gptoss_lite.checkpoint.reader import open_checkpoint
 from gptoss_lite.checkpoint.synthetic import tensor_nbytes
 from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
 from gptoss_lite.cli import main
+from gptoss_lite.kernels import cpu as cpu_kernels
 from gptoss_lite.memory.meter import CpuMeter
 from gptoss_lite.memory.plan import plan
 from gptoss_lite.memory.profiles import load_profile
@@ -86,7 +87,10 @@ def test_json_schema(written):
         "measured_with",
     } <= set(data)
     assert (data["device"], data["context"], data["prefill_chunk"]) == ("cpu", 512, 32)
-    assert data["kernels"] == "torch" and data["cap_bytes"] is None
+    assert (
+        data["kernels"] == (cpu_kernels.kernel_name() if cpu_kernels.available() else "torch")
+        and data["cap_bytes"] is None
+    )
     assert [p["name"] for p in data["phases"]] == ["load", "prefill", "decode"]
     keys = {
         "tokens",

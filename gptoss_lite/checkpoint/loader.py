@@ -10,7 +10,7 @@ MXFP4 expert blocks and scales stay uint8.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 from torch import nn
@@ -25,10 +25,12 @@ def load_weights(
     checkpoint: Checkpoint,
     device: torch.device | str,
     embedding_device: torch.device | str | None = None,
+    host_parameters: Collection[str] = (),
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device`;
-    `progress(done, total)` is told the parameter bytes filled after each one."""
+    """Fill every parameter of `model` from `checkpoint`, reading straight onto `device` (the
+    embedding onto `embedding_device`, `host_parameters` into host memory); `progress(done,
+    total)` is told the parameter bytes filled after each one."""
     table = name_table(model.config.num_layers, checkpoint.layout)
     params = dict(model.named_parameters())
     total, done = sum(p.numel() * p.element_size() for p in params.values()), 0
@@ -41,6 +43,8 @@ def load_weights(
     for param_name, sources in table.items():
         target = params[param_name]
         where = embedding_device if param_name == "embedding" and embedding_device else device
+        if param_name in host_parameters:
+            where = torch.device("cpu")
         parts = [checkpoint.read(s, where) for s in sources]
         tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
         _assign(model, param_name, tensor.to(target.dtype))

@@ -37,19 +37,25 @@ def staged(dst: Path, *, replace: bool = False) -> Iterator[Path]:
     dst.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(dst)
     partial = dst.parent / partial_name(dst)
-    with _sigterm_exits():
+    with _sigterm_exits() as terminated:
         partial.mkdir(mode=0o755)
         try:
             yield partial
+            if terminated:
+                raise SystemExit(SIGTERM_STATUS)
             _move_into_place(partial, dst, replace)
         except OSError as exc:
             shutil.rmtree(partial, ignore_errors=True)
+            if terminated:
+                raise SystemExit(SIGTERM_STATUS) from None
             where = f" ({exc.filename})" if exc.filename else ""
             raise GptossError(
                 f"writing {dst} failed: {exc.strerror or exc}{where}; nothing was written"
             ) from None
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
+            if terminated:  # native code (safetensors, torch) may turn the SystemExit into another
+                raise SystemExit(SIGTERM_STATUS) from None
             raise
 
 
@@ -90,22 +96,26 @@ def _move_into_place(partial: Path, dst: Path, replace: bool) -> None:
 
 
 @contextmanager
-def _sigterm_exits() -> Iterator[None]:
+def _sigterm_exits() -> Iterator[list[int]]:
     """SIGTERM raises SystemExit(143) in the main thread while the block runs, so the cleanup
-    around it runs; left alone if the program has a handler of its own."""
+    around it runs; left alone if the program has a handler of its own. Yields the list the
+    handler appends the signal to, so the caller knows the run was terminated whatever became
+    of the SystemExit."""
+    terminated: list[int] = []
     if (
         threading.current_thread() is not threading.main_thread()
         or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
     ):
-        yield
+        yield terminated
         return
 
     def exit_143(signum, frame) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup
+        terminated.append(signum)
         raise SystemExit(SIGTERM_STATUS)
 
     signal.signal(signal.SIGTERM, exit_143)
     try:
-        yield
+        yield terminated
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -16,6 +16,7 @@ from ..errors import GptossError
 from .common import warn_kv
 from .options import (
     context_option,
+    cpu_experts_option,
     device_option,
     geometry_option,
     kv_cache_option,
@@ -42,11 +43,12 @@ from .options import (
     is_flag=True,
     help="Decode with the step captured in a CUDA graph (Triton kernels on CUDA; untimed yet).",
 )
+@cpu_experts_option()
 @kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
     model, geometry, profile, context, prompt_tokens, gen_tokens, device, compare, cuda_graph,
-    kv_cache_dtype, as_json,
+    cpu_experts, kv_cache_dtype, as_json,
 ):  # fmt: skip
     """Measure prefill tok/s, decode tok/s and GB/s, and peak memory."""
     if bool(model) == bool(geometry):
@@ -58,7 +60,12 @@ def bench_command(
     source = model or SyntheticCheckpoint(geometry)
     start = time.perf_counter()
     runner = load(
-        source, device=device, profile=profile, context=context, kv_cache_dtype=kv_cache_dtype
+        source,
+        device=device,
+        profile=profile,
+        context=context,
+        cpu_experts=cpu_experts,
+        kv_cache_dtype=kv_cache_dtype,
     )
     warn_kv(runner.plan)
     load_seconds = time.perf_counter() - start

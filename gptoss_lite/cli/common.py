@@ -93,6 +93,7 @@ def open_model(
         on_plan=show,
         kv_cache_dtype=options.kv_cache_dtype,
         progress=Progress.on_stderr("loading weights", format_bytes),
+        cpu_experts=options.cpu_experts,
     )
     runner.progress = Progress.on_stderr("prefill", lambda n: f"{n:,} tokens")
     return Model(runner, tokenizer, time.perf_counter() - start, prompt)
@@ -134,9 +135,10 @@ def plan_line(p: Plan) -> str:
         "reserve": p.reserve_bytes,
     }
     sums = " + ".join(f"{name} {format_bytes(n)}" for name, n in parts.items())
+    host = f"; experts of {p.cpu_experts} layers in host RAM" if p.cpu_experts else ""
     return (
         f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens; "
-        f"{sums} = {format_bytes(p.total_bytes)} of {format_bytes(p.budget_bytes)}"
+        f"{sums} = {format_bytes(p.total_bytes)} of {format_bytes(p.budget_bytes)}{host}"
     )
 
 

@@ -1,13 +1,13 @@
 """The options of the `gptoss-lite` commands: each declared once, each also read from the env.
 
 Options that several commands take (`-m/--model`, `-p/--profile`, `-c/--context`, `--device`,
-`-g/--geometry`, `--overwrite`, `--budget`, `--kv-cache-dtype`) are declared here once, so the
+`--cpu-experts`, `--kv-cache-dtype`, `-g/--geometry`, `--overwrite`) are declared here once, so the
 flags agree from command to command. Every command is registered through `with_environment` (see
-`cli/__init__.py`), which gives each of its options the variable GPTOSS_LITE_<LONG NAME>
-(`--max-tokens` -> GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more
-than its `click.option`. `@model_options` adds the model, sampling and harmony options of `run`
-and `chat`, which pop them out of their keyword arguments as one `Options`; the sampling values
-are checked there, before anything is loaded.
+`cli/__init__.py`), which gives each of its options the variable GPTOSS_LITE_<LONG NAME> (`--max-
+tokens` -> GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more than its
+`click.option`. `@model_options` adds the model, sampling and harmony options of `run` and `chat`,
+which pop them out of their keyword arguments as one `Options`; the sampling values are checked
+there, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -152,6 +152,35 @@ def kv_cache_option() -> Callable:
     )
 
 
+class Layers(click.ParamType):
+    """A number of layers or "all" (for --cpu-experts)."""
+
+    name = "layers"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[N|all]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | str:
+        if value == "all" or isinstance(value, int):
+            return value
+        if not str(value).isdigit():
+            self.fail(f"{value!r} is not a number of layers or 'all'", param, ctx)
+        return int(str(value))
+
+
+def cpu_experts_option() -> Callable:
+    """--cpu-experts N|all, the leading layers whose experts stay in host RAM."""
+    return click.option(
+        "--cpu-experts",
+        type=Layers(),
+        default=None,
+        help="Keep the experts of the first N layers (or all) in host RAM and run them on the "
+        "CPU [default: the profile's, else as few as the GPU needs].",
+    )
+
+
 def overwrite_option(what: str) -> Callable:
     """--overwrite, to replace an earlier output."""
     return click.option("--overwrite", is_flag=True, help=f"Replace {what} if it exists.")
@@ -171,6 +200,7 @@ class Options:
     device: str | None
     budget: float | None
     kv_cache_dtype: KVDtypes | None
+    cpu_experts: int | str | None
     max_tokens: int | None
     temperature: float
     top_p: float
@@ -231,6 +261,7 @@ _OPTIONS = [
     device_option(),
     budget_option(),
     kv_cache_option(),
+    cpu_experts_option(),
     click.option(
         "--max-tokens",
         "-n",

@@ -23,7 +23,14 @@ from ..memory.profiles import resolve_profile
 from ..model.kv_quant import UNQUANTIZED, KVDtypes
 from ..units import GIB, mib
 from .common import warn_kv
-from .options import budget_option, context_option, kv_cache_option, model_option, profile_option
+from .options import (
+    budget_option,
+    context_option,
+    cpu_experts_option,
+    kv_cache_option,
+    model_option,
+    profile_option,
+)
 
 
 @click.command()
@@ -41,6 +48,7 @@ from .options import budget_option, context_option, kv_cache_option, model_optio
 )
 @budget_option()
 @kv_cache_option()
+@cpu_experts_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
     model: str,
@@ -49,6 +57,7 @@ def plan(
     prefill_chunk: int | None,
     budget: float | None,
     kv_cache_dtype: KVDtypes | None,
+    cpu_experts: int | str | None,
     as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
@@ -56,7 +65,9 @@ def plan(
     profile = resolve_profile(profile_name, budget_gib=budget)
     if kv_cache_dtype is not None:
         profile = replace(profile, kv_cache_dtype=kv_cache_dtype)
-    result = make_plan(config, profile, context, prefill_chunk=prefill_chunk)
+    result = make_plan(
+        config, profile, context, prefill_chunk=prefill_chunk, cpu_experts=cpu_experts
+    )
     about = profile.description
     if budget is not None:
         about = f"{about} (budget set to {budget:g} GiB by --budget)".lstrip()
@@ -107,7 +118,14 @@ def _notes(p: Plan) -> list[str]:
     }[p.bound]
     phases = {k: v for k, v in p.activations.items() if k != "resident"}
     peak = max(phases, key=phases.get)
+    split = []
+    if p.cpu_experts:
+        split = [
+            f"experts: {p.cpu_experts} layers' in host RAM (run by the CPU kernel), the other "
+            f"layers' on {p.device}"
+        ]
     return [
+        *split,
         f"context: {p.context:,} tokens ({why})",
         f"KV cache: {p.kv_bytes_per_token:,} B per token (K {p.kv_cache_dtype.k}, V "
         f"{p.kv_cache_dtype.v}, full-attention layers) + {mib(p.kv_ring_bytes)} MiB of "
@@ -118,7 +136,7 @@ def _notes(p: Plan) -> list[str]:
 
 
 def _row(label: str, mib: str, gib: str) -> str:
-    return f"  {label:<34}{mib:>12}{gib:>10}"
+    return f"  {label:<38}{mib:>12}{gib:>10}"
 
 
 def _sizes(n: int) -> tuple[str, str]:

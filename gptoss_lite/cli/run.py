@@ -73,6 +73,7 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
     if verbose:
         for line in stats_lines(generation.stats, generation.finish_reason, model.runner.device):
             click.echo(line, err=True)
+        click.echo(f"kernels: {model.runner.model.kernel_name}", err=True)
     if interrupted:
         sys.exit(130)
 

@@ -40,6 +40,7 @@ class ServeOptions:
     budget: float | None = None
     kv_cache_dtype: KVDtypes | None = None
     max_tokens: int | None = None
+    cpu_experts: int | str | None = None  # the plan's choice
 
 
 @click.command()

@@ -32,6 +32,7 @@ from ..checkpoint.protocol import Checkpoint
 from ..checkpoint.reader import FileCheckpoint, open_checkpoint
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
+from ..kernels import cpu as cpu_kernels
 from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
@@ -217,6 +218,7 @@ def load(
     kernels: str = "auto",
     kv_cache_dtype: str | KVDtypes | None = None,
     progress: Progress | None = None,
+    cpu_experts: int | str | None = None,
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
@@ -228,11 +230,14 @@ def load(
     `ring_slots` enlarges the sliding layers' rings so the cache can rewind that far back
     (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it;
     `progress(done, total)` is told the bytes of weights loaded so far.
-    `kernels` is "torch", "triton" (the fused GPU kernels) or "auto" (triton on CUDA when
-    Triton is installed, else torch). `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see
-    `kv_quant`) replaces the profile's KV-cache formats. `model` may also be what `find_model`
-    found, or an opened checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random
-    weights of that geometry made in memory, to check the fit before a download.
+    `kernels` is "torch", "triton" (the fused GPU kernels), "cpu" (the compiled CPU kernels) or
+    "auto" (triton on CUDA when Triton is installed, cpu on the CPU when a C compiler is there,
+    else torch). `cpu_experts` (a layer count or "all"; default: the profile's, else as few as
+    the plan needs) keeps those leading layers' experts in host RAM, run by the CPU kernel.
+    `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see `kv_quant`) replaces the profile's
+    KV-cache formats. `model` may also be what `find_model` found, or an opened
+    checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that
+    geometry made in memory, to check the fit before a download.
     """
     dtype = _dtype(dtype)
     profile = resolve_profile(profile, device)
@@ -244,7 +249,7 @@ def load(
     if isinstance(model, (str, Path)):
         model = find_model(model)
     config = model.config
-    memory_plan = plan(config, profile, context, ring_slots=ring_slots)
+    memory_plan = plan(config, profile, context, ring_slots=ring_slots, cpu_experts=cpu_experts)
     if on_plan is not None:
         on_plan(memory_plan)
     found = isinstance(model, ModelSource)
@@ -252,8 +257,17 @@ def load(
     if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
-    net = Transformer(config, dtype, kernel_functions(_kernels(kernels, device)))
-    load_weights(net, checkpoint, device, embedding_device, progress=progress)
+    host_kernels = kernel_functions(_kernels("auto", torch.device("cpu")))
+    net = Transformer(
+        config,
+        dtype,
+        kernel_functions(_kernels(kernels, device)),
+        memory_plan.cpu_experts,
+        host_kernels,
+    )
+    load_weights(
+        net, checkpoint, device, embedding_device, net.host_parameters(), progress=progress
+    )
     checkpoint.close()
     cache = KVCache(
         config,
@@ -276,13 +290,15 @@ def load(
 
 
 def _kernels(kernels: str, device: torch.device) -> str:
-    """ "auto" made concrete (a card the kernels cannot run on gets torch); any other name is
-    `kernel_functions`' to check."""
+    """ "auto" made concrete (the compiled kernels where they run, else torch); any other name
+    is `kernel_functions`' to check."""
     refusal = triton_refusal(device) if device.type == "cuda" else None
     if kernels == "triton" and refusal:
         raise GptossError(refusal)
     if kernels != "auto":
         return kernels
+    if device.type == "cpu":
+        return "cpu" if cpu_kernels.available() else "torch"
     if device.type != "cuda" or not triton_available():
         return "torch"
     if refusal:

@@ -20,7 +20,7 @@ import torch
 from ..errors import GptossError
 from ..model.transformer import TORCH_KERNELS, Kernels
 
-KERNELS = ("torch", "triton")  # what `kernel_functions` knows
+KERNELS = ("torch", "triton", "cpu")  # what `kernel_functions` knows
 
 _TRUE = ("1", "true", "on", "yes")  # the spellings Triton itself accepts
 MIN_CAPABILITY = (8, 0)  # bf16 `tl.dot` (tensor cores for bf16) needs sm_80: Ampere or newer
@@ -60,10 +60,19 @@ def dot_dtype(device: torch.device, dtype: torch.dtype = torch.bfloat16):
 
 
 def kernel_functions(name: str) -> Kernels:
-    """The implementation `name` names: "torch" (the model's own functions, any device) or
-    "triton" (the fused kernels, CUDA or the interpreter); else a one-line `GptossError`."""
+    """The implementation `name` names: "torch" (the model's own functions, any device),
+    "triton" (the fused kernels, CUDA or the interpreter) or "cpu" (the compiled CPU kernels of
+    `kernels/cpu`); else a one-line `GptossError`."""
     if name == "torch":
         return TORCH_KERNELS
+    if name == "cpu":
+        from . import cpu
+
+        if not cpu.available():
+            raise GptossError(
+                "the compiled CPU kernels need a C compiler (gcc or clang, or set CC)"
+            )
+        return Kernels(cpu.kernel_name(), experts=cpu.experts_forward, linear=cpu.linear)
     if name != "triton":
         raise GptossError(f"unknown kernels {name!r}; use auto, {' or '.join(KERNELS)}")
     from .attention_triton import attention

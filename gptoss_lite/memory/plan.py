@@ -10,6 +10,9 @@ activations of one prefill chunk, and the profile's reserve.
 capped by the profile and the model), or checks a requested one and refuses it with the numbers
 and the way out (a smaller context, a `--budget` up to the card's memory, a larger profile).
 A model with no full-attention layer has a KV cache that does not grow: only the caps bound it.
+On a GPU the experts of the first `cpu_experts` layers may stay in host RAM (run there by the CPU
+kernel); unless the profile or the caller sets that number, the planner takes the fewest layers
+that let the model fit with at least CONTEXT_GRANULE tokens of context.
 The activation model below is what the runner must match: see `activation_phases`.
 `decode_bytes_per_token` is the one count of the bytes a decode step reads (bench's bound).
 """
@@ -60,6 +63,7 @@ class Plan:
     reserve_bytes: int
     budget_bytes: int
     memory_bytes: int  # the card's (or host's): how far --budget may go
+    cpu_experts: int = 0  # leading layers whose experts stay in host RAM
 
     @property
     def weights_bytes(self) -> int:
@@ -120,12 +124,18 @@ def held_weights(config: ModelConfig) -> dict[str, int]:
     return held
 
 
-def device_weights(config: ModelConfig, profile: Profile) -> tuple[dict[str, int], dict[str, int]]:
-    """(bytes on the device, bytes on the host) per category, as the model holds them."""
+def device_weights(
+    config: ModelConfig, profile: Profile, cpu_experts: int = 0
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(bytes on the device, bytes on the host) per category, as the model holds them, with the
+    experts of the first `cpu_experts` layers on the host (on a cpu device, the same memory)."""
     on_device = held_weights(config)
     host = {}
     if not profile.embedding_on_device:
         host["embedding"] = on_device.pop("embedding")
+    if cpu_experts and profile.device != "cpu":
+        host["experts"] = on_device["experts"] // config.num_layers * cpu_experts
+        on_device["experts"] -= host["experts"]
     return on_device, host
 
 
@@ -227,18 +237,74 @@ def plan(
     *,
     prefill_chunk: int | None = None,
     ring_slots: int | None = None,
+    cpu_experts: int | str | None = None,
 ) -> Plan:
     """The memory plan of `config` on `profile` for `context` tokens, or the largest that fits.
 
     Without `context`: the largest multiple of CONTEXT_GRANULE that fits the budget, capped by
     the profile's and the model's max_context. With it: that context, or a `GptossError` with
     the KV bytes needed, the bytes free and the largest context that fits. `ring_slots` sizes
-    the sliding layers' rings as the cache will (`KVCache(ring_slots=...)`).
+    the sliding layers' rings as the cache will (`KVCache(ring_slots=...)`). `cpu_experts`
+    (layers, or "all"; default: the profile's, else the fewest that fit) keeps those layers'
+    experts in host RAM.
     """
     chunk = profile.prefill_chunk if prefill_chunk is None else prefill_chunk
     if chunk <= 0:
         raise GptossError(f"prefill chunk must be positive, got {chunk}")
-    weights, host = device_weights(config, profile)
+    layers = host_expert_layers(config, profile.cpu_experts if cpu_experts is None else cpu_experts)
+    if layers is None:
+        layers = _fewest_host_layers(config, profile, chunk, ring_slots)
+    draft, free = _draft(config, profile, chunk, ring_slots, layers)
+    fits = _most_that_fits(draft, free, config.max_context)
+    if fits == 0:
+        raise GptossError(_no_room(draft, free, config.max_context))
+    if context is None:
+        cap = min(profile.max_context, config.max_context)
+        return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
+    if context <= 0 or context > config.max_context:
+        raise GptossError(f"context {context} is outside 1..{config.max_context} for {config.name}")
+    if context * draft.kv_bytes_per_token > free:
+        raise GptossError(_refusal(draft, context, free, fits))
+    return _with_context(draft, context, "requested")
+
+
+def host_expert_layers(config: ModelConfig, cpu_experts: int | str | None) -> int | None:
+    """`cpu_experts` (a layer count or "all") as a layer count; None stays None (the planner's
+    choice)."""
+    if cpu_experts is None:
+        return None
+    if cpu_experts == "all":
+        return config.num_layers
+    if isinstance(cpu_experts, bool) or not isinstance(cpu_experts, int):
+        raise GptossError(f"cpu_experts must be a number of layers or 'all', got {cpu_experts!r}")
+    if not 0 <= cpu_experts <= config.num_layers:
+        raise GptossError(
+            f"cpu_experts {cpu_experts}: {config.name} has {config.num_layers} layers; "
+            f"use 0..{config.num_layers} or 'all'"
+        )
+    return cpu_experts
+
+
+def _fewest_host_layers(
+    config: ModelConfig, profile: Profile, chunk: int, ring_slots: int | None
+) -> int:
+    """The fewest layers whose experts must go to host RAM for the smallest context the planner
+    gives (CONTEXT_GRANULE) to fit; 0 on a cpu device or when not even all of them make it fit."""
+    if profile.device == "cpu":
+        return 0
+    for layers in range(config.num_layers + 1):
+        draft, free = _draft(config, profile, chunk, ring_slots, layers)
+        if _most_that_fits(draft, free, CONTEXT_GRANULE) == CONTEXT_GRANULE:
+            return layers
+    return 0
+
+
+def _draft(
+    config: ModelConfig, profile: Profile, chunk: int, ring_slots: int | None, cpu_experts: int
+) -> tuple[Plan, int]:
+    """The plan at context 0 with `cpu_experts` host layers, and the bytes left for the KV
+    cache (its total at context 0 includes the rings)."""
+    weights, host = device_weights(config, profile, cpu_experts)
     slot = kv_slot_bytes(config, profile.kv_cache_dtype)
     draft = Plan(
         model=config.name,
@@ -258,19 +324,9 @@ def plan(
         reserve_bytes=profile.reserve_bytes,
         budget_bytes=profile.budget_bytes,
         memory_bytes=profile.memory_bytes,
+        cpu_experts=cpu_experts,
     )
-    free = draft.budget_bytes - draft.total_bytes  # total at context 0 includes the rings
-    fits = _most_that_fits(draft, free, config.max_context)
-    if fits == 0:
-        raise GptossError(_no_room(draft, free, config.max_context))
-    if context is None:
-        cap = min(profile.max_context, config.max_context)
-        return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
-    if context <= 0 or context > config.max_context:
-        raise GptossError(f"context {context} is outside 1..{config.max_context} for {config.name}")
-    if context * draft.kv_bytes_per_token > free:
-        raise GptossError(_refusal(draft, context, free, fits))
-    return _with_context(draft, context, "requested")
+    return draft, draft.budget_bytes - draft.total_bytes
 
 
 def _most_that_fits(draft: Plan, free: int, max_context: int) -> int:

@@ -1,15 +1,16 @@
 """Hardware profiles: how much memory a run may use on a device, read from a TOML file.
 
-A profile names a device kind, the card's memory, the budget the run must stay within (tensors
-plus a reserve for the CUDA context, allocator slack and, where the budget is the whole card,
-the desktop), the KV-cache dtypes (one for K and V, or a `{k = ..., v = ...}` table), the
-prefill chunk, where the embedding table lives and a context cap. Built-in profiles live in the
-top-level `profiles/` folder of a checkout; a non-editable install carries a copy inside the
-package (`gptoss_lite/_profiles`, copied by setup.py at build time). `load_profile("auto")`
-matches the local CUDA card, or falls back to the `cpu` profile sized to the host's RAM. Every
-bad key or value raises a one-line `GptossError`.
-`resolve_profile` is how every entry point turns its --profile, --device and --budget into one
-profile, and `run_device` the device a run on it uses, checked to exist on this machine.
+A profile names a device kind, the card's memory, the budget the run must stay within (tensors plus
+a reserve for the CUDA context, allocator slack and, where the budget is the whole card, the
+desktop), the KV-cache dtypes (one for K and V, or a `{k = ..., v = ...}` table), the prefill
+chunk, where the embedding table lives and a context cap. Built-in profiles live in the top-level
+`profiles/` folder of a checkout; a non-editable install carries a copy inside the package
+(`gptoss_lite/_profiles`, copied by setup.py at build time). `load_profile("auto")` matches the
+local CUDA card, or falls back to the `cpu` profile sized to the host's RAM. `cpu_experts`
+(optional) keeps the experts of that many leading layers (or "all") in host RAM; left out, the
+planner decides. Every bad key or value raises a one-line `GptossError`. `resolve_profile` is how
+every entry point turns its --profile, --device and --budget into one profile, and `run_device` the
+device a run on it uses, checked to exist on this machine.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ REQUIRED_KEYS = (
     "embedding",
     "max_context",
 )
-OPTIONAL_KEYS = ("description", "gpu")
+OPTIONAL_KEYS = ("description", "gpu", "cpu_experts")
 AUTO_MEMORY_TOLERANCE = 0.1  # a card matches a profile within 10% of its memory
 
 
@@ -66,6 +67,8 @@ class Profile:
     max_context: int  # cap on the context the planner picks by itself
     gpu: str = ""  # substring of the CUDA device name, for --profile auto
     description: str = ""
+    cpu_experts: int | str | None = None  # layers whose experts stay in host RAM, or "all";
+    # None: as few as the plan needs
     source: str = ""  # the file it came from
 
     @property
@@ -223,6 +226,7 @@ def _from_dict(data: dict, path: Path) -> Profile:
         max_context=_positive_int(data, "max_context", fail),
         gpu=_text(data, "gpu", fail),
         description=_text(data, "description", fail),
+        cpu_experts=_layers(data, "cpu_experts", fail),
         source=str(path),
     )
 
@@ -238,6 +242,15 @@ def _positive_int(data: dict, key: str, fail) -> int:
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise fail(key, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _layers(data: dict, key: str, fail) -> int | str | None:
+    value = data.get(key)
+    if value is None or value == "all":
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise fail(key, f"must be a number of layers or 'all', got {value!r}")
     return value
 
 

@@ -8,7 +8,9 @@ The embedding table may live on another device than the rest (host RAM saves VRA
 row gather per token). `Kernels` is the implementation of attention and of the experts the model
 is built with: by default the functions of attention.py and moe.py (any device); the fused ones
 of `gptoss_lite/kernels/` have the same signatures, and whoever builds the model picks them
-(`kernels.kernel_functions`), so this package never imports them.
+(`kernels.kernel_functions`), so this package never imports them. The experts of the first
+`host_experts` layers may stay in host RAM while the rest is on the GPU: those layers send their
+normed activations to the host, run `host_kernels`' experts there and get the sum back.
 """
 
 from __future__ import annotations
@@ -35,9 +37,24 @@ class Kernels:
     name: str
     attention: Callable = attention
     experts: Callable = experts_forward
+    linear: Callable = F.linear  # the dense projections: qkv, attention output, lm_head
 
 
 TORCH_KERNELS = Kernels("torch")
+
+
+def on_host(run_experts: Callable) -> Callable:
+    """`run_experts` for experts kept in host memory: the activations go to the host and the
+    result comes back (a no-op when the model runs on the CPU, the same code path)."""
+
+    def run(x, expert_idx, expert_weight, experts, alpha, limit):
+        host = experts.down_bias.device
+        out = run_experts(
+            x.to(host), expert_idx.to(host), expert_weight.to(host), experts, alpha, limit
+        )
+        return out.to(x.device)
+
+    return run
 
 
 def _empty(*shape: int, dtype: torch.dtype) -> nn.Parameter:
@@ -51,11 +68,13 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype, attend=attention):
+    def __init__(
+        self, config: ModelConfig, layer: int, dtype: torch.dtype, attend=attention, linear=F.linear
+    ):
         super().__init__()
         c = config
         qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-        self.config, self.layer, self.attend = c, layer, attend
+        self.config, self.layer, self.attend, self.linear = c, layer, attend, linear
         self.window = c.sliding_window if c.is_sliding(layer) else None
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.qkv_weight = _empty(qkv, c.hidden_size, dtype=dtype)  # rows: q, then k, then v
@@ -74,7 +93,7 @@ class AttentionBlock(nn.Module):
         """x [T, H] at `positions` [T], with their RoPE (cos, sin) [T, head_dim/2]."""
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
-        qkv = F.linear(t, self.qkv_weight, self.qkv_bias)
+        qkv = self.linear(t, self.qkv_weight, self.qkv_bias)
         nq, nkv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         q = qkv[:, :nq].reshape(-1, c.num_heads, c.head_dim)  # (T, Hq, D)
         k = qkv[:, nq : nq + nkv].reshape(-1, c.num_kv_heads, c.head_dim)  # (T, Hkv, D)
@@ -82,7 +101,7 @@ class AttentionBlock(nn.Module):
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         keys, values, key_pos = cache.update(self.layer, k, v, positions)
         o = self.attend(q, keys, values, self.sinks, positions, key_pos, self.window)
-        return x + F.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
+        return x + self.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
 
 
 class MoEBlock(nn.Module):
@@ -118,15 +137,32 @@ class Transformer(nn.Module):
         config: ModelConfig,
         dtype: torch.dtype = torch.bfloat16,
         kernels: Kernels = TORCH_KERNELS,
+        host_experts: int = 0,
+        host_kernels: Kernels = TORCH_KERNELS,
     ):
+        """`host_experts`: the first that many layers keep their experts in host memory and run
+        them with `host_kernels`' experts function."""
         super().__init__()
         c = config
+        if not 0 <= host_experts <= c.num_layers:
+            raise ValueError(f"host_experts must be in 0..{c.num_layers}, got {host_experts}")
         self.config, self.dtype, self.kernels = c, dtype, kernels.name
+        self.host_experts = host_experts
+        self.kernel_name = kernels.name  # what bench and -v print, e.g. "cpu-avx512"
+        if host_experts:
+            self.kernel_name += f", host experts {host_kernels.name}"
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.attn = nn.ModuleList(
-            AttentionBlock(c, n, dtype, kernels.attention) for n in range(c.num_layers)
+            AttentionBlock(c, n, dtype, kernels.attention, kernels.linear)
+            for n in range(c.num_layers)
         )
-        self.mlp = nn.ModuleList(MoEBlock(c, dtype, kernels.experts) for _ in range(c.num_layers))
+        self.mlp = nn.ModuleList(
+            MoEBlock(
+                c, dtype, on_host(host_kernels.experts) if n < host_experts else kernels.experts
+            )
+            for n in range(c.num_layers)
+        )
+        self.linear = kernels.linear
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.rotary: Rotary | None = None
@@ -134,6 +170,12 @@ class Transformer(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.unembedding.device
+
+    def host_parameters(self) -> set[str]:
+        """Names of the parameters kept in host memory: the experts of the first host_experts
+        layers."""
+        names = [f.name for f in fields(PackedExperts)]
+        return {f"mlp.{n}.{name}" for n in range(self.host_experts) for name in names}
 
     def forward(
         self, tokens: torch.Tensor, cache: KVCache, last_only: bool = False
@@ -167,4 +209,4 @@ class Transformer(nn.Module):
         if last_only:
             x = x[-1:]
         x = rms_norm(x, self.norm, self.config.rms_norm_eps)
-        return F.linear(x, self.unembedding).float()
+        return self.linear(x, self.unembedding).float()

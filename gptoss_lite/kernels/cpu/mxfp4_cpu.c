@@ -1,0 +1,468 @@
+/* MXFP4 experts and bf16 matrix-vector products on the CPU, straight from the stored bytes.
+
+   Called through ctypes with raw pointers (no torch headers). Every entry point takes an `isa`
+   argument: 2 = AVX-512 (F, BW, VL), 1 = AVX2 + FMA, 0 = portable C. The SIMD bodies are compiled
+   with per-function target attributes, so one shared object runs on any x86-64 (or other) CPU
+   and `gl_best_isa()` picks the widest the CPU has. Threads (OpenMP, the runtime torch already
+   loaded) split output rows; each row is computed by one thread, so results do not depend on the
+   thread count.
+
+   MXFP4 layout: a matrix [R, K] is `blocks[R, K/32, 16]` (byte j holds element 2j in its low
+   nibble and 2j+1 in its high nibble) and `scales[R, K/32]` (E8M0: 2^(s-127)). Each weight is
+   decoded as FP4 value * scale, exactly the float32 that the torch decoder produces (scale 0 is
+   the subnormal 2^-127, scale 255 is +inf, so its weights are inf or NaN as there), then
+   multiplied with fp32 activations and summed in fp32. Inputs are de-interleaved per 32-block
+   (the 16 even elements, then the 16 odd ones) so the low and the high nibbles of 16 bytes pair
+   with contiguous activations: no shuffle of decoded weights in the inner loop. */
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define GL_X86 1
+#include <immintrin.h>
+#endif
+
+#define BLOCK 32
+#define BLOCK_BYTES 16
+#define MAX_TOKENS 8 /* tokens sharing one decoded weight block in the inner loop */
+
+static const float FP4[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
+                              -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
+
+static float e8m0(uint8_t s) {
+    uint32_t bits = s == 0 ? 0x00400000u : (uint32_t)s << 23; /* 2^-127 is subnormal */
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* ------------------------------------------------------------------ row kernels
+   Each computes two rows (r0, r1) of y = W x for n <= MAX_TOKENS de-interleaved inputs xd[j]
+   (row length K) and stores dot products in out0[j], out1[j]. */
+
+typedef void (*mx_rows_fn)(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
+                           const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx, int n,
+                           float *out0, float *out1);
+
+static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, const uint8_t *s1,
+                      int64_t groups, const float *xd, int64_t ldx, int n, float *out0,
+                      float *out1) {
+    float acc0[MAX_TOKENS] = {0}, acc1[MAX_TOKENS] = {0};
+    for (int64_t g = 0; g < groups; g++) {
+        float w0[BLOCK], w1[BLOCK];
+        float f0 = e8m0(s0[g]), f1 = e8m0(s1[g]);
+        for (int i = 0; i < BLOCK_BYTES; i++) {
+            uint8_t c0 = b0[g * BLOCK_BYTES + i], c1 = b1[g * BLOCK_BYTES + i];
+            w0[i] = FP4[c0 & 15] * f0, w0[16 + i] = FP4[c0 >> 4] * f0;
+            w1[i] = FP4[c1 & 15] * f1, w1[16 + i] = FP4[c1 >> 4] * f1;
+        }
+        for (int j = 0; j < n; j++) {
+            const float *x = xd + j * ldx + g * BLOCK;
+            float a0 = 0, a1 = 0;
+            for (int i = 0; i < BLOCK; i++) a0 += w0[i] * x[i], a1 += w1[i] * x[i];
+            acc0[j] += a0, acc1[j] += a1;
+        }
+    }
+    for (int j = 0; j < n; j++) out0[j] = acc0[j], out1[j] = acc1[j];
+}
+
+#ifdef GL_X86
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define AVX2 __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+AVX512 INLINE float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
+                                 const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx,
+                                 const int n, float *out0, float *out1) {
+    const __m512 lut = _mm512_loadu_ps(FP4);
+    const __m512i low = _mm512_set1_epi32(15);
+    __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
+        __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
+        __m512 f0 = _mm512_set1_ps(e8m0(s0[g])), f1 = _mm512_set1_ps(e8m0(s1[g]));
+        __m512 w0l = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(c0, low), lut), f0);
+        __m512 w0h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), lut), f0);
+        __m512 w1l = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(c1, low), lut), f1);
+        __m512 w1h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), lut), f1);
+        for (int j = 0; j < n; j++) {
+            const float *x = xd + j * ldx + g * BLOCK;
+            __m512 xe = _mm512_loadu_ps(x), xo = _mm512_loadu_ps(x + 16);
+            acc0[j] = _mm512_fmadd_ps(w0h, xo, _mm512_fmadd_ps(w0l, xe, acc0[j]));
+            acc1[j] = _mm512_fmadd_ps(w1h, xo, _mm512_fmadd_ps(w1l, xe, acc1[j]));
+        }
+    }
+    for (int j = 0; j < n; j++) out0[j] = hsum512(acc0[j]), out1[j] = hsum512(acc1[j]);
+}
+
+/* One specialisation per token count keeps the accumulators in registers. */
+#define MX_SPECIALISE(NAME, BODY, ATTR)                                                        \
+    ATTR static void NAME(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,            \
+                          const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx, int n, \
+                          float *o0, float *o1) {                                              \
+        switch (n) {                                                                           \
+        case 1: BODY(b0, s0, b1, s1, groups, xd, ldx, 1, o0, o1); break;                       \
+        case 2: BODY(b0, s0, b1, s1, groups, xd, ldx, 2, o0, o1); break;                       \
+        case 3: BODY(b0, s0, b1, s1, groups, xd, ldx, 3, o0, o1); break;                       \
+        case 4: BODY(b0, s0, b1, s1, groups, xd, ldx, 4, o0, o1); break;                       \
+        case 5: BODY(b0, s0, b1, s1, groups, xd, ldx, 5, o0, o1); break;                       \
+        case 6: BODY(b0, s0, b1, s1, groups, xd, ldx, 6, o0, o1); break;                       \
+        case 7: BODY(b0, s0, b1, s1, groups, xd, ldx, 7, o0, o1); break;                       \
+        default: BODY(b0, s0, b1, s1, groups, xd, ldx, 8, o0, o1); break;                      \
+        }                                                                                      \
+    }
+MX_SPECIALISE(mx_rows_512, mx_rows_512_n, AVX512)
+
+AVX2 INLINE float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* Eight codes (as int32 lanes) to their FP4 values: the magnitude from an 8-entry table, the
+   sign from bit 3. */
+AVX2 INLINE __m256 fp4_256(__m256i codes, __m256 mag) {
+    __m256 v = _mm256_permutevar8x32_ps(mag, codes);
+    __m256i sign = _mm256_slli_epi32(_mm256_srli_epi32(codes, 3), 31);
+    return _mm256_xor_ps(v, _mm256_castsi256_ps(sign));
+}
+
+AVX2 INLINE void mx_rows_256_n(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
+                               const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx,
+                               const int n, float *out0, float *out1) {
+    const __m256 mag = _mm256_loadu_ps(FP4);
+    const __m256i low = _mm256_set1_epi32(15);
+    __m256 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        __m256 f0 = _mm256_set1_ps(e8m0(s0[g])), f1 = _mm256_set1_ps(e8m0(s1[g]));
+        for (int half = 0; half < 2; half++) { /* bytes 0-7, then 8-15 */
+            __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b0 + g * 16 + 8 * half)));
+            __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b1 + g * 16 + 8 * half)));
+            __m256 w0l = _mm256_mul_ps(fp4_256(_mm256_and_si256(c0, low), mag), f0);
+            __m256 w0h = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(c0, 4), mag), f0);
+            __m256 w1l = _mm256_mul_ps(fp4_256(_mm256_and_si256(c1, low), mag), f1);
+            __m256 w1h = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(c1, 4), mag), f1);
+            for (int j = 0; j < n; j++) {
+                const float *x = xd + j * ldx + g * BLOCK + 8 * half;
+                __m256 xe = _mm256_loadu_ps(x), xo = _mm256_loadu_ps(x + 16);
+                acc0[j] = _mm256_fmadd_ps(w0h, xo, _mm256_fmadd_ps(w0l, xe, acc0[j]));
+                acc1[j] = _mm256_fmadd_ps(w1h, xo, _mm256_fmadd_ps(w1l, xe, acc1[j]));
+            }
+        }
+    }
+    for (int j = 0; j < n; j++) out0[j] = hsum256(acc0[j]), out1[j] = hsum256(acc1[j]);
+}
+MX_SPECIALISE(mx_rows_256, mx_rows_256_n, AVX2)
+#endif
+
+static mx_rows_fn mx_rows_for(int isa) {
+#ifdef GL_X86
+    if (isa == 2) return mx_rows_512;
+    if (isa == 1) return mx_rows_256;
+#endif
+    (void)isa;
+    return mx_rows_c;
+}
+
+/* ------------------------------------------------------------------ bf16 rows
+   Two rows of a bf16 matrix [R, K] against n <= MAX_TOKENS fp32 inputs x[j] (row length K):
+   each weight widened to fp32 exactly, products summed in fp32. */
+
+typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x,
+                           int n, float *out0, float *out1);
+
+static void bf_rows_c(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x, int n,
+                      float *out0, float *out1) {
+    for (int j = 0; j < n; j++) {
+        float a0 = 0, a1 = 0;
+        for (int64_t i = 0; i < k; i++) {
+            a0 += bf16_to_float(w0[i]) * x[j * k + i];
+            a1 += bf16_to_float(w1[i]) * x[j * k + i];
+        }
+        out0[j] = a0, out1[j] = a1;
+    }
+}
+
+#ifdef GL_X86
+AVX512 INLINE __m512 bf16x16(const uint16_t *p) {
+    __m256i h = _mm256_loadu_si256((const __m256i *)p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+AVX512 INLINE void bf_rows_512_n(const uint16_t *w0, const uint16_t *w1, int64_t k,
+                                 const float *x, const int n, float *out0, float *out1) {
+    __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        __m512 a = bf16x16(w0 + i), b = bf16x16(w1 + i);
+        for (int j = 0; j < n; j++) {
+            __m512 xv = _mm512_loadu_ps(x + j * k + i);
+            acc0[j] = _mm512_fmadd_ps(a, xv, acc0[j]);
+            acc1[j] = _mm512_fmadd_ps(b, xv, acc1[j]);
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        float a0 = hsum512(acc0[j]), a1 = hsum512(acc1[j]);
+        for (int64_t t = i; t < k; t++) {
+            a0 += bf16_to_float(w0[t]) * x[j * k + t];
+            a1 += bf16_to_float(w1[t]) * x[j * k + t];
+        }
+        out0[j] = a0, out1[j] = a1;
+    }
+}
+
+AVX2 INLINE __m256 bf16x8(const uint16_t *p) {
+    __m128i h = _mm_loadu_si128((const __m128i *)p);
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+AVX2 INLINE void bf_rows_256_n(const uint16_t *w0, const uint16_t *w1, int64_t k,
+                               const float *x, const int n, float *out0, float *out1) {
+    __m256 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        __m256 a = bf16x8(w0 + i), b = bf16x8(w1 + i);
+        for (int j = 0; j < n; j++) {
+            __m256 xv = _mm256_loadu_ps(x + j * k + i);
+            acc0[j] = _mm256_fmadd_ps(a, xv, acc0[j]);
+            acc1[j] = _mm256_fmadd_ps(b, xv, acc1[j]);
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        float a0 = hsum256(acc0[j]), a1 = hsum256(acc1[j]);
+        for (int64_t t = i; t < k; t++) {
+            a0 += bf16_to_float(w0[t]) * x[j * k + t];
+            a1 += bf16_to_float(w1[t]) * x[j * k + t];
+        }
+        out0[j] = a0, out1[j] = a1;
+    }
+}
+
+#define BF_SPECIALISE(NAME, BODY, ATTR)                                                        \
+    ATTR static void NAME(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x,   \
+                          int n, float *o0, float *o1) {                                       \
+        switch (n) {                                                                           \
+        case 1: BODY(w0, w1, k, x, 1, o0, o1); break;                                          \
+        case 2: BODY(w0, w1, k, x, 2, o0, o1); break;                                          \
+        case 3: BODY(w0, w1, k, x, 3, o0, o1); break;                                          \
+        case 4: BODY(w0, w1, k, x, 4, o0, o1); break;                                          \
+        case 5: BODY(w0, w1, k, x, 5, o0, o1); break;                                          \
+        case 6: BODY(w0, w1, k, x, 6, o0, o1); break;                                          \
+        case 7: BODY(w0, w1, k, x, 7, o0, o1); break;                                          \
+        default: BODY(w0, w1, k, x, 8, o0, o1); break;                                         \
+        }                                                                                      \
+    }
+BF_SPECIALISE(bf_rows_512, bf_rows_512_n, AVX512)
+BF_SPECIALISE(bf_rows_256, bf_rows_256_n, AVX2)
+#endif
+
+static bf_rows_fn bf_rows_for(int isa) {
+#ifdef GL_X86
+    if (isa == 2) return bf_rows_512;
+    if (isa == 1) return bf_rows_256;
+#endif
+    (void)isa;
+    return bf_rows_c;
+}
+
+/* ------------------------------------------------------------------ dispatch */
+
+int gl_best_isa(void) {
+#ifdef GL_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        return 2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+    return 0;
+}
+
+/* ------------------------------------------------------------------ shared pieces */
+
+/* The rows [begin, end) of `rows` (even-aligned) that thread `tid` of `nth` computes. */
+static void split_rows(int64_t rows, int tid, int nth, int64_t *begin, int64_t *end) {
+    int64_t pairs = (rows + 1) / 2;
+    *begin = 2 * (pairs * tid / nth);
+    *end = 2 * (pairs * (tid + 1) / nth);
+    if (*end > rows) *end = rows;
+}
+
+/* Position of element k of a row in its de-interleaved copy. */
+static int64_t deinterleaved(int64_t k) {
+    int64_t i = k % BLOCK;
+    return k - i + (i & 1 ? 16 + i / 2 : i / 2);
+}
+
+static void deinterleave(const float *x, float *xd, int64_t len) {
+    for (int64_t k = 0; k < len; k++) xd[deinterleaved(k)] = x[k];
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+/* y[j, r] = W[r] . x[j] + bias[r] for rows [r0, r1) and n tokens of de-interleaved xd. */
+static void mx_matmul_rows(mx_rows_fn rows_fn, const uint8_t *blocks, const uint8_t *scales,
+                           const float *bias, int64_t groups, const float *xd, int n, float *y,
+                           int64_t ldy, int64_t r0, int64_t r1) {
+    int64_t k = groups * BLOCK;
+    for (int64_t r = r0; r < r1; r += 2) {
+        int64_t q = r + 1 < r1 ? r + 1 : r; /* an odd last row is computed twice, stored once */
+        for (int j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+            int m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
+            float o0[MAX_TOKENS], o1[MAX_TOKENS];
+            rows_fn(blocks + r * groups * BLOCK_BYTES, scales + r * groups,
+                    blocks + q * groups * BLOCK_BYTES, scales + q * groups, groups, xd + j0 * k, k,
+                    m, o0, o1);
+            for (int j = 0; j < m; j++) {
+                y[(j0 + j) * ldy + r] = o0[j] + (bias ? bias[r] : 0.0f);
+                if (q != r) y[(j0 + j) * ldy + q] = o1[j] + (bias ? bias[q] : 0.0f);
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ entry points */
+
+/* y[n, rows] = x[n, K] W^T + bias (bias may be NULL), W packed MXFP4 [rows, K]. `xd` is scratch
+   for n*K floats. */
+void gl_mxfp4_matmul(int isa, const uint8_t *blocks, const uint8_t *scales, const float *bias,
+                     const float *x, float *xd, float *y, int64_t rows, int64_t groups, int64_t n,
+                     int nthreads) {
+    mx_rows_fn rows_fn = mx_rows_for(isa);
+    int64_t k = groups * BLOCK;
+#pragma omp parallel num_threads(nthreads)
+    {
+        int tid = thread_id(), nth = thread_count();
+        for (int64_t j = tid; j < n; j += nth) deinterleave(x + j * k, xd + j * k, k);
+#pragma omp barrier
+        int64_t r0, r1;
+        split_rows(rows, tid, nth, &r0, &r1);
+        mx_matmul_rows(rows_fn, blocks, scales, bias, groups, xd, (int)n, y, rows, r0, r1);
+    }
+}
+
+/* One layer's routed experts: out[t] += Σ w_p (W2_e swiglu(W1_e x_t + b1_e) + b2_e) over the
+   (token, expert) pairs p, which come sorted by expert: pairs offsets[u] .. offsets[u+1]-1 use
+   expert ids[u]. xs[P, H] are the pairs' input rows; wt[P] their routing weights, tok[P] their
+   token; bias1[U, 2I] and bias2[U, H] the used experts' biases in fp32. Scratch: xd[P, H] and
+   ad[P, I] floats. out[T, H] is accumulated into, in the order of the pairs. */
+void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t *offsets,
+                      const float *xs, const float *wt, const int64_t *tok, const uint8_t *blocks1,
+                      const uint8_t *scales1, const float *bias1, const uint8_t *blocks2,
+                      const uint8_t *scales2, const float *bias2, int64_t hidden,
+                      int64_t intermediate, float alpha, float limit, float *xd, float *ad,
+                      float *out, int nthreads) {
+    mx_rows_fn rows_fn = mx_rows_for(isa);
+    int64_t g1 = hidden / BLOCK, g2 = intermediate / BLOCK, rows1 = 2 * intermediate;
+    int64_t npairs = offsets[n_used];
+#pragma omp parallel num_threads(nthreads)
+    {
+        int tid = thread_id(), nth = thread_count();
+        for (int64_t p = tid; p < npairs; p += nth) deinterleave(xs + p * hidden, xd + p * hidden, hidden);
+#pragma omp barrier
+        /* gate_up and SwiGLU: rows 2i (gate) and 2i+1 (up) give activation i. */
+        int64_t r0, r1;
+        split_rows(rows1, tid, nth, &r0, &r1);
+        for (int64_t u = 0; u < n_used; u++) {
+            int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
+            const uint8_t *b = blocks1 + e * rows1 * g1 * BLOCK_BYTES;
+            const uint8_t *s = scales1 + e * rows1 * g1;
+            for (int64_t r = r0; r < r1; r += 2) {
+                for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+                    int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
+                    float gate[MAX_TOKENS], up[MAX_TOKENS];
+                    rows_fn(b + r * g1 * BLOCK_BYTES, s + r * g1, b + (r + 1) * g1 * BLOCK_BYTES,
+                            s + (r + 1) * g1, g1, xd + (p0 + j0) * hidden, hidden, m, gate, up);
+                    for (int j = 0; j < m; j++) {
+                        float gv = gate[j] + bias1[u * rows1 + r];
+                        float uv = up[j] + bias1[u * rows1 + r + 1];
+                        gv = fminf(gv, limit); /* the gate is clamped from above only */
+                        uv = fminf(fmaxf(uv, -limit), limit);
+                        float a = gv / (1.0f + expf(-alpha * gv)) * (uv + 1.0f);
+                        ad[(p0 + j0 + j) * intermediate + deinterleaved(r / 2)] = a;
+                    }
+                }
+            }
+        }
+#pragma omp barrier
+        /* down, weighted and summed into the token's output row. */
+        split_rows(hidden, tid, nth, &r0, &r1);
+        float y[MAX_TOKENS * 2];
+        for (int64_t u = 0; u < n_used; u++) {
+            int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
+            const uint8_t *b = blocks2 + e * hidden * g2 * BLOCK_BYTES;
+            const uint8_t *s = scales2 + e * hidden * g2;
+            for (int64_t r = r0; r < r1; r += 2) {
+                int64_t q = r + 1 < r1 ? r + 1 : r;
+                for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+                    int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
+                    rows_fn(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
+                            s + q * g2, g2, ad + (p0 + j0) * intermediate, intermediate, m, y,
+                            y + MAX_TOKENS);
+                    for (int j = 0; j < m; j++) {
+                        int64_t p = p0 + j0 + j;
+                        float *o = out + tok[p] * hidden;
+                        o[r] += wt[p] * (y[j] + bias2[u * hidden + r]);
+                        if (q != r) o[q] += wt[p] * (y[MAX_TOKENS + j] + bias2[u * hidden + q]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* y[n, rows] = x[n, K] W^T + bias (bias may be NULL) for a bf16 matrix W [rows, K]. */
+void gl_bf16_matmul(int isa, const uint16_t *w, const float *bias, const float *x, float *y,
+                    int64_t rows, int64_t k, int64_t n, int nthreads) {
+    bf_rows_fn rows_fn = bf_rows_for(isa);
+#pragma omp parallel num_threads(nthreads)
+    {
+        int64_t r0, r1;
+        split_rows(rows, thread_id(), thread_count(), &r0, &r1);
+        for (int64_t r = r0; r < r1; r += 2) {
+            int64_t q = r + 1 < r1 ? r + 1 : r;
+            for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+                int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
+                float o0[MAX_TOKENS], o1[MAX_TOKENS];
+                rows_fn(w + r * k, w + q * k, k, x + j0 * k, m, o0, o1);
+                for (int j = 0; j < m; j++) {
+                    y[(j0 + j) * rows + r] = o0[j] + (bias ? bias[r] : 0.0f);
+                    if (q != r) y[(j0 + j) * rows + q] = o1[j] + (bias ? bias[q] : 0.0f);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,279 @@
+"""The compiled CPU kernels (kernels/cpu) against `mxfp4.dequantize` and the torch expert math.
+
+Every instruction set this CPU has is tested, the portable C one always. References are computed
+in float64 from the weights `mxfp4.dequantize` decodes (exactly representable), so they are exact
+to ~1e-16 and the kernels' fp32 error can be bounded: any order of summing n products has a
+first-order error of at most n·u·Σ|products| (u = 2**-24), which is the tolerance used below.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import fields
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gptoss_lite
+from gptoss_lite import GptossError
+from gptoss_lite.kernels import cpu
+from gptoss_lite.model import moe
+from gptoss_lite.model.moe import PackedExperts
+from gptoss_lite.model.mxfp4 import dequantize
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler for the CPU kernels")
+ISAS = cpu.supported_isas() if cpu.available() else []
+U = 2.0**-24  # fp32 unit roundoff
+TINY = 2.0**-149  # smallest fp32 subnormal: the absolute error of a product that underflows
+SLOPE = 1.1  # Lipschitz constant of g·sigmoid(alpha·g) in g (its derivative peaks at 1.0998)
+ALPHA, LIMIT = 1.702, 7.0
+
+
+def summation_bound(n: int, abs_sum: torch.Tensor) -> torch.Tensor:
+    return n * U * abs_sum + n * TINY
+
+
+# ------------------------------------------------------------------ MXFP4 matmul
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_every_code_and_scale_decodes_exactly(isa):
+    # Row r has scale r (0..255) in every block, plus a 257th row (odd: not a whole tile of 2)
+    # with scale 127; the bytes cycle through all 256 values, so every code meets every scale
+    # in both nibbles. One-hot inputs make each output a single product: W[r, k] itself.
+    rows, groups = 257, 3
+    blocks = (torch.arange(rows * groups * 16) % 256).to(torch.uint8).view(rows, groups, 16)
+    scales = torch.cat([torch.arange(256), torch.tensor([127])]).to(torch.uint8)
+    scales = scales[:, None].expand(rows, groups).contiguous()
+    eye = torch.eye(groups * 32)
+    got = cpu.mxfp4_linear(eye, blocks, scales, isa=isa)  # (K, rows) = W^T
+    ref = dequantize(blocks, scales, torch.float32).T
+    finite = ref.isfinite().all(dim=0)  # rows whose weights all fit fp32
+    assert finite.sum() == rows - 3 and torch.equal(got[:, finite], ref[:, finite])
+    # Scales 253 and 254 overflow fp32 for the larger codes, and 255 (NaN in the OCP spec, unused
+    # by checkpoints) decodes as 2**128 = inf, all as in the reference; a non-finite weight makes
+    # the outputs it meets non-finite (and 0·inf = NaN).
+    assert not got[:, ~finite][~ref[:, ~finite].isfinite()].isfinite().any()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("tokens", [1, 3, 11])
+def test_matmul_matches_dequantize_and_linear(isa, tokens):
+    g = torch.Generator().manual_seed(tokens)
+    rows, groups = 45, 5  # odd row count
+    blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=g)
+    scales = torch.randint(100, 150, (rows, groups), dtype=torch.uint8, generator=g)  # finite sums
+    x = torch.randn(tokens, groups * 32, generator=g)
+    bias = torch.randn(rows, generator=g)
+    w = dequantize(blocks, scales, torch.float64)
+    ref = F.linear(x.double(), w, bias.double())
+    bound = summation_bound(groups * 32 + 1, x.double().abs() @ w.abs().T + bias.abs())
+    got = cpu.mxfp4_linear(x, blocks, scales, bias, isa=isa).double()
+    assert ((got - ref).abs() <= bound).all()
+
+
+# ------------------------------------------------------------------ experts
+
+
+def random_experts(e: int, h: int, i: int, g: torch.Generator) -> PackedExperts:
+    def packed(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        blocks = torch.randint(0, 256, (e, rows, cols // 32, 16), dtype=torch.uint8, generator=g)
+        return blocks, torch.randint(
+            119, 125, (e, rows, cols // 32), dtype=torch.uint8, generator=g
+        )
+
+    b1, s1 = packed(2 * i, h)
+    b2, s2 = packed(h, i)
+    return PackedExperts(
+        b1, s1, torch.randn(e, 2 * i, generator=g), b2, s2, torch.randn(e, h, generator=g)
+    )
+
+
+def expert_reference(x, idx, weight, experts):
+    """The model's own experts_forward in float64, and a bound on the kernel's fp32 error.
+
+    gate_up sums H products and a bias (n·u); SwiGLU carries that error with slope at most
+    SLOPE·(LIMIT+1) in the gate and LIMIT in up, and rounds a few ulps itself; down adds the
+    error of summing I more products and a bias; the weighted sum of k experts adds k·u."""
+    as64 = PackedExperts(*(t if t.dtype == torch.uint8 else t.double() for t in experts.tensors()))
+    ref = moe.experts_forward(x.double(), idx, weight.double(), as64, ALPHA, LIMIT)
+    h, i = x.shape[1], experts.down_blocks.shape[2] * 32
+    bound = torch.zeros_like(ref)
+    for t in range(x.shape[0]):
+        for slot, e in enumerate(idx[t].tolist()):
+            w1 = dequantize(experts.gate_up_blocks[e], experts.gate_up_scales[e], torch.float64)
+            w2 = dequantize(experts.down_blocks[e], experts.down_scales[e], torch.float64)
+            xt = x[t].double()
+            pre = w1 @ xt + as64.gate_up_bias[e]
+            e1 = summation_bound(h + 1, w1.abs() @ xt.abs() + as64.gate_up_bias[e].abs())
+            a = moe.swiglu(pre, ALPHA, LIMIT)
+            ea = SLOPE * (LIMIT + 1) * e1[::2] + LIMIT * e1[1::2] + 8 * U * a.abs()
+            y = w2 @ a + as64.down_bias[e]
+            ey = w2.abs() @ ea + summation_bound(
+                i + 1, w2.abs() @ a.abs() + as64.down_bias[e].abs()
+            )
+            wt = weight[t, slot].double()
+            bound[t] += wt * ey + summation_bound(idx.shape[1], (wt * y).abs())
+    return ref, bound
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize(
+    ("experts", "hidden", "intermediate", "k", "tokens", "threads"),
+    [
+        (5, 64, 96, 1, 1, 1),  # one expert per token, decode
+        (6, 96, 160, 3, 3, 3),  # three experts per token, threads splitting 48 row pairs unevenly
+        (4, 96, 64, 3, 11, 2),  # several tokens: more than one 8-token pass per expert
+    ],
+)
+def test_experts_match_the_torch_experts(isa, experts, hidden, intermediate, k, tokens, threads):
+    g = torch.Generator().manual_seed(hidden + tokens)
+    packed = random_experts(experts, hidden, intermediate, g)
+    x = torch.randn(tokens, hidden, generator=g)
+    idx = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)])
+    weight = torch.softmax(torch.randn(tokens, k, generator=g), dim=-1)
+    ref, bound = expert_reference(x, idx, weight, packed)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = cpu.experts_forward(x, idx, weight, packed, ALPHA, LIMIT, isa=isa).double()
+    finally:
+        torch.set_num_threads(before)
+    assert ((got - ref).abs() <= bound).all()
+    assert (got - ref).abs().max() > 0 or tokens == 1  # not the reference itself
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    g = torch.Generator().manual_seed(1)
+    packed = random_experts(4, 64, 96, g)
+    x = torch.randn(5, 64, generator=g)
+    idx = torch.randint(0, 4, (5, 2), generator=g)
+    weight = torch.rand(5, 2, generator=g)
+    before = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(cpu.experts_forward(x, idx, weight, packed, ALPHA, LIMIT))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+
+
+# ------------------------------------------------------------------ bf16 matvec
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("tokens", [1, 3, 8])
+def test_bf16_linear_matches_torch(isa, tokens):
+    g = torch.Generator().manual_seed(tokens)
+    rows, k = 1001, 88  # odd rows, a row length that is not a whole number of vectors
+    w = torch.randn(rows, k, generator=g).bfloat16()
+    bias = torch.randn(rows, generator=g).bfloat16()
+    x = torch.randn(tokens, k, generator=g).bfloat16()
+    ref = F.linear(x.double(), w.double(), bias.double())
+    bound = summation_bound(k + 1, x.double().abs() @ w.double().abs().T + bias.double().abs())
+    got = cpu.linear(x, w, bias, isa=isa)
+    assert got.dtype == torch.bfloat16
+    # The kernel sums in fp32 and rounds once to bf16 (2**-9 relative), as torch's own bf16 linear.
+    assert ((got.double() - ref).abs() <= bound + 2.0**-8 * ref.abs()).all()
+    torch.testing.assert_close(got, F.linear(x, w, bias), rtol=2**-7, atol=0)
+
+
+def test_bf16_linear_leaves_larger_inputs_to_torch(monkeypatch):
+    monkeypatch.setattr(cpu, "_library", lambda: pytest.fail("the kernel ran"))
+    x, w = torch.randn(cpu.DECODE_ROWS + 1, 32).bfloat16(), torch.randn(5, 32).bfloat16()
+    assert torch.equal(cpu.linear(x, w), F.linear(x, w))
+    x32, w32 = x.float(), w.float()
+    assert torch.equal(cpu.linear(x32[:1], w32), F.linear(x32[:1], w32))
+
+
+# ------------------------------------------------------------------ build, cache, dispatch
+
+
+def test_library_is_cached_by_source_and_flags(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    compiler = cpu._compiler()
+    first = cpu._compile(compiler, cpu.FLAGS)
+    assert first.parent == tmp_path / "gptoss-lite" / "kernels"
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left
+
+    def no_compiler(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(subprocess, "run", no_compiler)
+    assert cpu._compile(compiler, cpu.FLAGS) == first
+    with pytest.raises(AssertionError, match="compiled again"):
+        cpu._compile(compiler, (*cpu.FLAGS, "-DOTHER"))
+    assert list(first.parent.iterdir()) == [first]  # the failed build left nothing
+
+
+def test_without_a_compiler_the_torch_path_runs_and_says_so(monkeypatch, capsys):
+    from gptoss_lite.engine.runner import _kernels
+    from gptoss_lite.kernels import kernel_functions
+
+    monkeypatch.setattr(cpu, "_compiler", lambda: None)
+    cpu._library.cache_clear()
+    try:
+        assert not cpu.available()
+        assert _kernels("auto", torch.device("cpu")) == "torch"
+        with pytest.raises(GptossError, match="need a C compiler"):
+            kernel_functions("cpu")
+    finally:
+        cpu._library.cache_clear()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "slow torch path" in err and "install a C compiler" in err
+
+
+def test_isa_is_chosen_once_and_can_be_forced(monkeypatch):
+    assert cpu.kernel_name() == f"cpu-{ISAS[-1]}"  # the widest this CPU has
+    cpu.best_isa.cache_clear()
+    try:
+        monkeypatch.setenv(cpu.ISA_ENV, "portable")
+        assert cpu.kernel_name() == "cpu-portable"
+        cpu.best_isa.cache_clear()
+        monkeypatch.setenv(cpu.ISA_ENV, "sse9")
+        with pytest.raises(GptossError, match="use one of portable, avx2, avx512"):
+            cpu.best_isa()
+    finally:
+        monkeypatch.delenv(cpu.ISA_ENV)
+        cpu.best_isa.cache_clear()
+
+
+# ------------------------------------------------------------------ in the model
+
+
+def test_model_runs_the_experts_from_the_packed_bytes(checkpoint, monkeypatch):
+    runner = gptoss_lite.load(checkpoint("g2"), device="cpu", dtype=torch.float32, context=64)
+    assert runner.model.kernel_name == cpu.kernel_name()
+    ids = list(range(5, 25))
+    ref = gptoss_lite.load(
+        checkpoint("g2"), device="cpu", dtype=torch.float32, context=64, kernels="torch"
+    ).logits(ids)
+    monkeypatch.setattr(moe.mxfp4, "dequantize", lambda *a: pytest.fail("a dense copy was made"))
+    # Both sum fp32 products in different orders (see the tests above): logits of magnitude
+    # ~5 agree to ~1e-6; 1e-4 leaves room for a near-tied routing decision to stay the same.
+    torch.testing.assert_close(runner.logits(ids), ref, rtol=0, atol=1e-4)
+
+
+def test_host_experts_split_runs_the_same_code_on_cpu(checkpoint):
+    # Both "devices" are the CPU here: the split layers still hand their activations to the
+    # host-side kernel and take the result back, through the code a GPU run uses.
+    folder = checkpoint("g1")
+    ids = list(range(3, 30))
+    whole = gptoss_lite.load(folder, device="cpu", dtype=torch.float32, context=64)
+    split = gptoss_lite.load(folder, device="cpu", dtype=torch.float32, context=64, cpu_experts=2)
+    assert split.plan.cpu_experts == 2 and split.model.host_experts == 2
+    names = [f.name for f in fields(PackedExperts)]
+    assert split.model.host_parameters() == {f"mlp.{n}.{name}" for n in (0, 1) for name in names}
+    kinds = [block.run_experts.__qualname__.split(".")[0] for block in split.model.mlp]
+    assert kinds == ["on_host", "on_host", "experts_forward"]
+    assert split.model.kernel_name.endswith(f"host experts {cpu.kernel_name()}")
+    assert torch.equal(split.logits(ids), whole.logits(ids))  # the same kernel on both sides
+    every = gptoss_lite.load(
+        folder, device="cpu", dtype=torch.float32, context=64, cpu_experts="all"
+    )
+    assert every.model.host_experts == 3
+    with pytest.raises(GptossError, match=r"cpu_experts 4: \S+ has 3 layers; use 0\.\.3 or 'all'"):
+        gptoss_lite.load(folder, device="cpu", context=64, cpu_experts=4)
