@@ -1,17 +1,27 @@
-"""Speed and memory of one runner: prefill tok/s, decode tok/s, achieved bandwidth, peak memory.
+"""Speed and memory of one runner, against the bound this machine's memory bandwidth sets.
 
-`bench` feeds a random prompt and decodes greedily, timing each phase with the device
-synchronized, and relates the decode time to the bytes a decode step must read
-(`decode_bytes_per_token`: the routed experts' packed MXFP4 bytes, the attention and router
-weights, the lm_head, and the KV cache it attends over). `bench_transformers` runs HF
-transformers on the same checkpoint for a side-by-side figure.
+`bench` feeds a random prompt and decodes greedily: a short warm-up first (so one-time costs
+such as kernel selection, allocator growth and page faults are not timed), then `repeats`
+timed runs, each a prefill of the whole prompt and `gen_tokens` decode steps with the device
+synchronized; results are medians with their spread, as llama-bench reports. A decode step is
+bound by the bytes it must read (`memory.plan.decode_bytes_per_token`: the routed experts, the
+other weights, the KV cache it attends over), so `read_bandwidth` measures what this machine
+reads per second (a few hundred MB summed, best of a few) and the result says how far decode is
+from that bound. `bench_transformers` runs HF transformers on the same checkpoint, in a process
+of its own (`python -m gptoss_lite.bench transformers ...`), so the peak memory it reports is
+its own.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,21 +31,41 @@ from .config import ModelConfig
 from .engine.generate import prefill
 from .engine.graphs import GraphedDecodeStep
 from .engine.runner import Runner
+from .errors import GptossError
 from .memory.categories import category_of
-from .memory.plan import decode_bytes_per_token, kv_slot_bytes
+from .memory.plan import decode_bytes_per_token
+from .units import GB, MIB
+
+WARMUP_PROMPT = 32  # prompt tokens of the warm-up run (then one decode step), as llama-bench
+BANDWIDTH_BYTES = {"cpu": 256 * MIB, "cuda": 1024 * MIB}  # well beyond any cache
+BANDWIDTH_ROUNDS = 5
 
 
 @dataclass
 class BenchResult:
     engine: str
     device: str
+    kernels: str  # the attention and expert implementation that ran
     prompt_tokens: int
     gen_tokens: int
-    prefill_seconds: float
-    decode_seconds: float  # for gen_tokens decode steps
+    prefill_runs: list[float]  # seconds of each timed prefill
+    decode_runs: list[float]  # seconds of each run's gen_tokens decode steps
     decode_bytes_per_token: int
     peak_memory_bytes: int | None
     peak_memory_kind: str
+    read_bytes_per_s: float | None = None  # this machine's measured read bandwidth
+
+    @property
+    def repeats(self) -> int:
+        return len(self.decode_runs)
+
+    @property
+    def prefill_seconds(self) -> float:
+        return statistics.median(self.prefill_runs)
+
+    @property
+    def decode_seconds(self) -> float:
+        return statistics.median(self.decode_runs)
 
     @property
     def prefill_tok_s(self) -> float:
@@ -46,18 +76,55 @@ class BenchResult:
         return self.gen_tokens / self.decode_seconds
 
     @property
+    def prefill_tok_s_stdev(self) -> float:
+        return _stdev([self.prompt_tokens / s for s in self.prefill_runs])
+
+    @property
+    def decode_tok_s_stdev(self) -> float:
+        return _stdev([self.gen_tokens / s for s in self.decode_runs])
+
+    @property
     def ms_per_token(self) -> float:
         return 1000 * self.decode_seconds / self.gen_tokens
 
     @property
     def decode_gb_s(self) -> float:
-        return self.decode_bytes_per_token * self.decode_tok_s / 1e9
+        return self.decode_bytes_per_token * self.decode_tok_s / GB
+
+    @property
+    def bound_ms_per_token(self) -> float | None:
+        """The fastest a decode step can be: its bytes at this machine's read bandwidth."""
+        if self.read_bytes_per_s is None:
+            return None
+        return 1000 * self.decode_bytes_per_token / self.read_bytes_per_s
+
+    @property
+    def bound_pct(self) -> float | None:
+        """Decode speed as a percentage of the bandwidth bound."""
+        bound = self.bound_ms_per_token
+        return None if bound is None else 100 * bound / self.ms_per_token
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        for name in ("prefill_tok_s", "decode_tok_s", "ms_per_token", "decode_gb_s"):
+        for name in (
+            "repeats",
+            "prefill_seconds",
+            "decode_seconds",
+            "prefill_tok_s",
+            "prefill_tok_s_stdev",
+            "decode_tok_s",
+            "decode_tok_s_stdev",
+            "ms_per_token",
+            "decode_gb_s",
+            "bound_ms_per_token",
+            "bound_pct",
+        ):
             out[name] = getattr(self, name)
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> BenchResult:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
 
 
 def resident_bytes(runner: Runner) -> dict[str, int]:
@@ -73,102 +140,187 @@ def resident_bytes(runner: Runner) -> dict[str, int]:
 
 
 def bench(
-    runner: Runner, prompt_tokens: int, gen_tokens: int, seed: int = 0, cuda_graph: bool = False
+    runner: Runner,
+    prompt_tokens: int,
+    gen_tokens: int,
+    repeats: int = 3,
+    seed: int = 0,
+    cuda_graph: bool = False,
 ) -> BenchResult:
-    """Prefill `prompt_tokens` random tokens, then decode `gen_tokens` greedily. With
-    `cuda_graph` each step is a graph replay; the first step (warm-up and capture) runs before
-    the clock starts, and `gen_tokens` more are timed."""
-    g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, runner.config.vocab_size, (prompt_tokens,), generator=g)
-    device = runner.device
-    _reset_peak(device)
-    runner.cache.rewind(0)
-    start = _now(device)
-    logits = prefill(runner.model, runner.cache, prompt.to(device), runner.prefill_chunk)
-    prefill_seconds = _now(device) - start
-    token = logits[-1].argmax().view(1)
-    if cuda_graph:
-        step = GraphedDecodeStep(runner.model, runner.cache)
-        token = step(token)[-1].argmax().view(1)
-    else:
-        step = partial(runner.model, cache=runner.cache, last_only=True)
-    start = _now(device)
-    with torch.inference_mode():
-        for _ in range(gen_tokens):
-            token = step(token)[-1].argmax().view(1)
-    decode_seconds = _now(device) - start
+    """Warm up, then `repeats` times: prefill `prompt_tokens` random tokens, decode `gen_tokens`
+    greedily. With `cuda_graph` each decode step is a graph replay, captured in the warm-up."""
+    model, cache = runner.model, runner.cache
+    forward = GraphedDecodeStep(model, cache) if cuda_graph else None
+
+    def first(prompt: torch.Tensor) -> torch.Tensor:
+        cache.rewind(0)
+        return prefill(model, cache, prompt, runner.prefill_chunk)[-1].argmax().view(1)
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        logits = forward(token) if forward else model(token, cache, last_only=True)
+        return logits[-1].argmax().view(1)
+
+    prompt = _prompt(runner.config, prompt_tokens, seed).to(runner.device)
+    prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, repeats, runner.device)
+    plan = runner.plan
     return _result(
         "gptoss-lite",
         runner.config,
-        device,
+        runner.device,
+        model.kernel_name,
         prompt_tokens,
         gen_tokens,
-        prefill_seconds,
-        decode_seconds,
-        kv_slot_bytes(runner.config, runner.cache.kv_dtypes),
+        prefill_runs,
+        decode_runs,
+        kv_slot=None if plan is None else plan.kv_slot_bytes,
     )
 
 
 def bench_transformers(
-    folder: Path, prompt_tokens: int, gen_tokens: int, device: torch.device, seed: int = 0
+    folder: Path,
+    prompt_tokens: int,
+    gen_tokens: int,
+    device: torch.device,
+    repeats: int = 3,
+    seed: int = 0,
+    *,
+    in_process: bool = False,
 ) -> BenchResult:
-    """The same measurement with HF transformers' GptOssForCausalLM on the same checkpoint."""
+    """The same measurement with HF transformers' GptOssForCausalLM on the same checkpoint, in a
+    Python process of its own (`python -m gptoss_lite.bench`) unless `in_process`, so that the
+    peak memory it reports is transformers' alone. On the CPU transformers dequantizes the
+    experts to bf16, so a decode step reads them in bf16."""
+    if not in_process:
+        return _apart(folder, prompt_tokens, gen_tokens, device, repeats, seed)
     from transformers import GptOssForCausalLM, Mxfp4Config
 
     config = GptOssForCausalLM.config_class.from_pretrained(folder)
-    quant = Mxfp4Config(dequantize=device.type == "cpu")  # CPU: transformers must dequantize
+    dense = device.type == "cpu"  # transformers' MXFP4 kernels need a GPU
     model = GptOssForCausalLM.from_pretrained(
-        folder, quantization_config=quant, dtype=torch.bfloat16, device_map=str(device)
+        folder,
+        quantization_config=Mxfp4Config(dequantize=dense),
+        dtype=torch.bfloat16,
+        device_map=str(device),
     )
-    g = torch.Generator().manual_seed(seed)
-    prompt = torch.randint(0, config.vocab_size, (1, prompt_tokens), generator=g).to(device)
-    _reset_peak(device)
-    with torch.inference_mode():
-        start = _now(device)
-        out = model(prompt, use_cache=True)
-        prefill_seconds = _now(device) - start
-        past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        start = _now(device)
-        for _ in range(gen_tokens):
-            out = model(token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        decode_seconds = _now(device) - start
+    past = None
+
+    def first(prompt: torch.Tensor) -> torch.Tensor:
+        nonlocal past
+        out = model(prompt.view(1, -1), use_cache=True)
+        past = out.past_key_values
+        return out.logits[:, -1].argmax(-1, keepdim=True)
+
+    def step(token: torch.Tensor) -> torch.Tensor:
+        nonlocal past
+        out = model(token, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        return out.logits[:, -1].argmax(-1, keepdim=True)
+
+    ours = ModelConfig.from_hf(config.to_dict())
+    prompt = _prompt(ours, prompt_tokens, seed).to(device)
+    prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, repeats, device)
+    kernels = "transformers, experts dequantized to bf16" if dense else "transformers, MXFP4"
     return _result(
         "transformers",
-        ModelConfig.from_hf(config.to_dict()),
+        ours,
         device,
+        kernels,
         prompt_tokens,
         gen_tokens,
-        prefill_seconds,
-        decode_seconds,
+        prefill_runs,
+        decode_runs,
+        dense_experts=dense,
     )
+
+
+def _apart(folder: Path, *args) -> BenchResult:
+    """`bench_transformers(folder, *args)` run by `main` in a child process."""
+    names = ("--prompt-tokens", "--gen-tokens", "--device", "--repeats", "--seed")
+    command = [sys.executable, "-m", "gptoss_lite.bench", "transformers", str(folder)]
+    for name, value in zip(names, args, strict=True):
+        command += [name, str(value)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise GptossError(f"--compare transformers failed: {lines[-1]}")
+    return BenchResult.from_dict(json.loads(done.stdout))
+
+
+def read_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
+    """Bytes per second this device reads: the best of a few sums over a large fp32 array."""
+    nbytes = nbytes or BANDWIDTH_BYTES[device.type]
+    data = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    data.sum()  # the first pass faults the pages in
+    best = float("inf")
+    for _ in range(BANDWIDTH_ROUNDS):
+        start = _now(device)
+        data.sum()
+        best = min(best, _now(device) - start)
+    return nbytes / best
+
+
+def timed_runs(
+    first: Callable[[torch.Tensor], torch.Tensor],
+    step: Callable[[torch.Tensor], torch.Tensor],
+    prompt: torch.Tensor,
+    gen_tokens: int,
+    repeats: int,
+    device: torch.device,
+) -> tuple[list[float], list[float]]:
+    """A warm-up, then per run the seconds of `first(prompt)` and of `gen_tokens` `step`s."""
+    prefill_runs, decode_runs = [], []
+    with torch.inference_mode():
+        step(first(prompt[:WARMUP_PROMPT]))
+        _reset_peak(device)
+        for _ in range(repeats):
+            start = _now(device)
+            token = first(prompt)
+            middle = _now(device)
+            for _ in range(gen_tokens):
+                token = step(token)
+            prefill_runs.append(middle - start)
+            decode_runs.append(_now(device) - middle)
+    return prefill_runs, decode_runs
 
 
 def _result(
     engine: str,
     config: ModelConfig,
     device: torch.device,
+    kernels: str,
     prompt_tokens: int,
     gen_tokens: int,
-    prefill_seconds: float,
-    decode_seconds: float,
+    prefill_runs: list[float],
+    decode_runs: list[float],
     kv_slot: int | None = None,
+    dense_experts: bool = False,
 ) -> BenchResult:
     peak = peak_memory(device)
+    # the cache holds the prompt plus, on average, half the generated tokens
+    context = prompt_tokens + gen_tokens // 2
     return BenchResult(
         engine=engine,
         device=str(device),
+        kernels=kernels,
         prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens,
-        prefill_seconds=prefill_seconds,
-        decode_seconds=decode_seconds,
-        # the cache holds the prompt plus, on average, half the generated tokens
+        prefill_runs=prefill_runs,
+        decode_runs=decode_runs,
         decode_bytes_per_token=decode_bytes_per_token(
-            config, prompt_tokens + gen_tokens // 2, kv_slot, dense_experts=engine == "transformers"
+            config, context, kv_slot, dense_experts=dense_experts
         ),
         peak_memory_bytes=peak[0] if peak else None,
         peak_memory_kind=peak[1] if peak else "unknown",
     )
+
+
+def _prompt(config: ModelConfig, tokens: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.vocab_size, (tokens,), generator=generator)
+
+
+def _stdev(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def _now(device: torch.device) -> float:
@@ -180,3 +332,28 @@ def _now(device: torch.device) -> float:
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m gptoss_lite.bench transformers FOLDER ...`: one JSON `BenchResult` on stdout."""
+    parser = argparse.ArgumentParser(prog="python -m gptoss_lite.bench")
+    parser.add_argument("engine", choices=["transformers"])
+    parser.add_argument("folder", type=Path)
+    for name in ("--prompt-tokens", "--gen-tokens", "--repeats", "--seed"):
+        parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--device", required=True)
+    args = parser.parse_args(argv)
+    result = bench_transformers(
+        args.folder,
+        args.prompt_tokens,
+        args.gen_tokens,
+        torch.device(args.device),
+        args.repeats,
+        args.seed,
+        in_process=True,
+    )
+    json.dump(result.to_dict(), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,12 +9,12 @@ while writing (a full disk, a bug) leaves the old report as it was and nothing n
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .checkpoint.staging import staged
 from .errors import GptossError
 
 
@@ -33,51 +33,29 @@ def check_outputs(folder: Path, names: Iterable[str], overwrite: bool) -> None:
 def replacing(folder: Path, names: Iterable[str]) -> Iterator[Path]:
     """Yield an empty folder beside `folder` to write a report of files among `names` into;
     when the block succeeds, they replace the report in `folder` whole (old files of `names`
-    that the new report lacks go too). When it fails, `folder` is left untouched."""
+    that the new report lacks go too). When it fails, `folder` is left untouched.
+
+    A folder that holds nothing but a report is replaced by renaming (`checkpoint.staging`);
+    one that holds other files too, or that this process runs in, gets the new files one by
+    one once all of them are written."""
     names = set(names)
     folder = Path(folder).absolute()
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        new = _sibling(folder, "new")
-        new.mkdir()
-    except OSError as exc:
-        raise GptossError(f"cannot write the report into {folder}: {exc.strerror}") from None
-    try:
+    held = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    whole = held <= names and not Path.cwd().resolve().is_relative_to(folder.resolve())
+    target = folder if whole else folder.parent / f".{folder.name}.new-report"
+    with staged(target, replace=True) as new:
         yield new
         written = {p.name for p in new.iterdir()}
         if not written <= names:
             raise ValueError(f"unexpected report files: {sorted(written - names)}")
-        _swap_in(new, folder, names, written)
-    except OSError as exc:
-        raise GptossError(
-            f"cannot write the report into {folder}: {exc.strerror}; the folder is unchanged"
-        ) from None
-    finally:
-        shutil.rmtree(new, ignore_errors=True)
-
-
-def _swap_in(new: Path, folder: Path, names: set[str], written: set[str]) -> None:
-    """Put the files of `new` into `folder`: by renaming the folders when `folder` holds nothing
-    but a report (and is not where this process runs), else file by file."""
-    held = {p.name for p in folder.iterdir()} if folder.exists() else set()
-    if held <= names and not Path.cwd().resolve().is_relative_to(folder.resolve()):
-        old = _sibling(folder, "old") if folder.exists() else None
-        if old is None:
-            new.rename(folder)
-            return
-        folder.rename(old)
-        try:
-            new.rename(folder)
-        except OSError:
-            old.rename(folder)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+    if whole:
         return
-    for name in written:
-        os.replace(new / name, folder / name)
-    for name in (held & names) - written:
-        (folder / name).unlink()
-
-
-def _sibling(folder: Path, kind: str) -> Path:
-    return folder.parent / f".{folder.name}.{kind}-{secrets.token_hex(4)}"
+    try:
+        for name in written:
+            os.replace(target / name, folder / name)
+        for name in (held & names) - written:
+            (folder / name).unlink()
+    except OSError as exc:
+        raise GptossError(f"writing {folder} failed: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(target, ignore_errors=True)

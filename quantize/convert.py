@@ -49,7 +49,7 @@ class Item:
 
 
 @dataclass(frozen=True)
-class Plan:
+class ConversionPlan:
     """Everything `write_quantized` will do, decided before a byte is written."""
 
     source: Source
@@ -77,7 +77,7 @@ def plan_conversion(
     dst: str | Path,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     overwrite: bool = False,
-) -> Plan:
+) -> ConversionPlan:
     """Check DST (absent or empty, unless `overwrite`), then SRC (see `source.read_source`),
     and plan the shards."""
     destination = Path(dst).expanduser().absolute()
@@ -86,12 +86,12 @@ def plan_conversion(
     if destination.resolve().is_relative_to(source.folder.resolve()):
         raise GptossError(f"{dst} is inside SRC {source.folder}; pass a folder outside it")
     items = [_item(name, *source.tensors[name]) for name in sorted(source.tensors, key=_natural)]
-    plan = Plan(source, destination, _pack(items, max_shard_bytes), overwrite)
+    plan = ConversionPlan(source, destination, _pack(items, max_shard_bytes), overwrite)
     _check_free_space(destination, plan.total_bytes)
     return plan
 
 
-def write_quantized(plan: Plan, progress: Callable[[int], None] | None = None) -> Path:
+def write_quantized(plan: ConversionPlan, progress: Callable[[int], None] | None = None) -> Path:
     """Write the planned checkpoint; `progress(n)` is told the bytes of each tensor written."""
     dst = plan.destination
     _check_destination(dst, plan.overwrite)
@@ -140,7 +140,7 @@ def _pack(items: list[Item], max_shard_bytes: int) -> tuple[tuple[Item, ...], ..
     return tuple(tuple(shard) for shard in shards)
 
 
-def _write_all(plan: Plan, out: Path, progress: Callable[[int], None]) -> None:
+def _write_all(plan: ConversionPlan, out: Path, progress: Callable[[int], None]) -> None:
     weight_map = {}
     for k, shard in enumerate(plan.shards):
         specs = [spec for item in shard for spec in item.outputs]

@@ -1,11 +1,15 @@
 """`bench`: the bytes a decode step reads, and the command on a tiny checkpoint."""
 
 import json
+import statistics
 
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import GEOMETRIES
 
+import gptoss_lite
+from gptoss_lite.bench import WARMUP_PROMPT, BenchResult, timed_runs
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
 from gptoss_lite.memory.plan import decode_bytes_per_token
@@ -32,7 +36,7 @@ def test_20b_decode_reads_3_71_gb_per_token():
 def test_bench_command_on_a_tiny_checkpoint(checkpoint, compare):
     folder = checkpoint("g1")
     args = ["bench", "--model", str(folder), "--device", "cpu", "--prompt-tokens", "12",
-            "--gen-tokens", "3", "--json"]  # fmt: skip
+            "--gen-tokens", "3", "-r", "2", "--json"]  # fmt: skip
     result = CliRunner().invoke(main, args + (["--compare", "transformers"] if compare else []))
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)  # stderr carries transformers' progress bars
@@ -49,9 +53,86 @@ def test_bench_command_on_a_tiny_checkpoint(checkpoint, compare):
         assert r["decode_gb_s"] == pytest.approx(
             r["decode_bytes_per_token"] * r["decode_tok_s"] / 1e9
         )
+        assert len(r["prefill_runs"]) == len(r["decode_runs"]) == r["repeats"] == 2
+        assert r["decode_seconds"] == statistics.median(r["decode_runs"])
+        assert r["read_bytes_per_s"] == payload["read_bytes_per_s"] > 0
+        assert r["bound_ms_per_token"] == pytest.approx(
+            1000 * r["decode_bytes_per_token"] / r["read_bytes_per_s"]
+        )
+        assert r["bound_pct"] == pytest.approx(100 * r["bound_ms_per_token"] / r["ms_per_token"])
+        assert r["peak_memory_kind"] == "peak RSS" and r["peak_memory_bytes"] > 0
+    # The cache holds the prompt and, on average, half the decoded tokens: 12 + 1.
+    # the kernels that ran are the ones the runner picks on this machine (torch or the CPU kernel)
+    assert runs[0]["kernels"] == gptoss_lite.load(folder, device="cpu").model.kernel_name
+    assert runs[0]["decode_bytes_per_token"] == decode_bytes_per_token(config, 13)
+    if compare:  # transformers dequantizes the experts to bf16 on the CPU, and reads them so
+        assert runs[1]["decode_bytes_per_token"] == decode_bytes_per_token(
+            config, 13, dense_experts=True
+        )
+        assert runs[1]["kernels"] == "transformers, experts dequantized to bf16"
+
+
+def test_bench_refuses_more_tokens_than_the_context_before_loading(checkpoint):
+    args = ["bench", "--model", str(checkpoint("g1")), "--device", "cpu", "--context", "16",
+            "--prompt-tokens", "12", "--gen-tokens", "8"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    assert result.output == (
+        "error: 12 prompt + 8 generated tokens exceed the context of 16; "
+        "pass a larger --context or fewer tokens\n"
+    )
+
+
+def test_transformers_failing_in_its_process_is_one_line(tmp_path):
+    from gptoss_lite import GptossError
+    from gptoss_lite.bench import bench_transformers
+
+    with pytest.raises(GptossError, match="^--compare transformers failed: ") as err:
+        bench_transformers(tmp_path / "nothing", 4, 1, torch.device("cpu"), 1)
+    assert "\n" not in str(err.value)
 
 
 def test_bench_needs_one_model_source():
     result = CliRunner().invoke(main, ["bench"])
     assert result.exit_code == 1
     assert "give exactly one of --model or --geometry" in result.output
+
+
+def test_warm_up_then_each_run_is_a_whole_prefill_and_the_decode_steps():
+    calls = []
+
+    def first(prompt):
+        calls.append(("first", len(prompt)))
+        return torch.zeros(1)
+
+    def step(token):
+        calls.append(("step",))
+        return token
+
+    prefill_runs, decode_runs = timed_runs(first, step, torch.arange(40), 3, 2, torch.device("cpu"))
+    assert len(prefill_runs) == len(decode_runs) == 2
+    warm_up = [("first", WARMUP_PROMPT), ("step",)]
+    assert calls == warm_up + 2 * [("first", 40), ("step",), ("step",), ("step",)]
+
+
+def test_medians_spreads_and_the_bound_are_computed_from_the_runs():
+    r = BenchResult(
+        engine="gptoss-lite",
+        device="cpu",
+        kernels="torch",
+        prompt_tokens=100,
+        gen_tokens=10,
+        prefill_runs=[1.0, 4.0, 2.0],
+        decode_runs=[2.0, 1.0, 5.0],
+        decode_bytes_per_token=3 * 10**9,
+        peak_memory_bytes=None,
+        peak_memory_kind="unknown",
+        read_bytes_per_s=20e9,
+    )
+    assert (r.prefill_seconds, r.decode_seconds, r.repeats) == (2.0, 2.0, 3)
+    assert (r.prefill_tok_s, r.decode_tok_s, r.ms_per_token) == (50.0, 5.0, 200.0)
+    assert r.decode_tok_s_stdev == pytest.approx(statistics.stdev([5.0, 10.0, 2.0]))
+    assert r.decode_gb_s == 15.0  # 3 GB per token at 5 tok/s
+    assert r.bound_ms_per_token == 150.0  # 3 GB at 20 GB/s
+    assert r.bound_pct == 75.0
+    assert BenchResult.from_dict(r.to_dict()) == r

@@ -48,8 +48,7 @@ def test_a_failure_mid_write_leaves_the_old_report(tmp_path, failure):
         raise failure
     if isinstance(failure, OSError):
         assert str(err.value) == (
-            f"cannot write the report into {tmp_path / 'out'}: No space left on device; "
-            "the folder is unchanged"
+            f"writing {tmp_path / 'out'} failed: No space left on device; nothing was written"
         )
     assert contents(tmp_path / "out") == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -71,3 +70,16 @@ def test_the_working_folder_is_not_renamed_under_the_process(tmp_path, monkeypat
         (new / "report.md").write_text("new md")
     assert contents(tmp_path / "out") == {"report.md": "new md"}
     assert (tmp_path / "out").samefile(".")
+
+
+def test_a_failure_beside_other_files_leaves_them_and_the_old_report(tmp_path):
+    before = old_report(tmp_path / "out")
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with (
+        pytest.raises(GptossError, match="No space left on device"),
+        replacing(tmp_path / "out", NAMES) as new,
+    ):
+        (new / "report.md").write_text("new md")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    assert contents(tmp_path / "out") == before | {"notes.txt": "mine"}
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -344,7 +344,7 @@ def test_overwrite_failing_mid_write_keeps_the_earlier_report(report, tmp_path, 
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(vram_report_files, "draw_chart", full_disk)
-    with pytest.raises(GptossError, match="No space left on device; the folder is unchanged"):
+    with pytest.raises(GptossError, match="No space left on device; nothing was written"):
         write_report(replace(report, prompt_tokens=99), tmp_path / "out")
     assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir()} == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
@@ -370,3 +370,16 @@ def test_cuda_profile_without_cuda_is_one_line_for_every_command(checkpoint):
     # The plan is arithmetic: it needs no GPU.
     result = CliRunner().invoke(main, ["plan", "--model", folder, "--profile", "rtx4090"])
     assert result.exit_code == 0, result.output
+
+
+def test_all_sliding_model_runs_at_the_context_its_caps_allow(tmp_path):
+    # `synth --layers 1`: layer 0 is sliding, so nothing grows with the context.
+    one = G1.with_(num_layers=1)
+    runner = gptoss_lite.load(SyntheticCheckpoint(one), profile=cpu(32))
+    assert (runner.plan.kv_bytes_per_token, runner.context) == (0, one.max_context)
+    assert len(list(runner.generate(range(20), max_new_tokens=12, temperature=0))) == 12
+    args = ["profile", "--geometry", "tiny", "--profile", "cpu", "--prompt-tokens", "16",
+            "--gen-tokens", "2", "--out", str(tmp_path)]  # fmt: skip
+    result = CliRunner().invoke(main, args, env={"GPTOSS_LITE_BUDGET": "8"})
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "report.json").read_text())["plan"]["budget_bytes"] == 8 << 30

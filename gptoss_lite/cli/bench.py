@@ -1,20 +1,39 @@
-"""`gptoss-lite bench`: prefill and decode speed, achieved bandwidth and peak memory."""
+"""`gptoss-lite bench`: prefill and decode speed against this machine's bandwidth bound.
+
+A thin shell over `gptoss_lite.bench`: load (a checkpoint, or random weights of a geometry),
+warm up, time `--repeats` runs and print medians ± standard deviations, the decode bandwidth
+achieved against the read bandwidth measured here, the kernels that ran and the peak memory.
+`--compare transformers` runs HF transformers on the same checkpoint in a process of its own.
+"""
 
 from __future__ import annotations
 
+import gc
+import importlib.util
 import json
 import time
 
 import click
-import torch
 
-from ..bench import bench, bench_transformers, resident_bytes
+from ..bench import (
+    BANDWIDTH_BYTES,
+    BANDWIDTH_ROUNDS,
+    BenchResult,
+    bench,
+    bench_transformers,
+    read_bandwidth,
+    resident_bytes,
+)
 from ..chat.stats import peak_memory
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..engine.runner import load
 from ..errors import GptossError
+from ..memory.plan import Plan
+from ..memory.profiles import resolve_profile
+from ..units import GB, format_bytes
 from .common import warn_kv
 from .options import (
+    budget_option,
     context_option,
     cpu_experts_option,
     device_option,
@@ -32,11 +51,20 @@ from .options import (
 @context_option("KV cache size in tokens [default: the largest that fits].")
 @click.option("--prompt-tokens", default=512, show_default=True, help="Random prompt length.")
 @click.option("--gen-tokens", default=32, show_default=True, help="Tokens to decode greedily.")
+@click.option(
+    "--repeats",
+    "-r",
+    default=3,
+    show_default=True,
+    help="Timed runs after the warm-up; the figures are their median and spread.",
+)
 @device_option()
+@budget_option()
 @click.option(
     "--compare",
     type=click.Choice(["transformers"]),
-    help="Also run HF transformers on the same checkpoint and print the ratio (needs --model).",
+    help="Also run HF transformers on the same checkpoint, in a process of its own, and print "
+    "the ratio (needs --model).",
 )
 @click.option(
     "--cuda-graph",
@@ -47,39 +75,67 @@ from .options import (
 @kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
-    model, geometry, profile, context, prompt_tokens, gen_tokens, device, compare, cuda_graph,
-    cpu_experts, kv_cache_dtype, as_json,
-):  # fmt: skip
-    """Measure prefill tok/s, decode tok/s and GB/s, and peak memory."""
+    model,
+    geometry,
+    profile,
+    context,
+    prompt_tokens,
+    gen_tokens,
+    repeats,
+    device,
+    budget,
+    compare,
+    cuda_graph,
+    cpu_experts,
+    kv_cache_dtype,
+    as_json,
+):
+    """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
     if bool(model) == bool(geometry):
         raise GptossError("give exactly one of --model or --geometry")
     if compare and not model:
         raise GptossError("--compare transformers needs a checkpoint folder (--model)")
-    if prompt_tokens < 1 or gen_tokens < 1:
-        raise GptossError("--prompt-tokens and --gen-tokens must be at least 1")
-    source = model or SyntheticCheckpoint(geometry)
+    if compare and importlib.util.find_spec("transformers") is None:
+        raise GptossError("--compare transformers needs HF transformers: pip install transformers")
+    if prompt_tokens < 1 or gen_tokens < 1 or repeats < 1:
+        raise GptossError("--prompt-tokens, --gen-tokens and --repeats must be at least 1")
+
+    def fits(plan: Plan) -> None:  # before any weight is read
+        if prompt_tokens + gen_tokens > plan.context:
+            raise GptossError(
+                f"{prompt_tokens} prompt + {gen_tokens} generated tokens exceed the context of "
+                f"{plan.context}; pass a larger --context or fewer tokens"
+            )
+
     start = time.perf_counter()
     runner = load(
-        source,
+        model or SyntheticCheckpoint(geometry),
         device=device,
-        profile=profile,
+        profile=resolve_profile(profile, device, budget),
         context=context,
         cpu_experts=cpu_experts,
+        on_plan=fits,
         kv_cache_dtype=kv_cache_dtype,
     )
     warn_kv(runner.plan)
-    load_seconds = time.perf_counter() - start
-    loaded = {"seconds": load_seconds, **resident_bytes(runner)}
+    loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
-    results = [bench(runner, prompt_tokens, gen_tokens, cuda_graph=cuda_graph)]
+    results = [bench(runner, prompt_tokens, gen_tokens, repeats, cuda_graph=cuda_graph)]
+    dev, folder = runner.device, runner.folder
     if compare:
         del runner
-        results.append(
-            bench_transformers(model, prompt_tokens, gen_tokens, torch.device(results[0].device))
-        )
+        gc.collect()
+        results.append(bench_transformers(folder, prompt_tokens, gen_tokens, dev, repeats))
+    bandwidth = read_bandwidth(dev)  # last: its buffer must not count in the peaks above
+    for r in results:
+        r.read_bytes_per_s = bandwidth
     if as_json:
-        payload = {"load": loaded, "results": [r.to_dict() for r in results]}
+        payload = {
+            "load": loaded,
+            "read_bytes_per_s": bandwidth,
+            "results": [r.to_dict() for r in results],
+        }
         click.echo(json.dumps(payload, indent=2))
         return
     click.echo(_describe_load(loaded))
@@ -87,28 +143,42 @@ def bench_command(
         click.echo(_describe(r))
     if compare:
         click.echo(f"decode speed-up over transformers: {_ratio(results)}x")
+    click.echo(
+        f"this machine reads {bandwidth / GB:,.1f} GB/s on {dev.type} "
+        f"({format_bytes(BANDWIDTH_BYTES[dev.type])} summed, best of {BANDWIDTH_ROUNDS})"
+    )
 
 
 def _describe_load(loaded: dict) -> str:
     peak = loaded["peak_memory_bytes"]
-    peak_text = "unknown" if peak is None else f"{peak / 1e9:.2f} GB ({loaded['peak_memory_kind']})"
+    peak_text = (
+        "unknown" if peak is None else f"{format_bytes(peak)} ({loaded['peak_memory_kind']})"
+    )
     return (
-        f"loaded in {loaded['seconds']:.1f} s: weights {loaded['weights'] / 1e9:.2f} GB resident, "
-        f"experts {loaded['experts_packed'] / 1e9:.2f} GB packed MXFP4; peak after load {peak_text}"
+        f"loaded in {loaded['seconds']:.1f} s: weights {loaded['weights'] / GB:.2f} GB resident, "
+        f"experts {loaded['experts_packed'] / GB:.2f} GB packed MXFP4; peak after load {peak_text}"
     )
 
 
-def _describe(r) -> str:
+def _describe(r: BenchResult) -> str:
     peak = "unknown"
     if r.peak_memory_bytes is not None:
-        peak = f"{r.peak_memory_bytes / 2**30:.2f} GiB ({r.peak_memory_kind})"
-    return (
-        f"{r.engine} on {r.device}: prefill {r.prompt_tokens} tokens at {r.prefill_tok_s:,.1f} "
-        f"tok/s; decode {r.gen_tokens} tokens at {r.decode_tok_s:,.2f} tok/s "
-        f"({r.ms_per_token:,.1f} ms/token, {r.decode_gb_s:,.2f} GB/s of "
-        f"{r.decode_bytes_per_token / 1e9:.2f} GB/token); peak {peak}"
+        peak = f"{format_bytes(r.peak_memory_bytes)} ({r.peak_memory_kind})"
+    runs = f"median of {r.repeats} runs" if r.repeats > 1 else "one run"
+    return "\n".join(
+        [
+            f"{r.engine} on {r.device} (kernels: {r.kernels}), {runs} after a warm-up:",
+            f"  prefill {r.prompt_tokens} tokens at {r.prefill_tok_s:,.1f} ± "
+            f"{r.prefill_tok_s_stdev:,.1f} tok/s",
+            f"  decode {r.gen_tokens} tokens at {r.decode_tok_s:,.2f} ± "
+            f"{r.decode_tok_s_stdev:,.2f} tok/s: {r.ms_per_token:,.1f} ms/token, "
+            f"{r.decode_bytes_per_token / GB:.2f} GB/token read at {r.decode_gb_s:,.2f} GB/s",
+            f"  {r.bound_pct:.1f} % of the bandwidth bound ({r.bound_ms_per_token:,.1f} ms/token "
+            f"at {r.read_bytes_per_s / GB:,.1f} GB/s)",
+            f"  peak memory {peak}",
+        ]
     )
 
 
-def _ratio(results) -> str:
+def _ratio(results: list[BenchResult]) -> str:
     return f"{results[0].decode_tok_s / results[1].decode_tok_s:.2f}"
