@@ -84,17 +84,24 @@ def model_error_report(
         "device": str(where),
         "reference": DESCRIPTION,
         "dtypes": list(dtypes),
-        "tokens": {
-            "kind": "random" if prompts is None else "text",
-            "file": None if prompts is None else str(prompts),
-            "seed": seed if prompts is None else None,
-            "requested": tokens,
-            "sequences": sequences.shape[0],
-            "context": sequences.shape[1],
-            "positions": sequences.shape[0] * (sequences.shape[1] - 1),
-        },
+        "tokens": token_summary(tokens, prompts, seed, sequences),
         "reference_perplexity": _perplexity(reference, targets),
         "rows": rows,
+    }
+
+
+def token_summary(
+    tokens: int, prompts: Path | None, seed: int, sequences: torch.Tensor
+) -> dict[str, object]:
+    """What was scored: random ids (with their seed) or a text file, cut into `sequences`."""
+    return {
+        "kind": "random" if prompts is None else "text",
+        "file": None if prompts is None else str(prompts),
+        "seed": seed if prompts is None else None,
+        "requested": tokens,
+        "sequences": sequences.shape[0],
+        "context": sequences.shape[1],
+        "positions": sequences.shape[0] * (sequences.shape[1] - 1),
     }
 
 

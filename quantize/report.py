@@ -1,11 +1,12 @@
-"""The reports of `quant-error`: per-tensor (`--tensors`, built here) and model-level (`--model`).
+"""The reports of `quant-error`: per tensor (`--tensors`, built here), per model (`--model`), and
+per KV-cache format (`--kv`, `kv_sweep.py`).
 
 `random_expert` makes the two weights of one MoE expert of a given geometry, with a
 distribution chosen to look like trained LLM weights rather than a clean Gaussian: each output
 row has its own scale (log-normal around 0.02, the gpt-oss init std), and one weight in 10,000 is
 an outlier of 10 to 30 times its row's scale. `tensor_error_report` runs every format of
 `compare.FORMATS` on both weights and returns a JSON-ready dict. `render_markdown` makes the
-markdown of either mode (the model mode's is in `kld_report.py`, its dict from `kld.py`) and
+markdown of any mode (the model mode's is in `kld_report.py`, its dict from `kld.py`) and
 `write_report` writes `report.md` and `report.json`.
 """
 
@@ -20,6 +21,7 @@ from gptoss_lite.config import ModelConfig
 
 from .compare import compare_formats
 from .kld_report import render_model_markdown
+from .kv_sweep import render_kv_markdown
 
 ROW_STD, ROW_STD_SPREAD = 0.02, 0.3  # σ_row = 0.02·exp(0.3·N(0, 1))
 OUTLIER_RATE, OUTLIER_RANGE = 1e-4, (10.0, 30.0)  # in units of σ_row
@@ -63,9 +65,11 @@ def tensor_error_report(cfg: ModelConfig, seed: int = 0) -> dict:
 
 
 def render_markdown(report: dict) -> str:
-    """`report.md` of either mode: the settings, then the table."""
+    """`report.md` of any mode: the settings, then the table."""
     if report["mode"] == "model":
         return render_model_markdown(report)
+    if report["mode"] == "kv":
+        return render_kv_markdown(report)
     return _render_tensors(report)
 
 

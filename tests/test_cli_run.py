@@ -174,6 +174,17 @@ def test_json_counts_and_verbose_stats(cli, tiny_model, o200k_tokenizer):
     assert kernels == f"kernels: {cpu.kernel_name() if cpu.available() else 'torch'}"
 
 
+def test_quantized_kv_cache_warns_in_one_line(cli, tiny_model):
+    result = cli("run", "-m", tiny_model, "--kv-cache-dtype", "q8", "-n", "3", "--raw", "Hi")
+    assert result.exit_code == 0, result.output
+    plan, warning = result.stderr.splitlines()
+    assert "context 2,048 tokens" in plan
+    assert warning.startswith("warning: K cache in q8: gpt-oss is sensitive to quantized keys")
+    env = {"GPTOSS_LITE_KV_CACHE_DTYPE": "bf16,q8", "GPTOSS_LITE_JSON": "1"}
+    result = cli("run", "-m", tiny_model, "-n", "2", "Hi", env=env)
+    assert result.exit_code == 0 and len(result.stderr.splitlines()) == 1  # V only: no warning
+
+
 def test_options_from_the_environment(cli, tiny_model):
     env = {"GPTOSS_LITE_MODEL": str(tiny_model), "GPTOSS_LITE_MAX_TOKENS": "3"}
     env |= {"GPTOSS_LITE_CONTEXT": "512", "GPTOSS_LITE_JSON": "1", "GPTOSS_LITE_SEED": "1"}
@@ -212,6 +223,7 @@ def test_harmony_settings_from_the_environment(cli, tiny_model, scripted, o200k_
         (["Hi"], {"GPTOSS_LITE_REASONING_EFFORT": "max"}, "'max' is not one of: low, medium"),
         (["-p", "nope", "Hi"], {}, "error: unknown profile 'nope'; known: "),
         (["--device", "tpu", "Hi"], {}, "error: --device tpu: not a device"),
+        (["--kv-cache-dtype", "int4", "Hi"], {}, "error: unknown KV-cache dtype 'int4' for K"),
         ([], {}, "error: no prompt"),
     ],
 )

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from gptoss_lite.kernels import triton_available
+from gptoss_lite.model.kv_quant import KVDtypes, Quantized, quantize
 from gptoss_lite.model.moe import PackedExperts
 from gptoss_lite.model.mxfp4 import dequantize
 
@@ -274,6 +275,35 @@ def test_attention_is_a_drop_in_for_the_model_path():
     ref = model_attention(*case, 8, key_block=32)
     out = attn.attention(*(t.to(DEVICE) for t in case), 8).cpu()
     torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
+
+
+# ------------------------------------------------------------------ quantized KV cache
+
+
+@pytest.mark.parametrize("kv", ["q8", "fp8", "bf16,q8", "fp8,bf16"])
+@pytest.mark.parametrize("window", [None, 8])
+@pytest.mark.parametrize("tokens", [1, 7])
+def test_attention_reads_a_quantized_cache(monkeypatch, kv, window, tokens):
+    """Codes times scales in registers: the reference on the same cache (which dequantizes it
+    whole), keys split across programs too."""
+    monkeypatch.setattr(attn, "SPLIT_MIN_KEYS", attn.BLOCK_N)
+    q, k, v, sinks, q_pos, k_pos = _attention_case(tokens, 150, 8, 2, dim=64, empty=3)
+    pair = KVDtypes.parse(kv)
+    case = (q, quantize(k, pair.k), quantize(v, pair.v), sinks, q_pos, k_pos)
+    _check_attention(case, window)
+
+
+def test_attention_decodes_every_e4m3_byte():
+    """V holds every finite e4m3 code once (scale 1) and each query sees only its own key (a
+    window of 1), so each output row is its V row times one weight: a byte decoded wrongly
+    shows. The reference decodes with torch's own float8 type."""
+    codes = torch.arange(256, dtype=torch.uint8)
+    codes[[0x7F, 0xFF]] = 0  # the two NaN codes, which the cache never writes
+    v = Quantized(codes.view(torch.float8_e4m3fn).view(4, 1, 64), torch.ones(4, 1, 1).half())
+    q, k, _, sinks, _, _ = _attention_case(4, 4, 2, 1, dim=64)
+    positions = torch.arange(4)
+    out = _check_attention((q, k, v, sinks, positions, positions), 1)
+    assert out.float().abs().amax() > 100  # the large codes came through
 
 
 # ------------------------------------------------------------------ GPU, real gpt-oss-20b shapes

@@ -19,17 +19,17 @@ pytest.importorskip("triton")
 SCRIPT = """
 import json, sys, torch, gptoss_lite
 runner = gptoss_lite.load(sys.argv[1], device="cpu", dtype=torch.float32, context=64,
-                          kernels="triton")
+                          kernels="triton", kv_cache_dtype=sys.argv[4])
 runner.prefill_chunk = int(sys.argv[2])
 ids = json.loads(sys.argv[3])
 print(json.dumps(runner.logits(ids).tolist()))
 """
 
 
-def triton_logits(folder, ids, chunk):
+def triton_logits(folder, ids, chunk, kv="bf16"):
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(folder), str(chunk), json.dumps(ids)],
+        [sys.executable, "-c", SCRIPT, str(folder), str(chunk), json.dumps(ids), kv],
         env=env,
         capture_output=True,
         text=True,
@@ -46,6 +46,19 @@ def test_decode_kernels_match_torch(checkpoint):
     # Chunks of 4 tokens keep the experts on the decode kernels, which compute in float32
     # throughout: what remains is summation order.
     got = triton_logits(folder, ids, chunk=4)
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-3)
+
+
+def test_attention_kernel_reads_a_quantized_cache_like_torch(checkpoint):
+    folder = checkpoint("g1")
+    ids = list(range(3, 23))
+    kv = "q8,fp8"  # both formats, K and V
+    ref = gptoss_lite.load(
+        folder, device="cpu", dtype=torch.float32, context=64, kv_cache_dtype=kv
+    ).logits(ids)
+    # The cache quantizes in torch on both paths, so both attend over the same codes; what
+    # remains is summation order, as in the test above.
+    got = triton_logits(folder, ids, chunk=4, kv=kv)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-3)
 
 

@@ -23,6 +23,7 @@ from gptoss_lite.memory.plan import (
     weight_bytes,
 )
 from gptoss_lite.memory.profiles import GIB, load_profile, with_budget
+from gptoss_lite.model.kv_quant import KVDtypes
 
 GPT20, GPT120 = preset("gpt-oss-20b"), preset("gpt-oss-120b")
 RTX4090 = load_profile("rtx4090")
@@ -63,11 +64,23 @@ def test_device_weights_keep_norms_and_sinks_fp32_and_embedding_on_host():
 # ------------------------------------------------------------------ KV cache and activations
 
 
+BF16 = KVDtypes()
+
+
 def test_kv_bytes():
-    assert kv_bytes_per_token(GPT20.with_(num_layers=2), 2) == 2048  # one full layer, bf16
-    assert kv_bytes_per_token(GPT20, 2) == 12 * 2048 == 24_576
-    assert kv_bytes_per_token(GPT120, 2) == 18 * 2048 == 36_864
-    assert kv_ring_bytes(GPT20, 2) == 12 * 128 * 2048
+    assert kv_bytes_per_token(GPT20.with_(num_layers=2), BF16) == 2048  # one full layer, bf16
+    assert kv_bytes_per_token(GPT20, BF16) == 12 * 2048 == 24_576
+    assert kv_bytes_per_token(GPT120, BF16) == 18 * 2048 == 36_864
+    assert kv_ring_bytes(GPT20, BF16) == 12 * 128 * 2048
+
+
+def test_quantized_kv_bytes_count_codes_and_scales():
+    # 8 kv heads of 64 values: q8 is 64 int8 codes + 2 fp16 scales (blocks of 32) = 68 B a row,
+    # fp8 64 codes + 1 fp16 scale = 66 B, bf16 128 B; K and V rows for each of 12 full layers.
+    assert kv_bytes_per_token(GPT20, KVDtypes("q8", "q8")) == 12 * 8 * (68 + 68) == 13_056
+    assert kv_bytes_per_token(GPT20, KVDtypes("fp8", "fp8")) == 12 * 8 * (66 + 66)
+    assert kv_bytes_per_token(GPT20, KVDtypes("bf16", "q8")) == 12 * 8 * (128 + 68)
+    assert kv_ring_bytes(GPT20, KVDtypes("q8", "fp8")) == 12 * 128 * 8 * (68 + 66)
 
 
 def test_activation_phases_20b_chunk_512():
@@ -367,3 +380,34 @@ def test_cli_budget_option_and_variable(monkeypatch):
         assert json.loads(result.output)["budget_bytes"] == round(float(budget) * GIB)
     result = run_cli("--profile", "rtx4090", "--budget", "30")
     assert result.exit_code == 1 and result.output.startswith("error: --budget 30: profile rtx4090")
+
+
+# ------------------------------------------------------------------ quantized KV cache
+
+
+def test_q8_cache_targets_on_16_and_24_gb_cards():
+    rtx4060ti = load_profile("rtx4060ti-16gb")
+    q8 = replace(rtx4060ti, kv_cache_dtype=KVDtypes("q8", "q8"))
+    assert plan(GPT20, q8).context >= 1.8 * plan(GPT20, rtx4060ti).context
+    assert plan(GPT20, replace(RTX4090, kv_cache_dtype=KVDtypes("q8", "q8"))).context >= 80_000
+
+
+def test_cli_kv_cache_dtype_in_table_json_and_warning():
+    result = run_cli("--profile", "rtx4090", "--kv-cache-dtype", "q8", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    expected = plan(GPT20, replace(RTX4090, kv_cache_dtype=KVDtypes("q8", "q8")))
+    assert data["kv_cache_dtype"] == {"k": "q8", "v": "q8"} and data["kv_bytes_per_token"] == 13_056
+    assert data["context"] == expected.context and data["kv_bytes"] == expected.kv_bytes
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("warning: K cache in q8: gpt-oss is sensitive to quantized keys")
+    assert "median KL 0.055 nats" in warning
+    result = run_cli("--profile", "rtx4090", "--kv-cache-dtype", "bf16,fp8")
+    assert result.exit_code == 0 and result.stderr == ""  # V only: no warning
+    assert "K bf16, V fp8" in result.stdout and "KV cache bf16,fp8 (" in result.stdout
+
+
+def test_cli_bad_kv_cache_dtype_is_one_line():
+    result = run_cli("--profile", "rtx4090", "--kv-cache-dtype", "q4")
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert result.output.startswith("error: unknown KV-cache dtype 'q4' for K; use bf16, q8, fp8")

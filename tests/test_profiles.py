@@ -16,6 +16,7 @@ import torch
 from gptoss_lite import GptossError
 from gptoss_lite.memory import profiles as profiles
 from gptoss_lite.memory.profiles import GIB, load_profile, match_gpu, read_profile
+from gptoss_lite.model.kv_quant import KVDtypes
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD = {
@@ -61,7 +62,7 @@ def test_builtin_profiles_all_load():
 
 def test_rtx4090_values():
     p = load_profile("rtx4090")
-    assert (p.device, p.kv_cache_dtype, p.embedding) == ("cuda", "bf16", "host")
+    assert (p.device, p.kv_cache_dtype, p.embedding) == ("cuda", KVDtypes("bf16", "bf16"), "host")
     assert p.memory_bytes == 24 * GIB and p.budget_bytes == 14 * GIB
     assert not p.embedding_on_device
 
@@ -99,7 +100,7 @@ def test_cpu_experts_key(tmp_path):
         ({"max_context": -4096}, "max_context", "must be a positive integer"),
         ({"device": "tpu"}, "device", "must be one of cuda, cpu"),
         ({"embedding": "disk"}, "embedding", "must be one of host, device"),
-        ({"kv_cache_dtype": "fp8"}, "kv_cache_dtype", "must be one of bf16"),
+        ({"kv_cache_dtype": "q4"}, "kv_cache_dtype", "must be one of bf16, q8, fp8"),
         ({"gpu": 4090}, "gpu", "must be a string"),
         ({"cpu_experts": -1}, "cpu_experts", "must be a number of layers or 'all'"),
         ({"cpu_experts": "some"}, "cpu_experts", "must be a number of layers or 'all'"),
@@ -112,6 +113,30 @@ def test_bad_profile_is_one_clear_line(tmp_path, changes, key, why):
     message = str(err.value)
     assert message.startswith(f"profile {path}: {key} ") and why in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [('"q8"', KVDtypes("q8", "q8")), ('{ k = "bf16", v = "fp8" }', KVDtypes("bf16", "fp8"))],
+)
+def test_kv_cache_dtype_is_one_value_or_a_k_v_table(tmp_path, value, expected):
+    path = write_profile(tmp_path, kv_cache_dtype=None)
+    path.write_text(path.read_text() + f"kv_cache_dtype = {value}\n")
+    assert read_profile(path).kv_cache_dtype == expected
+
+
+@pytest.mark.parametrize(
+    "table, why",
+    [
+        ('{ k = "q8" }', "exactly the keys k and v"),
+        ('{ k = "q8", v = "int4" }', "kv_cache_dtype.v"),
+    ],
+)
+def test_bad_kv_cache_dtype_table_is_one_line(tmp_path, table, why):
+    path = write_profile(tmp_path, kv_cache_dtype=None)
+    path.write_text(path.read_text() + f"kv_cache_dtype = {table}\n")
+    with pytest.raises(GptossError, match=why):
+        read_profile(path)
 
 
 def test_nan_and_inf_are_refused(tmp_path):

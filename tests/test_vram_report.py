@@ -158,6 +158,18 @@ def test_written_checkpoint_equals_in_memory_and_reports_the_same(checkpoint):
     assert on_file.verdict()[0] and on_file.model == str(checkpoint("g1"))
 
 
+@pytest.mark.parametrize("kv", ["q8", "fp8,bf16"])
+def test_quantized_cache_is_the_planned_bytes_and_the_plan_holds(kv):
+    r = measure_memory(
+        SyntheticCheckpoint(G1), profile=cpu(32), context=256, prompt_tokens=40, gen_tokens=2,
+        kv_cache_dtype=kv,
+    )  # fmt: skip
+    assert str(r.plan.kv_cache_dtype) == kv
+    bf16 = plan(G1, cpu(32), 256).kv_bytes
+    assert r.cache_bytes == r.plan.kv_bytes < bf16  # codes + scales, to the byte
+    assert r.verdict()[0], r.verdict()[1]
+
+
 def test_long_prefill_stays_within_the_chunks_activation_plan():
     """A 1536-token prompt (two key blocks) prefilled in chunks of 64 peaks within the plan for
     a 64-token chunk (+5% tolerance for the op-level accounting); in one chunk it would not,

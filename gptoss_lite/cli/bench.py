@@ -31,12 +31,14 @@ from ..errors import GptossError
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile
 from ..units import GB, format_bytes
+from .common import warn_kv
 from .options import (
     budget_option,
     context_option,
     cpu_experts_option,
     device_option,
     geometry_option,
+    kv_cache_option,
     model_option,
     profile_option,
 )
@@ -70,6 +72,7 @@ from .options import (
     help="Decode with the step captured in a CUDA graph (Triton kernels on CUDA; untimed yet).",
 )
 @cpu_experts_option()
+@kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
     model,
@@ -84,6 +87,7 @@ def bench_command(
     compare,
     cuda_graph,
     cpu_experts,
+    kv_cache_dtype,
     as_json,
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
@@ -111,7 +115,9 @@ def bench_command(
         context=context,
         cpu_experts=cpu_experts,
         on_plan=fits,
+        kv_cache_dtype=kv_cache_dtype,
     )
+    warn_kv(runner.plan)
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")

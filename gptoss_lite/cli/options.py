@@ -1,13 +1,13 @@
 """The options of the `gptoss-lite` commands: each declared once, each also read from the env.
 
 Options that several commands take (`-m/--model`, `-p/--profile`, `-c/--context`, `--device`,
-`--cpu-experts`, `-g/--geometry`, `--overwrite`) are declared here once, so the flags agree from
-command to command. Every command is registered through `with_environment` (see `cli/__init__.py`),
-which gives each of its options the variable GPTOSS_LITE_<LONG NAME> (`--max-tokens` ->
-GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more than its `click.option`.
-`@model_options` adds the model, sampling and harmony options of `run` and `chat`, which pop them
-out of their keyword arguments as one `Options`; the sampling values are checked there, before
-anything is loaded.
+`--cpu-experts`, `--kv-cache-dtype`, `-g/--geometry`, `--overwrite`) are declared here once, so the
+flags agree from command to command. Every command is registered through `with_environment` (see
+`cli/__init__.py`), which gives each of its options the variable GPTOSS_LITE_<LONG NAME> (`--max-
+tokens` -> GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more than its
+`click.option`. `@model_options` adds the model, sampling and harmony options of `run` and `chat`,
+which pop them out of their keyword arguments as one `Options`; the sampling values are checked
+there, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..chat.session import Sampling
 from ..config import ModelConfig, preset, preset_names
 from ..engine.sampling import check_sampling
 from ..memory.profiles import check_device
+from ..model.kv_quant import KV_FORMATS, KVDtypes
 
 ENV_PREFIX = "GPTOSS_LITE_"
 
@@ -126,6 +127,31 @@ def geometry_option(help: str, default: str | None = None) -> Callable:
     )
 
 
+class KVCacheDtype(click.ParamType):
+    """K or K,V storage formats of the KV cache, as `KVDtypes`; a bad one is one error line."""
+
+    name = "kv"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "K[,V]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> KVDtypes:
+        return value if isinstance(value, KVDtypes) else KVDtypes.parse(str(value))
+
+
+def kv_cache_option() -> Callable:
+    """--kv-cache-dtype K[,V], replacing the profile's KV-cache formats."""
+    return click.option(
+        "--kv-cache-dtype",
+        type=KVCacheDtype(),
+        default=None,
+        help=f"KV-cache storage, K then V ({', '.join(KV_FORMATS)}; e.g. q8 or bf16,q8) "
+        "[default: the profile's, bf16].",
+    )
+
+
 class Layers(click.ParamType):
     """A number of layers or "all" (for --cpu-experts)."""
 
@@ -173,6 +199,7 @@ class Options:
     context: int | None
     device: str | None
     budget: float | None
+    kv_cache_dtype: KVDtypes | None
     cpu_experts: int | str | None
     max_tokens: int | None
     temperature: float
@@ -235,6 +262,7 @@ _OPTIONS = [
     context_option("Context length in tokens [default: the largest that fits the profile]."),
     device_option(),
     budget_option(),
+    kv_cache_option(),
     cpu_experts_option(),
     click.option(
         "--max-tokens",

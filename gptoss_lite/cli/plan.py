@@ -2,12 +2,14 @@
 
 The model is a preset name, a Hub-like id whose last part is a preset (`openai/gpt-oss-20b`),
 or a local checkpoint folder / `config.json`. The human output is a table of bytes per category,
-the context chosen and what bound it, and the KV-cache growth per token; `--json` prints
-`Plan.to_json()` for scripts.
+the context chosen and what bound it, and the KV-cache growth per token (codes and scales, in
+the formats of --kv-cache-dtype or the profile); `--json` prints `Plan.to_json()` for scripts.
+A quantized K cache adds one warning line on stderr.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,8 +20,17 @@ from ..memory.categories import CATEGORIES
 from ..memory.plan import CONTEXT_GRANULE, Plan
 from ..memory.plan import plan as make_plan
 from ..memory.profiles import resolve_profile
+from ..model.kv_quant import UNQUANTIZED, KVDtypes
 from ..units import GIB, mib
-from .options import budget_option, context_option, cpu_experts_option, model_option, profile_option
+from .common import warn_kv
+from .options import (
+    budget_option,
+    context_option,
+    cpu_experts_option,
+    kv_cache_option,
+    model_option,
+    profile_option,
+)
 
 
 @click.command()
@@ -36,6 +47,7 @@ from .options import budget_option, context_option, cpu_experts_option, model_op
     help="Prompt tokens per forward pass; default: the profile's.",
 )
 @budget_option()
+@kv_cache_option()
 @cpu_experts_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
@@ -44,12 +56,15 @@ def plan(
     context: int | None,
     prefill_chunk: int | None,
     budget: float | None,
+    kv_cache_dtype: KVDtypes | None,
     cpu_experts: int | str | None,
     as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
     config = model_config(model)
     profile = resolve_profile(profile_name, budget_gib=budget)
+    if kv_cache_dtype is not None:
+        profile = replace(profile, kv_cache_dtype=kv_cache_dtype)
     result = make_plan(
         config, profile, context, prefill_chunk=prefill_chunk, cpu_experts=cpu_experts
     )
@@ -57,6 +72,7 @@ def plan(
     if budget is not None:
         about = f"{about} (budget set to {budget:g} GiB by --budget)".lstrip()
     click.echo(result.to_json() if as_json else render(result, about))
+    warn_kv(result)
 
 
 def model_config(model: str) -> ModelConfig:
@@ -83,7 +99,8 @@ def render(p: Plan, description: str = "") -> str:
     lines.append(_row(f"on {p.device}", "MiB", "GiB"))
     lines += [_row(CATEGORIES[name], *_sizes(n)) for name, n in p.weights.items()]
     lines.append(_row("weights", *_sizes(p.weights_bytes)))
-    lines.append(_row(f"KV cache ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
+    kv = "" if p.kv_cache_dtype == UNQUANTIZED else f" {p.kv_cache_dtype}"
+    lines.append(_row(f"KV cache{kv} ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
     lines.append(_row(f"activations (chunk {p.prefill_chunk})", *_sizes(p.activation_bytes)))
     lines.append(_row("reserve (context, allocator)", *_sizes(p.reserve_bytes)))
     lines.append(_row("total", *_sizes(p.total_bytes)))
@@ -110,8 +127,9 @@ def _notes(p: Plan) -> list[str]:
     return [
         *split,
         f"context: {p.context:,} tokens ({why})",
-        f"KV cache: {p.kv_bytes_per_token:,} B per token ({p.kv_cache_dtype}, full-attention "
-        f"layers) + {mib(p.kv_ring_bytes)} MiB of sliding-window rings",
+        f"KV cache: {p.kv_bytes_per_token:,} B per token (K {p.kv_cache_dtype.k}, V "
+        f"{p.kv_cache_dtype.v}, full-attention layers) + {mib(p.kv_ring_bytes)} MiB of "
+        "sliding-window rings",
         f"activations: peak in the {peak} phase ({mib(phases[peak], 1)} MiB) + "
         f"{mib(p.activations['resident'], 1)} MiB resident",
     ]

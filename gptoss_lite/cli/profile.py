@@ -18,12 +18,15 @@ from ..config import ModelConfig
 from ..errors import GptossError
 from ..memory.vram_report import measure_memory
 from ..memory.vram_report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
+from ..model.kv_quant import KVDtypes
 from ..outputs import check_outputs
+from .common import warn_kv
 from .options import (
     budget_option,
     context_option,
     device_option,
     geometry_option,
+    kv_cache_option,
     model_option,
     overwrite_option,
     profile_option,
@@ -50,9 +53,11 @@ from .options import (
               default=Path("profile-report"), show_default=True,
               help="Folder for report.md, report.json and report.png.")
 @overwrite_option("an earlier report in --out")
+@kv_cache_option()
 def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_name: str | None,
             context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
-            budget: float | None, enforce: bool | None, out: Path, overwrite: bool) -> None:
+            budget: float | None, enforce: bool | None, out: Path, overwrite: bool,
+            kv_cache_dtype: KVDtypes | None) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
     if (model is None) == (geometry is None):
         raise GptossError("pass exactly one of --model PATH|HUB_ID and --geometry GEOMETRY")
@@ -60,7 +65,9 @@ def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_
     source = SyntheticCheckpoint(geometry, seed) if geometry else model
     report = measure_memory(source, profile=profile_name, context=context,
                             prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,
-                            enforce=enforce, seed=seed, budget_gib=budget)
+                            enforce=enforce, seed=seed, budget_gib=budget,
+                            kv_cache_dtype=kv_cache_dtype)
+    warn_kv(report.plan)
     files = write_report(report, out)
     click.echo("\n".join([report.verdict()[1], "", *comparison_table(report.rows()), ""]))
     click.echo("wrote " + ", ".join(str(f) for f in files))

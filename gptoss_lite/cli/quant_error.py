@@ -1,9 +1,12 @@
 """`gptoss-lite quant-error`: measure quantization error and write report.md + report.json.
 
-Two modes, exactly one per run: `--tensors`, the per-tensor error of MXFP4 and the bitsandbytes
-4-bit formats on a random expert of a preset geometry (`quantize/report.py`); and `--model SRC`,
+Three modes, exactly one per run: `--tensors`, the per-tensor error of MXFP4 and the bitsandbytes
+4-bit formats on a random expert of a preset geometry (`quantize/report.py`); `--model SRC`,
 the KL divergence and top-1 agreement of this runner with MXFP4 experts against a float32
-transformers reference on a checkpoint with dense bf16 experts (`quantize/kld.py`).
+transformers reference on a checkpoint with dense bf16 experts (`quantize/kld.py`); and `--kv`,
+the same measures for each K/V cache format against the bf16 cache, on `--model SRC` (any
+checkpoint) or random weights of `--geometry` (`--layers` of them), with the context each buys
+on `--profile` (`quantize/kv_sweep.py`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,20 @@ from pathlib import Path
 import click
 
 from quantize.kld import DTYPES, model_error_report
+from quantize.kv_sweep import PAIRS, kv_error_report
 from quantize.report import render_markdown, tensor_error_report, write_report
 
+from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import ModelConfig
+from ..model.kv_quant import KVDtypes
 from ..outputs import check_outputs
-from .options import context_option, device_option, geometry_option, overwrite_option
+from .options import (
+    KVCacheDtype,
+    context_option,
+    device_option,
+    geometry_option,
+    overwrite_option,
+)
 
 
 @click.command("quant-error")
@@ -35,20 +47,50 @@ from .options import context_option, device_option, geometry_option, overwrite_o
     help="Model-level KL divergence and top-1 agreement of gptoss-lite with MXFP4 experts vs "
     "transformers in float32, on SRC: a checkpoint folder or Hub id with dense bf16 experts.",
 )
-@geometry_option("Architecture preset whose expert shapes are used (--tensors).", "gpt-oss-20b")
+@click.option(
+    "--kv",
+    is_flag=True,
+    help="KV-cache formats: each K,V pair against the bf16 cache (KL, top-1, context bought), "
+    "on --model SRC or random weights of --geometry.",
+)
+@geometry_option(
+    "Architecture preset whose expert shapes are used (--tensors), or whose random weights are "
+    "measured (--kv without --model).",
+    "gpt-oss-20b",
+)
+@click.option(
+    "--layers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Keep only the first N layers of --geometry (--kv) [default: all].",
+)
+@click.option(
+    "--pair",
+    "pairs",
+    type=KVCacheDtype(),
+    multiple=True,
+    help=f"A K,V pair to measure (--kv), repeatable [default: {' '.join(map(str, PAIRS))}].",
+)
+@click.option(
+    "--profile",
+    "-p",
+    default="rtx4090",
+    show_default=True,
+    help="Memory profile whose planned context each pair reports (--kv).",
+)
 @click.option(
     "--seed",
     type=int,
     default=0,
     show_default=True,
-    help="Seed of the random weights (--tensors) and of the random token ids (--model).",
+    help="Seed of the random weights (--tensors, --kv) and of the random token ids.",
 )
 @click.option(
     "--tokens",
     type=click.IntRange(min=2),
     default=2048,
     show_default=True,
-    help="Tokens to evaluate (--model): random ids, or the first N of --prompts.",
+    help="Tokens to evaluate (--model, --kv): random ids, or the first N of --prompts.",
 )
 @context_option(
     "Tokens per sequence, each run from an empty KV cache, like llama.cpp's -c (--model).",
@@ -84,7 +126,11 @@ from .options import context_option, device_option, geometry_option, overwrite_o
 def quant_error(
     tensors: bool,
     src: str | None,
+    kv: bool,
     geometry: ModelConfig,
+    layers: int | None,
+    pairs: tuple[KVDtypes, ...],
+    profile: str,
     seed: int,
     tokens: int,
     context: int,
@@ -95,11 +141,27 @@ def quant_error(
     overwrite: bool,
 ) -> None:
     """Measure how much quantization changes a model, and write a report."""
-    if tensors == (src is not None):
-        raise click.UsageError("say what to measure: --tensors or --model SRC (one of them)")
+    if tensors + kv + (src is not None and not kv) != 1:
+        raise click.UsageError(
+            "say what to measure: --tensors or --model SRC, or --kv (one of them)"
+        )
     check_outputs(out, ("report.md", "report.json"), overwrite)
     if tensors:
         report = tensor_error_report(geometry, seed)
+    elif kv:
+        layers = layers or geometry.num_layers
+        report = kv_error_report(
+            src or SyntheticCheckpoint(geometry.with_(num_layers=layers), seed),
+            pairs=pairs or PAIRS,
+            tokens=tokens,
+            context=context,
+            prompts=prompts,
+            seed=seed,
+            device=device,
+            profile=profile,
+            plan_config=None if src else geometry,
+            log=lambda message: click.echo(message, err=True),
+        )
     else:
         report = model_error_report(
             src,

@@ -15,10 +15,18 @@ import click
 import uvicorn
 
 from ..errors import GptossError
+from ..model.kv_quant import KVDtypes
 from ..server.app import create_app
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
 from .common import open_model
-from .options import budget_option, context_option, device_option, model_option, profile_option
+from .options import (
+    budget_option,
+    context_option,
+    device_option,
+    kv_cache_option,
+    model_option,
+    profile_option,
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class ServeOptions:
     context: int | None
     device: str | None
     budget: float | None = None
+    kv_cache_dtype: KVDtypes | None = None
     max_tokens: int | None = None
     cpu_experts: int | str | None = None  # the plan's choice
 
@@ -40,6 +49,7 @@ class ServeOptions:
 @context_option("Context length in tokens [default: the largest that fits the profile].")
 @device_option()
 @budget_option()
+@kv_cache_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -64,6 +74,7 @@ def serve(
     context: int | None,
     device: str | None,
     budget: float | None,
+    kv_cache_dtype: KVDtypes | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -74,7 +85,8 @@ def serve(
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
     listener = bind(host, port)
-    loaded = open_model(ServeOptions(model, profile, context, device, budget), chat=True)
+    choice = ServeOptions(model, profile, context, device, budget, kv_cache_dtype)
+    loaded = open_model(choice, chat=True)
     service = Service(
         loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue
     )

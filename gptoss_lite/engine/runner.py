@@ -20,7 +20,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +37,7 @@ from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
+from ..model.kv_quant import KVDtypes
 from ..model.transformer import Transformer
 from .generate import PREFILL_CHUNK, Progress, check_fits, decode_step, next_token, prefill
 from .sampling import check_sampling
@@ -215,6 +216,7 @@ def load(
     ring_slots: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     kernels: str = "auto",
+    kv_cache_dtype: str | KVDtypes | None = None,
     progress: Progress | None = None,
     cpu_experts: int | str | None = None,
 ) -> Runner:
@@ -232,13 +234,18 @@ def load(
     "auto" (triton on CUDA when Triton is installed, cpu on the CPU when a C compiler is there,
     else torch). `cpu_experts` (a layer count or "all"; default: the profile's, else as few as
     the plan needs) keeps those leading layers' experts in host RAM, run by the CPU kernel.
-    `model` may also be what `find_model` found, or an opened
+    `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see `kv_quant`) replaces the profile's
+    KV-cache formats. `model` may also be what `find_model` found, or an opened
     checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that
     geometry made in memory, to check the fit before a download.
     """
     dtype = _dtype(dtype)
     profile = resolve_profile(profile, device)
     device = run_device(profile, device)  # before anything is read or downloaded
+    if kv_cache_dtype is not None:
+        kv = kv_cache_dtype
+        kv = kv if isinstance(kv, KVDtypes) else KVDtypes.parse(kv)
+        profile = replace(profile, kv_cache_dtype=kv)
     if isinstance(model, (str, Path)):
         model = find_model(model)
     config = model.config
@@ -262,7 +269,14 @@ def load(
         net, checkpoint, device, embedding_device, net.host_parameters(), progress=progress
     )
     checkpoint.close()
-    cache = KVCache(config, memory_plan.context, device=device, dtype=dtype, ring_slots=ring_slots)
+    cache = KVCache(
+        config,
+        memory_plan.context,
+        device=device,
+        dtype=dtype,
+        ring_slots=ring_slots,
+        kv_dtypes=memory_plan.kv_cache_dtype,
+    )
     name = model.name if found else config.name
     return Runner(
         net,

@@ -13,8 +13,11 @@ would otherwise occupy one block per kv head) each split writes its partial stat
 unnormalized output) and `_combine_kernel` merges the splits and adds the sink once. The key
 loop has no branch around its loads, so Triton can software-pipeline them; keys no row of the
 block sees are masked out of the loads (no memory traffic), not skipped. The scores and softmax
-are fp32; p is rounded to the value dtype for the p·V `tl.dot`, as flash kernels do.
-`attention_reference` is the naive torch oracle with the same signature.
+are fp32; p is rounded to the value dtype for the p·V `tl.dot`, as flash kernels do. k and v may
+be a quantized cache (`kv_quant.Quantized`: int8 or e4m3 codes and fp16 scales per block of
+head_dim): each loaded block of codes is multiplied by its scales in registers, and p is then
+rounded to the query's dtype. `attention_reference` is the naive torch oracle with the same
+signature.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..model.kv_quant import Quantized
 from . import dot_dtype
 
 BLOCK_M = 64  # (query, head) rows per program; fewer (down to 16, tl.dot's least) in decode
@@ -38,14 +42,18 @@ _LOG2E = tl.constexpr(1.4426950408889634)  # scores and sink go through exp2
 
 @triton.jit
 def _attention_kernel(
-    q_ptr, k_ptr, v_ptr, sink_ptr, q_pos_ptr, k_pos_ptr, out_ptr, m_ptr, l_ptr, T, S, window,
-    qk_scale, split_keys, sq_t, sq_h, sk_s, sk_h, sv_s, sv_h, so_t, so_h,
+    q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, sink_ptr, q_pos_ptr, k_pos_ptr, out_ptr, m_ptr, l_ptr,
+    T, S, window, qk_scale, split_keys, sq_t, sq_h, sk_s, sk_h, sv_s, sv_h, sks_s, sks_h, svs_s,
+    svs_h, so_t, so_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, DOT: tl.constexpr,
+    K_BLOCK: tl.constexpr, V_BLOCK: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr,
 ):  # fmt: skip
     """Rows of one kv group over one split of the keys. Without SPLIT, writes out [T, Hq, D];
     with it, the fp32 partial outputs [splits, T, Hq, D] at out_ptr and the partial maxima and
-    sums [splits, T, Hq] at m_ptr and l_ptr."""
+    sums [splits, T, Hq] at m_ptr and l_ptr. K_BLOCK / V_BLOCK: head_dim values per scale of a
+    quantized K / V (scales at ks_ptr / vs_ptr), 0 where it is not quantized; K_FP8 / V_FP8: its
+    codes are e4m3 bytes (uint8), not int8."""
     kv = tl.program_id(1)
     r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * GROUP + head in group
     r_mask = r < T * GROUP
@@ -73,6 +81,10 @@ def _attention_kernel(
         k_t = tl.load(
             k_ptr + n[None, :] * sk_s + kv * sk_h + d[:, None], mask=seen[None, :], other=0.0
         )
+        if K_BLOCK:  # codes times their block's scale
+            ks_offs = n[None, :] * sks_s + kv * sks_h + (d // K_BLOCK)[:, None]
+            k_scale = tl.load(ks_ptr + ks_offs, mask=seen[None, :], other=0.0)
+            k_t = _code_values(k_t, K_FP8) * k_scale.to(tl.float32)
         s = tl.dot(q, k_t.to(DOT)) * qk_scale  # (BLOCK_M, BLOCK_N), times log2 e / sqrt(D)
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -82,7 +94,13 @@ def _attention_kernel(
         v = tl.load(
             v_ptr + n[:, None] * sv_s + kv * sv_h + d[None, :], mask=seen[:, None], other=0.0
         )
-        p = p.to(v_ptr.dtype.element_ty).to(DOT)  # p·V in the value dtype, as flash kernels
+        if V_BLOCK:
+            vs_offs = n[:, None] * svs_s + kv * svs_h + (d // V_BLOCK)[None, :]
+            v_scale = tl.load(vs_ptr + vs_offs, mask=seen[:, None], other=0.0)
+            v = _code_values(v, V_FP8) * v_scale.to(tl.float32)
+            p = p.to(q_ptr.dtype.element_ty).to(DOT)  # p·V in the activation dtype
+        else:
+            p = p.to(v_ptr.dtype.element_ty).to(DOT)  # p·V in the value dtype, as flash kernels
         acc = tl.dot(p, v.to(DOT), acc * rescale[:, None])
         m_i = m_new
     if SPLIT:  # partial state of this split: [splits, T, Hq] maxima and sums, outputs alongside
@@ -95,6 +113,18 @@ def _attention_kernel(
         out = (acc / l_i[:, None]).to(out_ptr.dtype.element_ty)
         o_offs = t[:, None] * so_t + h[:, None] * so_h + d[None, :]
         tl.store(out_ptr + o_offs, out, mask=r_mask[:, None])
+
+
+@triton.jit
+def _code_values(codes, FP8: tl.constexpr):
+    """Codes as fp32: int8 as they are; float8 e4m3fn bytes decoded by hand (sm_80 and sm_86 have
+    no e4m3 type): its 7 low bits, shifted into an fp16's exponent and mantissa fields, are the
+    value times 2**-8 (fp16's exponent bias is 8 more, and e4m3's subnormals land on fp16's)."""
+    if FP8:
+        magnitude = ((codes & 0x7F).to(tl.int16) << 7).to(tl.float16, bitcast=True)
+        x = magnitude.to(tl.float32) * 256.0
+        return tl.where((codes & 0x80) != 0, -x, x)
+    return codes.to(tl.float32)
 
 
 @triton.jit
@@ -127,14 +157,15 @@ def _combine_kernel(
 
 def attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | Quantized,
+    v: torch.Tensor | Quantized,
     sinks: torch.Tensor,
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,
     window: int | None,
 ) -> torch.Tensor:
     """Attention output [T, Hq, D]; `window` None for a full layer, else the sliding window."""
+    (k, k_scales, k_block, k_fp8), (v, v_scales, v_block, v_fp8) = _codes(k), _codes(v)
     t, hq, dim = q.shape
     s, hkv, _ = k.shape
     if hq % hkv or k.shape != v.shape or k.shape[2] != dim:
@@ -157,12 +188,14 @@ def attention(
         part = torch.empty(splits, t, hq, dim, dtype=torch.float32, device=q.device)
     else:
         m = l_sum = part = out  # unused
-    strides = (*q.stride()[:2], *k.stride()[:2], *v.stride()[:2], *out.stride()[:2])
+    strides = (*q.stride()[:2], *k.stride()[:2], *v.stride()[:2])
+    strides += (*k_scales.stride()[:2], *v_scales.stride()[:2], *out.stride()[:2])
     meta = dict(GROUP=group, HEAD_DIM=dim, SLIDING=window is not None, SPLIT=splits > 1)
     _attention_kernel[(row_blocks, hkv, splits)](
-        q, k, v, sinks, q_pos.contiguous(), k_pos.contiguous(), part, m, l_sum, t, s,
-        window or 0, _LOG2E.value / math.sqrt(dim), split_keys, *strides,
-        BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, DOT=dot_dtype(q.device, q.dtype), **meta,
+        q, k, v, k_scales, v_scales, sinks, q_pos.contiguous(), k_pos.contiguous(), part, m,
+        l_sum, t, s, window or 0, _LOG2E.value / math.sqrt(dim), split_keys, *strides,
+        BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, DOT=dot_dtype(q.device, q.dtype),
+        K_BLOCK=k_block, V_BLOCK=v_block, K_FP8=k_fp8, V_FP8=v_fp8, **meta,
     )  # fmt: skip
     if splits > 1:
         _combine_kernel[(triton.cdiv(t * hq, COMBINE_ROWS),)](
@@ -170,6 +203,16 @@ def attention(
             HEAD_DIM=dim, BLOCK_R=COMBINE_ROWS,
         )  # fmt: skip
     return out
+
+
+def _codes(x: torch.Tensor | Quantized) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+    """(codes or values, scales, values per scale, whether the codes are e4m3 bytes); the values
+    themselves, 0 and False unquantized."""
+    if not isinstance(x, Quantized):
+        return x, x, 0, False
+    fp8 = x.codes.dtype == torch.float8_e4m3fn
+    codes = x.codes.view(torch.uint8) if fp8 else x.codes
+    return codes, x.scales, x.codes.shape[2] // x.scales.shape[2], fp8
 
 
 def _key_splits(keys: int, programs: int) -> tuple[int, int]:

@@ -36,6 +36,7 @@ from triton.runtime.jit import JITFunction, create_function_from_signature
 
 from ..config import ModelConfig, preset
 from ..engine.generate import PREFILL_CHUNK
+from ..model import kv_quant
 from ..model.moe import PackedExperts
 from . import MIN_CAPABILITY, attention_triton, moe_triton
 
@@ -101,13 +102,16 @@ def _cases(config: ModelConfig) -> Iterator[tuple[str, Callable[[], object]]]:
             x, idx, weight, experts, c.swiglu_alpha, c.swiglu_limit
         )
 
-    def attention(tokens: int, keys: int, window: int | None):
+    def attention(tokens: int, keys: int, window: int | None, k_kind="bf16", v_kind="bf16"):
         q = torch.empty(tokens, c.num_heads, c.head_dim, dtype=torch.bfloat16, **meta)
-        kv = torch.empty(keys, c.num_kv_heads, c.head_dim, dtype=torch.bfloat16, **meta)
+        shape = (keys, c.num_kv_heads, c.head_dim)
+        k, v = (
+            kv_quant.empty(kind, *shape, **meta, dtype=torch.bfloat16) for kind in (k_kind, v_kind)
+        )
         sinks = torch.empty(c.num_heads, dtype=torch.float32, **meta)
         q_pos = torch.empty(tokens, dtype=torch.long, **meta)
         k_pos = torch.empty(keys, dtype=torch.long, **meta)
-        return lambda: attention_triton.attention(q, kv, kv, sinks, q_pos, k_pos, window)
+        return lambda: attention_triton.attention(q, k, v, sinks, q_pos, k_pos, window)
 
     ring = c.sliding_window  # a sliding layer attends over its ring plus the new tokens
     yield "moe decode, 1 token", moe(1)
@@ -116,6 +120,11 @@ def _cases(config: ModelConfig) -> Iterator[tuple[str, Callable[[], object]]]:
     yield f"attention decode, sliding, {ring + 1} keys", attention(1, ring + 1, c.sliding_window)
     chunk2 = 2 * PREFILL_CHUNK  # the second prefill chunk: causal within, all keys before
     yield f"attention prefill, full, {chunk2} keys", attention(PREFILL_CHUNK, chunk2, None)
+    for k_kind, v_kind in (("q8", "q8"), ("fp8", "fp8"), ("bf16", "q8")):  # quantized caches
+        yield (
+            f"attention decode, full, {DECODE_CONTEXT} keys, K {k_kind}, V {v_kind}",
+            attention(1, DECODE_CONTEXT, None, k_kind, v_kind),
+        )
     sliding = ring + PREFILL_CHUNK
     yield (
         f"attention prefill, sliding, {sliding} keys",

@@ -2,9 +2,10 @@
 
 Arithmetic on the config, no weights and no device. The device holds the weights (MXFP4 experts as
 published, everything else bf16 except the norms, which the model keeps in fp32; the embedding
-table stays on the host when the profile says so), a KV cache (full-attention layers grow by
-2·kv_heads·head_dim·dtype bytes per token each; sliding layers keep a fixed ring of
-`sliding_window` slots), the peak activations of one prefill chunk, and the profile's reserve.
+table stays on the host when the profile says so), a KV cache (full-attention layers grow per
+token by one K and one V row per kv head, codes and scales, in the profile's formats:
+`kv_quant.row_bytes`; sliding layers keep a fixed ring of `sliding_window` slots), the peak
+activations of one prefill chunk, and the profile's reserve.
 `plan()` picks the largest context within the budget (rounded down to `CONTEXT_GRANULE`,
 capped by the profile and the model), or checks a requested one and refuses it with the numbers
 and the way out (a smaller context, a `--budget` up to the card's memory, a larger profile).
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from ..config import ModelConfig
 from ..errors import GptossError
 from ..model.attention import KEY_BLOCK
+from ..model.kv_quant import UNQUANTIZED, KVDtypes, row_bytes
 from ..model.mxfp4 import packed_nbytes
 from ..units import GIB
 from .profiles import Profile
@@ -51,7 +53,7 @@ class Plan:
     bound: str  # "budget", "cap" or "requested"
     context_granule: int
     prefill_chunk: int
-    kv_cache_dtype: str
+    kv_cache_dtype: KVDtypes
     weights: dict[str, int]  # bytes on the device per category
     host_weights: dict[str, int]  # categories kept in host memory instead
     kv_slot_bytes: int  # one token's K and V in one layer
@@ -137,21 +139,22 @@ def device_weights(
     return on_device, host
 
 
-def kv_slot_bytes(config: ModelConfig, dtype_bytes: int) -> int:
+def kv_slot_bytes(config: ModelConfig, kv: KVDtypes = UNQUANTIZED) -> int:
     """Bytes of one token's K and V in one layer."""
-    return 2 * config.num_kv_heads * config.head_dim * dtype_bytes
+    d = config.head_dim
+    return config.num_kv_heads * (row_bytes(kv.k, d) + row_bytes(kv.v, d))
 
 
-def kv_bytes_per_token(config: ModelConfig, dtype_bytes: int) -> int:
+def kv_bytes_per_token(config: ModelConfig, kv: KVDtypes) -> int:
     """KV-cache growth per token: K and V of every full-attention layer."""
-    return config.num_full_layers * kv_slot_bytes(config, dtype_bytes)
+    return config.num_full_layers * kv_slot_bytes(config, kv)
 
 
-def kv_ring_bytes(config: ModelConfig, dtype_bytes: int, ring_slots: int | None = None) -> int:
+def kv_ring_bytes(config: ModelConfig, kv: KVDtypes, ring_slots: int | None = None) -> int:
     """The sliding layers' rings, whatever the context: `ring_slots` slots each (at least, and by
     default, `sliding_window`; more let the cache rewind, as a chat does after each reply)."""
     slots = max(ring_slots or 0, config.sliding_window)
-    return config.num_sliding_layers * slots * kv_slot_bytes(config, dtype_bytes)
+    return config.num_sliding_layers * slots * kv_slot_bytes(config, kv)
 
 
 def decode_bytes_per_token(
@@ -169,7 +172,7 @@ def decode_bytes_per_token(
     this runner holds them, or with `dense_experts` as HF transformers does (all bf16)."""
     c = config
     weights = weight_bytes(c, dense_experts=True) if dense_experts else held_weights(c)
-    slot = kv_slot_bytes(c, BF16) if kv_slot is None else kv_slot
+    slot = kv_slot_bytes(c) if kv_slot is None else kv_slot
     routed = weights.pop("experts") * c.experts_per_token // c.num_experts
     row = weights.pop("embedding") // c.vocab_size
     attended = c.num_full_layers * context + c.num_sliding_layers * min(context, c.sliding_window)
@@ -302,7 +305,7 @@ def _draft(
     """The plan at context 0 with `cpu_experts` host layers, and the bytes left for the KV
     cache (its total at context 0 includes the rings)."""
     weights, host = device_weights(config, profile, cpu_experts)
-    slot = kv_slot_bytes(config, profile.kv_dtype_bytes)
+    slot = kv_slot_bytes(config, profile.kv_cache_dtype)
     draft = Plan(
         model=config.name,
         profile=profile.name,
@@ -316,7 +319,7 @@ def _draft(
         host_weights=host,
         kv_slot_bytes=slot,
         kv_bytes_per_token=config.num_full_layers * slot,
-        kv_ring_bytes=kv_ring_bytes(config, profile.kv_dtype_bytes, ring_slots),
+        kv_ring_bytes=kv_ring_bytes(config, profile.kv_cache_dtype, ring_slots),
         activations=activation_phases(config, chunk),
         reserve_bytes=profile.reserve_bytes,
         budget_bytes=profile.budget_bytes,

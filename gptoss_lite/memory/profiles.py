@@ -1,16 +1,16 @@
 """Hardware profiles: how much memory a run may use on a device, read from a TOML file.
 
-A profile names a device kind, the card's memory, the budget the run must stay within (tensors
-plus a reserve for the CUDA context, allocator slack and, where the budget is the whole card,
-the desktop), the KV-cache dtype, the prefill chunk, where the embedding table lives and a
-context cap. Built-in profiles live in the top-level `profiles/` folder of a checkout; a
-non-editable install carries a copy inside the package (`gptoss_lite/_profiles`, copied by
-setup.py at build time). `load_profile("auto")` matches the local CUDA card, or falls back to
-the `cpu` profile sized to the host's RAM. `cpu_experts` (optional) keeps the experts of that
-many leading layers (or "all") in host RAM; left out, the planner decides. Every bad key or
-value raises a one-line `GptossError`. `resolve_profile` is how every entry point turns its
---profile, --device and --budget into one profile, and `run_device` the device a run on it uses,
-checked to exist on this machine.
+A profile names a device kind, the card's memory, the budget the run must stay within (tensors plus
+a reserve for the CUDA context, allocator slack and, where the budget is the whole card, the
+desktop), the KV-cache dtypes (one for K and V, or a `{k = ..., v = ...}` table), the prefill
+chunk, where the embedding table lives and a context cap. Built-in profiles live in the top-level
+`profiles/` folder of a checkout; a non-editable install carries a copy inside the package
+(`gptoss_lite/_profiles`, copied by setup.py at build time). `load_profile("auto")` matches the
+local CUDA card, or falls back to the `cpu` profile sized to the host's RAM. `cpu_experts`
+(optional) keeps the experts of that many leading layers (or "all") in host RAM; left out, the
+planner decides. Every bad key or value raises a one-line `GptossError`. `resolve_profile` is how
+every entry point turns its --profile, --device and --budget into one profile, and `run_device` the
+device a run on it uses, checked to exist on this machine.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import GptossError
+from ..model.kv_quant import KV_FORMATS, UNQUANTIZED, KVDtypes
 from ..units import GIB
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-KV_DTYPE_BYTES = {"bf16": 2}  # fp8 comes later: one more entry here and in the cache
 DEVICES = ("cuda", "cpu")
 EMBEDDING_PLACES = ("host", "device")
 REQUIRED_KEYS = (
@@ -61,7 +61,7 @@ class Profile:
     memory_bytes: int  # the card's (or host's) memory
     reserve_bytes: int  # part of the budget no tensor gets: CUDA context, allocator, desktop
     budget_bytes: int  # the run stays within this, reserve included
-    kv_cache_dtype: str  # "bf16"
+    kv_cache_dtype: KVDtypes  # storage of the K and the V cache
     prefill_chunk: int  # prompt tokens per forward pass
     embedding: str  # "host" (row gather, saves VRAM) or "device"
     max_context: int  # cap on the context the planner picks by itself
@@ -70,10 +70,6 @@ class Profile:
     cpu_experts: int | str | None = None  # layers whose experts stay in host RAM, or "all";
     # None: as few as the plan needs
     source: str = ""  # the file it came from
-
-    @property
-    def kv_dtype_bytes(self) -> int:
-        return KV_DTYPE_BYTES[self.kv_cache_dtype]
 
     @property
     def embedding_on_device(self) -> bool:
@@ -224,7 +220,7 @@ def _from_dict(data: dict, path: Path) -> Profile:
         memory_bytes=round(memory * GIB),
         reserve_bytes=round(reserve * GIB),
         budget_bytes=round(budget * GIB),
-        kv_cache_dtype=_choice(data, "kv_cache_dtype", tuple(KV_DTYPE_BYTES), fail),
+        kv_cache_dtype=_kv_dtypes(data, fail),
         prefill_chunk=_positive_int(data, "prefill_chunk", fail),
         embedding=_choice(data, "embedding", EMBEDDING_PLACES, fail),
         max_context=_positive_int(data, "max_context", fail),
@@ -263,6 +259,20 @@ def _choice(data: dict, key: str, allowed: tuple[str, ...], fail) -> str:
     if value not in allowed:
         raise fail(key, f"must be one of {', '.join(allowed)}; got {value!r}")
     return value
+
+
+def _kv_dtypes(data: dict, fail) -> KVDtypes:
+    value = data["kv_cache_dtype"]
+    if isinstance(value, dict):
+        if set(value) != {"k", "v"}:
+            raise fail("kv_cache_dtype", f"as a table needs exactly the keys k and v, got {value}")
+        return KVDtypes(*(_choice(value, k, KV_FORMATS, _within(fail)) for k in ("k", "v")))
+    kind = _choice(data, "kv_cache_dtype", KV_FORMATS, fail)
+    return KVDtypes(kind, kind)
+
+
+def _within(fail):
+    return lambda key, why: fail(f"kv_cache_dtype.{key}", why)
 
 
 def _text(data: dict, key: str, fail) -> str:
@@ -312,7 +322,7 @@ def generic_gpu_profile(name: str, total_bytes: int) -> Profile:
         memory_bytes=total_bytes,
         reserve_bytes=int(1.5 * GIB),
         budget_bytes=total_bytes,
-        kv_cache_dtype="bf16",
+        kv_cache_dtype=UNQUANTIZED,
         prefill_chunk=1024,
         embedding="host",
         max_context=131072,

@@ -25,6 +25,7 @@ from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..engine.generate import check_fits, decode_step, next_token, prefill
 from ..engine.runner import Runner, load
 from ..errors import GptossError
+from ..model.kv_quant import KVDtypes
 from ..units import format_bytes
 from .categories import CATEGORIES, category_of
 from .meter import CpuMeter, CudaMeter, Meter, Reading, cap_memory
@@ -217,6 +218,7 @@ def measure_memory(
     enforce: bool | None = None,
     seed: int = 0,
     budget_gib: float | None = None,
+    kv_cache_dtype: str | KVDtypes | None = None,
 ) -> MemoryReport:
     """Load `model` on `profile`, prefill `prompt_tokens` random ids, decode `gen_tokens`
     greedily, and measure memory in each phase against the plan.
@@ -224,7 +226,7 @@ def measure_memory(
     `enforce` (default: on for CUDA) caps the CUDA allocator at the profile's card memory, so a
     profile for a smaller card behaves like it on a bigger one; an out-of-memory error in the
     prefill or the decode is then reported as a failed phase instead of raised. `budget_gib`
-    replaces the profile's budget (`--budget`).
+    replaces the profile's budget (`--budget`), `kv_cache_dtype` its KV-cache formats.
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
@@ -232,7 +234,9 @@ def measure_memory(
     dev = run_device(prof, device)
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
-        runner, phases = _load(model, prof, dev, meter, context, prompt_tokens, gen_tokens)
+        runner, phases = _load(
+            model, prof, dev, meter, context, prompt_tokens, gen_tokens, kv_cache_dtype
+        )
         _prefill_and_decode(runner, meter, phases, prompt_tokens, gen_tokens, seed)
     weights, host = weights_by_category(runner.model, dev)
     return MemoryReport(
@@ -260,6 +264,7 @@ def _load(
     context: int | None,
     prompt_tokens: int,
     gen_tokens: int,
+    kv_cache_dtype: str | KVDtypes | None,
 ) -> tuple[Runner, list[Phase]]:
     """The runner, and the measured load phase (weights and KV cache)."""
 
@@ -269,7 +274,14 @@ def _load(
     start = time.perf_counter()
     try:
         with meter.phase() as reading:
-            runner = load(model, device=dev, profile=prof, context=context, on_plan=fits)
+            runner = load(
+                model,
+                device=dev,
+                profile=prof,
+                context=context,
+                on_plan=fits,
+                kv_cache_dtype=kv_cache_dtype,
+            )
             meter.hold(_tensors(runner))
     except torch.OutOfMemoryError as exc:
         raise GptossError(f"out of memory while loading: {str(exc).splitlines()[0]}") from None
@@ -324,8 +336,7 @@ def weights_by_category(model: torch.nn.Module, device: torch.device) -> tuple[d
 
 
 def _tensors(runner: Runner) -> list[torch.Tensor]:
-    cache = runner.cache
-    return [*runner.model.parameters(), *cache.k, *cache.v, cache.ring_pos]
+    return [*runner.model.parameters(), *runner.cache.tensors()]
 
 
 @contextmanager

@@ -7,20 +7,23 @@ pos_j > pos_i - W (W keys including the query itself).
 
 The softmax runs online over key blocks in float32 (never a full [heads, T, S] score tensor
 beyond one block). Each head's sink is an extra logit in the denominator with no value vector,
-and is NOT multiplied by the 1/sqrt(head_dim) scale.
+and is NOT multiplied by the 1/sqrt(head_dim) scale. k and v may be a quantized cache
+(`kv_quant.Quantized`): each key block is dequantized to fp32 as it is reached, never the whole.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .kv_quant import Quantized
+
 KEY_BLOCK = 1024  # keys per step of the online softmax
 
 
 def attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | Quantized,
+    v: torch.Tensor | Quantized,
     sinks: torch.Tensor,
     q_pos: torch.Tensor,
     k_pos: torch.Tensor,

@@ -5,6 +5,8 @@ only ever look `sliding_window` positions back, so they get a ring of `ring_slot
 (at least the window); position p lives in slot p % ring_slots. A ring larger than the window
 lets the cache be rolled back by `ring_slots - window` tokens (used to reuse a conversation's
 cache after its last reply is re-rendered differently). Keys are cached after RoPE.
+K and V are stored in the formats of `kv_dtypes` (kv_quant.py); new keys and values are quantized
+before attention reads them, so a token is seen the same whether it is new or cached.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import torch
 
 from ..config import ModelConfig
 from ..errors import GptossError
+from . import kv_quant
+from .kv_quant import UNQUANTIZED, KVDtypes, Quantized
 
 
 class KVCache:
@@ -24,25 +28,34 @@ class KVCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.bfloat16,
         ring_slots: int | None = None,
+        kv_dtypes: KVDtypes = UNQUANTIZED,
     ):
         self.config = config
         self.context = context
+        self.kv_dtypes = kv_dtypes
         self.ring_slots = max(ring_slots or 0, config.sliding_window)
         shape_kv = (config.num_kv_heads, config.head_dim)
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
+        self.k: list[torch.Tensor | Quantized] = []
+        self.v: list[torch.Tensor | Quantized] = []
         for layer in range(config.num_layers):
             slots = self.ring_slots if config.is_sliding(layer) else context
-            self.k.append(torch.zeros(slots, *shape_kv, device=device, dtype=dtype))
-            self.v.append(torch.zeros(slots, *shape_kv, device=device, dtype=dtype))
+            where = dict(device=device, dtype=dtype)
+            self.k.append(kv_quant.empty(kv_dtypes.k, slots, *shape_kv, **where))
+            self.v.append(kv_quant.empty(kv_dtypes.v, slots, *shape_kv, **where))
         # Absolute position held by each ring slot (-1: empty); shared by all sliding layers.
         self.ring_pos = torch.full((self.ring_slots,), -1, dtype=torch.long, device=device)
         self.length = 0  # tokens whose keys and values are in the cache
         self.slot_pos: torch.Tensor | None = None  # set by `use_whole_buffers`
 
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the cache holds: K and V (codes and scales), and the ring positions."""
+        kv = [t for x in self.k + self.v for t in kv_quant.storage(x)]
+        return [*kv, self.ring_pos]
+
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+        """Bytes of K and V (codes and scales)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors()[:-1])
 
     @property
     def capacity(self) -> int:
@@ -77,12 +90,14 @@ class KVCache:
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | Quantized, torch.Tensor | Quantized, torch.Tensor]:
         """Store k/v [T, Hkv, D] at `positions` (consecutive from `self.length`).
 
-        Returns the keys, values and key positions the new queries attend to.
+        Returns the keys, values (in the cache's formats) and key positions the new queries
+        attend to.
         """
         start, t = self.length, k.shape[0]
+        k, v = kv_quant.quantize(k, self.kv_dtypes.k), kv_quant.quantize(v, self.kv_dtypes.v)
         if not self.config.is_sliding(layer) and self.slot_pos is not None:
             self.k[layer].index_copy_(0, positions, k)  # no host-side offset: graph-safe
             self.v[layer].index_copy_(0, positions, v)
@@ -93,7 +108,7 @@ class KVCache:
             keys = torch.arange(start + t, device=positions.device)
             return self.k[layer][: start + t], self.v[layer][: start + t], keys
         # Sliding: attend over the ring as it was plus the new tokens, then write the newest back.
-        keys = torch.cat([self.k[layer], k]), torch.cat([self.v[layer], v])
+        keys = kv_quant.cat(self.k[layer], k), kv_quant.cat(self.v[layer], v)
         key_pos = torch.cat([self.ring_pos, positions])
         keep = min(t, self.ring_slots)
         slots = positions[-keep:] % self.ring_slots
