@@ -15,9 +15,10 @@ import datetime
 import json
 from typing import Any
 
-from ..chat.harmony import EFFORTS, Conversation, Message, ToolDef
+from ..chat.harmony import Conversation, Message, ToolDef, check_effort
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import CHANNEL, CONSTRAIN, MESSAGE
+from ..errors import GptossError
 from .errors import ApiError
 
 
@@ -30,14 +31,10 @@ def conversation(
     effort_param: str,
 ) -> Conversation:
     """The harmony conversation of a request."""
-    effort = effort or "medium"
-    if effort not in EFFORTS:
-        raise ApiError(
-            400,
-            f"reasoning effort {effort!r} is not one of: {', '.join(EFFORTS)}",
-            param=effort_param,
-            code="invalid_value",
-        )
+    try:
+        effort = check_effort(effort or "medium")
+    except GptossError as error:
+        raise ApiError(400, str(error), param=effort_param, code="invalid_value") from None
     texts = [text for text in instructions if text]
     return Conversation(
         messages=keep_chain_reasoning(messages),
