@@ -39,10 +39,11 @@ class PackedExperts:
 
 
 def route(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int, linear=F.linear
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k expert ids [T, k] and their weights [T, k] (softmax over the k selected logits)."""
-    logits = F.linear(x, weight, bias)  # (T, E)
+    """Top-k expert ids [T, k] and their weights [T, k] (softmax over the k selected logits);
+    `linear` computes the router's logits (F.linear or a kernel with its signature)."""
+    logits = linear(x, weight, bias)  # (T, E)
     top, idx = torch.topk(logits, k, dim=-1, sorted=True)
     return idx, torch.softmax(top, dim=-1)
 

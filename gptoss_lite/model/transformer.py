@@ -37,7 +37,7 @@ class Kernels:
     name: str
     attention: Callable = attention
     experts: Callable = experts_forward
-    linear: Callable = F.linear  # the dense projections: qkv, attention output, lm_head
+    linear: Callable = F.linear  # the dense projections: qkv, attention output, router, lm_head
 
 
 TORCH_KERNELS = Kernels("torch")
@@ -105,11 +105,13 @@ class AttentionBlock(nn.Module):
 
 
 class MoEBlock(nn.Module):
-    def __init__(self, config: ModelConfig, dtype: torch.dtype, run_experts=experts_forward):
+    def __init__(
+        self, config: ModelConfig, dtype: torch.dtype, run_experts=experts_forward, linear=F.linear
+    ):
         super().__init__()
         c = config
         e, h, i = c.num_experts, c.hidden_size, c.intermediate_size
-        self.config, self.run_experts = c, run_experts
+        self.config, self.run_experts, self.linear = c, run_experts, linear
         self.norm = _empty(h, dtype=torch.float32)
         self.router_weight = _empty(e, h, dtype=dtype)
         self.router_bias = _empty(e, dtype=dtype)
@@ -127,7 +129,8 @@ class MoEBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
-        idx, weight = route(t, self.router_weight, self.router_bias, c.experts_per_token)
+        k = c.experts_per_token
+        idx, weight = route(t, self.router_weight, self.router_bias, k, self.linear)
         return x + self.run_experts(t, idx, weight, self.experts, c.swiglu_alpha, c.swiglu_limit)
 
 
@@ -158,7 +161,10 @@ class Transformer(nn.Module):
         )
         self.mlp = nn.ModuleList(
             MoEBlock(
-                c, dtype, on_host(host_kernels.experts) if n < host_experts else kernels.experts
+                c,
+                dtype,
+                on_host(host_kernels.experts) if n < host_experts else kernels.experts,
+                kernels.linear,
             )
             for n in range(c.num_layers)
         )
