@@ -15,6 +15,7 @@ SHARED = {  # long name -> every spelling it has wherever a command takes it
     "--profile": {"--profile", "-p"},
     "--context": {"--context", "-c"},
     "--device": {"--device"},
+    "--cpu-experts": {"--cpu-experts"},
     "--geometry": {"--geometry", "-g"},
     "--overwrite": {"--overwrite"},
 }
@@ -22,6 +23,10 @@ SHARED = {  # long name -> every spelling it has wherever a command takes it
 
 def options(command: click.Command) -> list[click.Option]:
     return [p for p in command.params if isinstance(p, click.Option)]
+
+
+def flags(command: click.Command) -> set[str]:
+    return {name for option in options(command) for name in option.opts}
 
 
 def test_every_command_is_registered_from_the_one_list():
@@ -35,8 +40,12 @@ def test_shared_flags_are_spelled_alike(command):
         long = next(name for name in option.opts if name.startswith("--"))
         if long in SHARED:
             assert set(option.opts) == SHARED[long], (command.name, option.opts)
-    names = {name for option in options(command) for name in option.opts}
-    assert "--synthetic" not in names  # the synthetic geometry has one name: --geometry
+    assert "--synthetic" not in flags(command)  # the synthetic geometry has one name: --geometry
+
+
+@pytest.mark.parametrize("name", ["run", "chat", "serve", "plan", "profile", "bench"])
+def test_every_command_that_loads_or_plans_a_model_takes_cpu_experts(name):
+    assert "--cpu-experts" in flags(main.commands[name])
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
@@ -52,6 +61,7 @@ def test_every_option_has_its_variable_shown_in_help(command):
 TPU = ({"GPTOSS_LITE_DEVICE": "tpu"}, "error: --device tpu: not a device")
 NOPE = ({"GPTOSS_LITE_GEOMETRY": "tiny", "GPTOSS_LITE_PROFILE": "nope"}, "unknown profile 'nope'")
 SEVEN_B = ({"GPTOSS_LITE_GEOMETRY": "gpt-oss-7b"}, "error: unknown model preset 'gpt-oss-7b'")
+HALF = ({"GPTOSS_LITE_CPU_EXPERTS": "half"}, "'half' is not a number of layers or 'all'")
 
 
 @pytest.mark.parametrize(
@@ -60,8 +70,10 @@ SEVEN_B = ({"GPTOSS_LITE_GEOMETRY": "gpt-oss-7b"}, "error: unknown model preset 
         (["run", "Hi"], *TPU),
         (["chat"], *TPU),
         (["serve"], *TPU),
+        (["serve"], *HALF),
         (["plan"], *NOPE),
         (["profile"], *NOPE),
+        (["profile"], *HALF),
         (["bench"], *NOPE),
         (["synth", "out"], *SEVEN_B),
         (["quantize", "src", "dst"], {"GPTOSS_LITE_SHARD_SIZE": "-1"}, "'--shard-size'"),

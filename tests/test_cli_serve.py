@@ -6,6 +6,7 @@ The command runs in a subprocess on the tiny checkpoint with `--port 0` (a free 
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import re
@@ -16,6 +17,8 @@ import sys
 import threading
 
 import httpx
+
+from gptoss_lite.errors import GptossError
 
 pytest_plugins = ["cli_fixtures"]
 
@@ -69,3 +72,18 @@ def test_a_port_in_use_is_one_line(cli, tiny_model):
     assert result.output.strip().splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+def test_cpu_experts_reach_the_loading(cli, monkeypatch):
+    serve = importlib.import_module("gptoss_lite.cli.serve")  # the package's `serve` is the command
+    asked = []
+
+    def open_model(choice, **_):
+        asked.append(choice.cpu_experts)
+        raise GptossError("stopped before loading")
+
+    monkeypatch.setattr(serve, "bind", lambda host, port: None)
+    monkeypatch.setattr(serve, "open_model", open_model)
+    assert cli("serve", "--cpu-experts", "3").exit_code == 1
+    assert cli("serve", env={"GPTOSS_LITE_CPU_EXPERTS": "all"}).exit_code == 1
+    assert asked == [3, "all"]

@@ -46,6 +46,19 @@ def test_graphs_need_the_triton_kernels_on_cuda(checkpoint):
         GraphedDecodeStep(runner.model, runner.cache)
 
 
+def test_graphs_refuse_experts_in_host_ram(checkpoint):
+    runner = gptoss_lite.load(
+        checkpoint("g1"), device="cpu", dtype=torch.float32, context=64, cpu_experts=1
+    )
+    assert runner.model.host_experts == 1
+    with pytest.raises(GptossError) as err:
+        GraphedDecodeStep(runner.model, runner.cache)
+    assert str(err.value) == (
+        "CUDA-graph decoding needs every layer's experts on the GPU; "
+        "drop --cpu-experts or --cuda-graph"
+    )
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 def test_graph_replays_the_step_exactly_gpu(checkpoint):

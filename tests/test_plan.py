@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
+import gptoss_lite.memory.plan as planner
 from gptoss_lite import GptossError
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
@@ -22,11 +23,20 @@ from gptoss_lite.memory.plan import (
     plan,
     weight_bytes,
 )
-from gptoss_lite.memory.profiles import GIB, load_profile, with_budget
+from gptoss_lite.memory.profiles import GIB, cpu_profile, load_profile, with_budget
 from gptoss_lite.model.kv_quant import KVDtypes
 
 GPT20, GPT120 = preset("gpt-oss-20b"), preset("gpt-oss-120b")
 RTX4090 = load_profile("rtx4090")
+MACHINE_RAM = 256 * GIB
+HOST_KEEPS = 11 * GIB // 2  # cpu.toml: 4 GiB for the system, a 1.5 GiB reserve for the runtime
+
+
+@pytest.fixture(autouse=True)
+def machine_ram(monkeypatch):
+    """Plans here are made for a host of MACHINE_RAM, whatever the machine running them has."""
+    monkeypatch.setattr(planner, "host_memory_bytes", lambda: MACHINE_RAM)
+
 
 # ------------------------------------------------------------------ weights
 
@@ -218,6 +228,8 @@ def test_to_json_has_the_numbers():
     assert data["kv_bytes_per_token"] == 24_576 and data["kv_bytes"] == p.kv_bytes
     assert data["activation_bytes"] == p.activation_bytes
     assert data["total_bytes"] == p.total_bytes and data["budget_bytes"] == 14 * GIB
+    assert data["host_bytes"] == 1_158_266_880  # the embedding
+    assert data["host_room_bytes"] == MACHINE_RAM - HOST_KEEPS
     assert (data["model"], data["profile"], data["context"]) == ("gpt-oss-20b", "rtx4090", 47_360)
 
 
@@ -238,6 +250,7 @@ def test_cli_human_output():
         "embedding, on the host",
         "context: 47,360 tokens (the most that fits the budget",
         "24,576 B per token",
+        "host RAM: 1.08 GiB used of 250.50 GiB available",
     ):
         assert text in result.output
 
@@ -321,6 +334,71 @@ def test_dense_experts_are_bf16_matrices():
     per_layer += (32 * 2880 + 32) * 2 + 2 * 2880 * 2  # router, norms (bf16 in transformers)
     assert read == 4 * per_layer + 201_088 * 2880 * 2 + 2880 * 2 + 2880 * 2
     assert round(read / 1e9, 2) == 2.17
+
+
+# ------------------------------------------------------------------ host RAM
+
+# One layer's experts of gpt-oss-120b: 128 x (gate_up blocks + scales, down blocks + scales,
+# both biases); a scale per 32 values.
+EXPERTS_PER_LAYER_120B = 128 * (
+    5760 * 2880 // 2 + 5760 * 90 + 2880 * 2880 // 2 + 2880 * 90 + (5760 + 2880) * 2
+)
+
+
+def test_host_ram_must_hold_what_the_plan_keeps_there():
+    p = plan(GPT120, RTX4090, host_memory=256 * GIB)
+    host = 1_158_266_880 + 30 * EXPERTS_PER_LAYER_120B  # the embedding, 30 layers' experts
+    assert p.host_weights == {"embedding": 1_158_266_880, "experts": 30 * EXPERTS_PER_LAYER_120B}
+    assert p.cpu_experts == 30 and p.host_bytes == host
+    assert p.host_room_bytes == 256 * GIB - HOST_KEEPS
+    assert plan(GPT120, RTX4090, host_memory=host + HOST_KEEPS).host_bytes == host  # just fits
+    with pytest.raises(GptossError, match="keeps 48.42 GiB in host RAM"):
+        plan(GPT120, RTX4090, host_memory=host + HOST_KEEPS - 1)
+    with pytest.raises(GptossError) as err:
+        plan(GPT120, RTX4090, host_memory=8 * GIB)
+    assert str(err.value) == (
+        "gpt-oss-120b on rtx4090 keeps 48.42 GiB in host RAM (embedding 1.08 + experts of 30 "
+        "layers 47.34), more than the 2.50 GiB the host leaves tensors (8.00 GiB of RAM less "
+        "5.50 for the system and the runtime); use a host with more RAM, a larger card "
+        "(profile) or a smaller model"
+    )
+
+
+def test_the_host_ram_is_this_machines_by_default(monkeypatch):
+    monkeypatch.setattr(planner, "host_memory_bytes", lambda: 8 * GIB)
+    with pytest.raises(GptossError, match=r"\(8\.00 GiB of RAM less 5\.50"):
+        plan(GPT120, RTX4090)
+
+
+def test_more_host_layers_than_the_ram_holds_are_told_how_many_do():
+    rtx3060, ram = load_profile("rtx3060-12gb"), 12 * GIB
+    # (12 - 5.5 GiB - the 1.08 GiB embedding) // 0.39 GiB a layer = 13 layers; the card needs 5.
+    with pytest.raises(GptossError, match=r"; use --cpu-experts 13 \(the card needs at least 5\)$"):
+        plan(GPT20, rtx3060, cpu_experts="all", host_memory=ram)
+    assert plan(GPT20, rtx3060, cpu_experts=13, host_memory=ram).cpu_experts == 13
+    with pytest.raises(GptossError, match="keeps 6.60 GiB in host RAM"):
+        plan(GPT20, rtx3060, cpu_experts=14, host_memory=ram)
+    # When the card needs more layers than the RAM holds, fewer is no way out.
+    with pytest.raises(GptossError, match="experts of 5 layers 1.97.*a smaller model$"):
+        plan(GPT20, rtx3060, host_memory=8 * GIB)
+
+
+def test_a_cpu_plan_counts_the_host_once():
+    p = plan(GPT20, cpu_profile(64 * GIB), cpu_experts="all", host_memory=8 * GIB)
+    assert p.host_weights == {} and p.host_room_bytes is None
+    assert p.weights == plan(GPT20, cpu_profile(64 * GIB)).weights  # the budget holds them all
+
+
+def test_cli_shows_the_host_ram_used_and_available():
+    result = run_cli("--model", "gpt-oss-120b", "--profile", "rtx4090", "--host-ram", "64")
+    assert result.exit_code == 0, result.output
+    assert "host RAM: 48.42 GiB used of 58.50 GiB available" in result.output
+    refused = run_cli("--model", "gpt-oss-120b", "--profile", "rtx4090", "--host-ram", "16")
+    assert refused.exit_code == 1 and refused.output.count("\n") == 1
+    assert refused.output.startswith("error: gpt-oss-120b on rtx4090 keeps 48.42 GiB in host RAM")
+    assert "10.50 GiB the host leaves tensors (16.00 GiB of RAM" in refused.output
+    on_cpu = run_cli("--model", "tiny", "--profile", "cpu")
+    assert on_cpu.exit_code == 0 and "host RAM:" not in on_cpu.output
 
 
 # ------------------------------------------------------------------ edge geometries

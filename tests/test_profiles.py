@@ -181,6 +181,14 @@ def test_cpu_profile_refuses_a_host_too_small():
         profiles.cpu_profile(4 * GIB)
 
 
+def test_host_room_is_what_the_cpu_profile_leaves_tensors():
+    # cpu.toml keeps 32 - 28 = 4 GiB for the system and reserves 1.5 GiB for the runtime.
+    assert profiles.host_room(64 * GIB) == 64 * GIB - 11 * GIB // 2
+    sized = profiles.cpu_profile(64 * GIB)
+    assert profiles.host_room(64 * GIB) == sized.budget_bytes - sized.reserve_bytes
+    assert profiles.host_room(5 * GIB) == 0  # less than the system and the runtime keep
+
+
 @pytest.mark.parametrize(
     ("name", "total_gib", "expected"),
     [

@@ -249,6 +249,14 @@ def test_cli_writes_the_report(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text())["model"] == "tiny (synthetic, seed 0)"
 
 
+def test_cli_keeps_the_experts_asked_for_in_host_ram(tmp_path):
+    args = ["profile", "--geometry", "tiny", "--profile", "cpu", "--context", "256"]
+    args += ["--prompt-tokens", "8", "--gen-tokens", "1", "--cpu-experts", "1", "-o", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "report.json").read_text())["plan"]["cpu_experts"] == 1
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

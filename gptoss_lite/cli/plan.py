@@ -3,7 +3,9 @@
 The model is a preset name, a Hub-like id whose last part is a preset (`openai/gpt-oss-20b`),
 or a local checkpoint folder / `config.json`. The human output is a table of bytes per category,
 the context chosen and what bound it, and the KV-cache growth per token (codes and scales, in
-the formats of --kv-cache-dtype or the profile); `--json` prints `Plan.to_json()` for scripts.
+the formats of --kv-cache-dtype or the profile), and on a GPU what stays in host RAM against what
+the host leaves tensors (`--host-ram` plans for another machine's RAM); `--json` prints
+`Plan.to_json()` for scripts.
 A quantized K cache adds one warning line on stderr.
 """
 
@@ -49,6 +51,13 @@ from .options import (
 @budget_option()
 @kv_cache_option()
 @cpu_experts_option()
+@click.option(
+    "--host-ram",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="GIB",
+    help="Host RAM to plan a GPU run's host-side tensors in, in GiB [default: this machine's].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
     model: str,
@@ -58,6 +67,7 @@ def plan(
     budget: float | None,
     kv_cache_dtype: KVDtypes | None,
     cpu_experts: int | str | None,
+    host_ram: float | None,
     as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
@@ -66,7 +76,12 @@ def plan(
     if kv_cache_dtype is not None:
         profile = replace(profile, kv_cache_dtype=kv_cache_dtype)
     result = make_plan(
-        config, profile, context, prefill_chunk=prefill_chunk, cpu_experts=cpu_experts
+        config,
+        profile,
+        context,
+        prefill_chunk=prefill_chunk,
+        cpu_experts=cpu_experts,
+        host_memory=None if host_ram is None else round(host_ram * GIB),
     )
     about = profile.description
     if budget is not None:
@@ -124,6 +139,11 @@ def _notes(p: Plan) -> list[str]:
             f"experts: {p.cpu_experts} layers' in host RAM (run by the CPU kernel), the other "
             f"layers' on {p.device}"
         ]
+    if p.host_room_bytes is not None:
+        split.append(
+            f"host RAM: {p.host_bytes / GIB:.2f} GiB used of {p.host_room_bytes / GIB:.2f} GiB "
+            "available (the RAM less the cpu profile's system headroom and reserve)"
+        )
     return [
         *split,
         f"context: {p.context:,} tokens ({why})",

@@ -24,6 +24,7 @@ from .common import warn_kv
 from .options import (
     budget_option,
     context_option,
+    cpu_experts_option,
     device_option,
     geometry_option,
     kv_cache_option,
@@ -54,10 +55,11 @@ from .options import (
               help="Folder for report.md, report.json and report.png.")
 @overwrite_option("an earlier report in --out")
 @kv_cache_option()
+@cpu_experts_option()
 def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_name: str | None,
             context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
             budget: float | None, enforce: bool | None, out: Path, overwrite: bool,
-            kv_cache_dtype: KVDtypes | None) -> None:
+            kv_cache_dtype: KVDtypes | None, cpu_experts: int | str | None) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
     if (model is None) == (geometry is None):
         raise GptossError("pass exactly one of --model PATH|HUB_ID and --geometry GEOMETRY")
@@ -66,7 +68,7 @@ def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_
     report = measure_memory(source, profile=profile_name, context=context,
                             prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,
                             enforce=enforce, seed=seed, budget_gib=budget,
-                            kv_cache_dtype=kv_cache_dtype)
+                            kv_cache_dtype=kv_cache_dtype, cpu_experts=cpu_experts)
     warn_kv(report.plan)
     files = write_report(report, out)
     click.echo("\n".join([report.verdict()[1], "", *comparison_table(report.rows()), ""]))

@@ -22,6 +22,7 @@ from .common import open_model
 from .options import (
     budget_option,
     context_option,
+    cpu_experts_option,
     device_option,
     kv_cache_option,
     model_option,
@@ -37,10 +38,10 @@ class ServeOptions:
     profile: str | None
     context: int | None
     device: str | None
-    budget: float | None = None
-    kv_cache_dtype: KVDtypes | None = None
+    budget: float | None
+    kv_cache_dtype: KVDtypes | None
+    cpu_experts: int | str | None
     max_tokens: int | None = None
-    cpu_experts: int | str | None = None  # the plan's choice
 
 
 @click.command()
@@ -50,6 +51,7 @@ class ServeOptions:
 @device_option()
 @budget_option()
 @kv_cache_option()
+@cpu_experts_option()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -75,6 +77,7 @@ def serve(
     device: str | None,
     budget: float | None,
     kv_cache_dtype: KVDtypes | None,
+    cpu_experts: int | str | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -85,7 +88,7 @@ def serve(
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
     listener = bind(host, port)
-    choice = ServeOptions(model, profile, context, device, budget, kv_cache_dtype)
+    choice = ServeOptions(model, profile, context, device, budget, kv_cache_dtype, cpu_experts)
     loaded = open_model(choice, chat=True)
     service = Service(
         loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue

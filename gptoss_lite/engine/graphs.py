@@ -5,7 +5,8 @@ A graph replays fixed kernels on fixed buffers, so the step must have the same s
 host-side values at every token: the token's hidden state and its position sit in static
 device tensors refilled before each replay; full-attention layers attend over their whole
 static KV buffer, masked by position (`KVCache.use_whole_buffers`), and sliding layers over their
-ring plus the new key; the Triton MoE decode path never syncs with the host. The embedding
+ring plus the new key; the Triton MoE decode path never syncs with the host, and no layer may
+keep its experts there (`--cpu-experts` copies activations to the host and back). The embedding
 lookup stays outside the graph (the table may live in host RAM), and so does the cache's
 length, counted in Python after each replay. The first call warms the step up on a side stream
 (compiling the Triton kernels) and captures it; both run the same token at the same position,
@@ -25,6 +26,11 @@ class GraphedDecodeStep:
     """`step(token)` = `model(token, cache, last_only=True)` for one token [1], as a graph."""
 
     def __init__(self, model: Transformer, cache: KVCache):
+        if model.host_experts:
+            raise GptossError(
+                "CUDA-graph decoding needs every layer's experts on the GPU; "
+                "drop --cpu-experts or --cuda-graph"
+            )
         if model.device.type != "cuda" or model.kernels != "triton":
             raise GptossError("CUDA-graph decoding needs the Triton kernels on a CUDA device")
         self.model, self.cache = model, cache

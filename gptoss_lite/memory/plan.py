@@ -12,7 +12,9 @@ and the way out (a smaller context, a `--budget` up to the card's memory, a larg
 A model with no full-attention layer has a KV cache that does not grow: only the caps bound it.
 On a GPU the experts of the first `cpu_experts` layers may stay in host RAM (run there by the CPU
 kernel); unless the profile or the caller sets that number, the planner takes the fewest layers
-that let the model fit with at least CONTEXT_GRANULE tokens of context.
+that let the model fit with at least CONTEXT_GRANULE tokens of context. What a GPU plan keeps on
+the host (those experts, the embedding table) must fit the host's RAM as `profiles.host_room`
+counts it, or the plan is refused; on a cpu device the budget already is the host's RAM.
 The activation model below is what the runner must match: see `activation_phases`.
 `decode_bytes_per_token` is the one count of the bytes a decode step reads (bench's bound).
 """
@@ -29,7 +31,7 @@ from ..model.attention import KEY_BLOCK
 from ..model.kv_quant import UNQUANTIZED, KVDtypes, row_bytes
 from ..model.mxfp4 import packed_nbytes
 from ..units import GIB
-from .profiles import Profile
+from .profiles import Profile, host_memory_bytes, host_room
 
 BF16, FP32, INT64 = 2, 4, 8
 CONTEXT_GRANULE = 256  # contexts the planner picks are multiples of this
@@ -64,10 +66,15 @@ class Plan:
     budget_bytes: int
     memory_bytes: int  # the card's (or host's): how far --budget may go
     cpu_experts: int = 0  # leading layers whose experts stay in host RAM
+    host_room_bytes: int | None = None  # host RAM host_weights may use; None on a cpu device
 
     @property
     def weights_bytes(self) -> int:
         return sum(self.weights.values())
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(self.host_weights.values())
 
     @property
     def kv_bytes(self) -> int:
@@ -85,7 +92,7 @@ class Plan:
     def to_json(self) -> str:
         """The plan as JSON: every field plus the derived totals."""
         data = asdict(self)
-        for key in ("weights_bytes", "kv_bytes", "activation_bytes", "total_bytes"):
+        for key in ("weights_bytes", "host_bytes", "kv_bytes", "activation_bytes", "total_bytes"):
             data[key] = getattr(self, key)
         return json.dumps(data, indent=2)
 
@@ -134,9 +141,14 @@ def device_weights(
     if not profile.embedding_on_device:
         host["embedding"] = on_device.pop("embedding")
     if cpu_experts and profile.device != "cpu":
-        host["experts"] = on_device["experts"] // config.num_layers * cpu_experts
+        host["experts"] = expert_layer_bytes(config) * cpu_experts
         on_device["experts"] -= host["experts"]
     return on_device, host
+
+
+def expert_layer_bytes(config: ModelConfig) -> int:
+    """Bytes of one layer's experts as the model holds them."""
+    return held_weights(config)["experts"] // config.num_layers
 
 
 def kv_slot_bytes(config: ModelConfig, kv: KVDtypes = UNQUANTIZED) -> int:
@@ -238,6 +250,7 @@ def plan(
     prefill_chunk: int | None = None,
     ring_slots: int | None = None,
     cpu_experts: int | str | None = None,
+    host_memory: int | None = None,
 ) -> Plan:
     """The memory plan of `config` on `profile` for `context` tokens, or the largest that fits.
 
@@ -246,7 +259,8 @@ def plan(
     the KV bytes needed, the bytes free and the largest context that fits. `ring_slots` sizes
     the sliding layers' rings as the cache will (`KVCache(ring_slots=...)`). `cpu_experts`
     (layers, or "all"; default: the profile's, else the fewest that fit) keeps those layers'
-    experts in host RAM.
+    experts in host RAM. `host_memory` (bytes; default: this host's RAM) is the RAM that what a
+    GPU plan keeps on the host must fit, as `host_room` counts it.
     """
     chunk = profile.prefill_chunk if prefill_chunk is None else prefill_chunk
     if chunk <= 0:
@@ -258,6 +272,12 @@ def plan(
     fits = _most_that_fits(draft, free, config.max_context)
     if fits == 0:
         raise GptossError(_no_room(draft, free, config.max_context))
+    if profile.device != "cpu":
+        memory = host_memory_bytes() if host_memory is None else host_memory
+        draft = replace(draft, host_room_bytes=host_room(memory))
+        if draft.host_bytes > draft.host_room_bytes:
+            fewest = _fewest_host_layers(config, profile, chunk, ring_slots)
+            raise GptossError(_no_host_room(draft, memory, expert_layer_bytes(config), fewest))
     if context is None:
         cap = min(profile.max_context, config.max_context)
         return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
@@ -385,3 +405,24 @@ def _no_room(draft: Plan, free: int, max_context: int) -> str:
     return f"{draft.model} does not fit profile {draft.profile}: {parts} = {room}" + (
         f"; {budget} would hold {smallest}" if budget else ""
     )
+
+
+def _no_host_room(draft: Plan, memory: int, layer_bytes: int, fewest: int) -> str:
+    """The refusal of a plan that keeps more on the host than its RAM leaves tensors, with the
+    way out: fewer host layers if the card takes them, else more RAM, a larger card or model."""
+    room = draft.host_room_bytes
+    parts = " + ".join(
+        f"{f'experts of {draft.cpu_experts} layers' if name == 'experts' else name} {n / GIB:.2f}"
+        for name, n in draft.host_weights.items()
+    )
+    needed = (
+        f"{draft.model} on {draft.profile} keeps {draft.host_bytes / GIB:.2f} GiB in host RAM "
+        f"({parts}), more than the {room / GIB:.2f} GiB the host leaves tensors "
+        f"({memory / GIB:.2f} GiB of RAM less {(memory - room) / GIB:.2f} for the system and "
+        "the runtime)"
+    )
+    others = draft.host_bytes - draft.host_weights.get("experts", 0)
+    most = (room - others) // layer_bytes  # host layers the RAM holds beside the rest
+    if fewest <= most < draft.cpu_experts:
+        return f"{needed}; use --cpu-experts {most} (the card needs at least {fewest})"
+    return f"{needed}; use a host with more RAM, a larger card (profile) or a smaller model"

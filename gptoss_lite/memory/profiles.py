@@ -6,11 +6,12 @@ desktop), the KV-cache dtypes (one for K and V, or a `{k = ..., v = ...}` table)
 chunk, where the embedding table lives and a context cap. Built-in profiles live in the top-level
 `profiles/` folder of a checkout; a non-editable install carries a copy inside the package
 (`gptoss_lite/_profiles`, copied by setup.py at build time). `load_profile("auto")` matches the
-local CUDA card, or falls back to the `cpu` profile sized to the host's RAM. `cpu_experts`
-(optional) keeps the experts of that many leading layers (or "all") in host RAM; left out, the
-planner decides. Every bad key or value raises a one-line `GptossError`. `resolve_profile` is how
-every entry point turns its --profile, --device and --budget into one profile, and `run_device` the
-device a run on it uses, checked to exist on this machine.
+local CUDA card, or falls back to the `cpu` profile sized to the host's RAM; `host_room` is what
+that sizing leaves a GPU run's host-side tensors. `cpu_experts` (optional) keeps the experts of
+that many leading layers (or "all") in host RAM; left out, the planner decides. Every bad key or
+value raises a one-line `GptossError`. `resolve_profile` is how every entry point turns its
+--profile, --device and --budget into one profile, and `run_device` the device a run on it uses,
+checked to exist on this machine.
 """
 
 from __future__ import annotations
@@ -334,14 +335,27 @@ def generic_gpu_profile(name: str, total_bytes: int) -> Profile:
 
 def cpu_profile(memory_bytes: int) -> Profile:
     """The built-in `cpu` profile for a host with this much RAM, keeping its OS headroom."""
-    base = read_profile(builtin_profiles()["cpu"])
-    headroom = base.memory_bytes - base.budget_bytes
-    budget = memory_bytes - headroom
-    if budget <= base.reserve_bytes:
+    profile = _sized_cpu_profile(memory_bytes)
+    if profile.budget_bytes <= profile.reserve_bytes:
+        headroom = profile.memory_bytes - profile.budget_bytes
         raise GptossError(
             f"this host has {memory_bytes / GIB:.1f} GiB of RAM; the cpu profile keeps "
             f"{headroom / GIB:.1f} GiB for the system and needs more than that"
         )
+    return profile
+
+
+def host_room(memory_bytes: int) -> int:
+    """Bytes of tensors a host with this much RAM can hold beside a run: what the `cpu` profile
+    sized to it leaves them (its budget less its reserve: the system's headroom and the Python
+    and torch runtime stay free), at least 0. A GPU run's host-side tensors must fit in it."""
+    profile = _sized_cpu_profile(memory_bytes)
+    return max(0, profile.budget_bytes - profile.reserve_bytes)
+
+
+def _sized_cpu_profile(memory_bytes: int) -> Profile:
+    base = read_profile(builtin_profiles()["cpu"])
+    budget = memory_bytes - (base.memory_bytes - base.budget_bytes)
     return replace(base, memory_bytes=memory_bytes, budget_bytes=budget, source="auto")
 
 

@@ -219,6 +219,7 @@ def measure_memory(
     seed: int = 0,
     budget_gib: float | None = None,
     kv_cache_dtype: str | KVDtypes | None = None,
+    cpu_experts: int | str | None = None,
 ) -> MemoryReport:
     """Load `model` on `profile`, prefill `prompt_tokens` random ids, decode `gen_tokens`
     greedily, and measure memory in each phase against the plan.
@@ -226,7 +227,8 @@ def measure_memory(
     `enforce` (default: on for CUDA) caps the CUDA allocator at the profile's card memory, so a
     profile for a smaller card behaves like it on a bigger one; an out-of-memory error in the
     prefill or the decode is then reported as a failed phase instead of raised. `budget_gib`
-    replaces the profile's budget (`--budget`), `kv_cache_dtype` its KV-cache formats.
+    replaces the profile's budget (`--budget`), `kv_cache_dtype` its KV-cache formats;
+    `cpu_experts` keeps the experts of that many leading layers (or "all") in host RAM.
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
@@ -235,7 +237,7 @@ def measure_memory(
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
         runner, phases = _load(
-            model, prof, dev, meter, context, prompt_tokens, gen_tokens, kv_cache_dtype
+            model, prof, dev, meter, context, prompt_tokens, gen_tokens, kv_cache_dtype, cpu_experts
         )
         _prefill_and_decode(runner, meter, phases, prompt_tokens, gen_tokens, seed)
     weights, host = weights_by_category(runner.model, dev)
@@ -265,6 +267,7 @@ def _load(
     prompt_tokens: int,
     gen_tokens: int,
     kv_cache_dtype: str | KVDtypes | None,
+    cpu_experts: int | str | None,
 ) -> tuple[Runner, list[Phase]]:
     """The runner, and the measured load phase (weights and KV cache)."""
 
@@ -281,6 +284,7 @@ def _load(
                 context=context,
                 on_plan=fits,
                 kv_cache_dtype=kv_cache_dtype,
+                cpu_experts=cpu_experts,
             )
             meter.hold(_tensors(runner))
     except torch.OutOfMemoryError as exc:
