@@ -83,3 +83,34 @@ def test_the_context_fit_rule():
         check_fits(96, None, 96)
     with pytest.raises(gptoss_lite.GptossError, match="the prompt is empty"):
         check_fits(0, 5, 96)
+
+
+def test_a_larger_ring_attends_over_the_window_only(checkpoint, monkeypatch):
+    # A chat-sized ring holds far more slots than the window; the sliding layers must read just
+    # the window's keys from it (speed) and get the logits a window-sized ring gives (values).
+    config = GEOMETRIES["g1"]
+    window = config.sliding_window
+    ids = list(range(3, 3 + 4 * window + 5))  # wraps the window-sized ring several times
+    plain = gptoss_lite.load(checkpoint("g1"), device="cpu", dtype=torch.float32, context=96)
+    wide = gptoss_lite.load(
+        checkpoint("g1"), device="cpu", dtype=torch.float32, context=96, ring_slots=window + 37
+    )
+    sliding_keys = []
+    for attn in wide.model.attn:
+        if attn.window is not None:
+            real = attn.attend
+
+            def recording(q, k, *rest, real=real):
+                sliding_keys.append((q.shape[0], k.shape[0]))
+                return real(q, k, *rest)
+
+            monkeypatch.setattr(attn, "attend", recording)
+    for runner in (plain, wide):
+        runner.logits(ids[:11])  # a prefill chunk, then one token at a time
+    steps = {
+        id(r): torch.stack([r.model(torch.tensor([t]), r.cache)[0] for t in ids[11:]])
+        for r in (plain, wide)
+    }
+    # Float32, the same keys in another order within the block: summation order only.
+    torch.testing.assert_close(steps[id(wide)], steps[id(plain)], rtol=0, atol=1e-5)
+    assert sliding_keys and all(keys == window - 1 + new for new, keys in sliding_keys)

@@ -44,6 +44,9 @@ class KVCache:
             self.v.append(kv_quant.empty(kv_dtypes.v, slots, *shape_kv, **where))
         # Absolute position held by each ring slot (-1: empty); shared by all sliding layers.
         self.ring_pos = torch.full((self.ring_slots,), -1, dtype=torch.long, device=device)
+        # How far before a chunk's first token its keys reach back: the window less the token.
+        w = config.sliding_window
+        self._reach = torch.arange(w - 1, 0, -1, device=device)
         self.length = 0  # tokens whose keys and values are in the cache
         self.slot_pos: torch.Tensor | None = None  # set by `use_whole_buffers`
 
@@ -107,9 +110,14 @@ class KVCache:
             self.v[layer][start : start + t] = v
             keys = torch.arange(start + t, device=positions.device)
             return self.k[layer][: start + t], self.v[layer][: start + t], keys
-        # Sliding: attend over the ring as it was plus the new tokens, then write the newest back.
-        keys = kv_quant.cat(self.k[layer], k), kv_quant.cat(self.v[layer], v)
-        key_pos = torch.cat([self.ring_pos, positions])
+        # Sliding: attend over the ring slots of the window-1 positions before the new tokens (a
+        # ring larger than the window holds older ones too, never visible) plus the new tokens,
+        # then write the newest back. Slot numbers come from the positions tensor, so the shapes
+        # and the host-side values are the same at every decode step.
+        recent = (positions[:1] - self._reach) % self.ring_slots
+        ring_k, ring_v = self.k[layer][recent], self.v[layer][recent]
+        keys = kv_quant.cat(ring_k, k), kv_quant.cat(ring_v, v)
+        key_pos = torch.cat([self.ring_pos[recent], positions])
         keep = min(t, self.ring_slots)
         slots = positions[-keep:] % self.ring_slots
         self.k[layer][slots] = k[-keep:]
