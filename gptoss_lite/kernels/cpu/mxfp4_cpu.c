@@ -102,7 +102,6 @@ AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uin
                                  const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx,
                                  const int n, float *out0, float *out1) {
     const __m512 lut = _mm512_loadu_ps(FP4);
-    const __m512i low = _mm512_set1_epi32(15);
     __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
     for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
@@ -110,9 +109,10 @@ AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uin
         __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
         __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
         __m512 f0 = _mm512_set1_ps(e8m0(s0[g])), f1 = _mm512_set1_ps(e8m0(s1[g]));
-        __m512 w0l = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(c0, low), lut), f0);
+        /* vpermps reads the low 4 bits of each index: the low nibble needs no mask. */
+        __m512 w0l = _mm512_mul_ps(_mm512_permutexvar_ps(c0, lut), f0);
         __m512 w0h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), lut), f0);
-        __m512 w1l = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_and_si512(c1, low), lut), f1);
+        __m512 w1l = _mm512_mul_ps(_mm512_permutexvar_ps(c1, lut), f1);
         __m512 w1h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), lut), f1);
         for (int j = 0; j < n; j++) {
             const float *x = xd + j * ldx + g * BLOCK;
