@@ -401,6 +401,14 @@ def test_cli_shows_the_host_ram_used_and_available():
     assert on_cpu.exit_code == 0 and "host RAM:" not in on_cpu.output
 
 
+@pytest.mark.parametrize("flag", ["--host-ram", "--budget"])
+@pytest.mark.parametrize("value", ["nan", "inf", "1e400", "0", "-1", "lots"])
+def test_memory_amounts_must_be_finite_and_positive(flag, value):
+    result = run_cli("--model", "gpt-oss-20b", "--profile", "rtx4090", flag, value)
+    assert result.exit_code == 2, result.output  # click's usage error: one line, no traceback
+    assert f"Invalid value for '{flag}'" in result.output and "GiB" in result.output
+
+
 # ------------------------------------------------------------------ edge geometries
 
 

@@ -13,6 +13,7 @@ there, before anything is loaded.
 from __future__ import annotations
 
 import datetime
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 
@@ -89,11 +90,26 @@ def _check_device(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+class Gib(click.ParamType):
+    """An amount of memory in GiB: a finite number above 0 (NaN and inf are one error line)."""
+
+    name = "GiB"
+
+    def convert(self, value, param, ctx):
+        try:
+            gib = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of GiB", param, ctx)
+        if not (math.isfinite(gib) and gib > 0):
+            self.fail(f"{value!r} is not a finite number of GiB above 0", param, ctx)
+        return gib
+
+
 def budget_option() -> Callable:
     """--budget, the memory a run may use, replacing the profile's budget."""
     return click.option(
         "--budget",
-        type=click.FloatRange(min=0, min_open=True),
+        type=Gib(),
         default=None,
         metavar="GIB",
         help="Memory the run may use, in GiB, up to the profile's card memory "

@@ -26,6 +26,7 @@ from ..model.kv_quant import UNQUANTIZED, KVDtypes
 from ..units import GIB, mib
 from .common import warn_kv
 from .options import (
+    Gib,
     budget_option,
     context_option,
     cpu_experts_option,
@@ -53,7 +54,7 @@ from .options import (
 @cpu_experts_option()
 @click.option(
     "--host-ram",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Gib(),
     default=None,
     metavar="GIB",
     help="Host RAM to plan a GPU run's host-side tensors in, in GiB [default: this machine's].",
