@@ -3,6 +3,7 @@
 import json
 import shutil
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ from conftest import GEOMETRIES
 import gptoss_lite
 from gptoss_lite import GptossError
 from gptoss_lite.checkpoint.reader import open_checkpoint
+from gptoss_lite.kernels.cpu.host_memory import HUGE_PAGE
 from gptoss_lite.model import moe
 from gptoss_lite.model.mxfp4 import packed_nbytes
 
@@ -183,3 +185,40 @@ def test_every_checkpoint_kind_is_a_checkpoint(checkpoint):
     kinds = [files, QuantizingCheckpoint(files), SyntheticCheckpoint(GEOMETRIES["g1"])]
     assert all(isinstance(kind, Checkpoint) for kind in kinds)
     assert not isinstance(GEOMETRIES["g1"], Checkpoint)
+
+
+def _vma_fields(address: int) -> dict[str, str]:
+    """The /proc/self/smaps fields of the mapping that holds `address`."""
+    fields, inside = {}, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            start, end = (int(a, 16) for a in head.split("-"))
+            inside = start <= address < end
+        elif inside:
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+    return fields
+
+
+def test_the_weights_read_at_every_token_share_one_huge_page_mapping(checkpoint):
+    model = gptoss_lite.load(checkpoint("g1"), device="cpu", context=32).model
+    params = dict(model.named_parameters())
+    embedding = params.pop("embedding")
+    arena = {p.untyped_storage().data_ptr() for p in params.values()}
+    assert len(arena) == 1 and embedding.untyped_storage().data_ptr() not in arena
+    first = min(p.data_ptr() for p in params.values())
+    assert first % HUGE_PAGE == 0
+    assert all(p.data_ptr() % 64 == 0 for p in params.values())
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[never]" not in thp.read_text():
+        # The kernel takes the mapping as one it may back with 2 MiB pages.
+        assert _vma_fields(first)["THPeligible"] == "1"
+
+
+def test_weights_read_straight_from_the_file_are_those_mapped(checkpoint):
+    ckpt = open_checkpoint(checkpoint("g2", shards=3))
+    for name, info in ckpt.tensors.items():
+        out = torch.empty(info.shape, dtype=info.dtype)
+        ckpt.read_into(name, out)
+        assert torch.equal(out, ckpt.read(name)), name

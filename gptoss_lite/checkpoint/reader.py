@@ -15,6 +15,7 @@ one clear error instead of a crash halfway through loading.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -44,7 +45,7 @@ class FileCheckpoint:
                         f"tensor {name} is in both {self.tensors[name].file} and {file}"
                     )
                 if names is None or name in names:
-                    self.tensors[name] = TensorInfo(spec.shape, spec.torch_dtype, file)
+                    self.tensors[name] = TensorInfo(spec.shape, spec.torch_dtype, file, spec.offset)
         self._open: dict[tuple[Path, str], object] = {}
 
     @property
@@ -69,6 +70,26 @@ class FileCheckpoint:
                 self._open[key] = safe_open(str(info.file), framework="pt", device=str(device))
             return self._open[key].get_tensor(name)
         except (OSError, SafetensorError) as exc:  # the file changed since its header was read
+            raise GptossError(f"cannot read tensor {name} from {info.file}: {exc}") from None
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        """Read tensor `name` straight from its file into the contiguous CPU tensor `out` (of its
+        dtype and size), through no memory map: only `out` holds the bytes."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise GptossError(f"checkpoint {self.folder} has no tensor {name!r}")
+        if out.dtype != info.dtype or out.numel() != math.prod(info.shape):
+            raise ValueError(f"{name} is {info.dtype} {info.shape}, not {out.dtype} {out.shape}")
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        try:
+            with open(info.file, "rb", buffering=0) as f:
+                done = 0
+                while done < len(view):
+                    got = os.preadv(f.fileno(), [view[done:]], info.offset + done)
+                    if got == 0:
+                        raise OSError("the file is shorter than its header says")
+                    done += got
+        except OSError as exc:  # the file changed since its header was read
             raise GptossError(f"cannot read tensor {name} from {info.file}: {exc}") from None
 
     def close(self) -> None:

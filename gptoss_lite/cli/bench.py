@@ -15,6 +15,7 @@ import time
 
 import click
 
+from .. import step_profile
 from ..bench import (
     BANDWIDTH_BYTES,
     BANDWIDTH_ROUNDS,
@@ -71,6 +72,12 @@ from .options import (
     is_flag=True,
     help="Decode with the step captured in a CUDA graph (Triton kernels on CUDA; untimed yet).",
 )
+@click.option(
+    "--profile-step",
+    is_flag=True,
+    help="Instead of timing runs, show where a decode step's time goes: each part's ms, the "
+    "bytes it reads and its GB/s, over --gen-tokens steps after --prompt-tokens.",
+)
 @cpu_experts_option()
 @kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
@@ -88,6 +95,7 @@ def bench_command(
     cuda_graph,
     cpu_experts,
     kv_cache_dtype,
+    profile_step,
     as_json,
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
@@ -121,6 +129,12 @@ def bench_command(
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
+    if profile_step:
+        click.echo(_describe_load(loaded))
+        click.echo(
+            step_profile.describe(step_profile.profile_step(runner, prompt_tokens, gen_tokens))
+        )
+        return
     results = [bench(runner, prompt_tokens, gen_tokens, repeats, cuda_graph=cuda_graph)]
     dev, folder = runner.device, runner.folder
     if compare:

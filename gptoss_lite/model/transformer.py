@@ -38,6 +38,9 @@ class Kernels:
     attention: Callable = attention
     experts: Callable = experts_forward
     linear: Callable = F.linear  # the dense projections: qkv, attention output, router, lm_head
+    # One token through every layer and the head at once, or None where it does not apply:
+    # (model, x [1, H], positions [1], rope, cache) -> logits [1, V] | None.
+    decode: Callable | None = None
 
 
 TORCH_KERNELS = Kernels("torch")
@@ -168,7 +171,7 @@ class Transformer(nn.Module):
             )
             for n in range(c.num_layers)
         )
-        self.linear = kernels.linear
+        self.linear, self.decode = kernels.linear, kernels.decode
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.rotary: Rotary | None = None
@@ -209,6 +212,10 @@ class Transformer(nn.Module):
         if self.rotary is None:
             self.rotary = Rotary(self.config, self.device)
         rope = self.rotary.cos_sin(positions, x.dtype)  # the same for every layer
+        if x.shape[0] == 1 and self.decode is not None:
+            logits = self.decode(self, x, positions, rope, cache)
+            if logits is not None:
+                return logits
         for attn, mlp in zip(self.attn, self.mlp, strict=True):
             x = attn(x, positions, rope, cache)
             x = mlp(x)

@@ -1,8 +1,9 @@
 """The compiled CPU kernels: MXFP4 experts straight from the packed bytes, and bf16 decode matvecs.
 
-`mxfp4_cpu.c` is compiled on first use with the system C compiler (`$CC`, else `cc`/`gcc`) and
-cached under the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`, then
-`gptoss-lite/kernels/`), keyed by a hash of the source, the compiler and its flags; the file is
+The C sources of this folder are compiled into one library on first use with the system C
+compiler (`$CC`, else `cc`/`gcc`) and cached under the user's cache folder (`$XDG_CACHE_HOME` or
+`~/.cache`, then `gptoss-lite/kernels/`), keyed by a hash of the sources, the compiler and its
+flags; the file is
 written beside its final name and renamed, so concurrent first uses never see half a library.
 It is called through ctypes with raw pointers. The instruction set is chosen once, at the first
 use, from the CPU's features (`avx512`, `avx2`, else `portable` C); `GPTOSS_LITE_CPU_ISA` forces
@@ -31,8 +32,11 @@ import torch.nn.functional as F
 
 from ...errors import GptossError
 from ...model.moe import PackedExperts
+from .host_memory import HostArena
 
-SOURCE = Path(__file__).with_name("mxfp4_cpu.c")
+HERE = Path(__file__).parent
+SOURCES = tuple(sorted(HERE.glob("*.c")))
+HEADERS = tuple(sorted(HERE.glob("*.h")))
 FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared")
 OPENMP = "-fopenmp"
 ISAS = ("portable", "avx2", "avx512")  # index = the C code's isa number
@@ -49,7 +53,14 @@ _SIGNATURES = {
         None,
     ),
     "gl_bf16_matmul": ([_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int], None),
+    "gl_decode_work": ([_ptr, _int], _i64),
+    "gl_decode_step": ([_ptr, _int, _ptr, _i64, *[_ptr] * 5, _int], None),
+    "gl_read_probe": ([_int, _ptr, _i64, _int, _i64, _int, _int], ctypes.c_double),
 }
+PROBE_BYTES = 512 * 1024 * 1024  # 16 times this machine's last-level cache and more
+PROBE_ROUNDS = 5
+# (rows in flight per thread, bytes prefetched ahead): as the kernels read, and a plain stream.
+PROBE_PATTERNS = ((1, 0), (2, 1024), (4, 1024), (8, 512))
 
 
 def cache_dir() -> Path:
@@ -66,8 +77,8 @@ def _compiler() -> str | None:
 
 def _compile(compiler: str, flags: tuple[str, ...]) -> Path:
     """The cached library built with `flags`, compiling it if needed (raises CalledProcessError)."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), *map(str.encode, flags)]))
+    sources = [path.read_bytes() for path in (*SOURCES, *HEADERS)]
+    key = hashlib.sha256(b"\0".join([*sources, compiler.encode(), *map(str.encode, flags)]))
     target = cache_dir() / f"mxfp4_cpu-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
@@ -76,7 +87,7 @@ def _compile(compiler: str, flags: tuple[str, ...]) -> Path:
     os.close(fd)
     try:
         subprocess.run(
-            [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"],
+            [compiler, *flags, *map(str, SOURCES), "-o", tmp, "-lm"],
             check=True,
             capture_output=True,
             timeout=300,
@@ -239,3 +250,21 @@ def linear(
         _isa(isa), *map(_p, (weight, bias, xf, y)), rows, k, x.shape[0], torch.get_num_threads()
     )
     return y.to(x.dtype)
+
+
+def read_rate(threads: int | None = None, nbytes: int = PROBE_BYTES) -> float:
+    """Bytes per second `threads` threads (default torch's) read from RAM: compiled code
+    streaming a buffer far larger than the caches from 2 MiB pages, the fastest of a few ways of
+    streaming it and of `PROBE_ROUNDS` passes each; what a decode step's reads are bound by."""
+    threads = threads or torch.get_num_threads()
+    nbytes -= nbytes % (threads * 64 * 8)
+    buffer = HostArena(nbytes).empty((nbytes,), torch.uint8)
+    buffer.fill_(1)  # faults the pages in
+    lib = _library()
+    seconds = min(
+        lib.gl_read_probe(
+            _isa(None), buffer.data_ptr(), nbytes, streams, ahead, PROBE_ROUNDS, threads
+        )
+        for streams, ahead in PROBE_PATTERNS
+    )
+    return nbytes / seconds

@@ -1,0 +1,352 @@
+/* One decode step of the whole model, for one token, in one call: every layer's attention and
+   experts, then the head, with the threads started once and kept between the parts.
+
+   It computes what the model's per-operation path computes (model/transformer.py with the
+   kernels of mxfp4_cpu.c), rounding to the activation dtype at the same points: rmsnorm in
+   fp32 rounded; qkv, the attention output projection, the router and the head as fp32 dot
+   products plus the bias, rounded; RoPE with every product and sum rounded, as torch's bf16
+   operations do; attention in fp32 with the sink in the softmax denominator; the routed experts
+   in fp32 summed in ascending expert id, rounded once; residual sums rounded. The bf16 and
+   MXFP4 dot products are the row kernels' own, so each row's sum is bit for bit the one the
+   per-operation path gets; norms, RoPE, softmax and attention sum in their own order (fp32
+   rounding apart from torch's). Activations are bf16 (`act` 1) or fp32 (`act` 0, with fp32
+   attention weights, as the tests run); in fp32 the dense rows are summed by portable C.
+
+   Threads split the rows of each matrix-vector product and the kv heads of attention, and wait
+   for each other between parts; small parts (norms, top-k) are done by every thread alike. */
+
+#define _POSIX_C_SOURCE 199309L /* clock_gettime */
+
+#include <math.h>
+#include <stddef.h>
+#include <time.h>
+
+#include "kernels.h"
+
+enum { ACT_F32 = 0, ACT_BF16 = 1 };
+enum { PH_NORM, PH_QKV, PH_ATTN, PH_OUT, PH_ROUTER, PH_GATE_UP, PH_DOWN, PH_HEAD, PH_WAIT, PH_ALL, PHASES };
+
+typedef struct {
+    const float *attn_norm, *sinks, *mlp_norm;
+    const void *qkv_w, *qkv_b, *out_w, *out_b, *router_w, *router_b;
+    const uint8_t *gu_blocks, *gu_scales, *dn_blocks, *dn_scales;
+    const void *gu_bias, *dn_bias;
+    void *k_cache, *v_cache; /* [slots, kv_heads, head_dim] in the activation dtype */
+    int64_t slots;           /* ring slots (sliding layer) or the context (full attention) */
+    int64_t window;          /* the sliding window; 0 for full attention */
+} gl_layer;
+
+typedef struct {
+    int64_t layers, hidden, heads, kv_heads, head_dim, experts, top_k, intermediate, vocab;
+    int64_t max_keys; /* the most keys any layer attends over (sizes the score scratch) */
+    float eps, alpha, limit;
+    int32_t act;
+    const float *final_norm;
+    const void *unembedding;
+    const int64_t *ring_pos; /* position each ring slot holds, -1 when empty */
+    const gl_layer *layer;
+} gl_model;
+
+/* ------------------------------------------------------------------ small pieces */
+
+INLINE float act_round(int act, float v) {
+    return act == ACT_BF16 ? bf16_to_float(float_to_bf16(v)) : v;
+}
+
+INLINE float act_load(int act, const void *p, int64_t i) {
+    return act == ACT_BF16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+INLINE void act_store(int act, void *p, int64_t i, float v) {
+    if (act == ACT_BF16)
+        ((uint16_t *)p)[i] = float_to_bf16(v);
+    else
+        ((float *)p)[i] = v;
+}
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+/* Thread 0 keeps the time of each part; the other threads only do the work. */
+typedef struct {
+    double *phase, mark;
+    int on;
+} part_clock;
+
+INLINE void lap(part_clock *c, int phase) {
+    if (!c->on) return;
+    double t = seconds();
+    c->phase[phase] += t - c->mark;
+    c->mark = t;
+}
+
+INLINE void wait_all(part_clock *c) {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+    lap(c, PH_WAIT);
+}
+
+/* out = rmsnorm(x) * scale, rounded: sum of squares in double, then torch's fp32 steps. */
+static void rms_norm(const gl_model *m, const float *x, const float *scale, float *out) {
+    double ss = 0;
+    for (int64_t i = 0; i < m->hidden; i++) ss += (double)x[i] * x[i];
+    float r = 1.0f / sqrtf((float)(ss / m->hidden) + m->eps);
+    for (int64_t i = 0; i < m->hidden; i++) out[i] = act_round(m->act, (x[i] * r) * scale[i]);
+}
+
+/* y[r] = round(W[r] . x + b[r]) for rows [r0, r1) of W [R, k] in the activation dtype. */
+static void dense_rows(const gl_model *m, int isa, const void *w, const void *b, int64_t k,
+                       const float *x, int64_t r0, int64_t r1, float *y) {
+    int act = m->act;
+    int64_t r = r0;
+    if (act == ACT_BF16) {
+        const uint16_t *wb = w;
+        bf_rows4_fn rows4 = gl_bf_rows4_for(isa);
+        bf_rows_fn rows2 = gl_bf_rows_for(isa);
+        for (; r + 4 <= r1; r += 4) {
+            float o[4];
+            rows4(wb + r * k, k, x, o);
+            for (int j = 0; j < 4; j++)
+                y[r + j] = act_round(act, o[j] + (b ? act_load(act, b, r + j) : 0.0f));
+        }
+        for (; r < r1; r += 2) {
+            int64_t q = r + 1 < r1 ? r + 1 : r;
+            float o0, o1;
+            rows2(wb + r * k, wb + q * k, k, x, 1, &o0, &o1);
+            y[r] = act_round(act, o0 + (b ? act_load(act, b, r) : 0.0f));
+            if (q != r) y[q] = act_round(act, o1 + (b ? act_load(act, b, q) : 0.0f));
+        }
+        return;
+    }
+    for (; r < r1; r++) {
+        const float *row = (const float *)w + r * k;
+        float a = 0;
+        for (int64_t i = 0; i < k; i++) a += row[i] * x[i];
+        y[r] = a + (b ? act_load(act, b, r) : 0.0f);
+    }
+}
+
+/* Rotate one head (NeoX halves) in the activation dtype: every product and sum rounded. */
+static void rope(int act, const float *in, const void *cos, const void *sin, int64_t d,
+                 float *out) {
+    int64_t half = d / 2;
+    for (int64_t i = 0; i < half; i++) {
+        float c = act_load(act, cos, i), s = act_load(act, sin, i);
+        float x1 = in[i], x2 = in[half + i];
+        out[i] = act_round(act, act_round(act, x1 * c) - act_round(act, x2 * s));
+        out[half + i] = act_round(act, act_round(act, x2 * c) + act_round(act, x1 * s));
+    }
+}
+
+/* ------------------------------------------------------------------ attention
+   Query heads of one kv head g over its visible keys: full layers every position 0..pos (slot
+   = position); sliding ones the window's positions whose ring slot holds them, and the new
+   token. Sixteen lane sums per dot product, then the lanes in order: the same on every ISA. */
+
+#define LANES 16
+
+static float dot_lanes(const float *a, const float *b, int64_t n) {
+    float lane[LANES] = {0};
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        for (int l = 0; l < LANES; l++) lane[l] += a[i + l] * b[i + l];
+    float s = 0;
+    for (int l = 0; l < LANES; l++) s += lane[l];
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+/* The cache slot of position p for the query at pos, or -1 when p is not visible. */
+INLINE int64_t visible_slot(const gl_model *m, const gl_layer *L, int64_t p, int64_t pos) {
+    if (!L->window) return p;
+    int64_t s = p % L->slots;
+    return p == pos || m->ring_pos[s] == p ? s : -1;
+}
+
+static void attend_group(const gl_model *m, const gl_layer *L, int64_t g, int64_t pos,
+                         const float *qkv, const void *cos, const void *sin, float *scores,
+                         float *o) {
+    int act = m->act;
+    int64_t d = m->head_dim, hkv = m->kv_heads, group = m->heads / hkv;
+    const float *qs = qkv, *ks = qkv + m->heads * d, *vs = ks + hkv * d;
+    float k_new[d], q[group][d], key[d];
+    /* The new key (rotated) and value go to their slot first, so every key is read back from
+       the cache in the cache's dtype. */
+    int64_t slot = L->window ? pos % L->slots : pos;
+    rope(act, ks + g * d, cos, sin, d, k_new);
+    for (int64_t i = 0; i < d; i++) {
+        act_store(act, L->k_cache, (slot * hkv + g) * d + i, k_new[i]);
+        act_store(act, L->v_cache, (slot * hkv + g) * d + i, vs[g * d + i]);
+    }
+    float scale = (float)pow((double)d, -0.5);
+    for (int64_t h = 0; h < group; h++) {
+        rope(act, qs + (g * group + h) * d, cos, sin, d, q[h]);
+        for (int64_t i = 0; i < d; i++) q[h][i] *= scale;
+    }
+    int64_t first = L->window && pos - L->window + 1 > 0 ? pos - L->window + 1 : 0, n = 0;
+    for (int64_t p = first; p <= pos; p++) {
+        int64_t s = visible_slot(m, L, p, pos);
+        if (s < 0) continue;
+        for (int64_t i = 0; i < d; i++) key[i] = act_load(act, L->k_cache, (s * hkv + g) * d + i);
+        for (int64_t h = 0; h < group; h++) scores[h * m->max_keys + n] = dot_lanes(q[h], key, d);
+        n++;
+    }
+    for (int64_t h = 0; h < group; h++) {
+        float *sc = scores + h * m->max_keys, sink = L->sinks[g * group + h];
+        float mx = sink;
+        for (int64_t j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
+        float denom = expf(sink - mx), acc[d];
+        for (int64_t i = 0; i < d; i++) acc[i] = 0;
+        int64_t j = 0;
+        for (int64_t p = first; p <= pos; p++) {
+            int64_t s = visible_slot(m, L, p, pos);
+            if (s < 0) continue;
+            float w = expf(sc[j++] - mx);
+            denom += w;
+            for (int64_t i = 0; i < d; i++)
+                acc[i] += w * act_load(act, L->v_cache, (s * hkv + g) * d + i);
+        }
+        for (int64_t i = 0; i < d; i++)
+            o[(g * group + h) * d + i] = act_round(act, acc[i] / denom);
+    }
+}
+
+/* ------------------------------------------------------------------ routing */
+
+/* The top_k largest router logits (ties: the lower expert id first), and the softmax over them
+   rounded to the activation dtype; ids[] comes back sorted by expert id with its weights. */
+static void route(const gl_model *m, const float *logits, int64_t *ids, float *weights) {
+    int64_t k = m->top_k, pick[k];
+    for (int64_t t = 0; t < k; t++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < m->experts; e++) {
+            int taken = 0;
+            for (int64_t u = 0; u < t; u++) taken |= pick[u] == e;
+            if (!taken && (best < 0 || logits[e] > logits[best] || (isnan(logits[e]) && !isnan(logits[best]))))
+                best = e;
+        }
+        pick[t] = best;
+    }
+    float mx = logits[pick[0]], sum = 0, p[k];
+    for (int64_t t = 0; t < k; t++) sum += p[t] = expf(logits[pick[t]] - mx);
+    for (int64_t t = 0; t < k; t++) p[t] = act_round(m->act, p[t] / sum);
+    for (int64_t t = 0; t < k; t++) { /* into expert id order, the order the sums run in */
+        int64_t rank = 0;
+        for (int64_t u = 0; u < k; u++) rank += pick[u] < pick[t];
+        ids[rank] = pick[t], weights[rank] = p[t];
+    }
+}
+
+/* ------------------------------------------------------------------ the step */
+
+/* Floats of scratch `gl_decode_step` needs for `nthreads` threads. */
+int64_t gl_decode_work(const gl_model *m, int nthreads) {
+    int64_t h = m->hidden, d = m->head_dim;
+    int64_t qkv = (m->heads + 2 * m->kv_heads) * d, group = m->heads / m->kv_heads;
+    int64_t shared = h + qkv + m->heads * d + m->experts + m->top_k * m->intermediate + h;
+    int64_t own = 2 * h + group * m->max_keys;
+    return shared + nthreads * own;
+}
+
+/* Logits [vocab] (rounded to the activation dtype) of the token whose embedding row is `x_in`
+   at position `pos`, after the cache's `pos` tokens; writes its keys and values into the
+   cache (the ring positions are the caller's to record). `cos`, `sin` [head_dim/2] are its
+   RoPE in the activation dtype. When `phase` is not NULL it gets the seconds of each part
+   (PHASES of them, thread 0's view) added. */
+void gl_decode_step(const gl_model *m, int isa, const void *x_in, int64_t pos, const void *cos,
+                    const void *sin, float *logits, float *work, double *phase, int nthreads) {
+    int act = m->act;
+    int64_t h = m->hidden, d = m->head_dim, k = m->top_k, ni = m->intermediate;
+    int64_t qkv_rows = (m->heads + 2 * m->kv_heads) * d, group = m->heads / m->kv_heads;
+    int64_t g1 = h / BLOCK, g2 = ni / BLOCK;
+    float *x = work, *qkv = x + h, *o = qkv + qkv_rows, *rl = o + m->heads * d;
+    float *a = rl + m->experts, *moe = a + k * ni, *own = moe + h;
+    for (int64_t i = 0; i < h; i++) x[i] = act_load(act, x_in, i);
+    mx_rows_fn mx_rows = gl_mx_rows_for(isa);
+    double start = seconds();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        int tid = thread_id(), nth = thread_count();
+        float *xn = own + tid * (2 * h + group * m->max_keys), *xd = xn + h;
+        float *scores = xd + h;
+        part_clock clk = {phase, seconds(), phase != NULL && tid == 0};
+        int64_t r0, r1, ids[k];
+        float wt[k];
+        for (int64_t l = 0; l < m->layers; l++) {
+            const gl_layer *L = m->layer + l;
+            /* attention */
+            rms_norm(m, x, L->attn_norm, xn);
+            lap(&clk, PH_NORM);
+            gl_split_rows(qkv_rows, tid, nth, &r0, &r1);
+            dense_rows(m, isa, L->qkv_w, L->qkv_b, h, xn, r0, r1, qkv);
+            lap(&clk, PH_QKV);
+            wait_all(&clk);
+            for (int64_t g = tid; g < m->kv_heads; g += nth)
+                attend_group(m, L, g, pos, qkv, cos, sin, scores, o);
+            lap(&clk, PH_ATTN);
+            wait_all(&clk);
+            gl_split_rows(h, tid, nth, &r0, &r1);
+            dense_rows(m, isa, L->out_w, L->out_b, m->heads * d, o, r0, r1, moe);
+            for (int64_t r = r0; r < r1; r++) x[r] = act_round(act, x[r] + moe[r]);
+            lap(&clk, PH_OUT);
+            wait_all(&clk);
+            /* experts */
+            rms_norm(m, x, L->mlp_norm, xn);
+            gl_deinterleave(xn, xd, h);
+            lap(&clk, PH_NORM);
+            gl_split_rows(m->experts, tid, nth, &r0, &r1);
+            dense_rows(m, isa, L->router_w, L->router_b, h, xn, r0, r1, rl);
+            lap(&clk, PH_ROUTER);
+            wait_all(&clk);
+            route(m, rl, ids, wt);
+            lap(&clk, PH_ROUTER);
+            gl_split_rows(2 * ni, tid, nth, &r0, &r1);
+            for (int64_t u = 0; u < k; u++) {
+                const uint8_t *b = L->gu_blocks + ids[u] * 2 * ni * g1 * BLOCK_BYTES;
+                const uint8_t *s = L->gu_scales + ids[u] * 2 * ni * g1;
+                for (int64_t r = r0; r < r1; r += 2) { /* rows 2i (gate) and 2i+1 (up) */
+                    float gv, uv;
+                    mx_rows(b + r * g1 * BLOCK_BYTES, s + r * g1, b + (r + 1) * g1 * BLOCK_BYTES,
+                            s + (r + 1) * g1, g1, xd, h, 1, &gv, &uv);
+                    gv += act_load(act, L->gu_bias, ids[u] * 2 * ni + r);
+                    uv += act_load(act, L->gu_bias, ids[u] * 2 * ni + r + 1);
+                    gv = fminf(gv, m->limit); /* the gate is clamped from above only */
+                    uv = fminf(fmaxf(uv, -m->limit), m->limit);
+                    a[u * ni + gl_deinterleaved(r / 2)] = gv / (1.0f + expf(-m->alpha * gv)) * (uv + 1.0f);
+                }
+            }
+            lap(&clk, PH_GATE_UP);
+            wait_all(&clk);
+            gl_split_rows(h, tid, nth, &r0, &r1);
+            for (int64_t r = r0; r < r1; r++) moe[r] = 0;
+            for (int64_t u = 0; u < k; u++) {
+                const uint8_t *b = L->dn_blocks + ids[u] * h * g2 * BLOCK_BYTES;
+                const uint8_t *s = L->dn_scales + ids[u] * h * g2;
+                for (int64_t r = r0; r < r1; r += 2) {
+                    int64_t q = r + 1 < r1 ? r + 1 : r;
+                    float y0, y1;
+                    mx_rows(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
+                            s + q * g2, g2, a + u * ni, ni, 1, &y0, &y1);
+                    moe[r] += wt[u] * (y0 + act_load(act, L->dn_bias, ids[u] * h + r));
+                    if (q != r) moe[q] += wt[u] * (y1 + act_load(act, L->dn_bias, ids[u] * h + q));
+                }
+            }
+            for (int64_t r = r0; r < r1; r++) x[r] = act_round(act, x[r] + act_round(act, moe[r]));
+            lap(&clk, PH_DOWN);
+            wait_all(&clk);
+        }
+        rms_norm(m, x, m->final_norm, xn);
+        lap(&clk, PH_NORM);
+        gl_split_rows(m->vocab, tid, nth, &r0, &r1);
+        dense_rows(m, isa, m->unembedding, NULL, h, xn, r0, r1, logits);
+        lap(&clk, PH_HEAD);
+        wait_all(&clk);
+    }
+    if (phase != NULL) phase[PH_ALL] += seconds() - start;
+}
