@@ -17,9 +17,8 @@ import click
 
 from .. import step_profile
 from ..bench import (
-    BANDWIDTH_BYTES,
-    BANDWIDTH_ROUNDS,
     BenchResult,
+    bandwidth_method,
     bench,
     bench_transformers,
     read_bandwidth,
@@ -158,8 +157,7 @@ def bench_command(
     if compare:
         click.echo(f"decode speed-up over transformers: {_ratio(results)}x")
     click.echo(
-        f"this machine reads {bandwidth / GB:,.1f} GB/s on {dev.type} "
-        f"({format_bytes(BANDWIDTH_BYTES[dev.type])} summed, best of {BANDWIDTH_ROUNDS})"
+        f"this machine reads {bandwidth / GB:,.1f} GB/s on {dev.type} ({bandwidth_method(dev)})"
     )
 
 
