@@ -70,27 +70,45 @@ static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, c
 
 AVX512 INLINE float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+/* The E8M0 scales of up to 16 blocks as floats (as `e8m0`), from one vector load. */
+AVX512 INLINE __m512 e8m0x16(const uint8_t *s, int m) {
+    __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << m) - 1), s));
+    __m512i bits = _mm512_slli_epi32(v, 23);
+    __mmask16 zero = _mm512_cmpeq_epi32_mask(v, _mm512_setzero_si512());
+    return _mm512_castsi512_ps(_mm512_mask_mov_epi32(bits, zero, _mm512_set1_epi32(0x00400000)));
+}
+
+/* Each block's table is scaled once (FP4 value * scale: the product the torch decoder forms)
+   and both nibbles look their weights up in it. */
 AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
                                  const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx,
                                  const int n, float *out0, float *out1) {
     const __m512 lut = _mm512_loadu_ps(FP4);
     __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    float f0[16], f1[16];
     for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; g++) {
-        if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
-        __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
-        __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
-        __m512 f0 = _mm512_set1_ps(e8m0(s0[g])), f1 = _mm512_set1_ps(e8m0(s1[g]));
-        /* vpermps reads the low 4 bits of each index: the low nibble needs no mask. */
-        __m512 w0l = _mm512_mul_ps(_mm512_permutexvar_ps(c0, lut), f0);
-        __m512 w0h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), lut), f0);
-        __m512 w1l = _mm512_mul_ps(_mm512_permutexvar_ps(c1, lut), f1);
-        __m512 w1h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), lut), f1);
-        for (int j = 0; j < n; j++) {
-            const float *x = xd + j * ldx + g * BLOCK;
-            __m512 xe = _mm512_loadu_ps(x), xo = _mm512_loadu_ps(x + 16);
-            acc0[j] = _mm512_fmadd_ps(w0h, xo, _mm512_fmadd_ps(w0l, xe, acc0[j]));
-            acc1[j] = _mm512_fmadd_ps(w1h, xo, _mm512_fmadd_ps(w1l, xe, acc1[j]));
+    for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+        int m = groups - g0 < 16 ? (int)(groups - g0) : 16;
+        _mm512_storeu_ps(f0, e8m0x16(s0 + g0, m));
+        _mm512_storeu_ps(f1, e8m0x16(s1 + g0, m));
+        for (int i = 0; i < m; i++) {
+            int64_t g = g0 + i;
+            if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
+            __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
+            __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
+            __m512 l0 = _mm512_mul_ps(lut, _mm512_set1_ps(f0[i]));
+            __m512 l1 = _mm512_mul_ps(lut, _mm512_set1_ps(f1[i]));
+            /* vpermps reads the low 4 bits of each index: the low nibble needs no mask. */
+            __m512 w0l = _mm512_permutexvar_ps(c0, l0);
+            __m512 w0h = _mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), l0);
+            __m512 w1l = _mm512_permutexvar_ps(c1, l1);
+            __m512 w1h = _mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), l1);
+            for (int j = 0; j < n; j++) {
+                const float *x = xd + j * ldx + g * BLOCK;
+                __m512 xe = _mm512_loadu_ps(x), xo = _mm512_loadu_ps(x + 16);
+                acc0[j] = _mm512_fmadd_ps(w0h, xo, _mm512_fmadd_ps(w0l, xe, acc0[j]));
+                acc1[j] = _mm512_fmadd_ps(w1h, xo, _mm512_fmadd_ps(w1l, xe, acc1[j]));
+            }
         }
     }
     for (int j = 0; j < n; j++) out0[j] = hsum512(acc0[j]), out1[j] = hsum512(acc1[j]);
@@ -137,14 +155,16 @@ AVX2 INLINE void mx_rows_256_n(const uint8_t *b0, const uint8_t *s0, const uint8
     for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
-        __m256 f0 = _mm256_set1_ps(e8m0(s0[g])), f1 = _mm256_set1_ps(e8m0(s1[g]));
+        /* the magnitudes scaled once per block; the sign then flips the scaled value */
+        __m256 m0 = _mm256_mul_ps(mag, _mm256_set1_ps(e8m0(s0[g])));
+        __m256 m1 = _mm256_mul_ps(mag, _mm256_set1_ps(e8m0(s1[g])));
         for (int half = 0; half < 2; half++) { /* bytes 0-7, then 8-15 */
             __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b0 + g * 16 + 8 * half)));
             __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b1 + g * 16 + 8 * half)));
-            __m256 w0l = _mm256_mul_ps(fp4_256(_mm256_and_si256(c0, low), mag), f0);
-            __m256 w0h = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(c0, 4), mag), f0);
-            __m256 w1l = _mm256_mul_ps(fp4_256(_mm256_and_si256(c1, low), mag), f1);
-            __m256 w1h = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(c1, 4), mag), f1);
+            __m256 w0l = fp4_256(_mm256_and_si256(c0, low), m0);
+            __m256 w0h = fp4_256(_mm256_srli_epi32(c0, 4), m0);
+            __m256 w1l = fp4_256(_mm256_and_si256(c1, low), m1);
+            __m256 w1h = fp4_256(_mm256_srli_epi32(c1, 4), m1);
             for (int j = 0; j < n; j++) {
                 const float *x = xd + j * ldx + g * BLOCK + 8 * half;
                 __m256 xe = _mm256_loadu_ps(x), xo = _mm256_loadu_ps(x + 16);
