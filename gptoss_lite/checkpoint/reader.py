@@ -61,6 +61,8 @@ class FileCheckpoint:
         return sum(math.prod(i.shape) * i.dtype.itemsize for i in self.tensors.values())
 
     def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Tensor `name` on `device`; on the CPU mapped from its file, and read ahead into the
+        page cache, so a row first used later (an embedding row) comes from RAM, not disk."""
         info = self.tensors.get(name)
         if info is None:
             raise GptossError(f"checkpoint {self.folder} has no tensor {name!r}")
@@ -68,7 +70,12 @@ class FileCheckpoint:
         try:
             if key not in self._open:
                 self._open[key] = safe_open(str(info.file), framework="pt", device=str(device))
-            return self._open[key].get_tensor(name)
+            tensor = self._open[key].get_tensor(name)
+            if tensor.device.type == "cpu" and hasattr(os, "posix_fadvise"):
+                with open(info.file, "rb") as f:
+                    size = tensor.numel() * tensor.element_size()
+                    os.posix_fadvise(f.fileno(), info.offset, size, os.POSIX_FADV_WILLNEED)
+            return tensor
         except (OSError, SafetensorError) as exc:  # the file changed since its header was read
             raise GptossError(f"cannot read tensor {name} from {info.file}: {exc}") from None
 

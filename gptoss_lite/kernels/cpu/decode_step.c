@@ -131,7 +131,7 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const void *b,
 }
 
 /* Rotate one head (NeoX halves) in the activation dtype: every product and sum rounded. */
-static void rope(int act, const float *in, const void *cos, const void *sin, int64_t d,
+INLINE void rope(int act, const float *in, const void *cos, const void *sin, int64_t d,
                  float *out) {
     int64_t half = d / 2;
     for (int64_t i = 0; i < half; i++) {
@@ -145,18 +145,20 @@ static void rope(int act, const float *in, const void *cos, const void *sin, int
 /* ------------------------------------------------------------------ attention
    Query heads of one kv head g over its visible keys: full layers every position 0..pos (slot
    = position); sliding ones the window's positions whose ring slot holds them, and the new
-   token. Sixteen lane sums per dot product, then the lanes in order: the same on every ISA. */
+   token. Products are fused multiply-adds (fmaf) in sixteen lanes, the lanes then summed as a
+   fixed tree: the same arithmetic on every ISA, vectorised where the ISA allows. */
 
 #define LANES 16
 
-static float dot_lanes(const float *a, const float *b, int64_t n) {
+INLINE float dot_lanes(const float *a, const float *b, int64_t n) {
     float lane[LANES] = {0};
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) lane[l] += a[i + l] * b[i + l];
-    float s = 0;
-    for (int l = 0; l < LANES; l++) s += lane[l];
-    for (; i < n; i++) s += a[i] * b[i];
+        for (int l = 0; l < LANES; l++) lane[l] = fmaf(a[i + l], b[i + l], lane[l]);
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) lane[l] += lane[l + w];
+    float s = lane[0];
+    for (; i < n; i++) s = fmaf(a[i], b[i], s);
     return s;
 }
 
@@ -167,13 +169,24 @@ INLINE int64_t visible_slot(const gl_model *m, const gl_layer *L, int64_t p, int
     return p == pos || m->ring_pos[s] == p ? s : -1;
 }
 
-static void attend_group(const gl_model *m, const gl_layer *L, int64_t g, int64_t pos,
-                         const float *qkv, const void *cos, const void *sin, float *scores,
-                         float *o) {
-    int act = m->act;
-    int64_t d = m->head_dim, hkv = m->kv_heads, group = m->heads / hkv;
+/* One cache row (a key or a value of kv head g) as floats. */
+INLINE void load_row(int act, const void *cache, int64_t row, int64_t d, float *out) {
+    if (act == ACT_BF16) {
+        const uint16_t *p = (const uint16_t *)cache + row * d;
+        for (int64_t i = 0; i < d; i++) out[i] = bf16_to_float(p[i]);
+    } else {
+        memcpy(out, (const float *)cache + row * d, d * sizeof(float));
+    }
+}
+
+/* `scores` holds group * max_keys floats, `slots` max_keys slot numbers (int32: a context
+   holds fewer than 2**31 tokens). */
+INLINE void attend_group_body(const gl_model *m, const gl_layer *L, int64_t g, int64_t pos,
+                              const float *qkv, const void *cos, const void *sin, float *scores,
+                              int32_t *slots, float *o, const int act) {
+    int64_t d = m->head_dim, hkv = m->kv_heads, group = m->heads / hkv, stride = m->max_keys;
     const float *qs = qkv, *ks = qkv + m->heads * d, *vs = ks + hkv * d;
-    float k_new[d], q[group][d], key[d];
+    float k_new[d], q[group][d], row[d], acc[group][d];
     /* The new key (rotated) and value go to their slot first, so every key is read back from
        the cache in the cache's dtype. */
     int64_t slot = L->window ? pos % L->slots : pos;
@@ -190,29 +203,57 @@ static void attend_group(const gl_model *m, const gl_layer *L, int64_t g, int64_
     int64_t first = L->window && pos - L->window + 1 > 0 ? pos - L->window + 1 : 0, n = 0;
     for (int64_t p = first; p <= pos; p++) {
         int64_t s = visible_slot(m, L, p, pos);
-        if (s < 0) continue;
-        for (int64_t i = 0; i < d; i++) key[i] = act_load(act, L->k_cache, (s * hkv + g) * d + i);
-        for (int64_t h = 0; h < group; h++) scores[h * m->max_keys + n] = dot_lanes(q[h], key, d);
-        n++;
+        if (s >= 0) slots[n++] = (int32_t)s;
     }
-    for (int64_t h = 0; h < group; h++) {
-        float *sc = scores + h * m->max_keys, sink = L->sinks[g * group + h];
-        float mx = sink;
+    for (int64_t j = 0; j < n; j++) {
+        load_row(act, L->k_cache, slots[j] * hkv + g, d, row);
+        for (int64_t h = 0; h < group; h++) scores[h * stride + j] = dot_lanes(q[h], row, d);
+    }
+    float denom[group];
+    for (int64_t h = 0; h < group; h++) { /* scores become softmax numerators */
+        float *sc = scores + h * stride, sink = L->sinks[g * group + h], mx = sink;
         for (int64_t j = 0; j < n; j++) mx = sc[j] > mx ? sc[j] : mx;
-        float denom = expf(sink - mx), acc[d];
-        for (int64_t i = 0; i < d; i++) acc[i] = 0;
-        int64_t j = 0;
-        for (int64_t p = first; p <= pos; p++) {
-            int64_t s = visible_slot(m, L, p, pos);
-            if (s < 0) continue;
-            float w = expf(sc[j++] - mx);
-            denom += w;
-            for (int64_t i = 0; i < d; i++)
-                acc[i] += w * act_load(act, L->v_cache, (s * hkv + g) * d + i);
-        }
-        for (int64_t i = 0; i < d; i++)
-            o[(g * group + h) * d + i] = act_round(act, acc[i] / denom);
+        denom[h] = expf(sink - mx);
+        for (int64_t j = 0; j < n; j++) denom[h] += sc[j] = expf(sc[j] - mx);
+        for (int64_t i = 0; i < d; i++) acc[h][i] = 0;
     }
+    for (int64_t j = 0; j < n; j++) {
+        load_row(act, L->v_cache, slots[j] * hkv + g, d, row);
+        for (int64_t h = 0; h < group; h++) {
+            float w = scores[h * stride + j];
+            for (int64_t i = 0; i < d; i++) acc[h][i] = fmaf(w, row[i], acc[h][i]);
+        }
+    }
+    for (int64_t h = 0; h < group; h++)
+        for (int64_t i = 0; i < d; i++)
+            o[(g * group + h) * d + i] = act_round(act, acc[h][i] / denom[h]);
+}
+
+typedef void (*attend_fn)(const gl_model *, const gl_layer *, int64_t, int64_t, const float *,
+                          const void *, const void *, float *, int32_t *, float *);
+
+#define ATTEND(NAME, ATTR)                                                                     \
+    ATTR static void NAME(const gl_model *m, const gl_layer *L, int64_t g, int64_t pos,        \
+                          const float *qkv, const void *cos, const void *sin, float *scores,   \
+                          int32_t *slots, float *o) {                                          \
+        if (m->act == ACT_BF16)                                                                \
+            attend_group_body(m, L, g, pos, qkv, cos, sin, scores, slots, o, ACT_BF16);        \
+        else                                                                                   \
+            attend_group_body(m, L, g, pos, qkv, cos, sin, scores, slots, o, ACT_F32);         \
+    }
+ATTEND(attend_c, )
+#ifdef GL_X86
+ATTEND(attend_512, AVX512)
+ATTEND(attend_256, AVX2)
+#endif
+
+static attend_fn attend_for(int isa) {
+#ifdef GL_X86
+    if (isa == 2) return attend_512;
+    if (isa == 1) return attend_256;
+#endif
+    (void)isa;
+    return attend_c;
 }
 
 /* ------------------------------------------------------------------ routing */
@@ -248,7 +289,7 @@ int64_t gl_decode_work(const gl_model *m, int nthreads) {
     int64_t h = m->hidden, d = m->head_dim;
     int64_t qkv = (m->heads + 2 * m->kv_heads) * d, group = m->heads / m->kv_heads;
     int64_t shared = h + qkv + m->heads * d + m->experts + m->top_k * m->intermediate + h;
-    int64_t own = 2 * h + group * m->max_keys;
+    int64_t own = 2 * h + (group + 1) * m->max_keys; /* + the slots, as int32 */
     return shared + nthreads * own;
 }
 
@@ -267,14 +308,16 @@ void gl_decode_step(const gl_model *m, int isa, const void *x_in, int64_t pos, c
     float *a = rl + m->experts, *moe = a + k * ni, *own = moe + h;
     for (int64_t i = 0; i < h; i++) x[i] = act_load(act, x_in, i);
     mx_rows_fn mx_rows = gl_mx_rows_for(isa);
+    attend_fn attend = attend_for(isa);
     double start = seconds();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
         int tid = thread_id(), nth = thread_count();
-        float *xn = own + tid * (2 * h + group * m->max_keys), *xd = xn + h;
+        float *xn = own + tid * (2 * h + (group + 1) * m->max_keys), *xd = xn + h;
         float *scores = xd + h;
+        int32_t *slots = (int32_t *)(scores + group * m->max_keys);
         part_clock clk = {phase, seconds(), phase != NULL && tid == 0};
         int64_t r0, r1, ids[k];
         float wt[k];
@@ -288,7 +331,7 @@ void gl_decode_step(const gl_model *m, int isa, const void *x_in, int64_t pos, c
             lap(&clk, PH_QKV);
             wait_all(&clk);
             for (int64_t g = tid; g < m->kv_heads; g += nth)
-                attend_group(m, L, g, pos, qkv, cos, sin, scores, o);
+                attend(m, L, g, pos, qkv, cos, sin, scores, slots, o);
             lap(&clk, PH_ATTN);
             wait_all(&clk);
             gl_split_rows(h, tid, nth, &r0, &r1);
