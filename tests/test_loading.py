@@ -12,6 +12,7 @@ from conftest import GEOMETRIES
 import gptoss_lite
 from gptoss_lite import GptossError
 from gptoss_lite.checkpoint.reader import open_checkpoint
+from gptoss_lite.checkpoint.synthetic import write_synthetic
 from gptoss_lite.kernels.cpu.host_memory import HUGE_PAGE
 from gptoss_lite.model import moe
 from gptoss_lite.model.mxfp4 import packed_nbytes
@@ -187,33 +188,43 @@ def test_every_checkpoint_kind_is_a_checkpoint(checkpoint):
     assert not isinstance(GEOMETRIES["g1"], Checkpoint)
 
 
-def _vma_fields(address: int) -> dict[str, str]:
-    """The /proc/self/smaps fields of the mapping that holds `address`."""
-    fields, inside = {}, False
+def _vma(address: int) -> tuple[str, dict[str, str]]:
+    """The /proc/self/smaps header line and fields of the mapping that holds `address`."""
+    header, fields, inside = "", {}, False
     for line in Path("/proc/self/smaps").read_text().splitlines():
         head = line.split()[0]
         if "-" in head and ":" not in head:
+            if inside:
+                break
             start, end = (int(a, 16) for a in head.split("-"))
-            inside = start <= address < end
+            inside, header = start <= address < end, line
         elif inside:
             name, _, value = line.partition(":")
             fields[name] = value.strip()
-    return fields
+    return header, fields
 
 
-def test_the_weights_read_at_every_token_share_one_huge_page_mapping(checkpoint):
-    model = gptoss_lite.load(checkpoint("g1"), device="cpu", context=32).model
+def test_the_weights_read_at_every_token_are_mapped_for_2mib_pages(checkpoint, tmp_path):
+    # A vocabulary large enough for a shard of several 2 MiB pages.
+    config = GEOMETRIES["g1"].with_(vocab_size=32768)
+    write_synthetic(tmp_path / "big", config)
+    model = gptoss_lite.load(tmp_path / "big", device="cpu", context=32).model
     params = dict(model.named_parameters())
-    embedding = params.pop("embedding")
-    arena = {p.untyped_storage().data_ptr() for p in params.values()}
-    assert len(arena) == 1 and embedding.untyped_storage().data_ptr() not in arena
-    first = min(p.data_ptr() for p in params.values())
-    assert first % HUGE_PAGE == 0
-    assert all(p.data_ptr() % 64 == 0 for p in params.values())
-    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-    if thp.exists() and "[never]" not in thp.read_text():
-        # The kernel takes the mapping as one it may back with 2 MiB pages.
-        assert _vma_fields(first)["THPeligible"] == "1"
+    shard = str(tmp_path / "big" / "model.safetensors")
+    made = set()
+    for name, p in params.items():
+        header, fields = _vma(p.data_ptr())
+        if header.endswith(shard):  # mapped from the file: advised to use 2 MiB pages
+            assert "hg" in fields["VmFlags"].split(), name
+            assert int(header.split("-")[0], 16) % HUGE_PAGE == 0
+        else:  # made at load (norms in fp32, the fused qkv): the arena, advised the same way
+            assert name.endswith(("norm", "sinks", "qkv_weight", "qkv_bias")), name
+            assert "hg" in fields["VmFlags"].split(), name
+            made.add(p.untyped_storage().data_ptr())
+    assert len(made) == 1  # one arena
+    # Read as the model holds it: no copy of the head, the experts or the output projection.
+    for name in ("unembedding", "embedding", "mlp.0.gate_up_blocks", "attn.1.out_weight"):
+        assert _vma(params[name].data_ptr())[0].endswith(shard)
 
 
 def test_weights_read_straight_from_the_file_are_those_mapped(checkpoint):

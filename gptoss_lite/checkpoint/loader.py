@@ -6,7 +6,9 @@ model uses, which the original layout stores as is). `load_weights` first checks
 checkpoint from its description alone (every parameter filled with the shape and kind the config
 implies, every checkpoint tensor used), then reads each tensor straight onto its device. The
 MXFP4 expert blocks and scales stay uint8. The tensors a CPU reads at every token (everything
-in host memory but the embedding) are read from the file into one `HostArena`, in 2 MiB pages.
+in host memory but the embedding) sit in 2 MiB pages (`kernels/cpu/host_memory`): mapped from
+their file and faulted in at load, or, where loading makes them (concatenated, converted),
+read into one `HostArena`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import GptossError
-from ..kernels.cpu.host_memory import HostArena, arena_bytes
+from ..kernels.cpu.host_memory import HostArena, arena_bytes, mapping_of
 from .layouts import name_table
 from .protocol import Checkpoint
 
@@ -46,22 +48,37 @@ def load_weights(
     for param_name in table:
         where = embedding_device if param_name == "embedding" and embedding_device else device
         places[param_name] = torch.device("cpu" if param_name in host_parameters else where)
-    # What the CPU reads at every token goes to 2 MiB pages; the embedding only has rows
-    # gathered, so it stays mapped from the file and only the rows used are ever read.
+    # What the CPU reads at every token sits in 2 MiB pages: mapped from its file where it is
+    # stored as the model holds it, else made in an arena. The embedding only has rows
+    # gathered: it stays mapped, read ahead into the page cache, and only rows used are read.
     streamed = [n for n, w in places.items() if w.type == "cpu" and n != "embedding"]
-    arena = HostArena(arena_bytes([(params[n].shape, params[n].dtype) for n in streamed]))
+    made = [n for n in streamed if not _mapped_as_is(checkpoint, table[n], params[n])]
+    arena = HostArena(arena_bytes([(params[n].shape, params[n].dtype) for n in made]))
     for param_name, sources in table.items():
         target = params[param_name]
-        if param_name in streamed:
+        if param_name in made:
             tensor = arena.empty(tuple(target.shape), target.dtype)
             _read_into(checkpoint, sources, tensor)
         else:
             parts = [checkpoint.read(s, places[param_name]) for s in sources]
             tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+            mapped = mapping_of(tensor) if places[param_name].type == "cpu" else None
+            if mapped is not None:
+                file, offset = mapped
+                fetch = file.populate if param_name in streamed else file.prefetch
+                fetch(offset, tensor.numel() * tensor.element_size())
         _assign(model, param_name, tensor.to(target.dtype))
         done += target.numel() * target.element_size()
         if progress is not None:
             progress(done, total)
+    for file in {m[0] for p in params.values() if (m := mapping_of(p))}:
+        file.settle()
+
+
+def _mapped_as_is(checkpoint: Checkpoint, sources: tuple[str, ...], target: torch.Tensor) -> bool:
+    """Whether the parameter is one tensor stored in a file in the parameter's dtype."""
+    info = checkpoint.tensors[sources[0]]
+    return len(sources) == 1 and info.offset is not None and info.dtype == target.dtype
 
 
 def check_tensors(

@@ -23,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
+from ..kernels.cpu.host_memory import MappedFile
 from .protocol import TensorInfo
 from .safetensors import read_header, read_index, shard_path
 
@@ -47,6 +48,7 @@ class FileCheckpoint:
                 if names is None or name in names:
                     self.tensors[name] = TensorInfo(spec.shape, spec.torch_dtype, file, spec.offset)
         self._open: dict[tuple[Path, str], object] = {}
+        self._mapped: dict[Path, MappedFile] = {}
 
     @property
     def layout(self) -> str:
@@ -61,22 +63,21 @@ class FileCheckpoint:
         return sum(math.prod(i.shape) * i.dtype.itemsize for i in self.tensors.values())
 
     def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Tensor `name` on `device`; on the CPU mapped from its file, and read ahead into the
-        page cache, so a row first used later (an embedding row) comes from RAM, not disk."""
+        """Tensor `name` on `device`; on the CPU a view of the file's own mapping
+        (`kernels.cpu.host_memory.MappedFile`), read from the disk as its pages are used."""
         info = self.tensors.get(name)
         if info is None:
             raise GptossError(f"checkpoint {self.folder} has no tensor {name!r}")
-        key = (info.file, str(device))
         try:
+            if torch.device(device).type == "cpu":
+                if info.file not in self._mapped:
+                    self._mapped[info.file] = MappedFile(info.file)
+                return self._mapped[info.file].tensor(info.offset, info.shape, info.dtype)
+            key = (info.file, str(device))
             if key not in self._open:
                 self._open[key] = safe_open(str(info.file), framework="pt", device=str(device))
-            tensor = self._open[key].get_tensor(name)
-            if tensor.device.type == "cpu" and hasattr(os, "posix_fadvise"):
-                with open(info.file, "rb") as f:
-                    size = tensor.numel() * tensor.element_size()
-                    os.posix_fadvise(f.fileno(), info.offset, size, os.POSIX_FADV_WILLNEED)
-            return tensor
-        except (OSError, SafetensorError) as exc:  # the file changed since its header was read
+            return self._open[key].get_tensor(name)
+        except (OSError, ValueError, SafetensorError) as exc:  # the file changed since checked
             raise GptossError(f"cannot read tensor {name} from {info.file}: {exc}") from None
 
     def read_into(self, name: str, out: torch.Tensor) -> None:
@@ -101,6 +102,7 @@ class FileCheckpoint:
 
     def close(self) -> None:
         self._open.clear()
+        self._mapped.clear()  # a mapping lives on while tensors read from it do
 
 
 def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> FileCheckpoint:

@@ -28,6 +28,7 @@ from ..chat.stats import peak_memory
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..engine.runner import load
 from ..errors import GptossError
+from ..kernels.cpu.host_memory import huge_page_bytes
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile
 from ..units import GB, format_bytes
@@ -126,6 +127,7 @@ def bench_command(
     )
     warn_kv(runner.plan)
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
+    loaded["huge_page_bytes"] = huge_page_bytes() if runner.device.type == "cpu" else None
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
     if profile_step:
@@ -166,9 +168,12 @@ def _describe_load(loaded: dict) -> str:
     peak_text = (
         "unknown" if peak is None else f"{format_bytes(peak)} ({loaded['peak_memory_kind']})"
     )
+    huge = loaded["huge_page_bytes"]
+    huge_text = "" if huge is None else f", {huge / GB:.2f} GB of memory in 2 MiB pages"
     return (
         f"loaded in {loaded['seconds']:.1f} s: weights {loaded['weights'] / GB:.2f} GB resident, "
-        f"experts {loaded['experts_packed'] / GB:.2f} GB packed MXFP4; peak after load {peak_text}"
+        f"experts {loaded['experts_packed'] / GB:.2f} GB packed MXFP4{huge_text}; peak after "
+        f"load {peak_text}"
     )
 
 
