@@ -54,6 +54,7 @@ def load_weights(
     streamed = [n for n, w in places.items() if w.type == "cpu" and n != "embedding"]
     made = [n for n in streamed if not _mapped_as_is(checkpoint, table[n], params[n])]
     arena = HostArena(arena_bytes([(params[n].shape, params[n].dtype) for n in made]))
+    files = set()  # the mapped files read from
     for param_name, sources in table.items():
         target = params[param_name]
         if param_name in made:
@@ -67,11 +68,12 @@ def load_weights(
                 file, offset = mapped
                 fetch = file.populate if param_name in streamed else file.prefetch
                 fetch(offset, tensor.numel() * tensor.element_size())
+                files.add(file)
         _assign(model, param_name, tensor.to(target.dtype))
         done += target.numel() * target.element_size()
         if progress is not None:
             progress(done, total)
-    for file in {m[0] for p in params.values() if (m := mapping_of(p))}:
+    for file in files:
         file.settle()
 
 
