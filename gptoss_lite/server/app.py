@@ -2,7 +2,8 @@
 
 `create_app(service)` serves one loaded model: `GET /health` (open to all), and behind the API
 key when one is set, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/responses` and
-`POST /v1/completions` (plain text continued, stopping at `<|endoftext|>`). A body larger than
+`POST /v1/completions` (plain text continued, stopping at `<|endoftext|>`), and Ollama's API
+under `/api` (ollama_api.py). A body larger than
 the context could ever need (`body_limit`) is refused with 413 before it is read. uvicorn runs
 the app; the generation itself happens in the service's worker thread, never on the event loop.
 """
@@ -18,6 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from . import chat_api, completions_api, responses_api
 from .errors import ApiError, install_handlers
+from .ollama_api import ollama_app
 from .service import Service, collect
 
 MAX_BYTES_PER_TOKEN = 64  # a token is a few bytes of text, at most ~6x more once JSON-escaped
@@ -45,6 +47,7 @@ def create_app(service: Service) -> FastAPI:
     install_handlers(app)
     store = responses_api.ResponseStore()
     auth = [Depends(_auth(service.api_key))]
+    app.mount("/api", ollama_app(service, auth[0]))
 
     @app.get("/health")
     async def health() -> dict:
