@@ -26,12 +26,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.harmony import Message, render_prompt
+from ..chat.reply import Change, Part, Reply
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from . import conversation as conv
 from .chat_api import CalledFunction, ChatMessage, ChatTool, ToolCallIn, harmony_turns
 from .errors import ApiError
-from .reply import Change, Part, Reply
-from .service import Service, changes, collect, finish_reason, guarded
+from .service import Service, changes, collect, guarded
 from .worker import Done, Job
 
 NDJSON = "application/x-ndjson"
@@ -109,8 +109,10 @@ async def chat(body: ChatBody, service: Service, request: Request):
         return _loaded(name, {"message": {"role": "assistant", "content": ""}})
     instructions, turns = harmony_turns(_chat_messages(body.messages))
     tools = [
-        conv.function_tool(t.function.name, t.function.description, t.function.parameters)
-        for t in body.tools or []
+        conv.function_tool(
+            f"tools.{i}.function", t.function.name, t.function.description, t.function.parameters
+        )
+        for i, t in enumerate(body.tools or [])
     ]
     chat = conv.conversation(
         turns, instructions=instructions, tools=tools, effort=_effort(body.think),
@@ -118,7 +120,7 @@ async def chat(body: ChatBody, service: Service, request: Request):
     )  # fmt: skip
     prompt = render_prompt(chat, service.tokenizer)
     job = service.submit(prompt, _sampling(service, prompt, body.options, "messages"))
-    reply = Reply(service.tokenizer, body.options.stops)
+    reply = Reply(service.tokenizer, body.options.stops, tools=[t.name for t in tools])
     return await _answer(body, _ChatShape(name, reply), job, request, start)
 
 
@@ -250,7 +252,7 @@ class _ChatShape:
         if change.kind != "delta":
             return None
         key = "thinking" if part.kind == "reasoning" else "content"
-        return _message(**{key: change.text})
+        return _message(**{key: change.lead + change.text})
 
     def whole(self) -> dict:
         reply = self.reply
@@ -265,7 +267,8 @@ class _ChatShape:
 
 
 class _GenerateShape:
-    """How `/api/generate` writes a reply: `response` and `thinking` (a call is its text)."""
+    """How `/api/generate` writes a reply: `response` and `thinking` (no tools are declared, so
+    a call the model makes anyway is text)."""
 
     def __init__(self, name: str, reply: Reply) -> None:
         self.name, self.reply = name, reply
@@ -273,14 +276,14 @@ class _GenerateShape:
     def piece(self, change: Change) -> dict | None:
         if change.kind != "delta":
             return None
+        text = change.lead + change.text
         if change.part.kind == "reasoning":
-            return {"response": "", "thinking": change.text}
-        return {"response": change.text}
+            return {"response": "", "thinking": text}
+        return {"response": text}
 
     def whole(self) -> dict:
         thinking = self.reply.text("reasoning")
-        text = self.reply.text("text") + "".join(p.text for p in self.reply.tool_calls)
-        return {"response": text, **({"thinking": thinking} if thinking else {})}
+        return {"response": self.reply.text("text"), **({"thinking": thinking} if thinking else {})}
 
     def last(self) -> dict:
         return {"response": ""}
@@ -331,7 +334,7 @@ def _head(shape) -> dict:
 
 def _ending(shape, done: Done, start: float) -> dict:
     stats = done.stats
-    reason = "length" if finish_reason(shape.reply, done) == "length" else "stop"
+    reason = "length" if shape.reply.finish_reason(done.finish_reason) == "length" else "stop"
     return {
         "done": True,
         "done_reason": reason,
