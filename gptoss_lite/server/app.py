@@ -68,13 +68,12 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: chat_api.ChatRequest, request: Request):
-        job, reply = chat_api.prepare(body, service)
+        pending = chat_api.prepare(body, service)
         if body.stream:
-            usage = body.stream_options is not None and body.stream_options.include_usage
-            events = chat_api.stream(job, reply, service, usage)
+            events = chat_api.stream(pending, service)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await collect(job, reply, request)
-        return chat_api.completion(reply, done, service)
+        done = await collect(pending.job, pending.reply, request)
+        return chat_api.completion(pending, done, service)
 
     @app.post("/v1/responses", dependencies=auth)
     async def responses(body: responses_api.ResponsesRequest, request: Request):
