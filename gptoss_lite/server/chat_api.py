@@ -232,7 +232,10 @@ def usage(reply: Reply, done: Done) -> dict:
         "prompt_tokens": counts.prompt_tokens,
         "completion_tokens": counts.completion_tokens,
         "total_tokens": counts.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": counts.cached_tokens,
+            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
     }
 

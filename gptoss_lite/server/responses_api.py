@@ -271,7 +271,11 @@ def usage(reply: Reply, done: Done) -> dict:
     counts = reply.usage(done.stats)
     return {
         "input_tokens": counts.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "input_tokens_details": {
+            "cached_tokens": counts.cached_tokens,
+            # the tokens prefilled now stay in the KV cache for the next request
+            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
+        },
         "output_tokens": counts.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
         "total_tokens": counts.total_tokens,
