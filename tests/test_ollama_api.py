@@ -106,6 +106,7 @@ def test_pull_succeeds_for_the_served_model_only(serve):
     client, _, _ = serve()
     assert client.pull("gpt-oss-test").status == "success"
     assert client.pull("gpt-oss-test:latest").status == "success"
+    assert client.chat(model="gpt-oss-test:latest", messages=USER).message.content == ANSWER
     assert [p.status for p in client.pull("gpt-oss-test", stream=True)] == ["success"]
     with pytest.raises(ollama.ResponseError) as refused:
         client.pull("llama3.2")

@@ -150,8 +150,8 @@ async def generate(body: GenerateBody, service: Service, request: Request):
 
 
 def known(service: Service, name: str) -> str:
-    """`name` if this server serves it (a ":latest" tag is the name without one), else 404."""
-    if service.serves(name.removesuffix(":latest")):
+    """`name` if this server serves it, else 404."""
+    if service.serves(name):
         return name
     raise ApiError(
         404,

@@ -65,8 +65,9 @@ class Service:
         return self.runner.config
 
     def serves(self, name: str) -> bool:
-        """Whether `name` is one of this model's names (or the last part of its id)."""
-        return name in (*self.names, self.model_id.rsplit("/", 1)[-1])
+        """Whether `name` is one of this model's names (or the last part of its id), also with
+        Ollama's default tag ":latest"."""
+        return name.removesuffix(":latest") in (*self.names, self.model_id.rsplit("/", 1)[-1])
 
     def check_model(self, name: str) -> None:
         """404 unless `name` is one of this model's names."""
