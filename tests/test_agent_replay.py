@@ -26,9 +26,9 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 from scripted_model import ANSWER, ARGS, THINK, TRIGGER
 
-from gptoss_lite.chat.session import chat_ring_slots
 from gptoss_lite.config import read_config
 from gptoss_lite.engine.runner import load
+from gptoss_lite.engine.session import chat_ring_slots
 from gptoss_lite.server.service import Service
 
 pytest_plugins = ["server_fixtures"]

@@ -16,10 +16,10 @@ import torch
 from scripted_model import ANSWER, ARGS, CALL_HEADER, THINK, TRIGGER
 
 from gptoss_lite.chat.harmony import Conversation, Message, ToolDef, render_prompt
-from gptoss_lite.chat.session import chat_ring_slots
 from gptoss_lite.chat.tokens import STOP_TOKENS
 from gptoss_lite.config import read_config
 from gptoss_lite.engine.runner import load
+from gptoss_lite.engine.session import chat_ring_slots
 from gptoss_lite.server.conversation import forced_call
 
 TOOLS = [ToolDef("exec_command", "Run a command.", {"type": "object"})]
