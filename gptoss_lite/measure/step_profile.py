@@ -22,15 +22,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .engine.generate import next_token, prefill
-from .engine.runner import Runner
-from .kernels.cpu import decode as cpu_decode
-from .memory.plan import kv_slot_bytes
-from .model import transformer
-from .model.cache import KVCache
-from .model.moe import route
-from .model.rope import Rotary, apply_rotary
-from .units import GB
+from ..engine.generate import next_token, prefill
+from ..engine.runner import Runner
+from ..kernels.cpu import decode as cpu_decode
+from ..memory.plan import kv_slot_bytes
+from ..model import transformer
+from ..model.cache import KVCache
+from ..model.moe import route
+from ..model.rope import Rotary, apply_rotary
+from ..units import GB
 
 WARMUP_STEPS = 4
 
