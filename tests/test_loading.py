@@ -220,7 +220,7 @@ def test_the_weights_read_at_every_token_are_mapped_for_2mib_pages(checkpoint, t
         else:  # made at load (norms in fp32, the fused qkv): the arena, advised the same way
             assert name.endswith(("norm", "sinks", "qkv_weight", "qkv_bias")), name
             assert "hg" in fields["VmFlags"].split(), name
-            made.add(p.untyped_storage().data_ptr())
+            made.add(header)
     assert len(made) == 1  # one arena
     # Read as the model holds it: no copy of the head, the experts or the output projection.
     for name in ("unembedding", "embedding", "mlp.0.gate_up_blocks", "attn.1.out_weight"):

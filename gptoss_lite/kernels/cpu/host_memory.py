@@ -44,18 +44,21 @@ class MappedFile:
         self.path = path
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        self.bytes = torch.frombuffer(self._map, dtype=torch.uint8)  # keeps the mapping alive
+        self.bytes = torch.frombuffer(self._map, dtype=torch.uint8)  # the whole file
         if hasattr(mmap, "MADV_HUGEPAGE"):
             self._map.madvise(mmap.MADV_HUGEPAGE)
         self._populated: list[tuple[int, int]] = []
         _mapped.add(self)
 
     def tensor(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """The tensor of `shape` and `dtype` whose bytes start at `offset` in the file."""
-        nbytes = math.prod(shape) * dtype.itemsize
-        if offset + nbytes > self.bytes.numel():
+        """The tensor of `shape` and `dtype` whose bytes start at `offset` in the file: a storage
+        of its own over the mapping (which it keeps alive), so it counts as its own bytes."""
+        count = math.prod(shape)
+        if offset + count * dtype.itemsize > self.bytes.numel():
             raise ValueError(f"{self.path} is shorter than its header says")
-        return self.bytes[offset : offset + nbytes].view(dtype).view(shape)
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(self._map, dtype=dtype, count=count, offset=offset).view(shape)
 
     def populate(self, offset: int, length: int) -> None:
         """Fault the pages of [offset, offset + length) in now (from the page cache, or the
@@ -109,20 +112,23 @@ class HostArena:
     def __init__(self, nbytes: int):
         size = -(-max(nbytes, 1) // HUGE_PAGE) * HUGE_PAGE  # whole pages: the last one too
         self._map = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self._all = torch.frombuffer(self._map, dtype=torch.uint8)  # keeps the mapping alive
-        start = -self._all.data_ptr() % HUGE_PAGE
+        start = -torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE
         if hasattr(mmap, "MADV_HUGEPAGE"):
             self._map.madvise(mmap.MADV_HUGEPAGE, start, size)
         self._next, self._end = start, start + nbytes
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised tensor of `shape` and `dtype` from the arena."""
-        nbytes = math.prod(shape) * dtype.itemsize
+        """An uninitialised tensor of `shape` and `dtype` from the arena: a storage of its own
+        over the mapping (which it keeps alive), so it counts as its own bytes."""
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
         if self._next + nbytes > self._end:
             raise ValueError(f"the arena has {self._end - self._next} bytes left, not {nbytes}")
-        out = self._all[self._next : self._next + nbytes]
+        if count == 0:
+            return torch.empty(shape, dtype=dtype)
+        out = torch.frombuffer(self._map, dtype=dtype, count=count, offset=self._next)
         self._next += -(-nbytes // ALIGN) * ALIGN
-        return out.view(dtype).view(shape)
+        return out.view(shape)
 
 
 def arena_bytes(shapes: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
