@@ -2,11 +2,12 @@
 
 `running(service)` starts the app on a free port of 127.0.0.1 in a thread and yields its base
 URL; leaving the block shuts it down (bounded waits only). `ScriptedRunner` stands in for a
-`Runner`: each `generate` call records its prompt and yields the tokens of a harmony completion
-(written as text with markup, tokenized with the real o200k vocabulary) up to the first stop
-token or `max_new_tokens`, optionally waiting on a gate before the first token or pausing after
-each one, so a test can hold the queue. `scripted_service` builds a `Service` around one;
-`serve_http` serves it for one test.
+`Runner`: each `generate` call records its prompt and sampling and yields the tokens of a harmony
+completion (written as text with markup, tokenized with the real o200k vocabulary) up to the
+first stop token or `max_new_tokens`, optionally waiting on a gate before the first token or
+pausing after each one, so a test can hold the queue. `scripted_service` builds a `Service`
+around one; `serve_http` serves a service for one test, `serve_module` for one module (a real
+model loaded once).
 """
 
 from __future__ import annotations
@@ -94,6 +95,22 @@ def serve_http() -> Iterator[Callable[[Service], str]]:
     yield start
     for context in reversed(contexts):
         context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def serve_module() -> Iterator[Callable[[Service], str]]:
+    """`serve_module(service)` → its base URL, served (then closed) until the module ends: for
+    a real model loaded once per module."""
+    contexts = []
+
+    def start(service: Service) -> str:
+        contexts.append((running(service), service))
+        return contexts[-1][0].__enter__()
+
+    yield start
+    for context, service in reversed(contexts):
+        context.__exit__(None, None, None)
+        service.close()
 
 
 @pytest.fixture
