@@ -7,7 +7,7 @@ completion (written as text with markup, tokenized with the real o200k vocabular
 first stop token or `max_new_tokens`, optionally waiting on a gate before the first token or
 pausing after each one, so a test can hold the queue. `scripted_service` builds a `Service`
 around one; `serve_http` serves a service for one test, `serve_module` for one module (a real
-model loaded once).
+model loaded once); `serve` gives the `openai` client of a scripted server.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import openai
 import pytest
 import uvicorn
 
@@ -111,6 +112,19 @@ def serve_module() -> Iterator[Callable[[Service], str]]:
     for context, service in reversed(contexts):
         context.__exit__(None, None, None)
         service.close()
+
+
+@pytest.fixture
+def serve(scripted_service, serve_http):
+    """`serve(text, **options)` → (openai client, service) on a running scripted server."""
+
+    def start(text: str, **options):
+        service = scripted_service(text, **options)
+        url = serve_http(service)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=20)
+        return client, service
+
+    return start
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ..chat.reply import Reply, new_id
 from ..chat.tokens import ENDOFTEXT
-from .chat_api import SamplingFields
+from .chat_api import SamplingFields, usage
 from .errors import ApiError
 from .logprobs import legacy
 from .service import Service, changes, guarded, sse
@@ -62,18 +62,8 @@ def completion(body: CompletionRequest, reply: Reply, done: Done, service: Servi
         "text": reply.text("text"),
         "logprobs": _logprobs(body, shown, 0, service),
     }
-    counts = reply.usage(done.stats)
-    usage = {
-        "prompt_tokens": counts.prompt_tokens,
-        "completion_tokens": counts.completion_tokens,
-        "total_tokens": counts.total_tokens,
-        "prompt_tokens_details": {
-            "cached_tokens": counts.cached_tokens,
-            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
-        },
-    }
     choice["finish_reason"] = reply.finish_reason(done.finish_reason)
-    return {**_head(service), "choices": [choice], "usage": usage}
+    return {**_head(service), "choices": [choice], "usage": usage(reply, done)}
 
 
 def stream(body: CompletionRequest, job: Job, reply: Reply, service: Service) -> AsyncIterator[str]:
