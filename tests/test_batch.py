@@ -148,10 +148,10 @@ def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
     first = [batch.add(Request(_prompt(20 + i, 10), 4, temperature=0)) for i in range(3)]
     while batch.running:
         batch.step()
-    history = first[1].request.prompt + tuple(first[1].output)
-    again = batch.add(Request(history + (5, 6), 3, temperature=0))
+    history = (*first[1].request.prompt, *first[1].output)
+    again = batch.add(Request((*history, 5, 6), 3, temperature=0))
     assert again.slot == first[1].slot
-    assert again.stats.cached_tokens == len(history) - 1  # its last token was never fed
+    assert again.cached_tokens == len(history) - 1  # its last token was never fed
     unrelated = batch.add(Request(_prompt(40, 10), 3, temperature=0))
     assert unrelated.slot == 3  # the never-used slot before any other's cache is overwritten
     while batch.running:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..chat.stats import ReplyStats
 from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
@@ -57,11 +56,12 @@ class Sequence:
 
     def __init__(self, request: Request, slot: int, reused: int, device: torch.device) -> None:
         self.request, self.slot = request, slot
-        self.fed = reused  # prompt tokens in the cache
+        self.fed = self.cached_tokens = reused  # prompt tokens in the cache, then at the start
         self.output: list[int] = []
         self.finish_reason: str | None = None  # "stop", "length", "interrupted" or "error"
         self.error: GptossError | None = None
-        self.stats = ReplyStats(prompt_tokens=len(request.prompt), cached_tokens=reused)
+        self.prefill_seconds = 0.0  # from `add` to the first token
+        self.decode_seconds = 0.0  # from the first token to the last
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(torch.seed() if request.seed is None else request.seed)
         self._started = self._last = time.perf_counter()
@@ -89,12 +89,11 @@ class Sequence:
             return
         now = time.perf_counter()
         if self.output:
-            self.stats.decode_seconds += now - self._last
+            self.decode_seconds += now - self._last
         else:
-            self.stats.prefill_seconds = now - self._started
+            self.prefill_seconds = now - self._started
         self._last = now
         self.output.append(token)
-        self.stats.generated_tokens += 1
         if token in r.stop:
             self.finish_reason = "stop"
         elif len(self.output) == r.max_new_tokens:
