@@ -15,6 +15,8 @@ and a batched kernel finds sequence i's keys at one stride from the pool's start
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..config import ModelConfig
@@ -187,14 +189,23 @@ class KVCache:
         self.ring_pos[positions[-keep:] % self.ring_slots] = positions[-keep:]
 
 
+class PoolKeys(NamedTuple):
+    """What a batched attention reads for one decode step of several sequences (`store_rows`)."""
+
+    k: torch.Tensor | Quantized  # the pool's keys [sequences, slots, Hkv, D]
+    v: torch.Tensor | Quantized
+    positions: torch.Tensor  # what each slot holds: [slots] for every sequence, or [seqs, slots]
+    seq: torch.Tensor  # per query row [B]: its sequence,
+    first: torch.Tensor  # the first slot it reads,
+    lengths: torch.Tensor  # and how many (wrapping around a ring)
+    most: int  # the most slots any row reads
+
+
 def store_rows(
     caches: list[KVCache], layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
-) -> tuple:
+) -> PoolKeys:
     """Store row i's key and value [B, Hkv, D] at positions[i] of caches[i] (slots of one pool)
-    for a batched attention over the pool, and return what it reads: the pool's keys and values
-    [sequences, slots, Hkv, D]; the positions their slots hold ([slots], slot s holding position
-    s in every sequence, or the rings' [sequences, ring_slots]); per row [B] its sequence, the
-    first slot to read and how many (wrapping around a ring): a full layer's positions 0..p, a
+    and say what a batched attention over the pool reads: a full layer's positions 0..p, a
     sliding layer's window. The rings' positions are recorded now, before `advance`: the slot a
     token takes is none that the tokens of its window read."""
     pool = caches[0].pool
@@ -210,6 +221,8 @@ def store_rows(
         window = pool.config.sliding_window
         first = (positions - (window - 1)) % pool.ring_slots
         lengths = torch.full_like(positions, window)
-        return pool.k[layer], pool.v[layer], pool.ring_pos, seq, first, lengths
+        return PoolKeys(pool.k[layer], pool.v[layer], pool.ring_pos, seq, first, lengths, window)
     slot_pos = torch.arange(pool.context, device=positions.device)
-    return pool.k[layer], pool.v[layer], slot_pos, seq, torch.zeros_like(positions), positions + 1
+    most = max(c.length for c in caches) + 1
+    first = torch.zeros_like(positions)
+    return PoolKeys(pool.k[layer], pool.v[layer], slot_pos, seq, first, positions + 1, most)

@@ -124,10 +124,11 @@ class AttentionBlock(nn.Module):
     ) -> torch.Tensor:
         """Row i's token attends over caches[i] (after its key and value are stored there)."""
         if self.batch_attend is not None:
-            stored = store_rows(caches, self.layer, k, v, positions)
+            s = store_rows(caches, self.layer, k, v, positions)
             return self.batch_attend(
-                q, *stored[:2], self.sinks, positions, *stored[2:], self.window
-            )
+                q, s.k, s.v, self.sinks, positions, s.positions, s.seq, s.first, s.lengths, s.most,
+                self.window,
+            )  # fmt: skip
         rows = []
         for i, cache in enumerate(caches):
             one = slice(i, i + 1)
