@@ -34,7 +34,7 @@ def prompt(geometry: str, length: int = 12) -> list[int]:
 def step_logits(runner, ids: list[int], tokens: list[int], fused: bool) -> torch.Tensor:
     """Logits [len(tokens), V] of decoding `tokens` one at a time after prefilling `ids`."""
     model, cache = runner.model, runner.cache
-    model.decode = decode.decode_step if fused else None
+    model.fused_step = decode.decode_step if fused else None
     cache.rewind(0)
     with torch.inference_mode():
         prefill(model, cache, torch.tensor(ids))
