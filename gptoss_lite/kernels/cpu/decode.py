@@ -1,12 +1,12 @@
 """The whole CPU decode step in one compiled call (`decode_step.c`), and the times of its parts.
 
-`decode_step(model, x, positions, rope, cache)` has the signature of the model's `Kernels.fused_step`:
-the logits [1, V] of one token through every layer and the head, its keys and values written
-into the cache, or None where the step does not apply (several tokens, another device, a
-quantized KV cache, fp16), and the model then runs its per-operation path. The pointers the C
-code reads (every layer's weights, the cache buffers) are gathered once per model and cache and
-checked to be the same tensors at every step. `phase_times()` adds up, while it is open, the
-seconds of each part of the steps run (thread 0's view), for the per-step profile.
+`decode_step(model, x, positions, rope, cache)` has the signature of `Kernels.fused_step`: the
+logits [1, V] of one token through every layer and the head, its keys and values written into
+the cache, or None where the step does not apply (several tokens, another device, a quantized
+KV cache, fp16), and the model then runs its per-operation path. The pointers the C code reads
+(every layer's weights, the cache buffers) are gathered once per model and cache and checked to
+be the same tensors at every step. `phase_times()` adds up, while it is open, the seconds of
+each part of the steps run (thread 0's view), for the per-step profile.
 """
 
 from __future__ import annotations
