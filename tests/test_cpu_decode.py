@@ -19,6 +19,7 @@ import gptoss_lite
 from gptoss_lite.engine.generate import prefill
 from gptoss_lite.kernels import cpu
 from gptoss_lite.kernels.cpu import decode
+from gptoss_lite.model.cache import KVCache
 from gptoss_lite.model.moe import route
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler for the CPU kernels")
@@ -70,6 +71,26 @@ def test_step_matches_transformers(checkpoint, geometry):
     ref = hf_logits(folder, ids + tokens)[len(ids) : len(ids) + len(tokens)]
     assert (ours - ref).abs().max().item() <= LOGIT_ATOL
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_token_gets_the_same_bits_whatever_shares_the_step(checkpoint, isa, monkeypatch):
+    # Nine sequences (more than the eight inputs a kernel pass takes) at their own positions,
+    # some past the sliding window: each row equals that token stepped alone, bit for bit.
+    monkeypatch.setattr(cpu, "best_isa", lambda: isa)
+    runner = gptoss_lite.load(checkpoint("g1"), device="cpu", context=64)
+    model, config = runner.model, runner.config
+    lengths = (3, 12, 7, 20, 1, 9, 15, 4, 11)
+    together = [KVCache(config, 64) for _ in lengths]
+    alone = [KVCache(config, 64) for _ in lengths]
+    with torch.inference_mode():
+        for n, a, b in zip(lengths, together, alone, strict=True):
+            for cache in (a, b):
+                prefill(model, cache, torch.tensor(prompt("g1", n)))
+        for token in (5, 300):
+            rows = model.decode(torch.tensor([token] * len(lengths)), together)
+            for i, cache in enumerate(alone):
+                assert torch.equal(rows[i : i + 1], model(torch.tensor([token]), cache, True))
 
 
 def test_bf16_step_gives_the_per_operation_logits(checkpoint):

@@ -53,8 +53,8 @@ _SIGNATURES = {
         None,
     ),
     "gl_bf16_matmul": ([_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int], None),
-    "gl_decode_work": ([_ptr, _int], _i64),
-    "gl_decode_step": ([_ptr, _int, _ptr, _i64, *[_ptr] * 5, _int], None),
+    "gl_decode_work": ([_ptr, _ptr, _i64, _int], _i64),
+    "gl_decode_step": ([_ptr, _int, _i64, *[_ptr] * 7, _int], None),
     "gl_read_probe": ([_int, _ptr, _i64, _int, _i64, _int, _int], ctypes.c_double),
 }
 PROBE_BYTES = 512 * 1024 * 1024  # 16 times this machine's last-level cache and more
