@@ -57,15 +57,17 @@ static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, c
 
 #ifdef GL_X86
 
-/* The row kernels read two rows side by side, r and r+1 from offset i, and the next call reads
-   the next two: asking for the bytes AHEAD row pairs on keeps memory busy while this pair's
-   arithmetic runs (the hardware prefetcher alone left decode at a third of the bandwidth; any
-   distance from 1 to 16 row pairs measured the same). */
+/* The row kernels read two (or four) rows side by side, r and r+1 from offset i, and the next
+   call reads the next ones: asking for the bytes AHEAD row pairs on keeps memory busy while
+   this pair's arithmetic runs (the hardware prefetcher alone left decode at a third of the
+   bandwidth). They are asked into L2 (T1), not L1: eight bf16 rows ahead is more than L1
+   holds, and T0 there measured about a third slower, the prefetched lines and the input
+   evicting each other. */
 #define AHEAD 4
 #define PREFETCH_AHEAD(p0, p1, i, len)                                                         \
     do {                                                                                       \
-        _mm_prefetch((const char *)(p0) + (i) + 2 * AHEAD * (len), _MM_HINT_T0);               \
-        _mm_prefetch((const char *)(p1) + (i) + 2 * AHEAD * (len), _MM_HINT_T0);               \
+        _mm_prefetch((const char *)(p0) + (i) + 2 * AHEAD * (len), _MM_HINT_T1);               \
+        _mm_prefetch((const char *)(p1) + (i) + 2 * AHEAD * (len), _MM_HINT_T1);               \
     } while (0)
 
 AVX512 INLINE float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
