@@ -20,6 +20,7 @@ from contextlib import contextmanager
 import pytest
 import uvicorn
 
+from gptoss_lite.engine.sampling import Sampling
 from gptoss_lite.server.app import create_app
 from gptoss_lite.server.service import Service
 
@@ -65,12 +66,12 @@ class ScriptedRunner:
         """Reply with `text` (harmony markup allowed) from now on."""
         self.reply = self.tokenizer.encode(text, allow_special=True)
 
-    def generate(self, token_ids, *, max_new_tokens: int, stop=(), **_) -> Iterator[int]:
+    def generate(self, token_ids, sampling: Sampling, *, stop=()) -> Iterator[int]:
         self.prompts.append(list(token_ids))
         self.prefilled = len(self.prompts[-1])
         if self.gate is not None:
             assert self.gate.wait(STARTUP_S), "the test never opened the gate"
-        for token in self.reply[:max_new_tokens]:
+        for token in self.reply[: sampling.max_new_tokens]:
             self.yielded += 1
             yield token
             if token in stop:

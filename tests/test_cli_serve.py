@@ -75,11 +75,11 @@ def test_a_port_in_use_is_one_line(cli, tiny_model):
 
 
 def test_cpu_experts_reach_the_loading(cli, monkeypatch):
-    serve = importlib.import_module("gptoss_lite.cli.serve")  # the package's `serve` is the command
+    serve = importlib.import_module("gptoss_lite.cli.serve")
     asked = []
 
-    def open_model(choice, **_):
-        asked.append(choice.cpu_experts)
+    def open_model(model, options, **_):
+        asked.append(options.cpu_experts)
         raise GptossError("stopped before loading")
 
     monkeypatch.setattr(serve, "bind", lambda host, port: None)

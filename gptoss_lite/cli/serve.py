@@ -9,13 +9,11 @@ Ctrl-C. Every option can also come from its GPTOSS_LITE_* variable.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
 
 import click
 import uvicorn
 
 from ..errors import GptossError
-from ..model.kv_quant import KVDtypes
 from ..server.app import create_app
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
 from .common import open_model
@@ -27,21 +25,8 @@ from .options import (
     kv_cache_option,
     model_option,
     profile_option,
+    take_model_options,
 )
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """The model options `open_model` reads; a reply has no fixed length here."""
-
-    model: str
-    profile: str | None
-    context: int | None
-    device: str | None
-    budget: float | None
-    kv_cache_dtype: KVDtypes | None
-    cpu_experts: int | str | None
-    max_tokens: int | None = None
 
 
 @click.command()
@@ -70,26 +55,14 @@ class ServeOptions:
     show_default=True,
     help="Requests that may wait behind the one generating; more get 503.",
 )
-def serve(
-    model: str,
-    profile: str | None,
-    context: int | None,
-    device: str | None,
-    budget: float | None,
-    kv_cache_dtype: KVDtypes | None,
-    cpu_experts: int | str | None,
-    host: str,
-    port: int,
-    api_key: str | None,
-    max_queue: int,
-) -> None:
+def serve(model: str, host: str, port: int, api_key: str | None, max_queue: int, **opening) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until Ctrl-C.
 
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
+    options = take_model_options(opening)
     listener = bind(host, port)
-    choice = ServeOptions(model, profile, context, device, budget, kv_cache_dtype, cpu_experts)
-    loaded = open_model(choice, chat=True)
+    loaded = open_model(model, options, chat=True)  # a reply has no fixed length here
     service = Service(
         loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue
     )
