@@ -16,10 +16,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import pytest
 import uvicorn
 
+from gptoss_lite.config import ModelConfig, preset
 from gptoss_lite.engine.sampling import Sampling
 from gptoss_lite.server.app import create_app
 from gptoss_lite.server.service import Service
@@ -52,15 +54,17 @@ def running(service: Service) -> Iterator[str]:
 class ScriptedRunner:
     """Looks like a `Runner` to the server; generates a fixed harmony completion."""
 
-    def __init__(self, tokenizer, context: int = 4096) -> None:
+    def __init__(self, tokenizer, context: int = 4096, config: ModelConfig | None = None) -> None:
         self.tokenizer = tokenizer
         self.context = context
+        self.config = config or preset("tiny")
         self.prefilled = 0
         self.prompts: list[list[int]] = []
         self.reply: list[int] = []
         self.gate: threading.Event | None = None  # the first token waits for it when set
         self.pause_s = 0.0  # after each token
         self.yielded = 0  # tokens handed out, across calls
+        self.sampling: list[dict] = []  # the sampling settings of each call
 
     def script(self, text: str) -> None:
         """Reply with `text` (harmony markup allowed) from now on."""
@@ -68,6 +72,7 @@ class ScriptedRunner:
 
     def generate(self, token_ids, sampling: Sampling, *, stop=()) -> Iterator[int]:
         self.prompts.append(list(token_ids))
+        self.sampling.append(asdict(sampling))
         self.prefilled = len(self.prompts[-1])
         if self.gate is not None:
             assert self.gate.wait(STARTUP_S), "the test never opened the gate"
