@@ -1,9 +1,9 @@
 """How a model is opened: one `ModelOptions` for the CLI's commands, the server and `load()`.
 
 The fields are the choices a user makes (device, memory profile and budget, context, KV-cache
-formats, experts kept in host RAM, activation dtype, kernels); what they mean and how they are
-checked is `load`'s to say. The model itself (a folder or a Hub id) is given apart, as what is
-opened rather than how.
+formats, experts kept in host RAM, activation dtype, kernels, sequences decoded together); what
+they mean and how they are checked is `load`'s to say. The model itself (a folder or a Hub id)
+is given apart, as what is opened rather than how.
 """
 
 from __future__ import annotations
@@ -30,3 +30,4 @@ class ModelOptions:
     cpu_experts: int | str | None = None  # leading layers (or "all") with experts in host RAM
     dtype: torch.dtype | str | None = None  # activations and non-expert weights; default bf16
     kernels: str = "auto"  # "torch", "triton", "cpu" or "auto"
+    parallel: int | None = 1  # sequences with a KV cache each (None: as many as fit, up to 4)

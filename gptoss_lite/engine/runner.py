@@ -39,10 +39,19 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import resolve_profile, run_device
-from ..model.cache import KVCache
+from ..model.cache import KVCache, KVPool
 from ..model.kv_quant import KVDtypes
 from ..model.transformer import Transformer
-from .generate import PREFILL_CHUNK, Progress, check_fits, decode_step, next_token, prefill
+from .batch import Batch
+from .generate import (
+    PREFILL_CHUNK,
+    Progress,
+    check_fits,
+    decode_step,
+    next_token,
+    prefill,
+    reusable_prefix,
+)
 from .options import ModelOptions
 from .sampling import Sampling
 
@@ -85,7 +94,8 @@ def find_model(model: str | Path) -> ModelSource:
 @dataclass
 class Runner:
     """A loaded model with its KV cache. `progress(done, total)`, when set, is told the prompt
-    tokens prefilled so far on every prefill."""
+    tokens prefilled so far on every prefill. `caches` are those of the sequences a `batch()`
+    decodes together (the first is `cache`; by default it is the only one)."""
 
     model: Transformer
     cache: KVCache
@@ -95,8 +105,13 @@ class Runner:
     plan: Plan | None = None
     name: str | None = None
     progress: Progress | None = None
+    caches: list[KVCache] | None = None
 
     def __post_init__(self) -> None:
+        if self.caches is None:
+            self.caches = [self.cache]
+        if self.caches[0] is not self.cache:
+            raise ValueError("the runner's cache must be the first of its caches")
         self._history: list[int] = []  # tokens fed or yielded; the cache holds a prefix of them
         self.prefilled = 0  # prompt tokens the last generate() fed; the rest came from the cache
         self._lock = threading.Lock()  # held while a call computes on the cache
@@ -147,6 +162,20 @@ class Runner:
             pass
         return self._generate(owner, tokens, n, set(stop), sampling, generator)
 
+    def batch(self, prefill_chunk: int | None = None) -> Batch:
+        """A `Batch` decoding sequences together in this runner's caches, one per cache, with
+        prompts fed `prefill_chunk` tokens a step (default: the runner's). It takes the caches
+        over as a `generate` call does: a later call takes them back, and the batch's next step
+        or `add` raises."""
+        with self._cache_for(None) as owner:
+            self._history = []  # the batch will fill the caches: nothing cached is ours now
+        return Batch(
+            self.model,
+            self.caches,
+            prefill_chunk or self.prefill_chunk,
+            guard=lambda: self._cache_for(owner),
+        )
+
     def _generate(
         self,
         owner: int,
@@ -191,13 +220,7 @@ class Runner:
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Rewind the cache to its longest prefix shared with `tokens` (keeping at least one
         token to prefill, for its logits); return where prefilling must start."""
-        cached = self.cached
-        common = 0
-        limit = min(len(tokens) - 1, len(cached))
-        while common < limit and tokens[common] == cached[common]:
-            common += 1
-        if not self.cache.can_rewind_to(common):
-            common = 0
+        common = reusable_prefix(tokens, self.cached, self.cache)
         self.cache.rewind(common)
         return common
 
@@ -235,9 +258,11 @@ def load(
     replaces the profile's KV-cache formats.
     `ring_slots` enlarges the sliding layers' rings so the cache can rewind that far back
     (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it;
-    `progress(done, total)` is told the bytes of weights loaded so far. `model` may also be what
-    `find_model` found, or an opened checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))`
-    loads random weights of that geometry made in memory, to check the fit before a download.
+    `progress(done, total)` is told the bytes of weights loaded so far. `parallel` sequences
+    (None: as many as the plan allows, up to 4) get a KV cache of the planned context each, for
+    `Runner.batch`. `model` may also be what `find_model` found, or an opened checkpoint:
+    `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that geometry made in
+    memory, to check the fit before a download.
     """
     options = replace(options or ModelOptions(), **settings)
     dtype = _dtype(options.dtype)
@@ -251,7 +276,12 @@ def load(
         model = find_model(model)
     config = model.config
     memory_plan = plan(
-        config, profile, options.context, ring_slots=ring_slots, cpu_experts=options.cpu_experts
+        config,
+        profile,
+        options.context,
+        ring_slots=ring_slots,
+        cpu_experts=options.cpu_experts,
+        parallel=options.parallel,
     )
     if on_plan is not None:
         on_plan(memory_plan)
@@ -272,23 +302,26 @@ def load(
         net, checkpoint, device, embedding_device, net.host_parameters(), progress=progress
     )
     checkpoint.close()
-    cache = KVCache(
+    pool = KVPool(
         config,
+        memory_plan.parallel,
         memory_plan.context,
         device=device,
         dtype=dtype,
         ring_slots=ring_slots,
         kv_dtypes=memory_plan.kv_cache_dtype,
     )
+    caches = pool.caches()
     name = model.name if found else config.name
     return Runner(
         net,
-        cache,
+        caches[0],
         config,
         memory_plan.prefill_chunk,
         folder=checkpoint.folder,
         plan=memory_plan,
         name=name,
+        caches=caches,
     )
 
 
