@@ -41,7 +41,7 @@ from ..memory.plan import Plan, plan
 from ..memory.profiles import resolve_profile, run_device
 from ..model.cache import KVCache, KVPool
 from ..model.kv_quant import KVDtypes
-from ..model.transformer import Transformer
+from ..model.transformer import TORCH_KERNELS, Transformer
 from .batch import Batch
 from .generate import (
     PREFILL_CHUNK,
@@ -290,7 +290,9 @@ def load(
     if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
-    host_kernels = kernel_functions(_kernels("auto", torch.device("cpu")))
+    host_kernels = TORCH_KERNELS  # unused without experts in host RAM: nothing to build then
+    if memory_plan.cpu_experts:
+        host_kernels = kernel_functions(_kernels("auto", torch.device("cpu")))
     net = Transformer(
         config,
         dtype,
