@@ -78,11 +78,6 @@ def kernel_name() -> str:
     return f"cpu-{best_isa()}"
 
 
-def supported_isas() -> list[str]:
-    """Every instruction set this CPU can run the kernels with, narrowest first."""
-    return list(ISAS[: _library().gl_best_isa() + 1])
-
-
 def _p(t: torch.Tensor | None, dtype: torch.dtype, *shape: int) -> int | None:
     """The address of `t`, which the C code reads as a contiguous CPU array of `dtype` and
     `shape` (None: a null pointer); a `GptossError` for any other tensor."""
@@ -109,7 +104,10 @@ def mxfp4_linear(
     bias: torch.Tensor | None = None,
     isa: str | None = None,
 ) -> torch.Tensor:
-    """x [T, K] · W^T (+ bias) in fp32, W packed MXFP4: blocks [R, K/32, 16], scales [R, K/32]."""
+    """x [T, K] · W^T (+ bias) in fp32, W packed MXFP4: blocks [R, K/32, 16], scales [R, K/32].
+
+    The experts kernel's row decoder on its own, with no SwiGLU after it: the one way to check
+    every code and scale it decodes (the tests' use; the model runs `experts_forward`)."""
     rows, groups = scales.shape
     t = x.shape[0]
     # Every tensor a pointer is taken from stays referenced until the call returns.
