@@ -18,14 +18,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply, new_id
+from ..engine.sampling import SEEDS
 from . import conversation as conv
-from .errors import ApiError
-from .service import Service, changes, guarded, sse
+from .errors import ApiError, shown
+from .service import DONE, Prepared, Service, changes, guarded, sse, sse_error
 from .worker import Done, Job
 
-SEED_RANGE = {"ge": -(1 << 63), "lt": 1 << 64}  # what torch.Generator.manual_seed accepts
+SEED_RANGE = {"ge": 0, "lt": SEEDS}  # what the sampler takes
 
 
 class _Body(BaseModel):
@@ -99,8 +100,8 @@ class ChatRequest(SamplingFields):
     stream_options: StreamOptions | None = None
 
 
-def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
-    """Render the request, check it fits, and queue its generation."""
+def prepare(body: ChatRequest, service: Service) -> Prepared:
+    """Render the request and check it fits."""
     service.check_model(body.model)
     instructions, turns = harmony_turns(body.messages)
     tools = [
@@ -117,8 +118,7 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         effort=body.reasoning_effort,
         effort_param="reasoning_effort",
     )
-    call = conv.forced_call(forced, service.tokenizer)
-    prompt = render_prompt(chat, service.tokenizer) + call
+    prompt, call = conv.render(chat, forced, service, "messages")
     limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     sampling = service.sampling(
         prompt,
@@ -129,7 +129,7 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         seed=body.seed,
     )
     reply = Reply(service.tokenizer, body.stops, tools=[t.name for t in tools], prefix=call)
-    return service.submit(prompt, sampling), reply
+    return Prepared(prompt, sampling, reply)
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:
@@ -159,7 +159,7 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
             if not name:
                 raise ApiError(
                     400,
-                    f"messages.{i}: tool_call_id {message.tool_call_id!r} names no earlier "
+                    f"messages.{i}: tool_call_id {shown(message.tool_call_id)} names no earlier "
                     "tool call",
                     param=f"messages.{i}.tool_call_id",
                 )
@@ -231,9 +231,9 @@ def stream(job: Job, reply: Reply, service: Service, include_usage: bool) -> Asy
                 for change in item:
                     if (delta := _delta(change, reply)) is not None:
                         yield chunk(delta)
-        yield "data: [DONE]\n\n"
+        yield DONE
 
-    return guarded(events(), job, lambda error: sse(error.body()))
+    return guarded(events(), job, sse_error)
 
 
 def _delta(change: Change, reply: Reply) -> dict | None:

@@ -16,7 +16,7 @@ from ..chat.reply import Reply, new_id
 from ..chat.tokens import ENDOFTEXT
 from .chat_api import SamplingFields
 from .errors import ApiError
-from .service import Service, changes, guarded, sse
+from .service import DONE, Prepared, Service, changes, guarded, sse, sse_error
 from .worker import Done, Job
 
 DEFAULT_MAX_TOKENS = 16
@@ -24,17 +24,14 @@ DEFAULT_MAX_TOKENS = 16
 
 class CompletionRequest(SamplingFields):
     model: str
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
 
 
-def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
-    """Encode the prompt, check it fits, and queue its generation."""
+def prepare(body: CompletionRequest, service: Service) -> Prepared:
+    """Encode the prompt (or take its token ids) and check it fits."""
     service.check_model(body.model)
-    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if len(texts) != 1:
-        raise ApiError(400, "prompt: give one prompt per request", param="prompt")
-    prompt = service.tokenizer.encode(texts[0])
+    prompt = _prompt(body.prompt, service)
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_tokens,
@@ -44,8 +41,30 @@ def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
         top_p=body.top_p,
         seed=body.seed,
     )
-    job = service.submit(prompt, sampling, stop=(ENDOFTEXT,))
-    return job, Reply(service.tokenizer, body.stops, harmony=False)
+    reply = Reply(service.tokenizer, body.stops, harmony=False)
+    return Prepared(prompt, sampling, reply, stop=(ENDOFTEXT,))
+
+
+def _prompt(prompt: str | list[str] | list[int] | list[list[int]], service: Service) -> list[int]:
+    """The prompt's token ids: a text encoded as it is, or token ids as given (in the vocabulary);
+    a list must hold exactly one prompt."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        prompt = [prompt]
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if len(prompts) != 1:
+        raise ApiError(400, "prompt: give one prompt per request", param="prompt")
+    if isinstance(prompts[0], str):
+        text = prompts[0]
+        service.check_text(len(text.encode()), "prompt")
+        return service.tokenizer.encode(text)
+    ids, vocab = prompts[0], service.tokenizer.n_vocab
+    if not ids:
+        raise ApiError(400, "prompt: the token ids are empty", param="prompt")
+    outside = next((i for i in ids if not 0 <= i < vocab), None)
+    if outside is not None:
+        message = f"prompt: token id {outside} is not in the vocabulary [0, {vocab})"
+        raise ApiError(400, message, param="prompt", code="invalid_value")
+    return ids
 
 
 def completion(reply: Reply, done: Done, service: Service) -> dict:
@@ -78,9 +97,9 @@ def stream(job: Job, reply: Reply, service: Service) -> AsyncIterator[str]:
                 for change in item:
                     if change.kind == "delta":
                         yield chunk(change.text)
-        yield "data: [DONE]\n\n"
+        yield DONE
 
-    return guarded(events(), job, lambda error: sse(error.body()))
+    return guarded(events(), job, sse_error)
 
 
 def _head(service: Service) -> dict:

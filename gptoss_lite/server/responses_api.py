@@ -8,31 +8,33 @@ become the developer instructions, `reasoning.effort` the system message's effor
 Streamed, it is the standard event sequence: `response.created`, `response.in_progress`, per item
 `response.output_item.added`, its deltas (`response.reasoning_text.delta`,
 `response.output_text.delta`, `response.function_call_arguments.delta`) and `.done` events,
-`response.output_item.done`, then `response.completed` (or `response.incomplete` at the limit).
+`response.output_item.done`, then `response.completed` (or `response.incomplete` at the limit,
+or when the server shuts down).
 A stored response (the default) can be continued with `previous_response_id`: its turns are kept
-in memory, the newest `STORED_RESPONSES` of them.
+in memory (`store.ResponseStore`, within a byte budget).
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply, new_id
 from . import conversation as conv
-from .errors import ApiError
-from .service import Service, changes, guarded, sse
+from .errors import ApiError, shown
+from .service import Prepared, Service, changes, guarded, sse
+from .store import ResponseStore, Turns
 from .worker import Done, Job
 
-STORED_RESPONSES = 512  # the oldest stored response is forgotten beyond this many
+INCOMPLETE = {"length": "max_output_tokens", "interrupted": "interrupted"}  # finish -> reason
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]  # the OpenAI API's limits
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
 class _Body(BaseModel):
@@ -74,59 +76,28 @@ class ResponsesRequest(_Body):
     stream: bool = False
     previous_response_id: str | None = None
     store: bool = True
-    metadata: dict[str, Any] | None = None
-
-
-@dataclass
-class Turns:
-    """A conversation's harmony turns so far and the function name of each call id in them."""
-
-    messages: list[Message] = field(default_factory=list)
-    names: dict[str, str] = field(default_factory=dict)
-
-
-class ResponseStore:
-    """The turns of the newest stored responses, by response id."""
-
-    def __init__(self, limit: int = STORED_RESPONSES) -> None:
-        self.limit = limit
-        self._turns: OrderedDict[str, Turns] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, response_id: str) -> Turns:
-        with self._lock:
-            turns = self._turns.get(response_id)
-        if turns is None:
-            raise ApiError(
-                400,
-                f"previous response {response_id!r} not found (this server keeps the newest "
-                f"{self.limit} in memory)",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        return Turns(list(turns.messages), dict(turns.names))
-
-    def put(self, response_id: str, turns: Turns) -> None:
-        with self._lock:
-            self._turns[response_id] = turns
-            while len(self._turns) > self.limit:
-                self._turns.popitem(last=False)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
 
 
 @dataclass
 class Pending:
-    """A response being generated: the request, its turns, and where the reply goes."""
+    """A response being generated: the request, its turns, what to generate and, once queued,
+    its job."""
 
     body: ResponsesRequest
     turns: Turns
-    job: Job
-    reply: Reply
+    prepared: Prepared
+    job: Job | None = None
     id: str = field(default_factory=lambda: new_id("resp_"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def reply(self) -> Reply:
+        return self.prepared.reply
+
 
 def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> Pending:
-    """Render the request after any previous response, check it fits, and queue it."""
+    """Render the request after any previous response and check it fits."""
     service.check_model(body.model)
     turns = store.get(body.previous_response_id) if body.previous_response_id else Turns()
     instructions = add_input(turns, body.input)
@@ -139,8 +110,7 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         effort=body.reasoning.effort if body.reasoning else None,
         effort_param="reasoning.effort",
     )
-    call = conv.forced_call(forced, service.tokenizer)
-    prompt = render_prompt(chat, service.tokenizer) + call
+    prompt, call = conv.render(chat, forced, service, "input")
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_output_tokens,
@@ -150,7 +120,7 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         top_p=body.top_p,
     )
     reply = Reply(service.tokenizer, tools=[t.name for t in tools], prefix=call)
-    return Pending(body, turns, service.submit(prompt, sampling), reply)
+    return Pending(body, turns, Prepared(prompt, sampling, reply))
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -184,12 +154,12 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
 
 def _unsupported(item: InputItem) -> str:
     if item.type == "message":
-        return f"message role {item.role!r} is not one of: user, assistant, system, developer"
+        return f"message role {shown(item.role)} is not one of: user, assistant, system, developer"
     if item.type == "function_call":
         return "a function_call needs a name and a call_id"
     if item.type == "function_call_output":
-        return f"call_id {item.call_id!r} names no earlier function_call"
-    return f"input items of type {item.type!r} are not supported"
+        return f"call_id {shown(item.call_id)} names no earlier function_call"
+    return f"input items of type {shown(item.type)} are not supported"
 
 
 def _text(content: str | list[dict[str, Any]] | None, where: str) -> str:
@@ -217,11 +187,11 @@ def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
             if part.kind == "tool_call":
                 turns.names[part.call_id] = part.name
         store.put(pending.id, turns)
-    incomplete = pending.reply.finish_reason(done.finish_reason) == "length"
+    reason = INCOMPLETE.get(pending.reply.finish_reason(done.finish_reason))
     return {
-        **_response(pending, "incomplete" if incomplete else "completed"),
+        **_response(pending, "incomplete" if reason else "completed"),
         "output": [_item(part, "completed") for part in pending.reply.parts],
-        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "incomplete_details": {"reason": reason} if reason else None,
         "usage": usage(pending.reply, done),
     }
 
@@ -317,7 +287,11 @@ def stream(pending: Pending, store: ResponseStore) -> AsyncIterator[str]:
                     for kind, data in _events(change):
                         yield event(kind, **data)
 
-    return guarded(events(), pending.job, lambda error: event("error", **error.body()["error"]))
+    def error_event(error: ApiError) -> str:  # the error's own "type" has no place here
+        fields = error.body()["error"]
+        return event("error", code=fields["code"], message=fields["message"], param=fields["param"])
+
+    return guarded(events(), pending.job, error_event)
 
 
 def _events(change: Change) -> list[tuple[str, dict]]:
