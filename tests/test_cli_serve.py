@@ -15,10 +15,12 @@ import socket
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import httpx
 
 from gptoss_lite.errors import GptossError
+from gptoss_lite.server.limits import MIB, Limits
 
 pytest_plugins = ["cli_fixtures"]
 
@@ -87,3 +89,33 @@ def test_cpu_experts_reach_the_loading(cli, monkeypatch):
     assert cli("serve", "--cpu-experts", "3").exit_code == 1
     assert cli("serve", env={"GPTOSS_LITE_CPU_EXPERTS": "all"}).exit_code == 1
     assert asked == [3, "all"]
+
+
+def test_limits_reach_the_server(cli, monkeypatch):
+    serve = importlib.import_module("gptoss_lite.cli.serve")
+    made = []
+
+    class Stopped:
+        force_exit = False
+
+        def run(self, sockets) -> None:
+            pass
+
+    def make_server(service, limits):
+        made.append(limits)
+        service.close()
+        return Stopped()
+
+    loaded = SimpleNamespace(runner=SimpleNamespace(context=64), tokenizer=None)
+    monkeypatch.setattr(
+        serve, "bind", lambda host, port: SimpleNamespace(getsockname=lambda: (host, port))
+    )
+    monkeypatch.setattr(serve, "open_model", lambda choice, **_: loaded)
+    monkeypatch.setattr(serve, "make_server", make_server)
+    flags = ["--store-mib", "8", "--header-timeout", "5", "--body-timeout", "7"]
+    result = cli("serve", *flags, "--max-connections", "9")
+    assert result.exit_code == 0, result.output
+    assert cli("serve").exit_code == 0
+    assert made == [Limits(5.0, 7.0, 9, 8 * MIB), Limits()]
+    shown = cli("serve", "--help").output
+    assert "--store-mib" in shown and "--header-timeout" in shown and "--max-connections" in shown
