@@ -79,13 +79,13 @@ def send(client: httpx.Client, path: str, raw: str | bytes, headers: dict | None
 @pytest.mark.parametrize(
     ("path", "raw", "param"),
     [
-        (  # a function name that is not a string (was a TypeError)
+        (  # a function name that is not a string (was a TypeError: a list is unhashable)
             "/v1/chat/completions",
             json.dumps(
                 {
                     **CHAT,
                     "tools": [TOOL],
-                    "tool_choice": {"type": "function", "function": {"name": 5}},
+                    "tool_choice": {"type": "function", "function": {"name": ["get_weather"]}},
                 }
             ),
             "tool_choice",
