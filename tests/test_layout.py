@@ -29,11 +29,12 @@ ENGINE_MAY_IMPORT = (
     "gptoss_lite.checkpoint",
     "gptoss_lite.memory.plan",
     "gptoss_lite.memory.profiles",
+    "gptoss_lite.chat",
     "gptoss_lite.config",
     "gptoss_lite.errors",
 )
 WRITERS = ("gptoss_lite.checkpoint.synthetic", "gptoss_lite.checkpoint.synthetic_memory")
-NEVER_BELOW_ENGINE = ("quantize", *WRITERS, "gptoss_lite.memory.vram_report", "gptoss_lite.chat")
+NEVER_BELOW_ENGINE = ("quantize", *WRITERS, "gptoss_lite.measure")
 QUANTIZE_USERS = ("gptoss_lite.cli.quantize", "gptoss_lite.cli.quant_error")
 
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, fields
 import click
 
 from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort, read_tools
-from ..chat.session import Sampling
 from ..config import ModelConfig, preset, preset_names
 from ..engine.sampling import check_sampling
+from ..engine.session import Sampling
 from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes
 

@@ -18,10 +18,10 @@ import click
 
 from ..chat.harmony import FUNCTIONS
 from ..chat.reply import read_reply
-from ..chat.session import Generation, user_prompt
-from ..chat.stats import peak_memory
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
+from ..engine.session import Generation, user_prompt
+from ..measure.meter import peak_memory
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_reply
 from .options import Options, model_options

@@ -27,11 +27,11 @@ from typing import ParamSpec, TypeVar
 from starlette.requests import Request
 
 from ..chat.reply import Change, Reply
-from ..chat.session import Sampling
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import STOP_TOKENS
 from ..engine.generate import check_fits
 from ..engine.runner import Runner
+from ..engine.session import Sampling
 from ..errors import GptossError
 from .errors import ApiError, internal_error, shown
 from .worker import Closed, Done, Failed, GenerationQueue, Job, QueueFull, Token
