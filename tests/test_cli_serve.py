@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import httpx
 
+from gptoss_lite.config import preset
 from gptoss_lite.errors import GptossError
 from gptoss_lite.server.limits import MIB, Limits
 
@@ -106,7 +107,8 @@ def test_limits_reach_the_server(cli, monkeypatch):
         service.close()
         return Stopped()
 
-    loaded = SimpleNamespace(runner=SimpleNamespace(context=64), tokenizer=None)
+    runner = SimpleNamespace(context=64, config=preset("tiny"))
+    loaded = SimpleNamespace(runner=runner, tokenizer=None)
     monkeypatch.setattr(
         serve, "bind", lambda host, port: SimpleNamespace(getsockname=lambda: (host, port))
     )

@@ -2,13 +2,13 @@
 
 `create_app(service)` serves one loaded model: `GET /health` (open to all), and behind the API
 key when one is set, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/responses` and
-`POST /v1/completions` (plain text continued, stopping at `<|endoftext|>`). The key is checked
-before the body is read, as the UTF-8 bytes the client sent; a body larger than the context
-could ever need (`body_limit`) is refused with 413 before it is read, and one that takes longer
-than `limits.body_timeout` to arrive with 408. A route answers only at its exact path (no
-redirect that would echo the Host header). uvicorn runs the app (`http_server`); parsing,
-rendering and tokenizing happen in worker threads and generation in the service's worker
-thread, never on the event loop.
+`POST /v1/completions` (plain text continued, stopping at `<|endoftext|>`), and Ollama's API
+under `/api` (ollama_api.py). The key is checked before the body is read, as the UTF-8 bytes the
+client sent; a body larger than the context could ever need (`body_limit`) is refused with 413
+before it is read, and one that takes longer than `limits.body_timeout` to arrive with 408. A
+route answers only at its exact path (no redirect that would echo the Host header). uvicorn runs
+the app (`http_server`); parsing, rendering and tokenizing happen in worker threads and
+generation in the service's worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -19,12 +19,13 @@ import hmac
 from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from . import chat_api, completions_api, responses_api
 from .body import read_body
 from .errors import ApiError, install_handlers
 from .limits import Limits
+from .ollama_api import ollama_app
 from .service import Service, begin, collect, off_loop
 from .store import ResponseStore
 
@@ -61,6 +62,7 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
     app.add_middleware(KeyCheck, key=service.api_key)  # outermost: before the body is read
     install_handlers(app)
     store = ResponseStore(limits.store_bytes)
+    app.mount("/api", ollama_app(service))
 
     @app.get("/health")
     async def health() -> dict:
@@ -82,15 +84,14 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         body = await read_body(request, chat_api.ChatRequest)
-        prepared = await off_loop(chat_api.prepare, body, service)
-        job = service.submit(prepared)
+        pending = await off_loop(chat_api.prepare, body, service)
+        pending.job = service.submit(pending.prepared)
         if body.stream:
-            await begin(job, request)
-            usage = body.stream_options is not None and body.stream_options.include_usage
-            events = chat_api.stream(job, prepared.reply, service, usage)
+            await begin(pending.job, request)
+            events = chat_api.stream(pending, service)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await collect(job, prepared.reply, request)
-        return chat_api.completion(prepared.reply, done, service)
+        done = await collect(pending.job, pending.reply, request)
+        return chat_api.completion(pending, done, service)
 
     @app.post("/v1/responses")
     async def responses(request: Request):
@@ -120,17 +121,21 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
 
 
 class KeyCheck:
-    """ASGI middleware: 401 for a /v1 request without the bearer `key` (when there is one),
-    before its body is read. The key is compared as the UTF-8 bytes the client sent."""
+    """ASGI middleware: 401 for a request to /v1 or /api (but /api/version) without the bearer
+    `key` (when there is one), before its body is read, in the shape of the API asked (Ollama's
+    under /api). The key is compared as the UTF-8 bytes the client sent."""
 
     def __init__(self, app: Callable, key: str | None) -> None:
         self.app, self.key = app, key.encode() if key else None
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and self.key and scope["path"].startswith("/v1"):
+        path = scope.get("path", "")
+        guarded = path.startswith(("/v1/", "/api/")) and path != "/api/version"
+        if scope["type"] == "http" and self.key and guarded:
             error = self._refusal(dict(scope["headers"]).get(b"authorization", b""))
             if error is not None:
-                return await error.response()(scope, receive, send)
+                body = {"error": error.message} if path.startswith("/api/") else error.body()
+                return await JSONResponse(body, error.status)(scope, receive, send)
         await self.app(scope, receive, send)
 
     def _refusal(self, header: bytes) -> ApiError | None:

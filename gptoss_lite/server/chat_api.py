@@ -3,17 +3,20 @@
 `ChatRequest` is the accepted body. Its messages become harmony turns: system and developer
 texts the developer instructions, an assistant message its reasoning (`reasoning_content` or
 `reasoning`, kept only inside a tool chain), its tool calls (or a preamble and calls) or its
-answer, a tool message the output of the call its `tool_call_id` names. The reply puts the final
-text in `content`, the analysis in `reasoning_content` and `reasoning`, the calls in `tool_calls`
-(one index and a stable id per call, arguments as a JSON string); streamed, the same pieces
-arrive as `chat.completion.chunk` deltas, then the finish reason, then the usage when
-`stream_options.include_usage` asks for it, then `[DONE]`.
+answer, a tool message the output of the call its `tool_call_id` names; `tools` are function and
+custom tools (tools.py). The reply puts the final text in `content`, the analysis in
+`reasoning_content` and `reasoning`, the calls in `tool_calls` (one index and a stable id per
+call, arguments as a JSON string; a custom tool's call as `custom: {name, input}`); streamed, the
+same pieces arrive as `chat.completion.chunk` deltas (a custom call whole, once its input is),
+then the finish reason, then the usage when `stream_options.include_usage` asks for it, then
+`[DONE]`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +27,7 @@ from ..engine.sampling import SEEDS
 from . import conversation as conv
 from .errors import ApiError, shown
 from .service import DONE, Prepared, Service, changes, guarded, sse, sse_error
+from .tools import Declared, chat_tools, custom_input
 from .worker import Done, Job
 
 SEED_RANGE = {"ge": 0, "lt": SEEDS}  # what the sampler takes
@@ -43,10 +47,16 @@ class CalledFunction(_Body):
     arguments: str = ""
 
 
+class CalledCustom(_Body):
+    name: str
+    input: str = ""
+
+
 class ToolCallIn(_Body):
     id: str
-    type: Literal["function"] = "function"
-    function: CalledFunction
+    type: Literal["function", "custom"] = "function"
+    function: CalledFunction | None = None
+    custom: CalledCustom | None = None
 
 
 class ChatMessage(_Body):
@@ -92,7 +102,7 @@ class SamplingFields(_Body):
 class ChatRequest(SamplingFields):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[ChatTool] | None = None
+    tools: list[Any] | None = None  # read by tools.chat_tools
     tool_choice: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -100,21 +110,30 @@ class ChatRequest(SamplingFields):
     stream_options: StreamOptions | None = None
 
 
-def prepare(body: ChatRequest, service: Service) -> Prepared:
+@dataclass
+class Pending:
+    """A completion being generated: the request, its tools, what to generate and, once
+    queued, its job."""
+
+    body: ChatRequest
+    tools: Declared
+    prepared: Prepared
+    job: Job | None = None
+
+    @property
+    def reply(self) -> Reply:
+        return self.prepared.reply
+
+
+def prepare(body: ChatRequest, service: Service) -> Pending:
     """Render the request and check it fits."""
     service.check_model(body.model)
     instructions, turns = harmony_turns(body.messages)
-    tools = [
-        conv.function_tool(
-            f"tools.{i}.function", t.function.name, t.function.description, t.function.parameters
-        )
-        for i, t in enumerate(body.tools or [])
-    ]
-    tools, forced = conv.tools_for(tools, body.tool_choice)
+    tools, forced = chat_tools(body.tools).chosen(body.tool_choice)
     chat = conv.conversation(
         turns,
         instructions=instructions,
-        tools=tools,
+        tools=tools.functions,
         effort=body.reasoning_effort,
         effort_param="reasoning_effort",
     )
@@ -128,8 +147,8 @@ def prepare(body: ChatRequest, service: Service) -> Prepared:
         top_p=body.top_p,
         seed=body.seed,
     )
-    reply = Reply(service.tokenizer, body.stops, tools=[t.name for t in tools], prefix=call)
-    return Prepared(prompt, sampling, reply)
+    reply = Reply(service.tokenizer, body.stops, tools=tools.names, prefix=call)
+    return Pending(body, tools, Prepared(prompt, sampling, reply))
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:
@@ -151,9 +170,9 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
                 turns.append(Message("assistant", text, channel="commentary"))  # a preamble
             elif text:
                 turns.append(conv.answer(text))
-            for call in message.tool_calls or []:
-                names[call.id] = call.function.name
-                turns.append(conv.tool_call(call.function.name, call.function.arguments))
+            for j, call in enumerate(message.tool_calls or []):
+                turns.append(_earlier_call(call, f"messages.{i}.tool_calls.{j}"))
+                names[call.id] = (call.function or call.custom).name
         else:
             name = names.get(message.tool_call_id or "") or message.name
             if not name:
@@ -167,6 +186,17 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
     return instructions, turns
 
 
+def _earlier_call(call: ToolCallIn, where: str) -> Message:
+    if call.type == "custom" and call.custom is not None:
+        return conv.custom_call(call.custom.name, call.custom.input)
+    if call.type == "function" and call.function is not None:
+        return conv.tool_call(call.function.name, call.function.arguments)
+    param = f"{where}.{call.type}"
+    raise ApiError(
+        400, f"{param}: a {call.type} tool call needs its {call.type} object", param=param
+    )
+
+
 def _text(content: str | list[ContentPart] | None, param: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -176,9 +206,10 @@ def _text(content: str | list[ContentPart] | None, param: str) -> str:
     return "".join(part.text for part in content)
 
 
-def completion(reply: Reply, done: Done, service: Service) -> dict:
+def completion(pending: Pending, done: Done, service: Service) -> dict:
     """The `chat.completion` object of a finished reply."""
-    calls = [_call(part) for part in reply.tool_calls]
+    reply = pending.reply
+    calls = [_call(pending, part) for part in reply.tool_calls]
     text, thought = reply.text("text"), reply.text("reasoning")
     message = {
         "role": "assistant",
@@ -206,13 +237,18 @@ def usage(reply: Reply, done: Done) -> dict:
         "prompt_tokens": counts.prompt_tokens,
         "completion_tokens": counts.completion_tokens,
         "total_tokens": counts.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": counts.cached_tokens,
+            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
     }
 
 
-def stream(job: Job, reply: Reply, service: Service, include_usage: bool) -> AsyncIterator[str]:
+def stream(pending: Pending, service: Service) -> AsyncIterator[str]:
     """Server-sent `chat.completion.chunk` events of the reply, then `[DONE]`."""
+    job, reply, options = pending.job, pending.reply, pending.body.stream_options
+    include_usage = options is not None and options.include_usage
     head = _head("chat.completion.chunk", new_id("chatcmpl-"), service)
     extra = {"usage": None} if include_usage else {}
 
@@ -229,17 +265,20 @@ def stream(job: Job, reply: Reply, service: Service, include_usage: bool) -> Asy
                     yield sse({**head, "choices": [], "usage": usage(reply, item)})
             else:
                 for change in item:
-                    if (delta := _delta(change, reply)) is not None:
+                    if (delta := _delta(pending, change)) is not None:
                         yield chunk(delta)
         yield DONE
 
     return guarded(events(), job, sse_error)
 
 
-def _delta(change: Change, reply: Reply) -> dict | None:
+def _delta(pending: Pending, change: Change) -> dict | None:
     part = change.part
     if part.kind == "tool_call":
-        index = reply.tool_calls.index(part)
+        index = pending.reply.tool_calls.index(part)
+        if _is_custom(pending, part):  # whole when it ends: its input is decoded then
+            done = change.kind == "close"
+            return {"tool_calls": [{"index": index, **_call(pending, part)}]} if done else None
         if change.kind == "open":
             call = {"id": part.call_id, "type": "function"}
             return {"tool_calls": [{"index": index, **call, "function": _function(part, "")}]}
@@ -254,8 +293,15 @@ def _delta(change: Change, reply: Reply) -> dict | None:
     return {"content": change.lead + change.text}
 
 
-def _call(part: Part) -> dict:
+def _call(pending: Pending, part: Part) -> dict:
+    if _is_custom(pending, part):
+        custom = {"name": part.name, "input": custom_input(part.text)}
+        return {"id": part.call_id, "type": "custom", "custom": custom}
     return {"id": part.call_id, "type": "function", "function": _function(part, part.text)}
+
+
+def _is_custom(pending: Pending, part: Part) -> bool:
+    return part.name in pending.tools.custom
 
 
 def _function(part: Part, arguments: str) -> dict:

@@ -1,16 +1,18 @@
 """The state one server shares between its endpoints: the model, its queue, and request checks.
 
-`Service` holds the runner (through its `GenerationQueue`), the tokenizer, the model's name and
-the API key. An endpoint makes its request ready off the event loop (`off_loop`: rendering and
-tokenizing take time) as a `Prepared` (prompt, sampling, the `chat.reply.Reply` to read the
-output into), asking the service to check the model name, the size of the text before it is
-tokenized (`check_text`) and the prompt and `max_tokens` against the context (`sampling`: a 400
-with the numbers). Then it queues the job (`submit`: 503 with Retry-After when the queue is full,
-503 once shutting down), waits for it to start before answering a stream (`begin`: a job refused
-at shutdown is a 503, not a broken stream) and runs it into the reply (`changes`, `collect`),
-cancelling it when a stop string ends the visible text or the client goes away
-(`watch_disconnect`). `shutdown()` (the first signal) ends every job at once; `close()` also
-waits for the worker.
+`Service` holds the runner (through its `GenerationQueue`), the tokenizer, the model's names and
+the API key. The model answers to its id (a Hub id or a folder's name, also without the part
+before a "/") and, when its geometry is a published one, to Ollama's name for it ("gpt-oss:20b",
+"gpt-oss:120b"), which `codex --oss` asks for. An endpoint makes its request ready off the event
+loop (`off_loop`: rendering and tokenizing take time) as a `Prepared` (prompt, sampling, the
+`chat.reply.Reply` to read the output into), asking the service to check the model name, the
+size of the text before it is tokenized (`check_text`) and the prompt and `max_tokens` against
+the context (`sampling`: a 400 with the numbers). Then it queues the job (`submit`: 503 with
+Retry-After when the queue is full, 503 once shutting down), waits for it to start before
+answering a stream (`begin`: a job refused at shutdown is a 503, not a broken stream) and runs it
+into the reply (`changes`, `collect`), cancelling it when a stop string ends the visible text or
+the client goes away (`watch_disconnect`). `shutdown()` (the first signal) ends every job at
+once; `close()` also waits for the worker.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from starlette.requests import Request
 from ..chat.reply import Change, Reply
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import STOP_TOKENS
+from ..config import ModelConfig, preset
 from ..engine.generate import check_fits
 from ..engine.runner import Runner
 from ..engine.session import Sampling
@@ -36,6 +39,7 @@ from ..errors import GptossError
 from .errors import ApiError, internal_error, shown
 from .worker import Closed, Done, Failed, GenerationQueue, Job, QueueFull, Token
 
+OLLAMA_NAMES = {"gpt-oss-20b": "gpt-oss:20b", "gpt-oss-120b": "gpt-oss:120b"}  # by preset
 RETRY_AFTER_S = 1  # what a client told the queue is full waits before trying again
 DEFAULT_MAX_QUEUE = 16
 DONE = "data: [DONE]\n\n"  # the last event of a Chat Completions or Completions stream
@@ -75,6 +79,7 @@ class Service:
     ) -> None:
         self.runner, self.tokenizer = runner, tokenizer
         self.model_id = model_id
+        self.names = (model_id, *ollama_aliases(runner.config))
         self.api_key = api_key or None
         self.queue = GenerationQueue(runner, max_queue)
         self.created = int(time.time())
@@ -83,9 +88,18 @@ class Service:
     def context(self) -> int:
         return self.runner.context
 
+    @property
+    def config(self) -> ModelConfig:
+        return self.runner.config
+
+    def serves(self, name: str) -> bool:
+        """Whether `name` is one of this model's names (or the last part of its id), also with
+        Ollama's default tag ":latest"."""
+        return name.removesuffix(":latest") in (*self.names, self.model_id.rsplit("/", 1)[-1])
+
     def check_model(self, name: str) -> None:
-        """404 unless `name` is this model's id (or the last part of it)."""
-        if name not in (self.model_id, self.model_id.rsplit("/", 1)[-1]):
+        """404 unless `name` is one of this model's names."""
+        if not self.serves(name):
             raise ApiError(
                 404,
                 f"The model {shown(name)} does not exist: this server serves {self.model_id!r}",
@@ -116,6 +130,7 @@ class Service:
         temperature: float | None,
         top_p: float | None,
         seed: int | None = None,
+        top_k: int | None = None,
     ) -> Sampling:
         """How to sample the reply to `prompt`, which must leave room for `max_tokens`."""
         for param, new_tokens in ((prompt_param, None), (max_param, max_tokens)):
@@ -127,6 +142,7 @@ class Service:
             max_new_tokens=room,
             temperature=1.0 if temperature is None else temperature,
             top_p=1.0 if top_p is None else top_p,
+            top_k=top_k,
             seed=seed,
         )
 
@@ -240,6 +256,13 @@ async def watch_disconnect(request: Request, job: Job) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
+
+
+def ollama_aliases(config: ModelConfig) -> tuple[str, ...]:
+    """Ollama's name for a model of a published geometry (any weights: a quantized or
+    fine-tuned checkpoint too; its stop tokens may differ), else none."""
+    found = [(preset(key), name) for key, name in OLLAMA_NAMES.items()]
+    return tuple(name for p, name in found if config.with_(eos_token_ids=p.eos_token_ids) == p)
 
 
 def model_name(model: str) -> str:
