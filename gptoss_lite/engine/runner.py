@@ -36,10 +36,19 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
-from ..model.cache import KVCache
+from ..model.cache import KVCache, KVPool
 from ..model.kv_quant import KVDtypes
 from ..model.transformer import Transformer
-from .generate import PREFILL_CHUNK, Progress, check_fits, decode_step, next_token, prefill
+from .batch import Batch
+from .generate import (
+    PREFILL_CHUNK,
+    Progress,
+    check_fits,
+    decode_step,
+    next_token,
+    prefill,
+    reusable_prefix,
+)
 from .sampling import check_sampling
 
 BUSY = (
@@ -50,6 +59,7 @@ TAKEN_OVER = (
     "this generation's KV cache was taken over by a later generate() or logits() call on the "
     "same Runner; finish (or close) one generation before starting the next"
 )
+Observer = Callable[[torch.Tensor, int], None]  # (a step's logits [V], the token chosen)
 
 
 @dataclass(frozen=True)
@@ -80,7 +90,8 @@ def find_model(model: str | Path) -> ModelSource:
 @dataclass
 class Runner:
     """A loaded model with its KV cache. `progress(done, total)`, when set, is told the prompt
-    tokens prefilled so far on every prefill."""
+    tokens prefilled so far on every prefill. `caches` are those of the sequences a `batch()`
+    decodes together (the first is `cache`; by default it is the only one)."""
 
     model: Transformer
     cache: KVCache
@@ -90,8 +101,13 @@ class Runner:
     plan: Plan | None = None
     name: str | None = None
     progress: Progress | None = None
+    caches: list[KVCache] | None = None
 
     def __post_init__(self) -> None:
+        if self.caches is None:
+            self.caches = [self.cache]
+        if self.caches[0] is not self.cache:
+            raise ValueError("the runner's cache must be the first of its caches")
         self._history: list[int] = []  # tokens fed or yielded; the cache holds a prefix of them
         self.prefilled = 0  # prompt tokens the last generate() fed; the rest came from the cache
         self._lock = threading.Lock()  # held while a call computes on the cache
@@ -129,11 +145,14 @@ class Runner:
         top_k: int | None = None,
         seed: int | None = None,
         stop: Iterable[int] = (),
+        observe: Observer | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time, using (and reusing) the KV cache.
 
-        `max_new_tokens` None means until the context is full. The settings are checked, and
-        the cache taken from any earlier generation, when this is called."""
+        `max_new_tokens` None means until the context is full; `observe(logits, token)` is told
+        each step's logits [V] and the token chosen from them, before it is yielded. The
+        settings are checked, and the cache taken from any earlier generation, when this is
+        called."""
         check_sampling(
             temperature=temperature,
             top_p=top_p,
@@ -148,25 +167,49 @@ class Runner:
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
         with self._cache_for(None) as owner:
             pass
-        return self._generate(owner, tokens, n, set(stop), sampling | {"generator": generator})
+        sampling |= {"generator": generator}
+        return self._generate(owner, tokens, n, set(stop), sampling, observe or _unobserved)
+
+    def batch(self, prefill_chunk: int | None = None) -> Batch:
+        """A `Batch` decoding sequences together in this runner's caches, one per cache, with
+        prompts fed `prefill_chunk` tokens a step (default: the runner's). It takes the caches
+        over as a `generate` call does: a later call takes them back, and the batch's next step
+        or `add` raises."""
+        with self._cache_for(None) as owner:
+            self._history = []  # the batch will fill the caches: nothing cached is ours now
+        return Batch(
+            self.model,
+            self.caches,
+            prefill_chunk or self.prefill_chunk,
+            guard=lambda: self._cache_for(owner),
+        )
 
     def _generate(
-        self, owner: int, tokens: torch.Tensor, n: int, stop: set[int], sampling: dict
+        self,
+        owner: int,
+        tokens: torch.Tensor,
+        n: int,
+        stop: set[int],
+        sampling: dict,
+        observe: Observer,
     ) -> Iterator[int]:
         with self._cache_for(owner):
             new = self._reuse_prefix(tokens.tolist())
             self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
             logits = prefill(
                 self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
-            )
-            token = next_token(logits[-1], **sampling)
+            )[-1]
+            token = next_token(logits, **sampling)
+            observe(logits, token)
             self._history.append(token)
         for step in range(1, n + 1):
             yield token
             if token in stop or step == n:
                 return  # a stop token (or the last one) is never fed back
             with self._cache_for(owner):
-                token = next_token(decode_step(self.model, self.cache, token)[-1], **sampling)
+                logits = decode_step(self.model, self.cache, token)[-1]
+                token = next_token(logits, **sampling)
+                observe(logits, token)
                 self._history.append(token)
 
     @contextmanager
@@ -187,13 +230,7 @@ class Runner:
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Rewind the cache to its longest prefix shared with `tokens` (keeping at least one
         token to prefill, for its logits); return where prefilling must start."""
-        cached = self.cached
-        common = 0
-        limit = min(len(tokens) - 1, len(cached))
-        while common < limit and tokens[common] == cached[common]:
-            common += 1
-        if not self.cache.can_rewind_to(common):
-            common = 0
+        common = reusable_prefix(tokens, self.cached, self.cache)
         self.cache.rewind(common)
         return common
 
@@ -219,6 +256,7 @@ def load(
     kv_cache_dtype: str | KVDtypes | None = None,
     progress: Progress | None = None,
     cpu_experts: int | str | None = None,
+    parallel: int | None = 1,
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
@@ -234,6 +272,8 @@ def load(
     "auto" (triton on CUDA when Triton is installed, cpu on the CPU when a C compiler is there,
     else torch). `cpu_experts` (a layer count or "all"; default: the profile's, else as few as
     the plan needs) keeps those leading layers' experts in host RAM, run by the CPU kernel.
+    `parallel` sequences (None: as many as the plan allows, up to 4) get a KV cache of the
+    planned context each, for `Runner.batch`.
     `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see `kv_quant`) replaces the profile's
     KV-cache formats. `model` may also be what `find_model` found, or an opened
     checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that
@@ -249,7 +289,14 @@ def load(
     if isinstance(model, (str, Path)):
         model = find_model(model)
     config = model.config
-    memory_plan = plan(config, profile, context, ring_slots=ring_slots, cpu_experts=cpu_experts)
+    memory_plan = plan(
+        config,
+        profile,
+        context,
+        ring_slots=ring_slots,
+        cpu_experts=cpu_experts,
+        parallel=parallel,
+    )
     if on_plan is not None:
         on_plan(memory_plan)
     found = isinstance(model, ModelSource)
@@ -269,24 +316,31 @@ def load(
         net, checkpoint, device, embedding_device, net.host_parameters(), progress=progress
     )
     checkpoint.close()
-    cache = KVCache(
+    pool = KVPool(
         config,
+        memory_plan.parallel,
         memory_plan.context,
         device=device,
         dtype=dtype,
         ring_slots=ring_slots,
         kv_dtypes=memory_plan.kv_cache_dtype,
     )
+    caches = pool.caches()
     name = model.name if found else config.name
     return Runner(
         net,
-        cache,
+        caches[0],
         config,
         memory_plan.prefill_chunk,
         folder=checkpoint.folder,
         plan=memory_plan,
         name=name,
+        caches=caches,
     )
+
+
+def _unobserved(logits: torch.Tensor, token: int) -> None:
+    """The observer of a generation nobody watches."""
 
 
 def _kernels(kernels: str, device: torch.device) -> str:

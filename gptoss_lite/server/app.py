@@ -112,10 +112,10 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
         job = service.submit(prepared)
         if body.stream:
             await begin(job, request)
-            events = completions_api.stream(job, prepared.reply, service)
+            events = completions_api.stream(body, job, prepared.reply, service)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         done = await collect(job, prepared.reply, request)
-        return completions_api.completion(prepared.reply, done, service)
+        return completions_api.completion(body, prepared.reply, done, service)
 
     return app
 
