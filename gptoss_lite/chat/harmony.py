@@ -162,6 +162,11 @@ def render_conversation(conversation: Conversation, tokenizer: Tokenizer) -> lis
     return _encode(conversation_pieces(conversation), tokenizer)
 
 
+def prompt_size(conversation: Conversation) -> int:
+    """Bytes of text in the rendered prompt (format tokens left out), known before tokenizing."""
+    return sum(len(p.encode()) for p in conversation_pieces(conversation) if isinstance(p, str))
+
+
 def conversation_pieces(conversation: Conversation) -> list[Piece]:
     """Every message of the rendered conversation as text pieces and format tokens."""
     messages = [Message("system", system_text(conversation))]

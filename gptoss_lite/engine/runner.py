@@ -64,6 +64,7 @@ TAKEN_OVER = (
     "this generation's KV cache was taken over by a later generate() or logits() call on the "
     "same Runner; finish (or close) one generation before starting the next"
 )
+Observer = Callable[[torch.Tensor, int], None]  # (a step's logits [V], the token chosen)
 
 
 @dataclass(frozen=True)
@@ -145,14 +146,16 @@ class Runner:
         sampling: Sampling | None = None,
         *,
         stop: Iterable[int] = (),
+        observe: Observer | None = None,
         **settings,
     ) -> Iterator[int]:
         """Yield new token ids one at a time, using (and reusing) the KV cache, drawn as
         `sampling` says (default `GENERATE_DEFAULT`) with any of its fields replaced by
         `settings` (`max_new_tokens=64, temperature=0`). A stop token ends the reply.
 
-        The settings are checked, and the cache taken from any earlier generation, when this is
-        called."""
+        `observe(logits, token)` is told each step's logits [V] and the token chosen from them,
+        before it is yielded. The settings are checked, and the cache taken from any earlier
+        generation, when this is called."""
         sampling = replace(sampling or GENERATE_DEFAULT, **settings)
         tokens = self._tensor(token_ids)
         n = check_fits(tokens.numel(), sampling.max_new_tokens, self.context)
@@ -160,7 +163,9 @@ class Runner:
         generator.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
         with self._cache_for(None) as owner:
             pass
-        return self._generate(owner, tokens, n, set(stop), sampling, generator)
+        return self._generate(
+            owner, tokens, n, set(stop), sampling, generator, observe or _unobserved
+        )
 
     def batch(self, prefill_chunk: int | None = None) -> Batch:
         """A `Batch` decoding sequences together in this runner's caches, one per cache, with
@@ -184,22 +189,25 @@ class Runner:
         stop: set[int],
         sampling: Sampling,
         generator: torch.Generator,
+        observe: Observer,
     ) -> Iterator[int]:
         with self._cache_for(owner):
             new = self._reuse_prefix(tokens.tolist())
             self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
             logits = prefill(
                 self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
-            )
-            token = next_token(logits[-1], sampling, generator)
+            )[-1]
+            token = next_token(logits, sampling, generator)
+            observe(logits, token)
             self._history.append(token)
         for step in range(1, n + 1):
             yield token
             if token in stop or step == n:
                 return  # a stop token (or the last one) is never fed back
             with self._cache_for(owner):
-                logits = decode_step(self.model, self.cache, token)
-                token = next_token(logits[-1], sampling, generator)
+                logits = decode_step(self.model, self.cache, token)[-1]
+                token = next_token(logits, sampling, generator)
+                observe(logits, token)
                 self._history.append(token)
 
     @contextmanager
@@ -325,6 +333,10 @@ def load(
         name=name,
         caches=caches,
     )
+
+
+def _unobserved(logits: torch.Tensor, token: int) -> None:
+    """The observer of a generation nobody watches."""
 
 
 def _kernels(kernels: str, device: torch.device) -> str:

@@ -21,14 +21,16 @@ SEEDS = 2**64  # torch.Generator.manual_seed takes a seed in [0, 2**64)
 
 @dataclass(frozen=True)
 class Sampling:
-    """How the tokens of one reply are chosen; `max_new_tokens` None means until the context is
-    full, `seed` None a random one. A value the sampler cannot use is a one-line `GptossError`."""
+    """How the tokens of one reply are chosen, and what is kept of them; `max_new_tokens` None
+    means until the context is full, `seed` None a random one. A value the sampler cannot use is
+    a one-line `GptossError`."""
 
     max_new_tokens: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int | None = None
     seed: int | None = None
+    logprobs: int | None = None  # None: none; k: each token's and the k likeliest (logprobs.py)
 
     def __post_init__(self) -> None:
         t, p, k, seed, n = self.temperature, self.top_p, self.top_k, self.seed, self.max_new_tokens
@@ -42,6 +44,8 @@ class Sampling:
             raise GptossError(f"seed {seed!r}: use an integer in [0, 2**64)")
         if n is not None and not (_integer(n) and n >= 1):
             raise GptossError(f"max_new_tokens {n!r}: use an integer >= 1")
+        if self.logprobs is not None and not (_integer(self.logprobs) and self.logprobs >= 0):
+            raise GptossError(f"logprobs {self.logprobs!r}: use an integer >= 0")
 
 
 def _number(x: object) -> bool:
