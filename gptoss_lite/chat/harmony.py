@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import GptossError
 from .tokenizer import Tokenizer
-from .tokens import CALL, CHANNEL, CONSTRAIN, END, MARKUP, MESSAGE, START
+from .tokens import CALL, CHANNEL, CONSTRAIN, END, MESSAGE, START
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 EFFORTS = ("low", "medium", "high")
@@ -162,10 +162,9 @@ def render_conversation(conversation: Conversation, tokenizer: Tokenizer) -> lis
     return _encode(conversation_pieces(conversation), tokenizer)
 
 
-def prompt_text(conversation: Conversation) -> str:
-    """The prompt as text with markup, for display (`render_prompt` decoded)."""
-    pieces = [*conversation_pieces(conversation), START, "assistant"]
-    return "".join(p if isinstance(p, str) else MARKUP[p] for p in pieces)
+def prompt_size(conversation: Conversation) -> int:
+    """Bytes of text in the rendered prompt (format tokens left out), known before tokenizing."""
+    return sum(len(p.encode()) for p in conversation_pieces(conversation) if isinstance(p, str))
 
 
 def conversation_pieces(conversation: Conversation) -> list[Piece]:
