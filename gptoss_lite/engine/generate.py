@@ -4,13 +4,15 @@
 context, or a `GptossError` gives the numbers (the CLI, the chat session, the memory report and
 the runner all ask it, before any forward pass). `prefill` runs the prompt through the model in
 chunks (bounded activation memory whatever the prompt length), telling `progress(done, total)`
-after each; `decode_step` feeds one token; `next_token` samples and refuses a broken model (NaN
-or infinite logits) in the same host transfer that reads the token.
+after each; `decode_step` feeds one token; `next_token` samples (among the `allowed` ids only,
+when a `TokenMask` constrains the reply) and refuses a broken model (NaN or infinite logits) in
+the same host transfer that reads the token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -22,6 +24,15 @@ from .sampling import sample
 PREFILL_CHUNK = 512  # tokens per prefill step unless the memory profile says otherwise
 
 Progress = Callable[[int, int], None]  # (done, total), called as work advances
+
+
+class TokenMask(Protocol):
+    """Which tokens may come next, step by step (e.g. a grammar's): `request(token)` as the
+    forward pass of `token` starts (None before the prompt's), `allowed(logits)` once it ends."""
+
+    def request(self, token: int | None) -> None: ...
+
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor: ...
 
 
 def check_fits(prompt_tokens: int, new_tokens: int | None, context: int) -> int:
@@ -81,9 +92,12 @@ def next_token(
     top_p: float = 1.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> int:
-    """The next token id sampled from logits [V]; a `GptossError` if they are not finite."""
-    token = sample(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
+    """The next token id sampled from logits [V] (among the ids `allowed` [V] bool, if given);
+    a `GptossError` if the logits are not finite."""
+    scores = logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
+    token = sample(scores, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
     # One transfer for both: the token and whether the row's max is finite (NaN propagates).
     token_id, finite = torch.stack((token, logits.max().isfinite().long())).tolist()
     if not finite:

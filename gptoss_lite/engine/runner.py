@@ -39,7 +39,15 @@ from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.cache import KVCache
 from ..model.kv_quant import KVDtypes
 from ..model.transformer import Transformer
-from .generate import PREFILL_CHUNK, Progress, check_fits, decode_step, next_token, prefill
+from .generate import (
+    PREFILL_CHUNK,
+    Progress,
+    TokenMask,
+    check_fits,
+    decode_step,
+    next_token,
+    prefill,
+)
 from .sampling import check_sampling
 
 BUSY = (
@@ -129,11 +137,13 @@ class Runner:
         top_k: int | None = None,
         seed: int | None = None,
         stop: Iterable[int] = (),
+        mask: TokenMask | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time, using (and reusing) the KV cache.
 
-        `max_new_tokens` None means until the context is full. The settings are checked, and
-        the cache taken from any earlier generation, when this is called."""
+        `max_new_tokens` None means until the context is full; `mask` limits each step to the
+        tokens it allows. The settings are checked, and the cache taken from any earlier
+        generation, when this is called."""
         check_sampling(
             temperature=temperature,
             top_p=top_p,
@@ -148,25 +158,37 @@ class Runner:
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
         with self._cache_for(None) as owner:
             pass
-        return self._generate(owner, tokens, n, set(stop), sampling | {"generator": generator})
+        sampling |= {"generator": generator}
+        return self._generate(owner, tokens, n, set(stop), sampling, mask)
 
     def _generate(
-        self, owner: int, tokens: torch.Tensor, n: int, stop: set[int], sampling: dict
+        self,
+        owner: int,
+        tokens: torch.Tensor,
+        n: int,
+        stop: set[int],
+        sampling: dict,
+        mask: TokenMask | None,
     ) -> Iterator[int]:
         with self._cache_for(owner):
             new = self._reuse_prefix(tokens.tolist())
             self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
+            if mask is not None:
+                mask.request(None)  # made while the prompt is prefilled
             logits = prefill(
                 self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
-            )
-            token = next_token(logits[-1], **sampling)
+            )[-1]
+            token = next_token(logits, **sampling, allowed=_allowed(mask, logits))
             self._history.append(token)
         for step in range(1, n + 1):
             yield token
             if token in stop or step == n:
                 return  # a stop token (or the last one) is never fed back
             with self._cache_for(owner):
-                token = next_token(decode_step(self.model, self.cache, token)[-1], **sampling)
+                if mask is not None:
+                    mask.request(token)  # the next mask is made while this token's pass runs
+                logits = decode_step(self.model, self.cache, token)[-1]
+                token = next_token(logits, **sampling, allowed=_allowed(mask, logits))
                 self._history.append(token)
 
     @contextmanager
@@ -204,6 +226,10 @@ class Runner:
         if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
             raise GptossError(f"token ids must lie in [0, {self.config.vocab_size})")
         return ids.to(self.device)
+
+
+def _allowed(mask: TokenMask | None, logits: torch.Tensor) -> torch.Tensor | None:
+    return None if mask is None else mask.allowed(logits)
 
 
 def load(
