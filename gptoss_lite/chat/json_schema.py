@@ -1,17 +1,18 @@
 """The JSON schemas a reply can be held to: bounds for all, and OpenAI's strict subset.
 
-`check_schema(schema, strict=...)` returns the schema a reply's JSON will be constrained to, or
-raises `SchemaError` naming where in the schema the problem is (a JSON-pointer-like path) and
-why, before anything is compiled or generated. Every schema must be a JSON object of at most
-`MAX_SCHEMA_BYTES` serialized and `MAX_DEPTH` levels of nesting. A strict schema (`strict: true`,
-as OpenAI's structured outputs define it) must also have an object at its root, list every
-property of every object in `required`, say `additionalProperties: false` on every object, keep
-to the keywords of `STRICT_KEYWORDS`, and `$ref` only into its own `$defs`/`definitions`.
+`read_json` reads a schema file. `check_schema(schema, strict=...)` returns the schema a reply's
+JSON will be constrained to, or raises `SchemaError` naming where in the schema the problem is
+(a dotted path) and why, before anything is compiled or generated. Every schema must be a JSON
+object of at most `MAX_SCHEMA_BYTES` serialized and `MAX_DEPTH` levels of nesting. A strict
+schema (`strict: true`, as OpenAI's structured outputs define it) must also have an object at
+its root, list every property of every object in `required`, say `additionalProperties: false`
+on every object, keep to `STRICT_KEYWORDS`, and `$ref` only into its own `$defs`.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from ..errors import GptossError
@@ -41,6 +42,15 @@ class SchemaError(GptossError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path or 'the schema'}: {reason}" if path else reason)
         self.path, self.reason = path, reason
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON in file `path` (a schema, a tool list); a one-line `GptossError` if unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise GptossError(f"{path}: cannot read it as JSON: {reason}") from exc
 
 
 def check_schema(schema: Any, *, strict: bool) -> dict[str, Any]:

@@ -19,9 +19,12 @@ from typing import Protocol, TextIO
 import click
 import torch
 
+from ..chat.constraint import compile_reply
+from ..chat.reply_grammar import ReplyFormat
 from ..chat.session import chat_ring_slots
 from ..chat.stats import ReplyStats, peak_memory
 from ..chat.tokenizer import Tokenizer, load_tokenizer
+from ..engine.constrain import Grammar
 from ..engine.generate import check_fits
 from ..engine.runner import Runner, find_model, load
 from ..errors import GptossError
@@ -51,12 +54,14 @@ class ModelChoice(Protocol):
 
 @dataclass
 class Model:
-    """A loaded runner, its tokenizer, how long loading took, and the prompt it was loaded for."""
+    """A loaded runner, its tokenizer, how long loading took, the prompt it was loaded for and
+    the grammar its replies are held to (None: free)."""
 
     runner: Runner
     tokenizer: Tokenizer
     load_seconds: float
     prompt: list[int]
+    grammar: Grammar | None = None
 
 
 def open_model(
@@ -64,9 +69,11 @@ def open_model(
     *,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,
+    reply: ReplyFormat | None = None,
 ) -> Model:
-    """Find the model and its tokenizer, make the prompt with `prompt_of(tokenizer)`, print the
-    memory plan on stderr (refusing a prompt that does not fit it), then read the weights.
+    """Find the model and its tokenizer, make the prompt with `prompt_of(tokenizer)` and the
+    grammar of `reply`, print the memory plan on stderr (refusing a prompt that does not fit
+    it), then read the weights.
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
     rewind over a whole reply."""
@@ -75,6 +82,7 @@ def open_model(
     source = find_model(options.model)  # from the Hub: the weights come after the plan
     tokenizer = load_tokenizer(source.folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
+    grammar = None if reply is None else compile_reply(reply, tokenizer)
     ring = chat_ring_slots(source.config, options.max_tokens) if chat else None
 
     def show(plan: Plan) -> None:
@@ -96,7 +104,7 @@ def open_model(
         cpu_experts=options.cpu_experts,
     )
     runner.progress = Progress.on_stderr("prefill", lambda n: f"{n:,} tokens")
-    return Model(runner, tokenizer, time.perf_counter() - start, prompt)
+    return Model(runner, tokenizer, time.perf_counter() - start, prompt, grammar)
 
 
 class Progress:

@@ -4,8 +4,11 @@ The prompt is the argument or, without one, stdin. It becomes a harmony conversa
 optional developer instructions, the user message) and the reply streams to stdout: the reasoning
 dim under "Thinking...", then the answer. `--raw` continues the text as it is and stops at
 <|endoftext|>; `--json` prints one JSON object at the end instead of streaming; `--verbose` adds
-token counts, speeds and peak memory on stderr. Ctrl-C stops the reply, keeps what was printed
-(and still prints the JSON or the numbers asked for) and exits with status 130.
+token counts, speeds and peak memory on stderr. `--json-schema FILE` and `--json-object` hold the
+answer to JSON (constrained decoding) and print that JSON alone; a reply cut by --max-tokens
+before its JSON is complete is an error line and status 1, never passed off as an answer.
+Ctrl-C stops the reply, keeps what was printed (and still prints the JSON or the numbers asked
+for) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -21,8 +24,10 @@ from ..chat.session import Generation, user_prompt
 from ..chat.stats import peak_memory
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
+from ..errors import GptossError
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_harmony, show_text
+from .chat import INCOMPLETE
 from .options import Options, model_options
 
 
@@ -55,16 +60,21 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
     options = Options.take(kwargs)
     text = read_prompt(prompt)
     conversation = options.conversation()
+    reply = options.reply_format(conversation)
+    if reply is not None and raw:
+        raise GptossError("--json-schema and --json-object hold a harmony answer: drop --raw")
 
     def encode(tokenizer: Tokenizer) -> list[int]:
         return tokenizer.encode(text) if raw else user_prompt(conversation, text.strip(), tokenizer)
 
-    model = open_model(options, prompt_of=encode)
+    model = open_model(options, prompt_of=encode, reply=reply)
     stop = (ENDOFTEXT,) if raw else STOP_TOKENS
-    generation = Generation(model.runner, model.prompt, options.sampling(), stop)
+    sampling = options.sampling()
+    generation = Generation(model.runner, model.prompt, sampling, stop, model.grammar)
+    show_reasoning = options.show_reasoning and reply is None  # the JSON alone on stdout
     interrupted = False
     try:
-        _stream(generation, model, raw=raw, quiet=as_json, show_reasoning=options.show_reasoning)
+        _stream(generation, model, raw=raw, quiet=as_json, show_reasoning=show_reasoning)
     except KeyboardInterrupt:
         interrupted = True
         click.echo("(interrupted)", err=True)
@@ -76,6 +86,9 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
         click.echo(f"kernels: {model.runner.model.kernel_name}", err=True)
     if interrupted:
         sys.exit(130)
+    if reply is not None and generation.finish_reason == "length":
+        click.echo(f"error: {INCOMPLETE}", err=True)
+        sys.exit(1)
 
 
 def _stream(

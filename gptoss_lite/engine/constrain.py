@@ -15,6 +15,7 @@ buffers take turns: the sampled token's read ends each step, so a buffer is free
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -37,7 +38,24 @@ _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptoss-lite-mask
 
 
 class GrammarError(GptossError):
-    """A grammar (or a schema in it) that llguidance refuses; the message is its reason."""
+    """A grammar (or a schema in it) that llguidance refuses, in one line; `rule` names the
+    grammar rule the refusal points at, when it points at one."""
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+def _refusal(error: str, lark: str) -> GrammarError:
+    """llguidance's error (a first line "at LINE(COLUMN): reason", then the grammar around it)
+    as one line, with the rule of that line."""
+    first = error.splitlines()[0] if error else "the grammar is refused"
+    at = re.match(r"at (\d+)\(\d+\): ", first)
+    lines = lark.splitlines()
+    if at is None or not 0 < int(at.group(1)) <= len(lines):
+        return GrammarError(first)
+    rule = lines[int(at.group(1)) - 1].partition(":")[0].strip()
+    return GrammarError(first[at.end() :], rule)
 
 
 @dataclass(frozen=True)
@@ -68,7 +86,7 @@ class GrammarCompiler:
             limits = llguidance.LLParserLimits(**LIMITS, verbose_errors=False)
             matcher = llguidance.LLMatcher(self.tokenizer(), lark, log_level=0, limits=limits)
             if matcher.is_error():
-                raise GrammarError(matcher.get_error())
+                raise _refusal(matcher.get_error(), lark)
             grammar = Grammar(matcher, self.n_vocab, time.perf_counter() - start)
             self._cache[lark] = grammar
             if len(self._cache) > CACHE_SIZE:
