@@ -25,9 +25,9 @@ from ..chat.stats import peak_memory
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from ..errors import GptossError
+from .chat import INCOMPLETE
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_harmony, show_text
-from .chat import INCOMPLETE
 from .options import Options, model_options
 
 
