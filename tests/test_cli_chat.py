@@ -21,7 +21,7 @@ import gptoss_lite.engine.runner as runner_module
 from gptoss_lite.chat.harmony import Conversation
 from gptoss_lite.chat.harmony_parser import parse_completion
 from gptoss_lite.chat.session import ChatSession, Sampling, chat_ring_slots, user_prompt
-from gptoss_lite.cli.display import show_harmony
+from gptoss_lite.cli.display import show_reply
 from gptoss_lite.config import read_config
 from gptoss_lite.engine.runner import Runner, load
 
@@ -78,7 +78,7 @@ def test_piped_chat_reuses_the_cache(cli, tiny_model, o200k_tokenizer, fed, call
     assert result.exit_code == 0, result.output
     assert len(calls) == len(fed) == 4  # "Lost" came after /exit
     for call in calls:
-        show_harmony(call["output"], o200k_tokenizer)
+        show_reply(call["output"], o200k_tokenizer)
     assert result.stdout == capsys.readouterr().out  # the replies and nothing else
     stats = [(int(n), int(cached)) for n, cached in STATS.findall(result.stderr)]
     assert stats[0] == (len(calls[0]["prompt"]), 0)
@@ -104,7 +104,7 @@ def test_next_turn_rewinds_over_the_dropped_analysis(tiny_model, o200k_env, o200
         first = user_prompt(conversation, "What is 2 + 2?", tokenizer)
         list(runner.generate(first + reply[:-1], max_new_tokens=1))  # as if turn 1 made `reply`
         session.send("What is 2 + 2?")
-        session.commit(parse_completion(reply, tokenizer))
+        session.commit(parse_completion(reply, tokenizer).messages)
         generation = session.send("And 3 + 3?")
         replies.append(list(generation))
         second = user_prompt(conversation, "And 3 + 3?", tokenizer)

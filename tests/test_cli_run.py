@@ -16,10 +16,10 @@ from click.testing import Result
 from test_cli_chat import TOOLS, oracle_prompt
 
 from gptoss_lite.chat.harmony import Conversation
-from gptoss_lite.chat.harmony_parser import parse_completion
+from gptoss_lite.chat.reply import read_reply
 from gptoss_lite.chat.session import user_prompt
 from gptoss_lite.chat.tokens import ENDOFTEXT, STOP_TOKENS
-from gptoss_lite.cli.display import show_harmony, show_text
+from gptoss_lite.cli.display import show_reply
 from gptoss_lite.kernels import cpu
 
 pytest_plugins = ["cli_fixtures"]
@@ -81,11 +81,13 @@ def test_json_of_a_scripted_reply(cli, tiny_model, scripted, o200k_tokenizer):
     assert prompts[0] == today_prompt("What is 2 + 2?", o200k_tokenizer)
 
 
-def test_tool_call_is_shown_and_reported(cli, tiny_model, scripted):
+def test_tool_call_is_shown_and_reported(cli, tiny_model, scripted, tmp_path):
     scripted(TOOL_SCRIPT)
-    shown = cli("run", "-m", tiny_model, "--hide-reasoning", "Weather in SF?")
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps(TOOLS))
+    shown = cli("run", "-m", tiny_model, "--tools", tools, "--hide-reasoning", "Weather in SF?")
     assert shown.stdout == '-> functions.get_weather {"city":"SF"}\n'
-    out = json.loads(cli("run", "-m", tiny_model, "--json", "Weather?").stdout)
+    out = json.loads(cli("run", "-m", tiny_model, "--tools", tools, "--json", "Weather?").stdout)
     call = out["tool_calls"]
     assert out["finish_reason"] == "tool_calls"
     assert call == [
@@ -96,6 +98,14 @@ def test_tool_call_is_shown_and_reported(cli, tiny_model, scripted):
             "content_type": "json",
         }
     ]
+
+
+def test_a_call_to_an_undeclared_tool_is_shown_as_text(cli, tiny_model, scripted):
+    scripted(TOOL_SCRIPT)
+    shown = cli("run", "-m", tiny_model, "--hide-reasoning", "Weather in SF?")
+    assert shown.stdout == '{"city":"SF"}\n'
+    out = json.loads(cli("run", "-m", tiny_model, "--json", "Weather?").stdout)
+    assert (out["tool_calls"], out["final"], out["finish_reason"]) == ([], '{"city":"SF"}', "stop")
 
 
 def test_tools_file_is_declared_to_the_model(cli, tiny_model, scripted, tmp_path, harmony_oracle):
@@ -120,13 +130,14 @@ def test_ctrl_c_keeps_what_was_printed_and_exits_130(cli, tiny_model, scripted, 
 
 def test_display_takes_any_token_iterator(o200k_tokenizer, capsys):
     ids = o200k_tokenizer.encode(SCRIPT, allow_special=True)
-    completion = show_harmony(iter(ids), o200k_tokenizer)
+    reply = show_reply(iter(ids), o200k_tokenizer)
     assert capsys.readouterr().out == SHOWN
-    assert completion.final_text == "2 + 2 = 4." and completion.is_done
+    assert reply.text() == "2 + 2 = 4." and reply.finish_reason("stop") == "stop"
     unfinished = o200k_tokenizer.encode("<|channel|>analysis<|message|>Hmm", allow_special=True)
-    show_harmony(unfinished, o200k_tokenizer)
+    show_reply(unfinished, o200k_tokenizer)
     assert capsys.readouterr().out == "Thinking...\nHmm\n"
-    assert show_text([*o200k_tokenizer.encode("héllo"), ENDOFTEXT], o200k_tokenizer) == "héllo"
+    plain = [*o200k_tokenizer.encode("héllo"), ENDOFTEXT]
+    assert show_reply(plain, o200k_tokenizer, harmony=False).text() == "héllo"
     assert capsys.readouterr().out == "héllo\n"
 
 
@@ -138,17 +149,17 @@ def test_printed_reply_is_what_was_generated(cli, tiny_model, o200k_tokenizer, c
     out = json.loads(cli(*args, "--json").stdout)
     shown = cli(*args)
     assert shown.exit_code == 0, shown.output
-    show_harmony(out["output_ids"], o200k_tokenizer)
+    show_reply(out["output_ids"], o200k_tokenizer)
     assert shown.stdout == capsys.readouterr().out != ""
-    completion = parse_completion(out["output_ids"], o200k_tokenizer)
-    assert out["final"] == completion.final_text and out["analysis"] == completion.analysis_text
+    reply = read_reply(out["output_ids"], o200k_tokenizer)
+    assert out["final"] == reply.text("text") and out["analysis"] == reply.text("reasoning")
     assert "Thinking..." not in cli(*args, "--hide-reasoning").stdout
 
 
 def test_raw_prints_the_plain_decode(cli, tiny_model, o200k_tokenizer):
     args = ("run", "-m", tiny_model, "--raw", "--seed", "4", "-n", "6", "Once upon a time")
     out = json.loads(cli(*args, "--json").stdout)
-    text = o200k_tokenizer.decode(t for t in out["output_ids"] if t != ENDOFTEXT)
+    text = o200k_tokenizer.decode(t for t in out["output_ids"] if not o200k_tokenizer.is_special(t))
     assert out["final"] == text and out["analysis"] == ""
     assert out["usage"]["prompt_tokens"] == len(o200k_tokenizer.encode("Once upon a time"))
     assert cli(*args).stdout == text + ("" if text.endswith("\n") else "\n")

@@ -1,5 +1,6 @@
 """Streaming harmony parser: same messages and deltas as openai-harmony on well-formed output,
-and no exception and no markup on malformed output."""
+and no exception and no markup on malformed output, neither in the parser nor in the reply read
+from it (`chat.reply`, whose own rules are tested in test_reply.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import pytest
 from test_harmony import oracle_content_type, oracle_message
 
 from gptoss_lite.chat.harmony import Conversation, Message, render_conversation
-from gptoss_lite.chat.harmony_parser import ReplyStream, StreamParser, parse_completion
+from gptoss_lite.chat.harmony_parser import StreamParser, parse_completion
+from gptoss_lite.chat.reply import Reply, read_reply
 from gptoss_lite.chat.tokens import CALL, END, ENDOFTEXT, N_VOCAB, RETURN
-from gptoss_lite.cli.display import show_harmony
+from gptoss_lite.cli.display import show_reply
 
 WEATHER_CALL = Message.tool_call("get_weather", '{"location": "東京"}')
 WELL_FORMED = {
@@ -176,32 +178,36 @@ def test_split_characters_stream_without_replacement(o200k_tokenizer, harmony_or
     assert silent, "no token held back a partial character"
 
 
-def test_events_and_completion_for_a_cli(o200k_tokenizer, harmony_oracle):
+def test_events_and_the_reply_read_from_them(o200k_tokenizer, harmony_oracle):
     messages, stop = WELL_FORMED["preamble-then-call"]
+    tokens = completion_tokens(harmony_oracle, messages, stop)
     parser = StreamParser(o200k_tokenizer)
-    events = [e for t in completion_tokens(harmony_oracle, messages, stop) for e in parser.feed(t)]
+    events = [e for t in tokens for e in parser.feed(t)]
     kinds = [e.kind for e in events if e.kind != "text"]
     assert kinds == ["start", "end"] * 3
     shown = {}
     for event in events:
         shown[event.channel] = shown.get(event.channel, "") + event.text
     assert shown == {"commentary": messages[0].content + messages[2].content, "analysis": "Think."}
-    result = parser.completion
-    assert result.wants_tool and not result.is_done
-    (call,) = result.tool_calls
-    assert (call.name, call.recipient, call.arguments, call.content_type) == (
+    assert parser.completion.stop_token == CALL
+    reply = read_reply(tokens, o200k_tokenizer, tools=["get_weather"])
+    assert reply.called_tool and reply.finish_reason("stop") == "tool_calls"
+    (call,) = reply.tool_calls
+    assert (call.name, call.text, call.content_type) == (
         "get_weather",
-        "functions.get_weather",
         '{"location": "東京"}',
         "json",
     )
-    assert result.analysis_text == "Think." and result.final_text == messages[0].content
+    assert reply.text("reasoning") == "Think." and reply.text("text") == messages[0].content
 
 
 def test_parsed_turn_goes_back_into_history(o200k_tokenizer, harmony_oracle):
     messages, stop = WELL_FORMED["analysis-final"]
-    result = parse_completion(completion_tokens(harmony_oracle, messages, stop), o200k_tokenizer)
-    assert result.is_done and result.final_text == "**4**" and result.analysis_text == "2+2 is 4."
+    tokens = completion_tokens(harmony_oracle, messages, stop)
+    result = parse_completion(tokens, o200k_tokenizer)
+    reply = read_reply(tokens, o200k_tokenizer)
+    assert result.stop_token == RETURN and result.messages == reply.messages
+    assert reply.text("text") == "**4**" and reply.text("reasoning") == "2+2 is 4."
     conversation = Conversation([Message.user("2+2?"), *result.messages])
     tokens = render_conversation(conversation, o200k_tokenizer)
     assert tokens[-1] == END and RETURN not in tokens
@@ -250,7 +256,8 @@ def test_lone_constrained_type_is_a_content_type(o200k_tokenizer, harmony_oracle
         "<|constrain|>json",
         "{}",
     )
-    assert result.final_text == "{}" and result.tool_calls == []
+    reply = read_reply(tokens, o200k_tokenizer, tools=["json"])
+    assert reply.text("text") == "{}" and reply.tool_calls == []
 
 
 MALFORMED = {
@@ -326,31 +333,35 @@ def header_fields(message: Message) -> list[str | None]:
 
 
 def check_no_markup(tokens: list[int], tokenizer, clean_text: bool) -> None:
-    """Streamed and whole, no field of any message, call or delta holds `<|`; with `clean_text`
-    (no markup spelled in ordinary tokens) neither does any text. The deltas add up to the
-    completion, and streaming and parsing at once agree."""
-    stream, deltas, fields_seen = ReplyStream(tokenizer), [], []
+    """Streamed and whole, no field of any message, part or change holds `<|`; with
+    `clean_text` (no markup spelled in ordinary tokens) neither does any text. The changes add
+    up to the reply's parts, and streaming and parsing at once agree."""
+    reply, parser, changes, fields_seen = (
+        Reply(tokenizer, tools=["f"]),
+        StreamParser(tokenizer),
+        [],
+        [],
+    )
     for token in tokens:
-        deltas += stream.feed(token)
-        if stream.parser.current is not None:
-            fields_seen += header_fields(stream.parser.current)
-    deltas += stream.finish()
-    completion = stream.completion
+        changes += reply.feed(token)
+        parser.feed(token)
+        if parser.current is not None:
+            fields_seen += header_fields(parser.current)
+    changes += reply.finish()
     whole = parse_completion(tokens, tokenizer)
-    assert whole.messages == completion.messages and whole.stop_token == completion.stop_token
-    calls = completion.tool_calls
-    fields_seen += [f for m in completion.messages for f in header_fields(m)]
-    fields_seen += [f for c in calls for f in (c.name, c.recipient, c.content_type)]
-    fields_seen += [d.name for d in deltas]
+    assert whole.messages == reply.messages
+    fields_seen += [f for m in reply.messages for f in header_fields(m)]
+    fields_seen += [f for p in reply.parts for f in (p.name, p.content_type)]
     assert not [f for f in fields_seen if f is not None and "<|" in f]
-    texts = [d.text for d in deltas] + [m.content for m in completion.messages]
+    texts = [c.text for c in changes] + [m.content for m in reply.messages]
     if clean_text:
         assert not [t for t in texts if "<|" in t]
-    assert "".join(d.text for d in deltas if d.kind == "text") == completion.final_text
-    assert "".join(d.text for d in deltas if d.kind == "reasoning") == completion.analysis_text
-    assert [d.name for d in deltas if d.kind == "tool_call"] == [c.name for c in calls]
-    for i, call in enumerate(calls):
-        assert "".join(d.text for d in deltas if d.index == i and d.text) == call.arguments
+    assert [c.part for c in changes if c.kind == "open"] == reply.parts
+    for part in reply.parts:
+        assert "".join(c.text for c in changes if c.part is part) == part.text
+    for kind in ("text", "reasoning"):
+        joined = "".join(c.lead + c.text for c in changes if c.part.kind == kind)
+        assert joined == reply.text(kind)
 
 
 SOUP_SPECIALS = [*range(199998, 200019), 200500, N_VOCAB - 1, N_VOCAB, -3]
@@ -394,8 +405,8 @@ MARKUP_IN_HEADER = {
 def test_special_tokens_inside_a_header_never_become_fields(name, o200k_tokenizer, cli_shown):
     tokens = o200k_tokenizer.encode(MARKUP_IN_HEADER[name], allow_special=True)
     check_no_markup(tokens, o200k_tokenizer, clean_text=True)
-    for call in parse_completion(tokens, o200k_tokenizer).tool_calls:
-        assert call.recipient == "functions.f" and call.content_type in (None, "json")
+    for call in read_reply(tokens, o200k_tokenizer, tools=["f"]).tool_calls:
+        assert call.name == "f" and call.content_type in (None, "json")
     assert "<|" not in cli_shown(tokens)
 
 
@@ -404,7 +415,7 @@ def cli_shown(o200k_tokenizer, capsys):
     """What `run` prints for a reply of these tokens."""
 
     def show(tokens: list[int]) -> str:
-        show_harmony(tokens, o200k_tokenizer)
+        show_reply(tokens, o200k_tokenizer, tools=["f"])
         return capsys.readouterr().out
 
     return show
@@ -413,47 +424,9 @@ def cli_shown(o200k_tokenizer, capsys):
 def test_doubled_channel_calls_the_named_tool(o200k_tokenizer):
     text = "<|channel|>commentary<|channel|>commentary to=functions.get_weather <|constrain|>json"
     tokens = o200k_tokenizer.encode(f'{text}<|message|>{{"city":"SF"}}<|call|>', allow_special=True)
-    (call,) = parse_completion(tokens, o200k_tokenizer).tool_calls
-    assert (call.name, call.arguments, call.content_type) == (
+    (call,) = read_reply(tokens, o200k_tokenizer, tools=["get_weather"]).tool_calls
+    assert (call.name, call.text, call.content_type) == (
         "get_weather",
         '{"city":"SF"}',
         "json",
     )
-
-
-def test_reply_stream_for_a_server(o200k_tokenizer, harmony_oracle):
-    messages = [
-        Message("assistant", "Two cities.", "analysis"),
-        Message("assistant", "Checking both…", "commentary"),
-        Message.tool_call("get_weather", '{"city": "Paris"}'),
-        Message("assistant", "Now Tokyo.", "analysis"),
-        Message.tool_call("get_weather", '{"city": "東京"}'),
-    ]
-    tokens = completion_tokens(harmony_oracle, messages, CALL)
-    stream = ReplyStream(o200k_tokenizer)
-    deltas = [d for t in tokens for d in stream.feed(t)] + stream.finish()
-    opened = [(d.index, d.name) for d in deltas if d.kind == "tool_call"]
-    assert opened == [(0, "get_weather"), (1, "get_weather")]
-    arguments = [
-        "".join(d.text for d in deltas if d.kind == "arguments" and d.index == i) for i in (0, 1)
-    ]
-    assert arguments == ['{"city": "Paris"}', '{"city": "東京"}']
-    result = stream.completion
-    assert result.analysis_text == "Two cities.\n\nNow Tokyo."
-    assert "".join(d.text for d in deltas if d.kind == "reasoning") == result.analysis_text
-    assert result.final_text == "Checking both…" and result.finish_reason == "tool_calls"
-
-
-@pytest.mark.parametrize(
-    ("tail", "reason"),
-    [
-        ("<|channel|>final<|message|>A<|return|>", "stop"),
-        ("<|channel|>final<|message|>A<|endoftext|>", "stop"),
-        ("<|channel|>final<|message|>A", "length"),
-        ("<|channel|>commentary to=functions.f<|message|>{}<|call|>", "tool_calls"),
-        ("<|channel|>commentary<|message|>no recipient<|call|>", "stop"),
-    ],
-)
-def test_finish_reason(o200k_tokenizer, tail, reason):
-    tokens = o200k_tokenizer.encode(tail, allow_special=True)
-    assert parse_completion(tokens, o200k_tokenizer).finish_reason == reason

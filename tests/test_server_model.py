@@ -17,11 +17,11 @@ import openai
 import pytest
 
 from gptoss_lite.chat.harmony import Conversation, Message, render_prompt
+from gptoss_lite.chat.reply import read_reply
 from gptoss_lite.chat.session import chat_ring_slots
 from gptoss_lite.chat.tokens import ENDOFTEXT, STOP_TOKENS
 from gptoss_lite.config import read_config
 from gptoss_lite.engine.runner import load
-from gptoss_lite.server.reply import Reply
 from gptoss_lite.server.service import Service
 
 pytest_plugins = ["cli_fixtures", "server_fixtures"]
@@ -87,10 +87,7 @@ def test_greedy_requests_give_the_runners_tokens(served, runner, o200k_tokenizer
 
     prompt = _prompt("Hello", o200k_tokenizer)
     direct = list(runner.generate(prompt, max_new_tokens=10, temperature=0, stop=STOP_TOKENS))
-    expected = Reply(o200k_tokenizer)
-    for token in direct:
-        expected.feed(token)
-    expected.finish()
+    expected = read_reply(direct, o200k_tokenizer)
     streamed = client.chat.completions.create(
         model="tiny",
         messages=_chat("Hello"),

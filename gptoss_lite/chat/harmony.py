@@ -59,16 +59,23 @@ def read_tools(path: str | Path) -> list[ToolDef]:
     return tools_from_openai(read_json(path), source=str(path))
 
 
+def check_tool_name(name: Any, where: str) -> str:
+    """`name` if the OpenAI API allows it as a function name (1-64 of a-z, A-Z, 0-9, _ and -),
+    else a one-line `GptossError` naming `where` (a long name shown cut)."""
+    if isinstance(name, str) and _TOOL_NAME.fullmatch(name):
+        return name
+    shown = repr(name) if len(repr(name)) <= 40 else f"{repr(name)[:36]}...{repr(name)[-1]}"
+    raise GptossError(f"{where}: the name {shown} is not 1-64 of a-z, A-Z, 0-9, _ and -")
+
+
 def _tool_from_openai(item: Any, where: str) -> ToolDef:
     if not isinstance(item, dict) or item.get("type") != "function":
         raise GptossError(f'{where}: only {{"type": "function", ...}} tools are supported')
     function = item.get("function", item)
     if not isinstance(function, dict):
         raise GptossError(f"{where}.function: expected an object")
-    name, description = function.get("name"), function.get("description", "")
-    parameters = function.get("parameters")
-    if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
-        raise GptossError(f"{where}: the name {name!r} is not 1-64 of a-z, A-Z, 0-9, _ and -")
+    name = check_tool_name(function.get("name"), where)
+    description, parameters = function.get("description", ""), function.get("parameters")
     if not isinstance(description, str):
         raise GptossError(f"{where}: the description of {name} is not a string")
     if parameters is not None and not isinstance(parameters, dict):

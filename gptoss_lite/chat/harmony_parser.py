@@ -1,10 +1,9 @@
 """Streaming parser for what gpt-oss generates after `<|start|>assistant`.
 
 Feed token ids one at a time to `StreamParser.feed`; it returns `Event`s as messages open, grow
-and close, each carrying the live `Message` (role, channel, recipient, content type, text so far).
-`ReplyStream` sits on top for a server or a CLI: it turns the events into `Delta`s of reasoning,
-answer text and tool calls (name, then arguments, one index per call), whose concatenation is
-exactly the `Completion` it ends with: final text, analysis text, tool calls, finish reason.
+and close, each carrying the live `Message` (role, channel, recipient, content type, text so far),
+and ends with a `Completion`: the messages and the stop token. What the events mean to a reader
+(reasoning, text, tool calls) is decided once, in `chat.reply`.
 
 Headers are read the way openai-harmony reads them, but from the token ids rather than from
 decoded text: `<|channel|>` and `<|constrain|>` are taken as tokens and never decoded, and a
@@ -19,14 +18,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .harmony import FUNCTIONS, ROLES, Message
+from .harmony import ROLES, Message
 from .tokenizer import Tokenizer
-from .tokens import CALL, CHANNEL, CLOSERS, CONSTRAIN, MESSAGE, RETURN, START, STOP_TOKENS
+from .tokens import CHANNEL, CLOSERS, CONSTRAIN, MESSAGE, START, STOP_TOKENS
 
 _CHANNEL_NAME = re.compile(r"[^\s<]*")  # a channel name runs to whitespace or '<'
 _WORD = re.compile(r"\S+")
 _HEADER_MARKERS = (CHANNEL, CONSTRAIN)  # the special tokens a header may hold
-SEPARATOR = "\n\n"  # between two messages' texts of the same kind (reasoning or answer)
 
 
 @dataclass(frozen=True)
@@ -42,78 +40,12 @@ class Event:
         return self.message.channel
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    """An assistant message addressed to a tool: `recipient` e.g. "functions.get_weather"."""
-
-    recipient: str
-    arguments: str
-    content_type: str | None = None
-
-    @property
-    def name(self) -> str:
-        """The function name, without the "functions." namespace."""
-        return tool_name(self.recipient)
-
-
-def tool_name(recipient: str) -> str:
-    """The tool a recipient names: "functions.get_weather" -> "get_weather"."""
-    return recipient.removeprefix(FUNCTIONS)
-
-
-def message_kind(message: Message) -> str:
-    """How an assistant message counts: "call" (to a tool), "reasoning" (the analysis channel)
-    or "answer" (final, a commentary preamble, no channel or an unknown one)."""
-    if message.recipient not in (None, "all"):
-        return "call"
-    return "reasoning" if message.channel == "analysis" else "answer"
-
-
 @dataclass
 class Completion:
     """The parsed messages of one completion and the stop token that ended it (or None)."""
 
     messages: list[Message] = field(default_factory=list)
     stop_token: int | None = None
-
-    @property
-    def final_text(self) -> str:
-        """The answer: the texts of the answer messages, separated by blank lines."""
-        return self._text("answer")
-
-    @property
-    def analysis_text(self) -> str:
-        """The chain of thought (analysis channel), messages separated by blank lines."""
-        return self._text("reasoning")
-
-    @property
-    def tool_calls(self) -> list[ToolCall]:
-        """Assistant messages to a tool, in order."""
-        return [ToolCall(m.recipient, m.content, m.content_type) for m in self._assistant("call")]
-
-    @property
-    def finish_reason(self) -> str:
-        """ "tool_calls" (stopped on `<|call|>` after a call), "stop" (any other stop token) or
-        "length" (no stop token: the token limit, or the stream was cut)."""
-        if self.stop_token == CALL and self.tool_calls:
-            return "tool_calls"
-        return "length" if self.stop_token is None else "stop"
-
-    @property
-    def wants_tool(self) -> bool:
-        """Generation stopped on `<|call|>`: run the tool call and continue."""
-        return self.stop_token == CALL
-
-    @property
-    def is_done(self) -> bool:
-        """Generation stopped on `<|return|>`: the answer is complete."""
-        return self.stop_token == RETURN
-
-    def _assistant(self, kind: str) -> list[Message]:
-        return [m for m in self.messages if m.role == "assistant" and message_kind(m) == kind]
-
-    def _text(self, kind: str) -> str:
-        return SEPARATOR.join(m.content for m in self._assistant(kind) if m.content)
 
 
 class StreamParser:
@@ -240,64 +172,6 @@ class StreamParser:
         message, self._current = self._current, None
         self._messages.append(message)
         events.append(Event("end", message))
-
-
-@dataclass(frozen=True)
-class Delta:
-    """What a token added to the reply: "reasoning" or "text" (answer) `text`; "tool_call", a
-    call opened (`name`, `index`); "arguments", `text` of call `index`."""
-
-    kind: str
-    text: str = ""
-    index: int | None = None
-    name: str | None = None
-
-
-class ReplyStream:
-    """The assistant's reply as deltas, for a server or a CLI. Concatenated, the "reasoning"
-    deltas are `completion.analysis_text`, the "text" deltas `completion.final_text`, and the
-    "arguments" of each index the arguments of `completion.tool_calls[index]`."""
-
-    def __init__(self, tokenizer: Tokenizer) -> None:
-        self.parser = StreamParser(tokenizer)
-        self._calls = 0
-        self._started: set[str] = set()  # kinds that already have text (a separator comes next)
-        self._fresh = False  # the current message has no text yet
-
-    @property
-    def completion(self) -> Completion:
-        """The reply so far, parsed."""
-        return self.parser.completion
-
-    def feed(self, token: int) -> list[Delta]:
-        """Take one token; return what it added."""
-        return self._deltas(self.parser.feed(token))
-
-    def finish(self) -> list[Delta]:
-        """End of the stream: what closing the open message added."""
-        return self._deltas(self.parser.finish())
-
-    def _deltas(self, events: list[Event]) -> list[Delta]:
-        out: list[Delta] = []
-        for event in events:
-            if event.message.role != "assistant":
-                continue
-            kind = message_kind(event.message)
-            if event.kind == "start":
-                self._fresh = True
-                if kind == "call":
-                    name = tool_name(event.message.recipient)
-                    out.append(Delta("tool_call", index=self._calls, name=name))
-                    self._calls += 1
-            elif event.kind == "text" and kind == "call":
-                out.append(Delta("arguments", event.text, index=self._calls - 1))
-            elif event.kind == "text":
-                kind = "text" if kind == "answer" else kind
-                lead = SEPARATOR if self._fresh and kind in self._started else ""
-                self._fresh = False
-                self._started.add(kind)
-                out.append(Delta(kind, lead + event.text))
-        return out
 
 
 def parse_completion(

@@ -2,9 +2,9 @@
 
 `ChatSession.send(text)` renders the harmony conversation plus a new user message and returns a
 `Generation`: an iterator over the reply's token ids that counts and times them (`ReplyStats`).
-The caller parses the reply as it streams (`harmony_parser.StreamParser`) and hands it back with
-`commit(completion)` to keep the turn; a reply that called a tool is followed by
-`send_tool_result(call, output)`, which continues the chain (whose reasoning is kept). Each new
+The caller reads the reply as it streams (`chat.reply.Reply`) and hands its messages back with
+`commit(messages)` to keep the turn; a reply that called a tool is followed by
+`send_tool_result(name, output)`, which continues the chain (whose reasoning is kept). Each new
 prompt begins with the tokens already cached, so the runner prefills only what is new; but
 harmony drops the last reply's analysis when it re-renders it, so the cache must rewind over a
 whole reply: load the runner with `ring_slots=chat_ring_slots(config)`. A `Generation` also
@@ -23,8 +23,7 @@ from ..engine.constrain import Grammar, GrammarMask
 from ..engine.generate import check_fits
 from ..engine.runner import Runner
 from ..errors import GptossError
-from .harmony import Conversation, Message, check_effort, render_prompt
-from .harmony_parser import Completion, ToolCall
+from .harmony import FUNCTIONS, Conversation, Message, check_effort, render_prompt
 from .stats import ReplyStats
 from .tokenizer import Tokenizer
 from .tokens import STOP_TOKENS
@@ -122,16 +121,17 @@ class ChatSession:
         """Start the reply to user message `text`; iterate the result for its token ids."""
         return self._reply_to(Message.user(text))
 
-    def send_tool_result(self, call: ToolCall, output: str) -> Generation:
-        """After a reply that ended in `call` (kept with `commit`), give the tool's `output` and
-        start the reply that continues the chain."""
-        return self._reply_to(Message.tool_result(call.recipient, output))
+    def send_tool_result(self, name: str, output: str) -> Generation:
+        """After a reply that ended in a call of function `name` (kept with `commit`), give the
+        tool's `output` and start the reply that continues the chain."""
+        return self._reply_to(Message.tool_result(f"{FUNCTIONS}{name}", output))
 
-    def commit(self, completion: Completion) -> None:
-        """Keep the last message sent and its reply in the history (skip this to drop them)."""
+    def commit(self, messages: list[Message]) -> None:
+        """Keep the last message sent and its reply's `messages` in the history (skip this to
+        drop them)."""
         if self._pending is None:
             raise GptossError("commit() needs a send() first")
-        self.conversation.messages += [self._pending, *completion.messages]
+        self.conversation.messages += [self._pending, *messages]
         self._pending = None
 
     def truncate(self, length: int) -> None:

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 
 import click
 
-from ..chat.harmony_parser import Completion, ToolCall
+from ..chat.reply import Part, Reply
 from ..chat.session import ChatSession, Generation
 from ..errors import GptossError
 from .common import Model, open_model, stats_lines
-from .display import show_harmony
+from .display import show_reply
 from .options import Options, model_options
 
 PROMPT = ">>> "
@@ -135,23 +135,26 @@ class ChatLoop:
         session = self.session
         start = len(session.conversation.messages)
         try:
-            completion = self.reply(session.send(text))
-            while completion is not None and (call := self.pending_call(completion)):
+            reply = self.reply(session.send(text))
+            while reply is not None and (call := self.pending_call(reply)):
                 output = self.tool_result(call)
                 if output is None:
                     click.echo("(no tool result; this turn is forgotten)", err=True)
                     break
-                completion = self.reply(session.send_tool_result(call, output))
+                reply = self.reply(session.send_tool_result(call.name, output))
         except BaseException:
             session.truncate(start)
             raise
-        if completion is None or self.pending_call(completion):
+        if reply is None or self.pending_call(reply):
             session.truncate(start)
 
-    def reply(self, generation: Generation) -> Completion | None:
+    def reply(self, generation: Generation) -> Reply | None:
         """Stream one reply and keep it in the history; None when Ctrl-C stopped it."""
+        tools = [tool.name for tool in self.session.conversation.tools]
         try:
-            completion = show_harmony(generation, self.model.tokenizer, self.show_reasoning)
+            reply = show_reply(
+                generation, self.model.tokenizer, tools=tools, show_reasoning=self.show_reasoning
+            )
         except KeyboardInterrupt:
             click.echo("(interrupted; this turn is forgotten)", err=True)
             if not self.interactive:
@@ -164,16 +167,14 @@ class ChatLoop:
                     click.echo(line, err=True)
         if self.session.grammar is not None and generation.finish_reason == "length":
             click.echo(f"({INCOMPLETE})", err=True)
-        self.session.commit(completion)
-        return completion
+        self.session.commit(reply.messages)
+        return reply
 
-    def pending_call(self, completion: Completion) -> ToolCall | None:
-        """The tool call a reply stopped on, when the conversation declares tools."""
-        calls = completion.tool_calls
-        wanted = completion.wants_tool and calls and self.session.conversation.tools
-        return calls[-1] if wanted else None
+    def pending_call(self, reply: Reply) -> Part | None:
+        """The call of a declared tool that a reply stopped on."""
+        return reply.tool_calls[-1] if reply.called_tool else None
 
-    def tool_result(self, call: ToolCall) -> str | None:
+    def tool_result(self, call: Part) -> str | None:
         """The tool's output, one line of input; None at EOF (or Ctrl-C on a terminal)."""
         try:
             line = input(f"result of {call.name}> ") if self.interactive else sys.stdin.readline()

@@ -1,22 +1,22 @@
 """Printing a reply while it streams: harmony reasoning apart from the answer, or plain text.
 
-`show_harmony` feeds any iterable of token ids to a `StreamParser` and prints its events as they
-come: the analysis channel dim under "Thinking...", closed by "...done thinking." and a blank
-line, then the answer; a tool call as a dim `-> functions.name arguments` line. `show_text` prints
-a plain completion. Every piece is flushed at once; the output always ends at the start of a
-line, also when Ctrl-C stops the stream, and each function returns what the tokens said.
+`show_reply` feeds any iterable of token ids to a `chat.reply.Reply` and prints its changes as
+they come: the reasoning dim under "Thinking...", closed by "...done thinking." and a blank line,
+then the answer; a tool call as a dim `-> functions.name arguments` line. Plain text (`run
+--raw`) goes through the same `Reply`. Every piece is flushed at once; the output always ends at
+the start of a line, also when Ctrl-C stops the stream, and the function returns the `Reply`.
 Colours go only to a terminal (click strips them from pipes and files).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import click
 
-from ..chat.harmony_parser import Completion, Event, StreamParser, message_kind
+from ..chat.harmony import FUNCTIONS
+from ..chat.reply import Change, Part, Reply
 from ..chat.tokenizer import Tokenizer
-from ..chat.tokens import ENDOFTEXT
 
 THINKING = "Thinking..."
 DONE_THINKING = "...done thinking."
@@ -39,29 +39,30 @@ class Writer:
             self.write("\n")
 
 
-class HarmonyPrinter:
-    """Turns parser events into terminal output: reasoning (optional), tool calls, the answer."""
+class ReplyPrinter:
+    """Turns a reply's changes into terminal output: reasoning (optional), tool calls, the
+    answer."""
 
     def __init__(self, writer: Writer, show_reasoning: bool = True) -> None:
         self.out, self.show_reasoning = writer, show_reasoning
         self._thinking = False  # inside a reasoning block that was shown
-        self._answered = False  # an answer message was started
+        self._answered = False  # an answer part was started
 
-    def show(self, events: Iterable[Event]) -> None:
-        """Print what each event adds."""
-        for event in events:
-            kind = message_kind(event.message)
-            if kind == "reasoning" and not self.show_reasoning:
+    def show(self, changes: Iterable[Change]) -> None:
+        """Print what each change adds."""
+        for change in changes:
+            part = change.part
+            if part.kind == "reasoning" and not self.show_reasoning:
                 continue
-            if event.kind == "start":
-                self._start(kind, event)
-            elif event.kind == "text":
-                self.out.write(event.text, dim=kind != "answer")
-            elif kind == "call":
+            if change.kind == "open":
+                self._open(part)
+            elif change.kind == "delta":
+                self.out.write(change.text, dim=part.kind != "text")
+            elif part.kind == "tool_call":
                 self.out.end_line()
 
-    def _start(self, kind: str, event: Event) -> None:
-        if kind == "reasoning":
+    def _open(self, part: Part) -> None:
+        if part.kind == "reasoning":
             self.out.end_line()
             self.out.write("\n" if self._thinking else f"{THINKING}\n", dim=True)
             self._thinking = True
@@ -70,41 +71,30 @@ class HarmonyPrinter:
             self.out.end_line()
             self.out.write(f"{DONE_THINKING}\n\n", dim=True)
             self._thinking = False
-        elif kind == "answer" and self._answered:  # a blank line between answer messages
+        elif part.kind == "text" and self._answered:  # a blank line between answer parts
             self.out.end_line()
             self.out.write("\n")
-        if kind == "call":
+        if part.kind == "tool_call":
             self.out.end_line()
-            self.out.write(f"-> {event.message.recipient} ", dim=True)
-        self._answered = self._answered or kind == "answer"
+            self.out.write(f"-> {FUNCTIONS}{part.name} ", dim=True)
+        self._answered = self._answered or part.kind == "text"
 
 
-def show_harmony(
-    tokens: Iterable[int], tokenizer: Tokenizer, show_reasoning: bool = True
-) -> Completion:
-    """Print a harmony reply as its tokens arrive; return it parsed."""
-    parser, writer = StreamParser(tokenizer), Writer()
-    printer = HarmonyPrinter(writer, show_reasoning)
+def show_reply(
+    tokens: Iterable[int],
+    tokenizer: Tokenizer,
+    *,
+    harmony: bool = True,
+    tools: Collection[str] = (),
+    show_reasoning: bool = True,
+) -> Reply:
+    """Print a reply as its tokens arrive (`harmony=False`: as plain text); return it."""
+    reply, writer = Reply(tokenizer, harmony=harmony, tools=tools), Writer()
+    printer = ReplyPrinter(writer, show_reasoning)
     try:
         for token in tokens:
-            printer.show(parser.feed(token))
-        printer.show(parser.finish())
+            printer.show(reply.feed(token))
+        printer.show(reply.finish())
     finally:
         writer.end_line()
-    return parser.completion
-
-
-def show_text(
-    tokens: Iterable[int], tokenizer: Tokenizer, stop: Iterable[int] = (ENDOFTEXT,)
-) -> str:
-    """Print a plain completion as its tokens arrive (stop tokens left out); return its text."""
-    stop, decoder, writer, pieces = set(stop), tokenizer.stream(), Writer(), []
-    try:
-        for token in tokens:
-            pieces.append("" if token in stop else decoder.push(token))
-            writer.write(pieces[-1])
-        pieces.append(decoder.flush())
-        writer.write(pieces[-1])
-    finally:
-        writer.end_line()
-    return "".join(pieces)
+    return reply

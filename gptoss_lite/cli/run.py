@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
+from collections.abc import Collection
 
 import click
 
-from ..chat.harmony_parser import parse_completion
+from ..chat.harmony import FUNCTIONS
+from ..chat.reply import read_reply
 from ..chat.session import Generation, user_prompt
 from ..chat.stats import peak_memory
 from ..chat.tokenizer import Tokenizer
@@ -27,7 +28,7 @@ from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from ..errors import GptossError
 from .chat import INCOMPLETE
 from .common import Model, open_model, read_prompt, stats_lines
-from .display import show_harmony, show_text
+from .display import show_reply
 from .options import Options, model_options
 
 
@@ -71,15 +72,26 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
     stop = (ENDOFTEXT,) if raw else STOP_TOKENS
     sampling = options.sampling()
     generation = Generation(model.runner, model.prompt, sampling, stop, model.grammar)
-    show_reasoning = options.show_reasoning and reply is None  # the JSON alone on stdout
+    tools = [tool.name for tool in conversation.tools]
     interrupted = False
     try:
-        _stream(generation, model, raw=raw, quiet=as_json, show_reasoning=show_reasoning)
+        if as_json:
+            for _ in generation:
+                pass
+        else:
+            show_reply(
+                generation,
+                model.tokenizer,
+                harmony=not raw,
+                tools=tools,
+                show_reasoning=options.show_reasoning and reply is None,  # the JSON alone
+            )
     except KeyboardInterrupt:
         interrupted = True
         click.echo("(interrupted)", err=True)
     if as_json:
-        click.echo(json.dumps(report(generation, model, raw), indent=2, ensure_ascii=False))
+        out = report(generation, model, raw, tools)
+        click.echo(json.dumps(out, indent=2, ensure_ascii=False))
     if verbose:
         for line in stats_lines(generation.stats, generation.finish_reason, model.runner.device):
             click.echo(line, err=True)
@@ -91,36 +103,26 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
         sys.exit(1)
 
 
-def _stream(
-    generation: Generation, model: Model, *, raw: bool, quiet: bool, show_reasoning: bool
-) -> None:
-    if quiet:
-        for _ in generation:
-            pass
-    elif raw:
-        show_text(generation, model.tokenizer, generation.stop)
-    else:
-        show_harmony(generation, model.tokenizer, show_reasoning)
-
-
-def report(generation: Generation, model: Model, raw: bool) -> dict:
+def report(generation: Generation, model: Model, raw: bool, tools: Collection[str]) -> dict:
     """The reply as a JSON-ready dict: texts, tool calls, token ids and counts, timings."""
-    tokens, stats, finish = generation.output, generation.stats, generation.finish_reason
-    if raw:
-        text = model.tokenizer.decode(t for t in tokens if t not in generation.stop)
-        final, analysis, calls = text, "", []
-    else:
-        completion = parse_completion(tokens, model.tokenizer)
-        final, analysis = completion.final_text, completion.analysis_text
-        calls = [{"name": c.name, **asdict(c)} for c in completion.tool_calls]
-        finish = completion.finish_reason if finish == "stop" else finish  # maybe "tool_calls"
+    tokens, stats = generation.output, generation.stats
+    reply = read_reply(tokens, model.tokenizer, harmony=not raw, tools=tools)
+    calls = [
+        {
+            "name": call.name,
+            "recipient": f"{FUNCTIONS}{call.name}",
+            "arguments": call.text,
+            "content_type": call.content_type,
+        }
+        for call in reply.tool_calls
+    ]
     peak = peak_memory(model.runner.device)
     return {
         "model": model.runner.name,
-        "final": final,
-        "analysis": analysis,
+        "final": reply.text("text"),
+        "analysis": reply.text("reasoning"),
         "tool_calls": calls,
-        "finish_reason": finish,
+        "finish_reason": reply.finish_reason(generation.finish_reason),
         "output_ids": tokens,
         "usage": {
             "prompt_tokens": stats.prompt_tokens,

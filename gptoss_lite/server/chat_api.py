@@ -19,10 +19,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.harmony import Message, render_prompt
+from ..chat.reply import Change, Part, Reply, new_id
 from . import conversation as conv
 from .errors import ApiError
-from .reply import Change, Reply, new_id
-from .service import Service, changes, finish_reason, guarded, sse
+from .service import Service, changes, guarded, sse
 from .worker import Done, Job
 
 SEED_RANGE = {"ge": -(1 << 63), "lt": 1 << 64}  # what torch.Generator.manual_seed accepts
@@ -59,7 +59,7 @@ class ChatMessage(_Body):
 
 
 class FunctionSpec(_Body):
-    name: str = Field(min_length=1)
+    name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
 
@@ -104,8 +104,10 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
     service.check_model(body.model)
     instructions, turns = harmony_turns(body.messages)
     tools = [
-        conv.function_tool(t.function.name, t.function.description, t.function.parameters)
-        for t in body.tools or []
+        conv.function_tool(
+            f"tools.{i}.function", t.function.name, t.function.description, t.function.parameters
+        )
+        for i, t in enumerate(body.tools or [])
     ]
     tools, forced = conv.tools_for(tools, body.tool_choice)
     chat = conv.conversation(
@@ -126,7 +128,8 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         top_p=body.top_p,
         seed=body.seed,
     )
-    return service.submit(prompt, sampling), Reply(service.tokenizer, body.stops, prefix=call)
+    reply = Reply(service.tokenizer, body.stops, tools=[t.name for t in tools], prefix=call)
+    return service.submit(prompt, sampling), reply
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:
@@ -184,7 +187,11 @@ def completion(reply: Reply, done: Done, service: Service) -> dict:
         "reasoning": thought or None,
         "tool_calls": calls or None,
     }
-    choice = {"index": 0, "message": message, "finish_reason": finish_reason(reply, done)}
+    choice = {
+        "index": 0,
+        "message": message,
+        "finish_reason": reply.finish_reason(done.finish_reason),
+    }
     return {
         **_head("chat.completion", new_id("chatcmpl-"), service),
         "choices": [{**choice, "logprobs": None}],
@@ -194,13 +201,13 @@ def completion(reply: Reply, done: Done, service: Service) -> dict:
 
 def usage(reply: Reply, done: Done) -> dict:
     """Token counts, with the prompt tokens the KV cache already held."""
-    stats = done.stats
+    counts = reply.usage(done.stats)
     return {
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.generated_tokens,
-        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "total_tokens": counts.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
     }
 
 
@@ -217,7 +224,7 @@ def stream(job: Job, reply: Reply, service: Service, include_usage: bool) -> Asy
         yield chunk({"role": "assistant", "content": ""})
         async for item in changes(job, reply):
             if isinstance(item, Done):
-                yield chunk({}, finish_reason(reply, item))
+                yield chunk({}, reply.finish_reason(item.finish_reason))
                 if include_usage:
                     yield sse({**head, "choices": [], "usage": usage(reply, item)})
             else:
@@ -242,15 +249,16 @@ def _delta(change: Change, reply: Reply) -> dict | None:
     if change.kind != "delta":
         return None
     if part.kind == "reasoning":
-        return {"reasoning_content": change.text, "reasoning": change.text}
-    return {"content": change.text}
+        text = change.lead + change.text
+        return {"reasoning_content": text, "reasoning": text}
+    return {"content": change.lead + change.text}
 
 
-def _call(part) -> dict:
+def _call(part: Part) -> dict:
     return {"id": part.call_id, "type": "function", "function": _function(part, part.text)}
 
 
-def _function(part, arguments: str) -> dict:
+def _function(part: Part, arguments: str) -> dict:
     return {"name": part.name, "arguments": arguments}
 
 

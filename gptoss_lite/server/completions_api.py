@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 from pydantic import Field
 
+from ..chat.reply import Reply, new_id
 from ..chat.tokens import ENDOFTEXT
 from .chat_api import SamplingFields
 from .errors import ApiError
-from .reply import Reply, new_id
-from .service import Service, changes, finish_reason, guarded, sse
+from .service import Service, changes, guarded, sse
 from .worker import Done, Job
 
 DEFAULT_MAX_TOKENS = 16
@@ -51,14 +51,14 @@ def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
 def completion(reply: Reply, done: Done, service: Service) -> dict:
     """The `text_completion` object of a finished reply."""
     choice = {"index": 0, "text": reply.text("text"), "logprobs": None}
-    stats = done.stats
+    counts = reply.usage(done.stats)
     usage = {
-        "prompt_tokens": stats.prompt_tokens,
-        "completion_tokens": stats.generated_tokens,
-        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
-        "prompt_tokens_details": {"cached_tokens": stats.cached_tokens},
+        "prompt_tokens": counts.prompt_tokens,
+        "completion_tokens": counts.completion_tokens,
+        "total_tokens": counts.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
     }
-    choice["finish_reason"] = finish_reason(reply, done)
+    choice["finish_reason"] = reply.finish_reason(done.finish_reason)
     return {**_head(service), "choices": [choice], "usage": usage}
 
 
@@ -73,7 +73,7 @@ def stream(job: Job, reply: Reply, service: Service) -> AsyncIterator[str]:
     async def events() -> AsyncIterator[str]:
         async for item in changes(job, reply):
             if isinstance(item, Done):
-                yield chunk("", finish_reason(reply, item))
+                yield chunk("", reply.finish_reason(item.finish_reason))
             else:
                 for change in item:
                     if change.kind == "delta":

@@ -15,7 +15,7 @@ import datetime
 import json
 from typing import Any
 
-from ..chat.harmony import Conversation, Message, ToolDef, check_effort
+from ..chat.harmony import Conversation, Message, ToolDef, check_effort, check_tool_name
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import CHANNEL, CONSTRAIN, MESSAGE
 from ..errors import GptossError
@@ -71,10 +71,18 @@ def tool_output(name: str, output: str) -> Message:
     return Message.tool_result(f"functions.{name}", output)
 
 
-def function_tool(name: str, description: str | None, parameters: Any) -> ToolDef:
-    """A function tool; its parameters must be a JSON-schema object if given."""
+def function_tool(
+    where: str, name: str | None, description: str | None, parameters: Any
+) -> ToolDef:
+    """The function tool declared at `where` (e.g. "tools.0"): its name must follow the one
+    rule for tool names, its parameters be a JSON-schema object if given."""
+    try:
+        check_tool_name(name, where)
+    except GptossError as error:
+        raise ApiError(400, str(error), param=f"{where}.name", code="invalid_value") from None
     if parameters is not None and not isinstance(parameters, dict):
-        raise ApiError(400, f"tool {name!r}: parameters must be a JSON schema object")
+        param = f"{where}.parameters"
+        raise ApiError(400, f"{param}: must be a JSON schema object", param=param)
     return ToolDef(name, description or "", parameters or None)
 
 

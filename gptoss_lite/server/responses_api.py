@@ -26,10 +26,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.harmony import Message, render_prompt
+from ..chat.reply import Change, Part, Reply, new_id
 from . import conversation as conv
 from .errors import ApiError
-from .reply import Change, Part, Reply, new_id
-from .service import Service, changes, finish_reason, guarded, sse
+from .service import Service, changes, guarded, sse
 from .worker import Done, Job
 
 STORED_RESPONSES = 512  # the oldest stored response is forgotten beyond this many
@@ -149,7 +149,7 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         temperature=body.temperature,
         top_p=body.top_p,
     )
-    reply = Reply(service.tokenizer, prefix=call)
+    reply = Reply(service.tokenizer, tools=[t.name for t in tools], prefix=call)
     return Pending(body, turns, service.submit(prompt, sampling), reply)
 
 
@@ -202,12 +202,10 @@ def _text(content: str | list[dict[str, Any]] | None, where: str) -> str:
 
 
 def _tool(tool: ResponseTool, i: int) -> Any:
-    if tool.type != "function" or not tool.name:
-        where = f"tools.{i}"
-        raise ApiError(
-            400, f"{where}: only function tools (with a name) are supported", param=where
-        )
-    return conv.function_tool(tool.name, tool.description, tool.parameters)
+    where = f"tools.{i}"
+    if tool.type != "function":
+        raise ApiError(400, f"{where}: only function tools are supported", param=where)
+    return conv.function_tool(where, tool.name, tool.description, tool.parameters)
 
 
 def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
@@ -219,7 +217,7 @@ def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
             if part.kind == "tool_call":
                 turns.names[part.call_id] = part.name
         store.put(pending.id, turns)
-    incomplete = finish_reason(pending.reply, done) == "length"
+    incomplete = pending.reply.finish_reason(done.finish_reason) == "length"
     return {
         **_response(pending, "incomplete" if incomplete else "completed"),
         "output": [_item(part, "completed") for part in pending.reply.parts],
@@ -229,13 +227,13 @@ def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
 
 
 def usage(reply: Reply, done: Done) -> dict:
-    stats = done.stats
+    counts = reply.usage(done.stats)
     return {
-        "input_tokens": stats.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": stats.cached_tokens},
-        "output_tokens": stats.generated_tokens,
-        "output_tokens_details": {"reasoning_tokens": reply.reasoning_tokens},
-        "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+        "input_tokens": counts.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "output_tokens": counts.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
+        "total_tokens": counts.total_tokens,
     }
 
 

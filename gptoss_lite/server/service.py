@@ -4,8 +4,8 @@
 the API key. Endpoints ask it to check the model name, to size a request against the context
 (`sampling`: a prompt that does not fit or a `max_tokens` beyond what remains is a 400 with the
 numbers), to queue a job (`submit`: 503 with Retry-After when the queue is full) and to run a
-job into a `Reply` (`changes`), cancelling it when a stop string ends the visible text or the
-client goes away (`watch_disconnect`).
+job into a `chat.reply.Reply` (`changes`), cancelling it when a stop string ends the visible text
+or the client goes away (`watch_disconnect`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from starlette.requests import Request
 
+from ..chat.reply import Change, Reply
 from ..chat.session import Sampling
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import STOP_TOKENS
@@ -26,7 +27,6 @@ from ..engine.generate import check_fits
 from ..engine.runner import Runner
 from ..errors import GptossError
 from .errors import ApiError, internal_error
-from .reply import Change, Reply
 from .worker import Done, Failed, GenerationQueue, Job, QueueFull, Token
 
 RETRY_AFTER_S = 1  # what a client told the queue is full waits before trying again
@@ -126,15 +126,6 @@ async def changes(job: Job, reply: Reply) -> AsyncIterator[list[Change] | Done]:
             yield event
         elif isinstance(event, Failed):
             raise internal_error(event.error)
-
-
-def finish_reason(reply: Reply, done: Done) -> str:
-    """ "tool_calls", "length" or "stop", as the OpenAI API names them."""
-    if reply.stopped:
-        return "stop"
-    if reply.called_tool:
-        return "tool_calls"
-    return "length" if done.finish_reason == "length" else "stop"
 
 
 def sse(data: dict, event: str | None = None) -> str:
