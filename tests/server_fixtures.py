@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
+import torch
 import uvicorn
 
 from gptoss_lite.server.app import create_app
@@ -55,6 +56,7 @@ class ScriptedRunner:
         self.tokenizer = tokenizer
         self.context = context
         self.prefilled = 0
+        self.device = torch.device("cpu")  # where a grammar's masks would go (it takes none)
         self.prompts: list[list[int]] = []
         self.reply: list[int] = []
         self.gate: threading.Event | None = None  # the first token waits for it when set

@@ -74,7 +74,7 @@ class GrammarCompiler:
         self._encoding, self._end, self.n_vocab = encoding, end_token, n_vocab
         self._tokenizer: llguidance.LLTokenizer | None = None  # ~2 s to build: on first use
         self._cache: OrderedDict[str, Grammar] = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def compile(self, lark: str) -> Grammar:
         """The grammar of `lark`, compiled (or from the cache); a `GrammarError` if refused."""
@@ -95,18 +95,21 @@ class GrammarCompiler:
 
     def tokenizer(self) -> llguidance.LLTokenizer:
         """llguidance's view of the vocabulary, built once."""
-        if self._tokenizer is None:
-            names: dict[int, str] = {}
-            for name, token in self._encoding._special_tokens.items():
-                if token not in names or names[token].startswith("<|reserved"):
-                    names[token] = name  # one name an id: a format token's, not its alias
-            self._tokenizer = llguidance.LLTokenizer.from_tiktoken(
-                encoder=self._encoding._mergeable_ranks,
-                special_tokens={name: token for token, name in names.items()},
-                pattern=self._encoding._pat_str,
-                eos_token=self._end,
-                n_vocab=self.n_vocab,
-            )
+        with self._lock:
+            return self._tokenizer or self._build()
+
+    def _build(self) -> llguidance.LLTokenizer:
+        names: dict[int, str] = {}
+        for name, token in self._encoding._special_tokens.items():
+            if token not in names or names[token].startswith("<|reserved"):
+                names[token] = name  # one name an id: a format token's, not its alias
+        self._tokenizer = llguidance.LLTokenizer.from_tiktoken(
+            encoder=self._encoding._mergeable_ranks,
+            special_tokens={name: token for token, name in names.items()},
+            pattern=self._encoding._pat_str,
+            eos_token=self._end,
+            n_vocab=self.n_vocab,
+        )
         return self._tokenizer
 
 

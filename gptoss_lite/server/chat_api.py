@@ -7,7 +7,8 @@ answer, a tool message the output of the call its `tool_call_id` names. The repl
 text in `content`, the analysis in `reasoning_content` and `reasoning`, the calls in `tool_calls`
 (one index and a stable id per call, arguments as a JSON string); streamed, the same pieces
 arrive as `chat.completion.chunk` deltas, then the finish reason, then the usage when
-`stream_options.include_usage` asks for it, then `[DONE]`.
+`stream_options.include_usage` asks for it, then `[DONE]`. `response_format` and strict
+function tools constrain the reply (`formats`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..chat.harmony import Message, render_prompt
 from ..chat.reply import Change, Part, Reply, new_id
 from . import conversation as conv
+from . import formats
 from .errors import ApiError
 from .service import Service, changes, guarded, sse
 from .worker import Done, Job
@@ -62,6 +64,7 @@ class FunctionSpec(_Body):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    strict: bool | None = None
 
 
 class ChatTool(_Body):
@@ -97,6 +100,7 @@ class ChatRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None
 
 
 def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
@@ -110,6 +114,13 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         for i, t in enumerate(body.tools or [])
     ]
     tools, forced = conv.tools_for(tools, body.tool_choice)
+    answer = (*formats.answer_format(body.response_format, "response_format"), "response_format")
+    declared = [
+        (f"tools.{i}.function", t.function.name, t.function.parameters, t.function.strict is True)
+        for i, t in enumerate(body.tools or [])
+        if tools
+    ]
+    grammar = formats.reply_grammar(service.tokenizer, answer, declared, forced)
     chat = conv.conversation(
         turns,
         instructions=instructions,
@@ -129,7 +140,7 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         seed=body.seed,
     )
     reply = Reply(service.tokenizer, body.stops, tools=[t.name for t in tools], prefix=call)
-    return service.submit(prompt, sampling), reply
+    return service.submit(prompt, sampling, grammar=grammar, prefix=call), reply
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:

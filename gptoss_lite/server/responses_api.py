@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..chat.harmony import Message, render_prompt
 from ..chat.reply import Change, Part, Reply, new_id
 from . import conversation as conv
+from . import formats
 from .errors import ApiError
 from .service import Service, changes, guarded, sse
 from .worker import Done, Job
@@ -55,6 +56,11 @@ class ResponseTool(_Body):
     name: str | None = None
     description: str | None = None
     parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class TextOptions(_Body):
+    format: dict[str, Any] | None = None
 
 
 class ReasoningOptions(_Body):
@@ -75,6 +81,7 @@ class ResponsesRequest(_Body):
     previous_response_id: str | None = None
     store: bool = True
     metadata: dict[str, Any] | None = None
+    text: TextOptions | None = None
 
 
 @dataclass
@@ -132,6 +139,14 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
     instructions = add_input(turns, body.input)
     tools = [_tool(t, i) for i, t in enumerate(body.tools or [])]
     tools, forced = conv.tools_for(tools, body.tool_choice)
+    spec = body.text.format if body.text else None
+    answer = (*formats.answer_format(spec, "text.format"), "text.format")
+    declared = [
+        (f"tools.{i}", t.name, t.parameters, t.strict is True)
+        for i, t in enumerate(body.tools or [])
+        if tools
+    ]
+    grammar = formats.reply_grammar(service.tokenizer, answer, declared, forced)
     chat = conv.conversation(
         turns.messages,
         instructions=[body.instructions or "", *instructions],
@@ -150,7 +165,8 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         top_p=body.top_p,
     )
     reply = Reply(service.tokenizer, tools=[t.name for t in tools], prefix=call)
-    return Pending(body, turns, service.submit(prompt, sampling), reply)
+    job = service.submit(prompt, sampling, grammar=grammar, prefix=call)
+    return Pending(body, turns, job, reply)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -265,7 +281,7 @@ def _response(pending: Pending, status: str) -> dict:
         "tool_choice": body.tool_choice or "auto",
         "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
         "parallel_tool_calls": False,
-        "text": {"format": {"type": "text"}},
+        "text": {"format": (body.text and body.text.format) or {"type": "text"}},
         "truncation": "disabled",
         "store": body.store,
         "metadata": body.metadata or {},

@@ -13,16 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 from starlette.requests import Request
 
+from ..chat.constraint import compiler_for
 from ..chat.reply import Change, Reply
 from ..chat.session import Sampling
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import STOP_TOKENS
+from ..engine.constrain import Grammar
 from ..engine.generate import check_fits
 from ..engine.runner import Runner
 from ..errors import GptossError
@@ -50,6 +53,8 @@ class Service:
         self.api_key = api_key or None
         self.queue = GenerationQueue(runner, max_queue)
         self.created = int(time.time())
+        # The grammar tables of the vocabulary take seconds: made now, off the event loop.
+        threading.Thread(target=compiler_for(tokenizer).tokenizer, daemon=True).start()
 
     @property
     def context(self) -> int:
@@ -90,10 +95,16 @@ class Service:
         )
 
     def submit(
-        self, prompt: list[int], sampling: Sampling, stop: Sequence[int] = STOP_TOKENS
+        self,
+        prompt: list[int],
+        sampling: Sampling,
+        stop: Sequence[int] = STOP_TOKENS,
+        grammar: Grammar | None = None,
+        prefix: Sequence[int] = (),
     ) -> Job:
-        """Queue the generation, or refuse with a 503 when the queue is full."""
-        job = Job(prompt, sampling, tuple(stop))
+        """Queue the generation (held to `grammar`, after the reply's `prefix` at the end of
+        the prompt), or refuse with a 503 when the queue is full."""
+        job = Job(prompt, sampling, tuple(stop), grammar, tuple(prefix))
         try:
             self.queue.submit(job)
         except QueueFull:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from ..chat.session import Generation, Sampling
 from ..chat.stats import ReplyStats
+from ..engine.constrain import Grammar
 from ..engine.runner import Runner
 
 
@@ -61,6 +62,8 @@ class Job:
     prompt: list[int]
     sampling: Sampling
     stop: Sequence[int]
+    grammar: Grammar | None = None  # every token held to it
+    prefix: Sequence[int] = ()  # the end of the prompt that is the reply's start
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _cancelled: threading.Event = field(default_factory=threading.Event)
@@ -142,7 +145,9 @@ class GenerationQueue:
 
     def _run(self, job: Job) -> None:
         try:
-            generation = Generation(self.runner, job.prompt, job.sampling, job.stop)
+            generation = Generation(
+                self.runner, job.prompt, job.sampling, job.stop, job.grammar, job.prefix
+            )
         except Exception as exc:  # reported to its client; the worker goes on
             job._emit(Failed(exc))
             return
