@@ -241,7 +241,7 @@ def test_the_reply_cannot_end_before_its_json_is_complete(o200k_tokenizer):
     assert not allowed[RETURN] and not allowed[CALL] and not allowed[END]
 
 
-# ------------------------------------------------------------------ replies valid, whatever the logits
+# ---------------------------------------------------------- replies valid, whatever the logits
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMAS))
