@@ -1,10 +1,24 @@
-"""Shared fixtures: tiny random checkpoints in the published layouts, written once per session."""
+"""Shared fixtures: tiny random checkpoints in the published layouts, written once per session.
+
+Without a CUDA device the Triton kernels are tested on CPU under Triton's interpreter, which must
+be on before Triton is first imported (its standard library is jit code decorated then): it is
+switched on here, before any test module is collected, so no collection order can skip them.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
+import torch
 
 from gptoss_lite.config import ModelConfig
+
+if not torch.cuda.is_available():
+    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
+        raise pytest.UsageError("triton was imported before TRITON_INTERPRET=1 could be set")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 pytest_plugins = ["vocab"]  # o200k vocabulary fixtures (tests/vocab.py)
 

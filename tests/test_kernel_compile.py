@@ -19,6 +19,7 @@ import pytest
 import torch
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # minutes of ptxas with a cold Triton cache
 
 
 ARCHS = (80, 86, 89, 90)

@@ -1,10 +1,7 @@
 """Triton kernels vs their torch references: MXFP4 decode, fused MoE (decode, prefill), attention.
 
-Without a GPU the kernels run on CPU under the Triton interpreter. TRITON_INTERPRET must be on when
-triton is first imported (its standard library, `tl.sum` included, is jit code decorated then) and
-when a kernel module is imported; it is switched on only around those imports here and around each
-test of this module, so test modules collected later never see it. If triton was already imported
-without it, the CPU tests skip: run `pytest tests/test_kernels.py` on its own then.
+Without a GPU the kernels run on CPU under the Triton interpreter, which `conftest.py` switches on
+before anything imports Triton; were it not in effect, this module fails to import rather than skip.
 Tolerances: the kernels accumulate in fp32 in another order than torch, so fp32 results agree to
 ~1e-6 relative; bf16 outputs may differ by one bf16 rounding (2**-8 relative) and the prefill path
 rounds its matmul operands (the SwiGLU output) to bf16, ~2**-9 relative per term.
@@ -12,48 +9,29 @@ rounds its matmul operands (the SwiGLU output) to bf16, ~2**-9 relative per term
 
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
 import torch
 
-from gptoss_lite.kernels import triton_available
-from gptoss_lite.model.kv_quant import KVDtypes, Quantized, quantize
-from gptoss_lite.model.moe import PackedExperts
-from gptoss_lite.model.mxfp4 import dequantize
+triton = pytest.importorskip("triton")  # the [test] extra installs it on Linux x86_64
+
+from gptoss_lite.kernels import attention_triton as attn  # noqa: E402
+from gptoss_lite.kernels import moe_triton as moe  # noqa: E402
+from gptoss_lite.kernels import triton_available  # noqa: E402
+from gptoss_lite.model.kv_quant import KVDtypes, Quantized, quantize  # noqa: E402
+from gptoss_lite.model.moe import PackedExperts  # noqa: E402
+from gptoss_lite.model.mxfp4 import dequantize  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 LIMIT, ALPHA = 7.0, 1.702
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
+pytestmark = pytest.mark.slow  # about a minute under the interpreter on 2 cores
 
+if not CUDA:
+    from triton.runtime.interpreter import InterpretedFunction
 
-def _import_kernels():
-    names = ("gptoss_lite.kernels.moe_triton", "gptoss_lite.kernels.attention_triton")
-    if CUDA:
-        return [importlib.import_module(n) for n in names]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TRITON_INTERPRET", "1")
-        pytest.importorskip("triton")
-        from triton.runtime.interpreter import InterpretedFunction
-
-        if not isinstance(sys.modules["triton.language"].sum, InterpretedFunction):
-            pytest.skip(
-                "triton was imported without TRITON_INTERPRET=1: run tests/test_kernels.py alone",
-                allow_module_level=True,
-            )
-        return [importlib.reload(importlib.import_module(n)) for n in names]
-
-
-moe, attn = _import_kernels()
-
-
-@pytest.fixture(autouse=True)
-def _interpreter(monkeypatch):
-    """Keep Triton's runtime switches in interpreter mode while a CPU test runs."""
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    # Triton's standard library is jit code: without the interpreter it cannot run on CPU.
+    assert isinstance(triton.language.sum, InterpretedFunction), "imported without the interpreter"
 
 
 def test_triton_available_follows_the_interpreter_switch(monkeypatch):

@@ -15,6 +15,7 @@ import torch
 import gptoss_lite
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # whole models under the interpreter: minutes on 2 cores
 
 SCRIPT = """
 import json, sys, torch, gptoss_lite
