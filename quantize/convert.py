@@ -7,7 +7,7 @@ unchanged, and each shard is streamed to disk one tensor at a time, so peak memo
 largest single tensor. Shards get the published off-by-one names (`model-00000-of-00002…` for
 three files) and an index; config.json gains the published `quantization_config`; tokenizer and
 generation files are copied. All of it goes into a hidden `.DST.partial-PID` folder beside DST,
-renamed to DST at the very end (`checkpoint.staging`): an interrupted run, a full disk or
+renamed to DST at the very end (`outputs.staged`): an interrupted run, a full disk or
 SIGTERM leaves no DST (an empty DST stays as it was).
 """
 
@@ -26,9 +26,9 @@ from safetensors import safe_open
 from gptoss_lite.checkpoint.dense import packed_shapes, quantize_dense
 from gptoss_lite.checkpoint.layouts import DENSE_EXPERT
 from gptoss_lite.checkpoint.safetensors import INDEX, StreamWriter, TensorSpec
-from gptoss_lite.checkpoint.staging import staged
 from gptoss_lite.config import QUANTIZATION_CONFIG
 from gptoss_lite.errors import GptossError
+from gptoss_lite.outputs import staged
 
 from .source import AUX_FILES, Source, read_source, resolve_source
 

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random checkpoints in the published layouts, written once per session.
+"""Shared fixtures: tiny random checkpoints in the published layouts (and the scripted one of
+tests/scripted_model.py), written once per session.
 
 Without a CUDA device the Triton kernels are tested on CPU under Triton's interpreter, which must
 be on before Triton is first imported (its standard library is jit code decorated then): it is
@@ -98,3 +99,11 @@ def checkpoint(tmp_path_factory):
         return made[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def scripted_model(tmp_path_factory, o200k_tokenizer):
+    """The folder of a scripted checkpoint (tests/scripted_model.py), written once."""
+    from scripted_model import write_scripted
+
+    return write_scripted(tmp_path_factory.mktemp("scripted") / "ckpt", o200k_tokenizer)

@@ -21,6 +21,7 @@ import pytest
 import torch
 import uvicorn
 
+from gptoss_lite.config import ModelConfig, preset
 from gptoss_lite.server.app import create_app
 from gptoss_lite.server.service import Service
 
@@ -52,9 +53,10 @@ def running(service: Service) -> Iterator[str]:
 class ScriptedRunner:
     """Looks like a `Runner` to the server; generates a fixed harmony completion."""
 
-    def __init__(self, tokenizer, context: int = 4096) -> None:
+    def __init__(self, tokenizer, context: int = 4096, config: ModelConfig | None = None) -> None:
         self.tokenizer = tokenizer
         self.context = context
+        self.config = config or preset("tiny")
         self.prefilled = 0
         self.device = torch.device("cpu")  # where a grammar's masks would go (it takes none)
         self.prompts: list[list[int]] = []
@@ -62,13 +64,15 @@ class ScriptedRunner:
         self.gate: threading.Event | None = None  # the first token waits for it when set
         self.pause_s = 0.0  # after each token
         self.yielded = 0  # tokens handed out, across calls
+        self.sampling: list[dict] = []  # the sampling settings of each call
 
     def script(self, text: str) -> None:
         """Reply with `text` (harmony markup allowed) from now on."""
         self.reply = self.tokenizer.encode(text, allow_special=True)
 
-    def generate(self, token_ids, *, max_new_tokens: int, stop=(), **_) -> Iterator[int]:
+    def generate(self, token_ids, *, max_new_tokens: int, stop=(), **sampling) -> Iterator[int]:
         self.prompts.append(list(token_ids))
+        self.sampling.append({"max_new_tokens": max_new_tokens, **sampling})
         self.prefilled = len(self.prompts[-1])
         if self.gate is not None:
             assert self.gate.wait(STARTUP_S), "the test never opened the gate"

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from conftest import GEOMETRIES
 
 import gptoss_lite
-from gptoss_lite.bench import WARMUP_PROMPT, BenchResult, timed_runs
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
+from gptoss_lite.measure.bench import WARMUP_PROMPT, BenchResult, timed_runs
 from gptoss_lite.memory.plan import decode_bytes_per_token
 from gptoss_lite.model.mxfp4 import packed_nbytes
 
@@ -85,7 +85,7 @@ def test_bench_refuses_more_tokens_than_the_context_before_loading(checkpoint):
 
 def test_transformers_failing_in_its_process_is_one_line(tmp_path):
     from gptoss_lite import GptossError
-    from gptoss_lite.bench import bench_transformers
+    from gptoss_lite.measure.bench import bench_transformers
 
     with pytest.raises(GptossError, match="^--compare transformers failed: ") as err:
         bench_transformers(tmp_path / "nothing", 4, 1, torch.device("cpu"), 1)

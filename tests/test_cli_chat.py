@@ -20,10 +20,10 @@ import pytest
 import gptoss_lite.engine.runner as runner_module
 from gptoss_lite.chat.harmony import Conversation
 from gptoss_lite.chat.harmony_parser import parse_completion
-from gptoss_lite.chat.session import ChatSession, Sampling, chat_ring_slots, user_prompt
 from gptoss_lite.cli.display import show_reply
 from gptoss_lite.config import read_config
 from gptoss_lite.engine.runner import Runner, load
+from gptoss_lite.engine.session import ChatSession, Sampling, chat_ring_slots, user_prompt
 
 pytest_plugins = ["cli_fixtures"]
 

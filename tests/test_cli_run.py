@@ -17,9 +17,9 @@ from test_cli_chat import TOOLS, oracle_prompt
 
 from gptoss_lite.chat.harmony import Conversation
 from gptoss_lite.chat.reply import read_reply
-from gptoss_lite.chat.session import user_prompt
 from gptoss_lite.chat.tokens import ENDOFTEXT, STOP_TOKENS
 from gptoss_lite.cli.display import show_reply
+from gptoss_lite.engine.session import user_prompt
 from gptoss_lite.kernels import cpu
 
 pytest_plugins = ["cli_fixtures"]

@@ -11,6 +11,7 @@ from gptoss_lite.chat.harmony import (
     Conversation,
     Message,
     ToolDef,
+    ToolNamespace,
     prompt_text,
     render_conversation,
     render_prompt,
@@ -418,4 +419,52 @@ def test_a_parsed_tool_call_goes_back_into_history_as_harmony_puts_it(
     tool_message = tool_message.with_channel("commentary").with_recipient("assistant")
     oracle = oh.Conversation.from_messages([*oracle.messages, *theirs, tool_message])
     expected = harmony_oracle.render_conversation_for_completion(oracle, oh.Role.ASSISTANT)
+    assert render_prompt(conversation, o200k_tokenizer) == expected
+
+
+@pytest.mark.parametrize("spaces", [["multi_agent_v1"], ["zeta", "alpha"], ["beta"]])
+@pytest.mark.parametrize("with_functions", [True, False])
+def test_namespaces_render_as_openai_harmony(
+    o200k_tokenizer, harmony_oracle, spaces, with_functions
+):
+    """Extra namespaces sit beside `functions`, all in order of name, each with its description
+    as comment lines (none when empty); a call to one goes to `namespace.tool`."""
+    functions = [SEARCH] if with_functions else []
+    namespaces = [
+        ToolNamespace(name, "" if name == "beta" else f"Tools of {name}.\nTwo lines.", [SEARCH])
+        for name in spaces
+    ]
+    call = Message.tool_call(f"{spaces[0]}.search", '{"query": "x"}')
+    result = Message.tool_result(f"{spaces[0]}.search", "found")
+    conversation = Conversation(
+        [Message.user("Hi"), call, result], tools=functions, namespaces=namespaces
+    )
+    developer = oh.DeveloperContent.new()
+    described = oh.ToolDescription.new(SEARCH.name, SEARCH.description, SEARCH.parameters)
+    if with_functions:
+        developer = developer.with_function_tools([described])
+    for space in namespaces:
+        developer = developer.with_tools(
+            oh.ToolNamespaceConfig(
+                name=space.name, description=space.description, tools=[described]
+            )
+        )
+    tool = oh.Author(role=oh.Role.TOOL, name=f"{spaces[0]}.search")
+    expected = harmony_oracle.render_conversation_for_completion(
+        oh.Conversation.from_messages(
+            [
+                oh.Message.from_role_and_content(oh.Role.SYSTEM, oh.SystemContent.new()),
+                oh.Message.from_role_and_content(oh.Role.DEVELOPER, developer),
+                oh.Message.from_role_and_content(oh.Role.USER, "Hi"),
+                oh.Message.from_role_and_content(oh.Role.ASSISTANT, '{"query": "x"}')
+                .with_channel("commentary")
+                .with_recipient(f"{spaces[0]}.search")
+                .with_content_type("<|constrain|>json"),
+                oh.Message.from_author_and_content(tool, "found")
+                .with_channel("commentary")
+                .with_recipient("assistant"),
+            ]
+        ),
+        oh.Role.ASSISTANT,
+    )
     assert render_prompt(conversation, o200k_tokenizer) == expected

@@ -1,13 +1,14 @@
-"""The layout's import rules, read from the source with `ast` (imports inside functions count;
-those under `if TYPE_CHECKING:` do not, as they never run).
+"""The layer order of the packages, read from the source with `ast` (every import counts: those
+inside functions, which run when called, and those under `if TYPE_CHECKING:` too).
 
-- `gptoss_lite/model/` imports nothing of the project but `config` and `errors`;
-- `gptoss_lite/engine/` imports only `model/`, `kernels/`, the reading side of `checkpoint/`,
-  `memory/plan` and `memory/profiles` (the budget a plan is made for), `config` and `errors`;
-- nothing `model/` or `engine/` imports, directly or through other modules, is `quantize/`, the
-  synthetic writer, the memory report or `chat/`;
-- nothing under `gptoss_lite/` imports `quantize/` but the two commands that expose it;
-- and, run for real, importing the package and the loader leaves those tools unimported.
+- Every module belongs to one layer of LAYERS and imports only its own package and the layers
+  below; packages sharing a layer (`measure/`, `server/`, `quantize/`) import none of each other.
+- No module imports itself through a chain of others: the module graph has no cycle.
+- `model/` (the math) imports nothing of the project but `config` and `errors`; nothing `model/`
+  or `engine/` imports, through any chain, is a synthetic writer (the loading side never writes).
+- Only the two commands that expose it import `quantize/`; run for real, importing the package
+  and the loader leaves `quantize/` and the synthetic writer unimported.
+Each rule names modules that exist, and the checks are shown failing on made-up graphs.
 """
 
 from __future__ import annotations
@@ -22,18 +23,25 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("gptoss_lite", "quantize")
 
-MODEL_MAY_IMPORT = ("gptoss_lite.config", "gptoss_lite.errors")
-ENGINE_MAY_IMPORT = (
-    "gptoss_lite.model",
-    "gptoss_lite.kernels",
-    "gptoss_lite.checkpoint",
-    "gptoss_lite.memory.plan",
-    "gptoss_lite.memory.profiles",
-    "gptoss_lite.config",
-    "gptoss_lite.errors",
+# Bottom first. A layer's entries are packages or modules (a name covers its submodules);
+# entries of one layer are siblings. `gptoss_lite` itself is the package's `__init__`: the
+# Python API (`gptoss_lite.load`), above the engine it re-exports.
+LAYERS = (
+    ("gptoss_lite.errors",),
+    ("gptoss_lite.units",),
+    ("gptoss_lite.outputs",),
+    ("gptoss_lite.config",),
+    ("gptoss_lite.model",),
+    ("gptoss_lite.kernels",),
+    ("gptoss_lite.checkpoint",),
+    ("gptoss_lite.memory",),
+    ("gptoss_lite.chat",),
+    ("gptoss_lite.engine",),
+    ("gptoss_lite.measure", "gptoss_lite.server", "quantize", "gptoss_lite"),
+    ("gptoss_lite.cli",),
 )
+MODEL_MAY_IMPORT = ("gptoss_lite.model", "gptoss_lite.config", "gptoss_lite.errors")
 WRITERS = ("gptoss_lite.checkpoint.synthetic", "gptoss_lite.checkpoint.synthetic_memory")
-NEVER_BELOW_ENGINE = ("quantize", *WRITERS, "gptoss_lite.memory.vram_report", "gptoss_lite.chat")
 QUANTIZE_USERS = ("gptoss_lite.cli.quantize", "gptoss_lite.cli.quant_error")
 
 
@@ -42,24 +50,12 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def imported(path: Path) -> set[str]:
     """The project modules `path` imports, as absolute dotted names."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
+    for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -69,11 +65,7 @@ def imported(path: Path) -> set[str]:
                 base = ".".join(anchor + ([node.module] if node.module else []))
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names)  # submodules
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(ast.parse(path.read_text()))
-    return {m for m in found if m in GRAPH_NODES}
+    return {m for m in found if m in FILES} - {name}
 
 
 def within(module: str, prefixes: tuple[str, ...]) -> bool:
@@ -81,8 +73,55 @@ def within(module: str, prefixes: tuple[str, ...]) -> bool:
 
 
 FILES = {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
-GRAPH_NODES = set(FILES)
-GRAPH = {name: imported(path) - {name} for name, path in FILES.items()}
+GRAPH = {name: imported(path) for name, path in FILES.items()}
+
+
+def covers(entry: str, module: str) -> bool:
+    # The package `gptoss_lite` as an entry is its `__init__` alone.
+    return module == entry if entry == "gptoss_lite" else within(module, (entry,))
+
+
+def home(module: str, layers=LAYERS) -> tuple[int, str]:
+    """(layer index, entry) of `module`: the longest entry that covers it."""
+    found = [(len(e), i, e) for i, layer in enumerate(layers) for e in layer if covers(e, module)]
+    assert found, f"{module} belongs to no layer"
+    _, index, entry = max(found)
+    return index, entry
+
+
+def upward(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """Each import that is not of the module's own entry nor of a layer below it."""
+    bad = []
+    for module, targets in sorted(graph.items()):
+        level, entry = home(module, layers)
+        for target in sorted(targets):
+            to_level, to_entry = home(target, layers)
+            if to_entry != entry and to_level >= level:
+                bad.append(f"{module} imports {target}")
+    return bad
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One chain of imports that leads back to where it began, or [] if there is none."""
+    state: dict[str, str] = {}  # "open" while on the current path, then "done"
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = "open"
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = "done"
+        path.pop()
+        return []
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return []
 
 
 def reachable(module: str) -> set[str]:
@@ -96,10 +135,9 @@ def reachable(module: str) -> set[str]:
     return seen
 
 
-RULES = (*MODEL_MAY_IMPORT, *ENGINE_MAY_IMPORT, *NEVER_BELOW_ENGINE, *QUANTIZE_USERS)
-
-
-@pytest.mark.parametrize("name", RULES)
+@pytest.mark.parametrize(
+    "name", [e for layer in LAYERS for e in layer] + [*MODEL_MAY_IMPORT, *WRITERS, *QUANTIZE_USERS]
+)
 def test_every_rule_names_modules_that_exist(name):
     # A rule about a module that does not exist can never fail.
     assert any(within(m, (name,)) for m in FILES), f"no module {name}"
@@ -110,26 +148,42 @@ def test_the_graph_sees_the_imports():
     assert "gptoss_lite.model.cache" in GRAPH["gptoss_lite.engine.generate"]
     assert "gptoss_lite.errors" in GRAPH["gptoss_lite.model.cache"]
     assert "quantize.report" in GRAPH["gptoss_lite.cli.quant_error"]
+    assert "gptoss_lite.kernels.cpu" in GRAPH["gptoss_lite.kernels"]  # inside a function
+
+
+def test_the_checks_catch_an_upward_import_and_a_cycle():
+    layers = (("a",), ("b", "c"), ("d",))
+    assert upward({"a.x": set(), "b.y": {"a.x", "b.z"}, "b.z": set(), "d": {"c"}}, layers) == []
+    assert upward({"a.x": {"b.y"}, "b.y": set()}, layers) == ["a.x imports b.y"]
+    assert upward({"b": {"c"}, "c": set()}, layers) == ["b imports c"]  # siblings
+    assert cycle({"p": {"q"}, "q": {"r"}, "r": set()}) == []
+    assert cycle({"p": {"q"}, "q": {"r"}, "r": {"q"}}) == ["q", "r", "q"]
+
+
+@pytest.mark.parametrize("module", FILES)
+def test_every_module_has_a_layer(module):
+    home(module)
+
+
+def test_imports_go_only_down_the_layers():
+    assert not upward(GRAPH), "\n".join(upward(GRAPH))
+
+
+def test_no_import_cycle():
+    assert not cycle(GRAPH), " -> ".join(cycle(GRAPH))
 
 
 @pytest.mark.parametrize("module", [m for m in FILES if within(m, ("gptoss_lite.model",))])
 def test_model_imports_only_config_and_errors(module):
-    outside = {m for m in GRAPH[module] if not within(m, ("gptoss_lite.model", *MODEL_MAY_IMPORT))}
-    assert not outside, f"{module} imports {sorted(outside)}"
-
-
-@pytest.mark.parametrize("module", [m for m in FILES if within(m, ("gptoss_lite.engine",))])
-def test_engine_imports_only_what_it_builds_on(module):
-    allowed = ("gptoss_lite.engine", *ENGINE_MAY_IMPORT)
-    outside = {m for m in GRAPH[module] if not within(m, allowed) or within(m, WRITERS)}
+    outside = {m for m in GRAPH[module] if not within(m, MODEL_MAY_IMPORT)}
     assert not outside, f"{module} imports {sorted(outside)}"
 
 
 @pytest.mark.parametrize(
     "module", [m for m in FILES if within(m, ("gptoss_lite.model", "gptoss_lite.engine"))]
 )
-def test_model_and_engine_pull_in_no_tools(module):
-    pulled = {m for m in reachable(module) if within(m, NEVER_BELOW_ENGINE)}
+def test_model_and_engine_pull_in_no_writer(module):
+    pulled = {m for m in reachable(module) if within(m, WRITERS)}
     assert not pulled, f"importing {module} imports {sorted(pulled)}"
 
 

@@ -297,7 +297,7 @@ main(["quantize", sys.argv[1], sys.argv[2], "--shard-size", "0.0001"])
 def test_sigterm_mid_write_leaves_nothing_and_exits_143(dense, tmp_path):
     from test_staging import start_slow, wait_for_shard
 
-    from gptoss_lite.checkpoint.staging import partial_name
+    from gptoss_lite.outputs import partial_name
 
     before, dst = tree_hash(dense[0]), tmp_path / "dst"
     proc = start_slow(SLOW_QUANTIZE, dense[0], dst)

@@ -105,6 +105,9 @@ def test_malformed_bodies(http, body, param):
     assert service.runner.prompts == []
 
 
+_NS_A = {"type": "namespace", "name": "ns_a", "tools": [{"type": "function", "name": "f"}]}
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param"),
     [
@@ -141,13 +144,37 @@ def test_malformed_bodies(http, body, param):
         ),
         (
             "/v1/responses",
-            {"model": "gpt-oss-test", "input": "x", "tools": [{"type": "web_search"}]},
-            "tools.0",
+            {"model": "gpt-oss-test", "input": "x", "tools": [{"type": "teleport"}]},
+            "tools.0.type",
         ),
         (
             "/v1/responses",
             {"model": "gpt-oss-test", "input": "x", "reasoning": {"effort": "max"}},
             "reasoning.effort",
+        ),
+        *[
+            ("/v1/responses", {"model": "gpt-oss-test", "input": "x", **bad}, param)
+            for bad, param in (
+                ({"tools": [{"type": "namespace", "name": "ns", "tools": []}]}, "tools.0.tools"),
+                ({"tools": [{"type": "namespace", "name": "ns"}]}, "tools.0.tools"),
+                ({"tools": [_NS_A, {**_NS_A, "name": "ns_b"}]}, "tools.1.tools.0.name"),
+                ({"tools": [{"type": "function", "name": "f"}, _NS_A]}, "tools.1.tools.0.name"),
+                ({"tools": [_NS_A, _NS_A]}, "tools.1.name"),
+                ({"tools": [{**_NS_A, "tools": [{"type": "web_search"}]}]}, "tools.0.tools.0.type"),
+                (
+                    {"tools": [{"type": "custom", "name": "c", "format": {"type": "regexp"}}]},
+                    "tools.0.format",
+                ),
+                ({"tools": ["web_search"]}, "tools.0.type"),
+                ({"include": ["reasoning.plaintext"]}, "include.0"),
+                ({"truncation": "smart"}, "truncation"),
+                ({"background": True}, "background"),
+            )
+        ],
+        (
+            "/v1/chat/completions",
+            {**CHAT, "tools": [{"type": "web_search"}]},
+            "tools.0.type",
         ),
     ],
 )

@@ -18,10 +18,10 @@ import pytest
 
 from gptoss_lite.chat.harmony import Conversation, Message, render_prompt
 from gptoss_lite.chat.reply import read_reply
-from gptoss_lite.chat.session import chat_ring_slots
 from gptoss_lite.chat.tokens import ENDOFTEXT, STOP_TOKENS
 from gptoss_lite.config import read_config
 from gptoss_lite.engine.runner import load
+from gptoss_lite.engine.session import chat_ring_slots
 from gptoss_lite.server.service import Service
 
 pytest_plugins = ["cli_fixtures", "server_fixtures"]

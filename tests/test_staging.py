@@ -1,6 +1,6 @@
 """All-or-nothing checkpoint writes: a full disk, SIGTERM and SIGKILL leave no partial folder.
 
-`synth` is the writer under test here (quantize shares `staging.staged`; its own signal and disk
+`synth` is the writer under test here (quantize shares `outputs.staged`; its own signal and disk
 tests are in test_quantize_convert.py). The signal tests run the real command in a subprocess,
 slowed down so the signal lands mid-write, and send it a real signal.
 """
@@ -20,10 +20,10 @@ import pytest
 from click.testing import CliRunner
 
 from gptoss_lite.checkpoint.safetensors import StreamWriter
-from gptoss_lite.checkpoint.staging import partial_name, remove_stale
 from gptoss_lite.checkpoint.synthetic import write_synthetic
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
+from gptoss_lite.outputs import partial_name, remove_stale
 
 SMALL = preset("tiny").with_(num_layers=1)
 # The synth command with every random chunk slowed down, so a signal arrives mid-write.

@@ -15,18 +15,17 @@ from pathlib import Path
 
 import httpx
 import jsonschema
+import ollama
 import pytest
 import torch
 from openai import OpenAI
 from pydantic import BaseModel, Field
 from server_fixtures import ScriptedRunner
 
-from gptoss_lite.chat.constraint import compile_reply, compiler_for
-from gptoss_lite.chat.harmony import Conversation
+from gptoss_lite.chat.harmony import FUNCTIONS, Conversation
 from gptoss_lite.chat.json_schema import SchemaError, check_schema
 from gptoss_lite.chat.reply import read_reply
 from gptoss_lite.chat.reply_grammar import ReplyFormat, ToolFormat
-from gptoss_lite.chat.session import Generation, Sampling, user_prompt
 from gptoss_lite.chat.tokens import (
     CALL,
     CHANNEL,
@@ -38,10 +37,16 @@ from gptoss_lite.chat.tokens import (
     START,
     STOP_TOKENS,
 )
-from gptoss_lite.engine.constrain import GrammarMask
+from gptoss_lite.cli.chat import INCOMPLETE
+from gptoss_lite.engine.constraint import compile_reply, compiler_for
 from gptoss_lite.engine.generate import next_token
+from gptoss_lite.engine.grammar import GrammarError, GrammarMask
+from gptoss_lite.engine.runner import Runner
+from gptoss_lite.engine.session import Generation, Sampling, user_prompt
+from gptoss_lite.server import formats
 from gptoss_lite.server.conversation import forced_call
 from gptoss_lite.server.service import Service
+from gptoss_lite.server.tools import responses_tools
 
 pytest_plugins = ["cli_fixtures", "server_fixtures"]
 
@@ -112,26 +117,31 @@ def favoured_tokens(tokenizer) -> list[int]:
     return FAVOURED + closers
 
 
-class NoiseRunner(ScriptedRunner):
-    """A runner whose logits are seeded noise, favouring format and closing tokens, decoded
-    through the mask and the sampler generation uses."""
-
-    def generate(self, token_ids, *, max_new_tokens, stop=(), mask=None, seed=None, **sampling):
-        self.prompts.append(list(token_ids))
-        generator = torch.Generator().manual_seed(seed or 0)
-        bias = torch.zeros(N_VOCAB)
-        bias[favoured_tokens(self.tokenizer)] = 14.0  # against the noise of ~200k ids
+def noise(tokenizer, *, max_new_tokens, stop=(), mask=None, seed=None, **sampling):
+    """Tokens from seeded noise logits, favouring format and closing tokens, decoded through
+    the mask and the sampler generation uses (`Runner.generate`'s keywords)."""
+    generator = torch.Generator().manual_seed(seed or 0)
+    bias = torch.zeros(N_VOCAB)
+    bias[favoured_tokens(tokenizer)] = 14.0  # against the noise of ~200k ids
+    if mask is not None:
+        mask.request(None)
+    for _ in range(max_new_tokens):
+        logits = torch.randn(N_VOCAB, generator=generator) + bias
+        allowed = None if mask is None else mask.allowed(logits)
+        token = next_token(logits, **sampling, generator=generator, allowed=allowed)
+        yield token
+        if token in stop:
+            return
         if mask is not None:
-            mask.request(None)
-        for _ in range(max_new_tokens):
-            logits = torch.randn(N_VOCAB, generator=generator) + bias
-            allowed = None if mask is None else mask.allowed(logits)
-            token = next_token(logits, **sampling, generator=generator, allowed=allowed)
-            yield token
-            if token in stop:
-                return
-            if mask is not None:
-                mask.request(token)
+            mask.request(token)
+
+
+class NoiseRunner(ScriptedRunner):
+    """A runner (for the server) whose replies are `noise`."""
+
+    def generate(self, token_ids, **settings):
+        self.prompts.append(list(token_ids))
+        return noise(self.tokenizer, **settings)
 
 
 @pytest.fixture(autouse=True)
@@ -152,7 +162,7 @@ def noisy_reply(tokenizer, reply: ReplyFormat, seed: int, prefix=(), budget: int
     runner = NoiseRunner(tokenizer)
     generation = Generation(runner, [0, *prefix], sampling, STOP_TOKENS, grammar, prefix)
     tokens = list(generation)
-    tools = [tool.name for tool in reply.tools]
+    tools = [tool.recipient.removeprefix(FUNCTIONS) for tool in reply.tools]
     return generation, read_reply([*prefix, *tokens], tokenizer, tools=tools)
 
 
@@ -224,7 +234,7 @@ def test_a_schema_is_compiled_once(o200k_tokenizer):
 
 
 def test_the_grammar_takes_a_canonical_reply_token_by_token(o200k_tokenizer):
-    tools = (ToolFormat("get_weather", SCHEMAS["enum_and_bounds"], strict=True),)
+    tools = (ToolFormat("functions.get_weather", SCHEMAS["enum_and_bounds"], strict=True),)
     grammar = compile_reply(ReplyFormat(tools=tools), o200k_tokenizer)
     text = (
         "<|channel|>analysis<|message|>Think.<|end|><|start|>assistant<|channel|>commentary "
@@ -238,7 +248,8 @@ def test_the_grammar_takes_a_canonical_reply_token_by_token(o200k_tokenizer):
 
 
 def test_no_undeclared_tool_can_be_called(o200k_tokenizer):
-    grammar = compile_reply(ReplyFormat(tools=(ToolFormat("get_weather"),)), o200k_tokenizer)
+    tools = (ToolFormat("functions.get_weather"),)
+    grammar = compile_reply(ReplyFormat(tools=tools), o200k_tokenizer)
     header = [CHANNEL, *o200k_tokenizer.encode("commentary to=functions.")]
     mask = GrammarMask(grammar, header)
     mask.request(None)
@@ -262,6 +273,35 @@ def test_the_reply_cannot_end_before_its_json_is_complete(o200k_tokenizer):
     mask.request(None)
     allowed = mask.allowed(torch.zeros(N_VOCAB))
     assert not allowed[RETURN] and not allowed[CALL] and not allowed[END]
+
+
+def fits(grammar, tokens: list[int]) -> bool:
+    """Whether `tokens` are a start the grammar allows, token by token."""
+    try:
+        GrammarMask(grammar, tokens)
+    except GrammarError:
+        return False
+    return True
+
+
+def test_namespaced_and_custom_tools_are_called_as_declared(o200k_tokenizer):
+    tools = responses_tools(
+        [
+            {"type": "custom", "name": "apply_patch"},
+            {"type": "namespace", "name": "agents", "tools": [{"type": "function", "name": "run"}]},
+        ]
+    )
+    grammar = formats.reply_grammar(o200k_tokenizer, formats.answer_format(None, "x"), tools, None)
+
+    def call(recipient: str, arguments: str) -> list[int]:
+        header = f"<|channel|>commentary to={recipient} <|constrain|>json<|message|>"
+        return o200k_tokenizer.encode(header + arguments + "<|call|>", allow_special=True)
+
+    assert fits(grammar, call("agents.run", '{"task":"x"}'))
+    assert fits(grammar, call("functions.apply_patch", '"*** Begin Patch"'))  # a JSON string
+    assert not fits(grammar, call("functions.apply_patch", '{"patch":"x"}'))
+    assert not fits(grammar, call("functions.run", "{}"))  # run is in agents, not functions
+    assert not fits(grammar, call("agents.exec", "{}"))
 
 
 # ---------------------------------------------------------- replies valid, whatever the logits
@@ -290,17 +330,16 @@ def test_json_schema_test_suite_corpus(o200k_tokenizer):
 
 def test_forced_and_strict_calls_validate_and_name_declared_tools(o200k_tokenizer):
     tools = (
-        ToolFormat("get_weather", SCHEMAS["enum_and_bounds"], strict=True),
-        ToolFormat("lookup", SCHEMAS["any_of_and_refs"], strict=True),
+        ToolFormat("functions.get_weather", SCHEMAS["enum_and_bounds"], strict=True),
+        ToolFormat("functions.lookup", SCHEMAS["any_of_and_refs"], strict=True),
     )
-    for call in ("required", "lookup"):
+    for call in ("required", "functions.lookup"):
         fmt = ReplyFormat(tools=tools, call=call)
         mask = GrammarMask(compile_reply(fmt, o200k_tokenizer), [CHANNEL])
         mask.request(None)
         assert not mask.allowed(torch.zeros(N_VOCAB))[o200k_tokenizer.encode("final")[0]]
         # The call's header opens the reply, as the server writes it (`forced_call`).
-        recipient = "functions." if call == "required" else f"functions.{call}"
-        prefix = forced_call(recipient, o200k_tokenizer)
+        prefix = forced_call("functions." if call == "required" else call, o200k_tokenizer)
         for seed in range(3):
             generation, reply = noisy_reply(o200k_tokenizer, fmt, seed, prefix)
             assert generation.output[-1] == CALL and reply.called_tool
@@ -496,3 +535,78 @@ def test_a_lenient_schema_ignores_what_it_cannot_enforce(noise_service, serve_ht
     assert answer.status_code == 200, answer.text
     assert isinstance(json.loads(answer.json()["choices"][0]["message"]["content"])["a"], int)
     assert compiler_for(noise_service.tokenizer) is compiler_for(noise_service.tokenizer)
+
+
+def test_ollama_format_holds_chat_and_generate(noise_service, serve_http):
+    client = ollama.Client(host=serve_http(noise_service), timeout=60)
+    schema = SCHEMAS["person"]
+    for seed in range(2):
+        reply = client.chat(
+            model="gpt-oss-test",
+            messages=[{"role": "user", "content": "x"}],
+            format=schema,
+            options={"seed": seed},
+        )
+        assert reply.done_reason == "stop"
+        jsonschema.validate(json.loads(reply.message.content), schema)
+    reply = client.generate(model="gpt-oss-test", prompt="x", format="json", options={"seed": 3})
+    assert reply.done_reason == "stop" and isinstance(json.loads(reply.response), dict)
+    with pytest.raises(ollama.ResponseError, match="format"):
+        client.generate(model="gpt-oss-test", prompt="x", format="json", raw=True)
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture
+def schema_file(tmp_path):
+    path = tmp_path / "person.json"
+    path.write_text(json.dumps(SCHEMAS["person"]))
+    return path
+
+
+def test_run_prints_the_json_alone(cli, tiny_model, schema_file, monkeypatch, o200k_tokenizer):
+    """The model's logits are noise (`Runner.generate` replaced): the JSON is the constraint's."""
+    monkeypatch.setattr(Runner, "generate", lambda _, ids, **kw: noise(o200k_tokenizer, **kw))
+    for seed in range(2):
+        result = cli("run", "-m", tiny_model, "--json-schema", schema_file, "--seed", seed, "x")
+        assert result.exit_code == 0, result.output
+        jsonschema.validate(json.loads(result.stdout), SCHEMAS["person"])
+        assert result.stdout == result.stdout.strip() + "\n"  # the JSON alone, no reasoning
+
+
+def test_run_cut_before_its_json_is_complete_is_an_error(cli, tiny_model, o200k_tokenizer):
+    """The shortest complete reply, <|channel|>final<|message|>{}<|return|>, is 5 tokens."""
+    shortest = "<|channel|>final<|message|>{}<|return|>"
+    assert len(o200k_tokenizer.encode(shortest, allow_special=True)) == 5
+    result = cli("run", "-m", tiny_model, "--json-object", "-n", "4", "--seed", "0", "x")
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines()[-1] == f"error: {INCOMPLETE}"
+    assert result.stdout.strip() == ""
+
+
+def test_run_refuses_a_schema_it_cannot_enforce_in_one_line(cli, tiny_model, tmp_path):
+    unenforced, broken = tmp_path / "not.json", tmp_path / "broken.json"
+    unenforced.write_text('{"type": "object", "not": {"required": ["a"]}}')
+    broken.write_text("{")
+    for path, words in ((unenforced, "not"), (broken, "cannot read it as JSON")):
+        result = cli("run", "-m", tiny_model, "--json-schema", path, "x")
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("error: ") and words in line, line
+    result = cli("run", "-m", tiny_model, "--json-schema", broken, "--json-object", "x")
+    assert result.stderr.startswith("error: use --json-schema FILE or --json-object")
+
+
+def test_bench_json_schema_gives_the_ratio_and_the_compile_time(cli, tiny_model, schema_file):
+    args = ["bench", "-m", tiny_model, "--device", "cpu", "--prompt-tokens", "8",
+            "--gen-tokens", "4", "-r", "2", "--json-schema", schema_file, "--json"]  # fmt: skip
+    result = cli(*args)
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    free, held = payload["results"]
+    assert (free["engine"], held["engine"]) == ("gptoss-lite, free", "gptoss-lite, constrained")
+    assert len(free["decode_runs"]) == len(held["decode_runs"]) == 2
+    ratio = payload["constrained"]["ratio"]
+    assert ratio == pytest.approx(held["decode_tok_s"] / free["decode_tok_s"])
+    assert payload["constrained"]["compile_s"] > payload["constrained"]["cached_s"] > 0

@@ -18,11 +18,11 @@ from gptoss_lite.checkpoint.synthetic import tensor_nbytes
 from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
 from gptoss_lite.cli import main
 from gptoss_lite.kernels import cpu as cpu_kernels
-from gptoss_lite.memory.meter import CpuMeter
+from gptoss_lite.measure.meter import CpuMeter
+from gptoss_lite.measure.vram_report import measure_memory
+from gptoss_lite.measure.vram_report_files import PNG_SKIPPED, write_report
 from gptoss_lite.memory.plan import plan
 from gptoss_lite.memory.profiles import load_profile
-from gptoss_lite.memory.vram_report import measure_memory
-from gptoss_lite.memory.vram_report_files import PNG_SKIPPED, write_report
 
 G1 = GEOMETRIES["g1"].with_(max_context=4096)
 CPU = load_profile("cpu")
@@ -342,7 +342,7 @@ def test_an_earlier_report_is_kept_unless_overwrite(tmp_path):
 def test_overwrite_failing_mid_write_keeps_the_earlier_report(report, tmp_path, monkeypatch):
     import errno
 
-    from gptoss_lite.memory import vram_report_files
+    from gptoss_lite.measure import vram_report_files
 
     first = write_report(report, tmp_path / "out")
     before = {f.name: f.read_bytes() for f in first}

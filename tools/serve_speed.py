@@ -60,10 +60,10 @@ def direct_rate(
     """The same greedy decode on the runner itself, loaded as `serve` loads it (chat rings), or
     with `rings` off as `bench` loads it: tokens per second of wall time and of CPU time."""
     import gptoss_lite
-    from gptoss_lite.chat.session import chat_ring_slots
     from gptoss_lite.chat.tokenizer import load_tokenizer
     from gptoss_lite.chat.tokens import ENDOFTEXT
     from gptoss_lite.config import read_config
+    from gptoss_lite.engine.session import chat_ring_slots
 
     ring = chat_ring_slots(read_config(model)) if rings else None
     runner = gptoss_lite.load(model, device="cpu", ring_slots=ring)

@@ -2,12 +2,13 @@
 
 A `Conversation` holds the system settings (identity, knowledge cutoff, date, reasoning effort),
 the developer instructions and function tools (`ToolDef`, JSON-schema parameters shown to the
-model as a TypeScript-like `namespace functions`; `tools_from_openai` reads OpenAI's function-tool
-JSON), and the turns (`Message`; `Message.tool_call` and `.tool_result` for a tool chain).
-`render_prompt` gives every token up to the completion prefix `<|start|>assistant`, the same ids
-openai-harmony renders: header and body text are encoded with special tokens off (markup a user
-types stays text) and the format tokens are put in by id. Multi-turn history follows harmony's
-`auto_drop_analysis`; a finished answer is stored ending in `<|end|>`, never `<|return|>`.
+model as a TypeScript-like `namespace functions`, or in a namespace of their own: `ToolNamespace`;
+`tools_from_openai` reads OpenAI's function-tool JSON), and the turns (`Message`;
+`Message.tool_call` and `.tool_result` for a tool chain). `render_prompt` gives every token up to
+the completion prefix `<|start|>assistant`, the same ids openai-harmony renders: header and body
+text are encoded with special tokens off (markup a user types stays text) and the format tokens
+are put in by id. Multi-turn history follows harmony's `auto_drop_analysis`; a finished answer is
+stored ending in `<|end|>`, never `<|return|>`.
 """
 
 from __future__ import annotations
@@ -105,15 +106,32 @@ class Message:
 
     @classmethod
     def tool_call(cls, name: str, arguments: str) -> Message:
-        """The assistant calling function tool `name` with JSON `arguments`, as gpt-oss does:
-        on the commentary channel, to functions.<name>, constrained to json."""
-        recipient = f"{FUNCTIONS}{name}"
+        """The assistant calling function tool `name` (or `namespace.tool` for one declared in
+        another namespace) with JSON `arguments`, as gpt-oss does: on the commentary channel, to
+        functions.<name>, constrained to json."""
+        recipient = tool_recipient(name)
         return cls("assistant", arguments, "commentary", recipient, "json", constrained=True)
 
     @classmethod
     def tool_result(cls, name: str, output: str) -> Message:
         """The output of tool `name` (e.g. "functions.get_weather"), addressed to the assistant."""
         return cls("tool", output, channel="commentary", recipient="assistant", name=name)
+
+
+def tool_recipient(name: str) -> str:
+    """Where a call of tool `name` goes: "functions.<name>", or `name` itself when it is already
+    "<namespace>.<tool>" (tool and namespace names hold no dot)."""
+    return name if "." in name else f"{FUNCTIONS}{name}"
+
+
+@dataclass
+class ToolNamespace:
+    """A named group of function tools declared beside `functions` (e.g. Codex's
+    `multi_agent_v1`); calls to its tools go to `<name>.<tool>`."""
+
+    name: str
+    description: str = ""
+    tools: list[ToolDef] = field(default_factory=list)
 
 
 @dataclass
@@ -123,6 +141,7 @@ class Conversation:
     messages: list[Message] = field(default_factory=list)
     instructions: str | None = None
     tools: list[ToolDef] = field(default_factory=list)
+    namespaces: list[ToolNamespace] = field(default_factory=list)
     reasoning_effort: str = "medium"
     date: str | None = None  # "Current date:" line, e.g. "2025-06-28"
     model_identity: str | None = DEFAULT_IDENTITY
@@ -204,20 +223,28 @@ def developer_text(conversation: Conversation) -> str | None:
     sections = []
     if conversation.instructions is not None:
         sections += ["# Instructions", conversation.instructions]
-    if conversation.tools:
-        sections.append(tools_text(conversation.tools))
+    if conversation.tools or conversation.namespaces:
+        sections.append(tools_text(conversation.tools, conversation.namespaces))
     return "\n\n".join(sections) if sections else None
 
 
-def tools_text(tools: list[ToolDef]) -> str:
-    """The `# Tools` section declaring `tools` in `namespace functions`."""
-    lines = ["## functions\n", "namespace functions {\n"]
-    for tool in tools:
+def tools_text(tools: list[ToolDef], namespaces: list[ToolNamespace] = ()) -> str:
+    """The `# Tools` section: `tools` in `namespace functions` and each of `namespaces`, in
+    order of name, as harmony renders them."""
+    groups = [ToolNamespace(FUNCTIONS[:-1], "", tools)] if tools else []
+    groups = sorted([*groups, *namespaces], key=lambda group: group.name)
+    return "# Tools\n\n" + "\n\n".join(_namespace_text(group) for group in groups)
+
+
+def _namespace_text(group: ToolNamespace) -> str:
+    lines = [f"## {group.name}\n", *(f"// {line}" for line in _lines(group.description))]
+    lines.append(f"namespace {group.name} {{\n")
+    for tool in group.tools:
         lines += [f"// {line}" for line in _lines(tool.description)]
         args = "" if tool.parameters is None else f"_: {schema_to_typescript(tool.parameters)}"
         lines.append(f"type {tool.name} = ({args}) => any;\n")
-    lines.append("} // namespace functions")
-    return "# Tools\n\n" + "\n".join(lines)
+    lines.append(f"}} // namespace {group.name}")
+    return "\n".join(lines)
 
 
 def schema_to_typescript(schema: Any, indent: str = "") -> str:

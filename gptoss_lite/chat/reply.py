@@ -3,12 +3,12 @@
 `Reply.feed(token)` runs the tolerant harmony parser (or, with `harmony=False`, takes the tokens
 as plain text, special tokens left out) and reports what each token changed as `Change`s of the
 reply's `Part`s: a part opens, grows by a delta, closes. The analysis channel is "reasoning"; a
-message addressed to a declared function (`functions.NAME`, NAME one of `tools`) is a
-"tool_call" with a fresh call id, its arguments the message text; anything else the assistant
-writes (final, a commentary preamble, no channel, a malformed header, a call to a tool nobody
-declared) is "text". Text and reasoning parts open on their first character, so an empty message
-shows nothing. The parts of one kind read as one text joined by blank lines (`text(kind)`); a
-delta's `lead` is the separator it follows in that text.
+message addressed to a declared function (`functions.NAME`, or `NAMESPACE.NAME` for one of
+another namespace) is a "tool_call" with a fresh call id, its arguments the message text;
+anything else the assistant writes (final, a commentary preamble, no channel, a malformed header,
+a call to a tool nobody declared) is "text". Text and reasoning parts open on their first
+character, so an empty message shows nothing. The parts of one kind read as one text joined by
+blank lines (`text(kind)`); a delta's `lead` is the separator it follows in that text.
 
 Stop strings cut the visible text: within each text message, the first stop string to be
 completed (the longest of those ending at the same character) ends the reply just before it, and
@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
-from .harmony import FUNCTIONS, Message
+from .harmony import FUNCTIONS, Message, tool_recipient
 from .harmony_parser import Event, StreamParser
 from .stats import ReplyStats
 from .tokenizer import Tokenizer
@@ -47,6 +47,7 @@ class Part:
     index: int
     text: str = ""
     name: str | None = None  # the function a tool call calls
+    namespace: str | None = None  # its namespace, when it is not `functions`
     call_id: str | None = None
     content_type: str | None = None  # of a tool call's arguments, e.g. "json"
     id: str = ""  # "rs_...", "msg_..." or "fc_...", as the Responses API names its items
@@ -118,7 +119,8 @@ def _overlap(text: str, stop: str) -> int:
 class Reply:
     """Consumes the generated tokens of one reply and reports its parts as they change.
 
-    `tools`: the names of the functions declared to the model (a call to any other is text);
+    `tools`: the names of the functions declared to the model, `namespace.tool` for one outside
+    `functions` (a call to any other is text);
     `prefix`: reply tokens the prompt already holds (a forced call header), whose changes the
     first `feed` reports."""
 
@@ -135,7 +137,7 @@ class Reply:
         self._parser = StreamParser(tokenizer)
         self._plain = None if harmony else Message("assistant")  # plain text: one message
         self._decoder = tokenizer.stream()
-        self._tools = frozenset(tools)
+        self._tools = frozenset(tool_recipient(name) for name in tools)
         self._stop = StopText(stop)
         self.parts: list[Part] = []
         self._open: Part | None = None
@@ -203,9 +205,10 @@ class Reply:
             kind = self._kind(event.message)
             if event.kind == "start" and kind == "tool_call":
                 message = event.message
-                name = message.recipient.removeprefix(FUNCTIONS)
-                call = Part(kind, len(self.parts), name=name, call_id=new_id("call_"))
-                call.content_type = message.content_type
+                space, _, name = message.recipient.partition(".")
+                namespace = None if f"{space}." == FUNCTIONS else space
+                call = Part(kind, len(self.parts), name=name, namespace=namespace)
+                call.call_id, call.content_type = new_id("call_"), message.content_type
                 self._begin(call, changes)
             elif event.kind == "text":
                 changes += self._add(
@@ -218,9 +221,7 @@ class Reply:
         return changes
 
     def _kind(self, message: Message) -> str:
-        recipient = message.recipient or ""
-        declared = recipient.startswith(FUNCTIONS) and recipient[len(FUNCTIONS) :] in self._tools
-        if message.role == "assistant" and declared:
+        if message.role == "assistant" and message.recipient in self._tools:
             return "tool_call"
         return "reasoning" if message.channel == "analysis" else "text"
 

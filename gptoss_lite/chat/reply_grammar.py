@@ -2,9 +2,9 @@
 
 `ReplyFormat` says what a reply must be: its final answer free text or JSON of a schema
 (`{"type": "object"}` for any JSON object; `lenient` ignores the keywords the library cannot
-enforce instead of refusing the schema), the function tools it may call (each with the schema
-of its arguments, or any JSON object) and whether it must call one
-(`call`: "required" or a tool's name). `reply_grammar(format)` writes it as an llguidance Lark
+enforce instead of refusing the schema), the tools it may call (each by its recipient, with the
+schema of its arguments, or any JSON object) and whether it must call one (`call`: "required"
+or a tool's recipient). `reply_grammar(format)` writes it as an llguidance Lark
 grammar over the tokens after `<|start|>assistant`: any number of analysis messages (free text;
 commentary preambles too when tools are declared), each followed by `<|start|>assistant`, then
 one ending: the final message closed by `<|return|>`, or a call of a declared tool (its header
@@ -18,17 +18,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from .harmony import FUNCTIONS
-
 ANY_OBJECT: dict[str, Any] = {"type": "object"}  # json_object answers, non-strict arguments
 
 
 @dataclass(frozen=True)
 class ToolFormat:
-    """A tool the reply may call; `schema` constrains its arguments (None: any JSON object),
+    """A tool the reply may call, by its recipient ("functions.NAME", or "NAMESPACE.NAME" for a
+    tool of another namespace); `schema` constrains its arguments (None: any JSON object),
     checked as OpenAI's strict subset when `strict`."""
 
-    name: str
+    recipient: str
     schema: dict[str, Any] | None = None
     strict: bool = False
 
@@ -40,7 +39,7 @@ class ReplyFormat:
     answer: dict[str, Any] | None = None
     lenient: bool = False  # keywords llguidance cannot enforce in `answer` ignored, not refused
     tools: tuple[ToolFormat, ...] = field(default_factory=tuple)
-    call: str | None = None  # "required", a tool's name, or None (the model may answer)
+    call: str | None = None  # "required", a tool's recipient, or None (the model may answer)
 
     @property
     def constrained(self) -> bool:
@@ -64,10 +63,10 @@ def reply_grammar(reply: ReplyFormat) -> str:
         if reply.answer is not None:
             rules.append(f"answer_json: %json {_json(reply.answer, reply.lenient)}")
     for i, tool in enumerate(reply.tools):
-        if reply.call not in (None, "required", tool.name):
+        if reply.call not in (None, "required", tool.recipient):
             continue
         endings.append(f"call_{i}")
-        to = f"to={FUNCTIONS}{tool.name}"
+        to = f"to={tool.recipient}"
         rules += [
             f'call_{i}: <|channel|> "commentary {to} " <|constrain|> "json" <|message|> args_{i} '
             "<|call|>",

@@ -1,19 +1,14 @@
-"""Numbers about one reply: prompt tokens prefilled or reused, tokens generated, timings, memory.
+"""Numbers about one reply: prompt tokens prefilled or reused, tokens generated, timings.
 
 `ReplyStats` is what `--verbose` and `--json` report. The prefill time is the wait for the first
 token (the forward passes over the new prompt tokens and one sample); the decode time covers the
 tokens after it, one forward pass each, so the decode rate is (generated - 1) / decode time. Only
-time spent inside the generator counts, never the caller's printing. `peak_memory` reads the
-allocator's high-water mark on CUDA and the process's peak resident set size on CPU.
+time spent inside the generator counts, never the caller's printing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-
-from ..memory.meter import max_rss
 
 
 @dataclass
@@ -40,14 +35,6 @@ class ReplyStats:
     def decode_rate(self) -> float:
         """Generated tokens per second after the first one (0 when unmeasured)."""
         return _rate(self.generated_tokens - 1, self.decode_seconds)
-
-
-def peak_memory(device: torch.device) -> tuple[int, str] | None:
-    """(peak bytes, what they measure) for this process on `device`, or None if unknown."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
-    peak = max_rss()
-    return None if peak is None else (peak, "peak RSS")
 
 
 def _rate(tokens: int, seconds: float) -> float:

@@ -8,8 +8,9 @@ Every tensor is cut into fixed-size chunks, each drawn from its own generator se
 tensor name, chunk index), so the values depend on neither layout, sharding nor thread count: one
 seed gives one model in both layouts, and the fused qkv is exactly cat(q, k, v). Files are
 streamed a chunk at a time (a few chunks in RAM, whatever the geometry) into a hidden folder
-beside the target, which is renamed into place only once everything is written (`staging`). The
-original names come from the HF ones through the one name table (`layouts`).
+beside the target, which is renamed into place only once everything is written
+(`outputs.staged`). The original names come from the HF ones through the one name table
+(`layouts`).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ import torch
 from ..config import ModelConfig, preset
 from ..errors import GptossError
 from ..model.mxfp4 import BLOCK, BYTES_PER_BLOCK
+from ..outputs import staged
 from .layouts import GLOBAL, LAYOUTS, layer_names
 from .safetensors import INDEX, NAMES, StreamWriter, TensorSpec
-from .staging import staged
 
 CHUNK = 1 << 22  # elements per independently seeded piece of a tensor
 BIAS_STD = 0.02

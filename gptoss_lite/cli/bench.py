@@ -1,6 +1,6 @@
 """`gptoss-lite bench`: prefill and decode speed against this machine's bandwidth bound.
 
-A thin shell over `gptoss_lite.bench`: load (a checkpoint, or random weights of a geometry),
+A thin shell over `gptoss_lite.measure.bench`: load (a checkpoint, or random weights of a geometry),
 warm up, time `--repeats` runs and print medians ± standard deviations, the decode bandwidth
 achieved against the read bandwidth measured here, the kernels that ran and the peak memory.
 `--compare transformers` runs HF transformers on the same checkpoint in a process of its own.
@@ -17,7 +17,15 @@ import time
 
 import click
 
-from ..bench import (
+from ..chat.json_schema import check_schema, read_json
+from ..chat.reply_grammar import ReplyFormat
+from ..chat.tokenizer import load_tokenizer
+from ..chat.tokens import CHANNEL, MESSAGE
+from ..checkpoint.synthetic_memory import SyntheticCheckpoint
+from ..engine.constraint import compile_reply, compiler_for
+from ..engine.runner import load
+from ..errors import GptossError
+from ..measure.bench import (
     BANDWIDTH_BYTES,
     BANDWIDTH_ROUNDS,
     BenchResult,
@@ -27,15 +35,7 @@ from ..bench import (
     read_bandwidth,
     resident_bytes,
 )
-from ..chat.constraint import compile_reply, compiler_for
-from ..chat.json_schema import check_schema, read_json
-from ..chat.reply_grammar import ReplyFormat
-from ..chat.stats import peak_memory
-from ..chat.tokenizer import load_tokenizer
-from ..chat.tokens import CHANNEL, MESSAGE
-from ..checkpoint.synthetic_memory import SyntheticCheckpoint
-from ..engine.runner import load
-from ..errors import GptossError
+from ..measure.meter import peak_memory
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile
 from ..units import GB, format_bytes

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import click
 
 from ..chat.reply import Part, Reply
-from ..chat.session import ChatSession, Generation
+from ..engine.session import ChatSession, Generation
 from ..errors import GptossError
 from .common import Model, open_model, stats_lines
 from .display import show_reply

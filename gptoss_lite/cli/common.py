@@ -19,15 +19,16 @@ from typing import Protocol, TextIO
 import click
 import torch
 
-from ..chat.constraint import compile_reply
 from ..chat.reply_grammar import ReplyFormat
-from ..chat.session import chat_ring_slots
-from ..chat.stats import ReplyStats, peak_memory
+from ..chat.stats import ReplyStats
 from ..chat.tokenizer import Tokenizer, load_tokenizer
-from ..engine.constrain import Grammar
+from ..engine.constraint import compile_reply
 from ..engine.generate import check_fits
+from ..engine.grammar import Grammar
 from ..engine.runner import Runner, find_model, load
+from ..engine.session import chat_ring_slots
 from ..errors import GptossError
+from ..measure.meter import peak_memory
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile, run_device
 from ..model.kv_quant import KVDtypes

@@ -19,12 +19,19 @@ from dataclasses import dataclass, fields
 
 import click
 
-from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort, read_tools
+from ..chat.harmony import (
+    DEFAULT_IDENTITY,
+    EFFORTS,
+    FUNCTIONS,
+    Conversation,
+    check_effort,
+    read_tools,
+)
 from ..chat.json_schema import check_schema, read_json
 from ..chat.reply_grammar import ANY_OBJECT, ReplyFormat, ToolFormat
-from ..chat.session import Sampling
 from ..config import ModelConfig, preset, preset_names
 from ..engine.sampling import check_sampling
+from ..engine.session import Sampling
 from ..errors import GptossError
 from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes
@@ -272,7 +279,7 @@ class Options:
             answer = ANY_OBJECT
         else:
             return None
-        tools = tuple(ToolFormat(tool.name) for tool in conversation.tools)
+        tools = tuple(ToolFormat(FUNCTIONS + tool.name) for tool in conversation.tools)
         return ReplyFormat(answer=answer, tools=tools)
 
 

@@ -1,6 +1,6 @@
 """`gptoss-lite profile`: load a model, prefill and decode, and report memory against the plan.
 
-A thin shell over `gptoss_lite.memory.vram_report`: `--model` loads a real checkpoint (folder
+A thin shell over `gptoss_lite.measure.vram_report`: `--model` loads a real checkpoint (folder
 or Hub id), `--geometry GEOMETRY` random weights of a preset geometry made in memory (check the
 fit before a 13 GB download). It prints the verdict and the plan-vs-measured table, and writes
 report.md, report.json and report.png into `--out` (an earlier report there is replaced whole,
@@ -16,8 +16,8 @@ import click
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..config import ModelConfig
 from ..errors import GptossError
-from ..memory.vram_report import measure_memory
-from ..memory.vram_report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
+from ..measure.vram_report import measure_memory
+from ..measure.vram_report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
 from ..model.kv_quant import KVDtypes
 from ..outputs import check_outputs
 from .common import warn_kv

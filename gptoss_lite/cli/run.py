@@ -21,11 +21,11 @@ import click
 
 from ..chat.harmony import FUNCTIONS
 from ..chat.reply import read_reply
-from ..chat.session import Generation, user_prompt
-from ..chat.stats import peak_memory
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
+from ..engine.session import Generation, user_prompt
 from ..errors import GptossError
+from ..measure.meter import peak_memory
 from .chat import INCOMPLETE
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_reply

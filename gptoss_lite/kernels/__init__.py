@@ -50,15 +50,6 @@ def triton_refusal(device: torch.device) -> str | None:
     )
 
 
-def dot_dtype(device: torch.device, dtype: torch.dtype = torch.bfloat16):
-    """The `tl.dot` operand type for operands holding `dtype` values: that type on a GPU, fp32 on
-    CPU (the interpreter), which multiplies bf16 bit patterns as integers (triton#11584)."""
-    import triton.language as tl
-
-    types = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
-    return tl.float32 if device.type == "cpu" else types[dtype]
-
-
 def kernel_functions(name: str) -> Kernels:
     """The implementation `name` names: "torch" (the model's own functions, any device),
     "triton" (the fused kernels, CUDA or the interpreter) or "cpu" (the compiled CPU kernels of

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from ..model.kv_quant import Quantized
-from . import dot_dtype
+from .triton_dtypes import dot_dtype
 
 BLOCK_M = 64  # (query, head) rows per program; fewer (down to 16, tl.dot's least) in decode
 BLOCK_N = 64  # keys per step

@@ -35,13 +35,13 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 from ..config import ModelConfig, preset
-from ..engine.generate import PREFILL_CHUNK
 from ..model import kv_quant
 from ..model.moe import PackedExperts
 from . import MIN_CAPABILITY, attention_triton, moe_triton
 
 ARCHS = (80, 86, 89, 90)  # Ampere (A100, RTX 30xx), Ada (RTX 40xx), Hopper (H100, H200)
 DECODE_CONTEXT = 4096  # keys of a full-attention layer in the decode launch
+PREFILL_TOKENS = 512  # a prefill chunk of the rtx4090 profile (profiles/rtx4090.toml)
 
 
 @dataclass(frozen=True)
@@ -115,20 +115,20 @@ def _cases(config: ModelConfig) -> Iterator[tuple[str, Callable[[], object]]]:
 
     ring = c.sliding_window  # a sliding layer attends over its ring plus the new tokens
     yield "moe decode, 1 token", moe(1)
-    yield f"moe prefill, {PREFILL_CHUNK} tokens", moe(PREFILL_CHUNK)
+    yield f"moe prefill, {PREFILL_TOKENS} tokens", moe(PREFILL_TOKENS)
     yield f"attention decode, full, {DECODE_CONTEXT} keys", attention(1, DECODE_CONTEXT, None)
     yield f"attention decode, sliding, {ring + 1} keys", attention(1, ring + 1, c.sliding_window)
-    chunk2 = 2 * PREFILL_CHUNK  # the second prefill chunk: causal within, all keys before
-    yield f"attention prefill, full, {chunk2} keys", attention(PREFILL_CHUNK, chunk2, None)
+    chunk2 = 2 * PREFILL_TOKENS  # the second prefill chunk: causal within, all keys before
+    yield f"attention prefill, full, {chunk2} keys", attention(PREFILL_TOKENS, chunk2, None)
     for k_kind, v_kind in (("q8", "q8"), ("fp8", "fp8"), ("bf16", "q8")):  # quantized caches
         yield (
             f"attention decode, full, {DECODE_CONTEXT} keys, K {k_kind}, V {v_kind}",
             attention(1, DECODE_CONTEXT, None, k_kind, v_kind),
         )
-    sliding = ring + PREFILL_CHUNK
+    sliding = ring + PREFILL_TOKENS
     yield (
         f"attention prefill, sliding, {sliding} keys",
-        attention(PREFILL_CHUNK, sliding, c.sliding_window),
+        attention(PREFILL_TOKENS, sliding, c.sliding_window),
     )
     blocks, scales = experts.gate_up_blocks, experts.gate_up_scales
     yield "mxfp4_dequantize, gate_up", lambda: moe_triton.mxfp4_dequantize(blocks, scales)

@@ -25,7 +25,7 @@ import triton.language as tl
 
 from ..model.moe import PackedExperts, experts_forward
 from ..model.mxfp4 import BYTES_PER_BLOCK
-from . import dot_dtype
+from .triton_dtypes import dot_dtype
 
 DECODE_MAX_TOKENS = 8  # up to this many tokens use the per-pair decode kernels (untuned)
 DECODE_BLOCK_N = 16  # output rows per decode program: 180 programs per pair at the 20b width

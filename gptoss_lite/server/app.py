@@ -2,7 +2,8 @@
 
 `create_app(service)` serves one loaded model: `GET /health` (open to all), and behind the API
 key when one is set, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/responses` and
-`POST /v1/completions` (plain text continued, stopping at `<|endoftext|>`). A body larger than
+`POST /v1/completions` (plain text continued, stopping at `<|endoftext|>`), and Ollama's API
+under `/api` (ollama_api.py). A body larger than
 the context could ever need (`body_limit`) is refused with 413 before it is read. uvicorn runs
 the app; the generation itself happens in the service's worker thread, never on the event loop.
 """
@@ -18,6 +19,7 @@ from fastapi.responses import StreamingResponse
 
 from . import chat_api, completions_api, responses_api
 from .errors import ApiError, install_handlers
+from .ollama_api import ollama_app
 from .service import Service, collect
 
 MAX_BYTES_PER_TOKEN = 64  # a token is a few bytes of text, at most ~6x more once JSON-escaped
@@ -45,6 +47,7 @@ def create_app(service: Service) -> FastAPI:
     install_handlers(app)
     store = responses_api.ResponseStore()
     auth = [Depends(_auth(service.api_key))]
+    app.mount("/api", ollama_app(service, auth[0]))
 
     @app.get("/health")
     async def health() -> dict:
@@ -65,13 +68,12 @@ def create_app(service: Service) -> FastAPI:
 
     @app.post("/v1/chat/completions", dependencies=auth)
     async def chat_completions(body: chat_api.ChatRequest, request: Request):
-        job, reply = chat_api.prepare(body, service)
+        pending = chat_api.prepare(body, service)
         if body.stream:
-            usage = body.stream_options is not None and body.stream_options.include_usage
-            events = chat_api.stream(job, reply, service, usage)
+            events = chat_api.stream(pending, service)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await collect(job, reply, request)
-        return chat_api.completion(reply, done, service)
+        done = await collect(pending.job, pending.reply, request)
+        return chat_api.completion(pending, done, service)
 
     @app.post("/v1/responses", dependencies=auth)
     async def responses(body: responses_api.ResponsesRequest, request: Request):

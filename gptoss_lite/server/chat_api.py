@@ -3,18 +3,20 @@
 `ChatRequest` is the accepted body. Its messages become harmony turns: system and developer
 texts the developer instructions, an assistant message its reasoning (`reasoning_content` or
 `reasoning`, kept only inside a tool chain), its tool calls (or a preamble and calls) or its
-answer, a tool message the output of the call its `tool_call_id` names. The reply puts the final
-text in `content`, the analysis in `reasoning_content` and `reasoning`, the calls in `tool_calls`
-(one index and a stable id per call, arguments as a JSON string); streamed, the same pieces
-arrive as `chat.completion.chunk` deltas, then the finish reason, then the usage when
-`stream_options.include_usage` asks for it, then `[DONE]`. `response_format` and strict
-function tools constrain the reply (`formats`).
+answer, a tool message the output of the call its `tool_call_id` names; `tools` are function and
+custom tools (tools.py). The reply puts the final text in `content`, the analysis in
+`reasoning_content` and `reasoning`, the calls in `tool_calls` (one index and a stable id per
+call, arguments as a JSON string; a custom tool's call as `custom: {name, input}`); streamed, the
+same pieces arrive as `chat.completion.chunk` deltas (a custom call whole, once its input is),
+then the finish reason, then the usage when `stream_options.include_usage` asks for it, then
+`[DONE]`. `response_format` and strict function tools constrain the reply (`formats`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +27,7 @@ from . import conversation as conv
 from . import formats
 from .errors import ApiError
 from .service import Service, changes, guarded, sse
+from .tools import Declared, chat_tools, custom_input
 from .worker import Done, Job
 
 SEED_RANGE = {"ge": -(1 << 63), "lt": 1 << 64}  # what torch.Generator.manual_seed accepts
@@ -44,10 +47,16 @@ class CalledFunction(_Body):
     arguments: str = ""
 
 
+class CalledCustom(_Body):
+    name: str
+    input: str = ""
+
+
 class ToolCallIn(_Body):
     id: str
-    type: Literal["function"] = "function"
-    function: CalledFunction
+    type: Literal["function", "custom"] = "function"
+    function: CalledFunction | None = None
+    custom: CalledCustom | None = None
 
 
 class ChatMessage(_Body):
@@ -64,7 +73,6 @@ class FunctionSpec(_Body):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
 class ChatTool(_Body):
@@ -94,7 +102,7 @@ class SamplingFields(_Body):
 class ChatRequest(SamplingFields):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[ChatTool] | None = None
+    tools: list[Any] | None = None  # read by tools.chat_tools
     tool_choice: str | dict[str, Any] | None = None
     reasoning_effort: str | None = None
     max_tokens: int | None = Field(None, ge=1)
@@ -103,28 +111,27 @@ class ChatRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
 
 
-def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
+@dataclass
+class Pending:
+    """A completion being generated: the request, its tools, and where the reply goes."""
+
+    body: ChatRequest
+    tools: Declared
+    job: Job
+    reply: Reply
+
+
+def prepare(body: ChatRequest, service: Service) -> Pending:
     """Render the request, check it fits, and queue its generation."""
     service.check_model(body.model)
     instructions, turns = harmony_turns(body.messages)
-    tools = [
-        conv.function_tool(
-            f"tools.{i}.function", t.function.name, t.function.description, t.function.parameters
-        )
-        for i, t in enumerate(body.tools or [])
-    ]
-    tools, forced = conv.tools_for(tools, body.tool_choice)
-    answer = (*formats.answer_format(body.response_format, "response_format"), "response_format")
-    declared = [
-        (f"tools.{i}.function", t.function.name, t.function.parameters, t.function.strict is True)
-        for i, t in enumerate(body.tools or [])
-        if tools
-    ]
-    grammar = formats.reply_grammar(service.tokenizer, answer, declared, forced)
+    tools, forced = chat_tools(body.tools).chosen(body.tool_choice)
+    answer = formats.answer_format(body.response_format, "response_format")
+    grammar = formats.reply_grammar(service.tokenizer, answer, tools, forced)
     chat = conv.conversation(
         turns,
         instructions=instructions,
-        tools=tools,
+        tools=tools.functions,
         effort=body.reasoning_effort,
         effort_param="reasoning_effort",
     )
@@ -139,8 +146,10 @@ def prepare(body: ChatRequest, service: Service) -> tuple[Job, Reply]:
         top_p=body.top_p,
         seed=body.seed,
     )
-    reply = Reply(service.tokenizer, body.stops, tools=[t.name for t in tools], prefix=call)
-    return service.submit(prompt, sampling, grammar=grammar, prefix=call), reply
+    reply = Reply(service.tokenizer, body.stops, tools=tools.names, prefix=call)
+    return Pending(
+        body, tools, service.submit(prompt, sampling, grammar=grammar, prefix=call), reply
+    )
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:
@@ -162,9 +171,9 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
                 turns.append(Message("assistant", text, channel="commentary"))  # a preamble
             elif text:
                 turns.append(conv.answer(text))
-            for call in message.tool_calls or []:
-                names[call.id] = call.function.name
-                turns.append(conv.tool_call(call.function.name, call.function.arguments))
+            for j, call in enumerate(message.tool_calls or []):
+                turns.append(_earlier_call(call, f"messages.{i}.tool_calls.{j}"))
+                names[call.id] = (call.function or call.custom).name
         else:
             name = names.get(message.tool_call_id or "") or message.name
             if not name:
@@ -178,6 +187,17 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
     return instructions, turns
 
 
+def _earlier_call(call: ToolCallIn, where: str) -> Message:
+    if call.type == "custom" and call.custom is not None:
+        return conv.custom_call(call.custom.name, call.custom.input)
+    if call.type == "function" and call.function is not None:
+        return conv.tool_call(call.function.name, call.function.arguments)
+    param = f"{where}.{call.type}"
+    raise ApiError(
+        400, f"{param}: a {call.type} tool call needs its {call.type} object", param=param
+    )
+
+
 def _text(content: str | list[ContentPart] | None, param: str) -> str:
     if content is None or isinstance(content, str):
         return content or ""
@@ -187,9 +207,10 @@ def _text(content: str | list[ContentPart] | None, param: str) -> str:
     return "".join(part.text for part in content)
 
 
-def completion(reply: Reply, done: Done, service: Service) -> dict:
+def completion(pending: Pending, done: Done, service: Service) -> dict:
     """The `chat.completion` object of a finished reply."""
-    calls = [_call(part) for part in reply.tool_calls]
+    reply = pending.reply
+    calls = [_call(pending, part) for part in reply.tool_calls]
     text, thought = reply.text("text"), reply.text("reasoning")
     message = {
         "role": "assistant",
@@ -217,13 +238,18 @@ def usage(reply: Reply, done: Done) -> dict:
         "prompt_tokens": counts.prompt_tokens,
         "completion_tokens": counts.completion_tokens,
         "total_tokens": counts.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": counts.cached_tokens,
+            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
+        },
         "completion_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
     }
 
 
-def stream(job: Job, reply: Reply, service: Service, include_usage: bool) -> AsyncIterator[str]:
+def stream(pending: Pending, service: Service) -> AsyncIterator[str]:
     """Server-sent `chat.completion.chunk` events of the reply, then `[DONE]`."""
+    job, reply, options = pending.job, pending.reply, pending.body.stream_options
+    include_usage = options is not None and options.include_usage
     head = _head("chat.completion.chunk", new_id("chatcmpl-"), service)
     extra = {"usage": None} if include_usage else {}
 
@@ -240,17 +266,20 @@ def stream(job: Job, reply: Reply, service: Service, include_usage: bool) -> Asy
                     yield sse({**head, "choices": [], "usage": usage(reply, item)})
             else:
                 for change in item:
-                    if (delta := _delta(change, reply)) is not None:
+                    if (delta := _delta(pending, change)) is not None:
                         yield chunk(delta)
         yield "data: [DONE]\n\n"
 
     return guarded(events(), job, lambda error: sse(error.body()))
 
 
-def _delta(change: Change, reply: Reply) -> dict | None:
+def _delta(pending: Pending, change: Change) -> dict | None:
     part = change.part
     if part.kind == "tool_call":
-        index = reply.tool_calls.index(part)
+        index = pending.reply.tool_calls.index(part)
+        if _is_custom(pending, part):  # whole when it ends: its input is decoded then
+            done = change.kind == "close"
+            return {"tool_calls": [{"index": index, **_call(pending, part)}]} if done else None
         if change.kind == "open":
             call = {"id": part.call_id, "type": "function"}
             return {"tool_calls": [{"index": index, **call, "function": _function(part, "")}]}
@@ -265,8 +294,15 @@ def _delta(change: Change, reply: Reply) -> dict | None:
     return {"content": change.lead + change.text}
 
 
-def _call(part: Part) -> dict:
+def _call(pending: Pending, part: Part) -> dict:
+    if _is_custom(pending, part):
+        custom = {"name": part.name, "input": custom_input(part.text)}
+        return {"id": part.call_id, "type": "custom", "custom": custom}
     return {"id": part.call_id, "type": "function", "function": _function(part, part.text)}
+
+
+def _is_custom(pending: Pending, part: Part) -> bool:
+    return part.name in pending.tools.custom
 
 
 def _function(part: Part, arguments: str) -> dict:

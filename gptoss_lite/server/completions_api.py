@@ -56,7 +56,10 @@ def completion(reply: Reply, done: Done, service: Service) -> dict:
         "prompt_tokens": counts.prompt_tokens,
         "completion_tokens": counts.completion_tokens,
         "total_tokens": counts.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "prompt_tokens_details": {
+            "cached_tokens": counts.cached_tokens,
+            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
+        },
     }
     choice["finish_reason"] = reply.finish_reason(done.finish_reason)
     return {**_head(service), "choices": [choice], "usage": usage}

@@ -2,20 +2,31 @@
 
 Each endpoint turns its own message or item list into harmony `Message`s with these helpers;
 `conversation` then assembles the `Conversation`: system and developer texts of the request
-become the developer instructions (the model identity stays harmony's), function tools are
-declared unless `tool_choice` is "none" (a `tool_choice` that demands a call opens the reply
-with the call's header, `forced_call`), and reasoning is kept only where harmony wants it: the
-analysis of turns after the last user message (a tool-call chain still under way) stays, every
-earlier one is dropped, whether or not the client sent it back.
+become the developer instructions (the model identity stays harmony's), function tools (and
+namespaces of them) are declared unless `tool_choice` is "none" (a `tool_choice` that demands a
+call opens the reply with the call's header, `forced_call`), and reasoning is kept only where
+harmony wants it: the analysis of turns after the last user message (a tool-call chain still
+under way) stays, every earlier one is dropped, whether or not the client sent it back.
+`truncated` drops the oldest turns until a prompt fits (the Responses API's `truncation`).
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from dataclasses import replace
 from typing import Any
 
-from ..chat.harmony import Conversation, Message, ToolDef, check_effort, check_tool_name
+from ..chat.harmony import (
+    Conversation,
+    Message,
+    ToolDef,
+    ToolNamespace,
+    check_effort,
+    check_tool_name,
+    render_prompt,
+    tool_recipient,
+)
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import CHANNEL, CONSTRAIN, MESSAGE
 from ..errors import GptossError
@@ -29,6 +40,7 @@ def conversation(
     tools: list[ToolDef],
     effort: str | None,
     effort_param: str,
+    namespaces: list[ToolNamespace] = (),
 ) -> Conversation:
     """The harmony conversation of a request."""
     try:
@@ -40,9 +52,26 @@ def conversation(
         messages=keep_chain_reasoning(messages),
         instructions="\n\n".join(texts) if texts else None,
         tools=tools,
+        namespaces=list(namespaces),
         reasoning_effort=effort,
         date=datetime.date.today().isoformat(),
     )
+
+
+def truncated(chat: Conversation, tokenizer: Tokenizer, budget: int) -> Conversation:
+    """`chat` without its oldest turns, as few dropped as let its prompt fit in `budget` tokens
+    (the Responses API's `truncation: "auto"`); the last turn always stays."""
+
+    def size(dropped: int) -> int:
+        return len(render_prompt(replace(chat, messages=chat.messages[dropped:]), tokenizer))
+
+    low, high = 0, max(len(chat.messages) - 1, 0)  # the prompt shrinks as more are dropped
+    if size(low) <= budget:
+        return chat
+    while low < high:
+        middle = (low + high) // 2
+        low, high = (low, middle) if size(middle) <= budget else (middle + 1, high)
+    return replace(chat, messages=chat.messages[low:])
 
 
 def keep_chain_reasoning(messages: list[Message]) -> list[Message]:
@@ -62,13 +91,19 @@ def answer(text: str) -> Message:
 
 
 def tool_call(name: str, arguments: str) -> Message:
-    """An earlier call of function `name` with its JSON `arguments`."""
+    """An earlier call of function `name` (`namespace.name` outside `functions`) with its JSON
+    `arguments`."""
     return Message.tool_call(name, arguments)
 
 
+def custom_call(name: str, text: str) -> Message:
+    """An earlier call of custom tool `name` with its free-text input (declared a string)."""
+    return Message.tool_call(name, json.dumps(text, ensure_ascii=False))
+
+
 def tool_output(name: str, output: str) -> Message:
-    """What function `name` returned."""
-    return Message.tool_result(f"functions.{name}", output)
+    """What function `name` (`namespace.name` outside `functions`) returned."""
+    return Message.tool_result(tool_recipient(name), output)
 
 
 def function_tool(

@@ -1,16 +1,25 @@
 """`POST /v1/responses`: the Responses API, the one gpt-oss was trained for, on harmony.
 
 `input` is a string (one user message) or a list of items: messages (with or without
-`"type": "message"`), `function_call`, `function_call_output` and `reasoning`. `instructions`
-become the developer instructions, `reasoning.effort` the system message's effort, function
-`tools` the declared functions, `max_output_tokens` the limit. The output is a list of items:
-`reasoning` (the analysis, as `reasoning_text`), `message` (`output_text`) and `function_call`.
-Streamed, it is the standard event sequence: `response.created`, `response.in_progress`, per item
-`response.output_item.added`, its deltas (`response.reasoning_text.delta`,
-`response.output_text.delta`, `response.function_call_arguments.delta`) and `.done` events,
-`response.output_item.done`, then `response.completed` (or `response.incomplete` at the limit).
-A stored response (the default) can be continued with `previous_response_id`: its turns are kept
-in memory, the newest `STORED_RESPONSES` of them.
+`"type": "message"`), `function_call` (with its `namespace`, if any) and `custom_tool_call`, their
+outputs, and `reasoning` (its `content`, else its `summary`). `instructions` become the developer
+instructions, `reasoning.effort` the system message's effort, `tools` the declared tools
+(tools.py: functions, namespaces and custom tools; hosted ones are left out), `max_output_tokens`
+the limit; with `truncation: "auto"` the oldest turns are dropped until the input fits. The
+output is a list of items: `reasoning` (the analysis, as `reasoning_text`, or as the summary when
+`reasoning.summary` asks for one, since gpt-oss writes no separate summary), `message`
+(`output_text`), `function_call` and `custom_tool_call`. Streamed, it is the standard event
+sequence: `response.created`, `response.in_progress`, per item `response.output_item.added`, its
+deltas (`response.reasoning_text.delta` or the summary's part and text events,
+`response.output_text.delta`, `response.function_call_arguments.delta`,
+`response.custom_tool_call_input.delta`) and `.done` events, `response.output_item.done`, then
+`response.completed` (or `response.incomplete` at the limit). With `include:
+["reasoning.encrypted_content"]` a reasoning item carries `encrypted_content: null`: the analysis
+is plain text that the client sends back in the item, so there is nothing to encrypt. The
+response echoes the request's settings: `parallel_tool_calls` as asked (gpt-oss makes one call a
+turn either way), `prompt_cache_key`, `safety_identifier`, `service_tier`, `truncation`. A stored
+response (the default) can be continued with `previous_response_id`: its turns are kept in
+memory, the newest `STORED_RESPONSES` of them.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,9 +40,11 @@ from . import conversation as conv
 from . import formats
 from .errors import ApiError
 from .service import Service, changes, guarded, sse
+from .tools import Declared, custom_input, responses_tools
 from .worker import Done, Job
 
 STORED_RESPONSES = 512  # the oldest stored response is forgotten beyond this many
+OUTPUTS = ("function_call_output", "custom_tool_call_output")
 
 
 class _Body(BaseModel):
@@ -45,18 +56,12 @@ class InputItem(_Body):
     role: str | None = None
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    namespace: str | None = None
     arguments: str | None = None
+    input: str | None = None  # a custom tool call's
     call_id: str | None = None
     output: str | list[dict[str, Any]] | None = None
     summary: list[dict[str, Any]] | None = None
-
-
-class ResponseTool(_Body):
-    type: str
-    name: str | None = None
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = None
 
 
 class TextOptions(_Body):
@@ -65,6 +70,21 @@ class TextOptions(_Body):
 
 class ReasoningOptions(_Body):
     effort: str | None = None
+    summary: Literal["auto", "concise", "detailed"] | None = None
+    generate_summary: Literal["auto", "concise", "detailed"] | None = None  # its older name
+
+
+Include = Literal[
+    "reasoning.encrypted_content",
+    "message.output_text.logprobs",
+    # about hosted tools and images, which this server leaves out: nothing to add
+    "file_search_call.results",
+    "web_search_call.results",
+    "web_search_call.action.sources",
+    "message.input_image.image_url",
+    "computer_call_output.output.image_url",
+    "code_interpreter_call.outputs",
+]
 
 
 class ResponsesRequest(_Body):
@@ -72,8 +92,9 @@ class ResponsesRequest(_Body):
     input: str | list[InputItem]
     instructions: str | None = None
     reasoning: ReasoningOptions | None = None
-    tools: list[ResponseTool] | None = None
+    tools: list[Any] | None = None  # read by tools.responses_tools, echoed as sent
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
     max_output_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
@@ -82,6 +103,21 @@ class ResponsesRequest(_Body):
     store: bool = True
     metadata: dict[str, Any] | None = None
     text: TextOptions | None = None
+    include: list[Include] | None = None
+    truncation: Literal["auto", "disabled"] = "disabled"
+    prompt_cache_key: str | None = None  # the prefix cache needs no key: the runner finds it
+    safety_identifier: str | None = None
+    service_tier: str | None = None
+    user: str | None = None
+    background: bool = False
+
+    @property
+    def summary(self) -> bool:
+        """Whether the client asked for a reasoning summary."""
+        reasoning = self.reasoning
+        return (
+            reasoning is not None and (reasoning.summary or reasoning.generate_summary) is not None
+        )
 
 
 @dataclass
@@ -122,10 +158,11 @@ class ResponseStore:
 
 @dataclass
 class Pending:
-    """A response being generated: the request, its turns, and where the reply goes."""
+    """A response being generated: the request, its turns, its tools, and where the reply goes."""
 
     body: ResponsesRequest
     turns: Turns
+    tools: Declared
     job: Job
     reply: Reply
     id: str = field(default_factory=lambda: new_id("resp_"))
@@ -135,26 +172,26 @@ class Pending:
 def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> Pending:
     """Render the request after any previous response, check it fits, and queue it."""
     service.check_model(body.model)
+    if body.background:
+        raise ApiError(400, "background: responses run in the foreground here", param="background")
     turns = store.get(body.previous_response_id) if body.previous_response_id else Turns()
     instructions = add_input(turns, body.input)
-    tools = [_tool(t, i) for i, t in enumerate(body.tools or [])]
-    tools, forced = conv.tools_for(tools, body.tool_choice)
-    spec = body.text.format if body.text else None
-    answer = (*formats.answer_format(spec, "text.format"), "text.format")
-    declared = [
-        (f"tools.{i}", t.name, t.parameters, t.strict is True)
-        for i, t in enumerate(body.tools or [])
-        if tools
-    ]
-    grammar = formats.reply_grammar(service.tokenizer, answer, declared, forced)
+    tools, forced = responses_tools(body.tools).chosen(body.tool_choice)
+    tools.report()
+    answer = formats.answer_format(body.text.format if body.text else None, "text.format")
+    grammar = formats.reply_grammar(service.tokenizer, answer, tools, forced)
     chat = conv.conversation(
         turns.messages,
         instructions=[body.instructions or "", *instructions],
-        tools=tools,
+        tools=tools.functions,
+        namespaces=tools.namespaces,
         effort=body.reasoning.effort if body.reasoning else None,
         effort_param="reasoning.effort",
     )
     call = conv.forced_call(forced, service.tokenizer)
+    room = body.max_output_tokens or 1
+    if body.truncation == "auto":
+        chat = conv.truncated(chat, service.tokenizer, service.context - room - len(call))
     prompt = render_prompt(chat, service.tokenizer) + call
     sampling = service.sampling(
         prompt,
@@ -164,9 +201,9 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         temperature=body.temperature,
         top_p=body.top_p,
     )
-    reply = Reply(service.tokenizer, tools=[t.name for t in tools], prefix=call)
+    reply = Reply(service.tokenizer, tools=tools.names, prefix=call)
     job = service.submit(prompt, sampling, grammar=grammar, prefix=call)
-    return Pending(body, turns, job, reply)
+    return Pending(body, turns, tools, job, reply)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -188,9 +225,13 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
             if thought:
                 turns.messages.append(conv.reasoning(thought))
         elif item.type == "function_call" and item.name and item.call_id:
+            name = f"{item.namespace}.{item.name}" if item.namespace else item.name
+            turns.names[item.call_id] = name
+            turns.messages.append(conv.tool_call(name, item.arguments or ""))
+        elif item.type == "custom_tool_call" and item.name and item.call_id:
             turns.names[item.call_id] = item.name
-            turns.messages.append(conv.tool_call(item.name, item.arguments or ""))
-        elif item.type == "function_call_output" and item.call_id in turns.names:
+            turns.messages.append(conv.custom_call(item.name, item.input or ""))
+        elif item.type in OUTPUTS and item.call_id in turns.names:
             output = _text(item.output, where)
             turns.messages.append(conv.tool_output(turns.names[item.call_id], output))
         else:
@@ -201,10 +242,10 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
 def _unsupported(item: InputItem) -> str:
     if item.type == "message":
         return f"message role {item.role!r} is not one of: user, assistant, system, developer"
-    if item.type == "function_call":
-        return "a function_call needs a name and a call_id"
-    if item.type == "function_call_output":
-        return f"call_id {item.call_id!r} names no earlier function_call"
+    if item.type in ("function_call", "custom_tool_call"):
+        return f"a {item.type} needs a name and a call_id"
+    if item.type in OUTPUTS:
+        return f"call_id {item.call_id!r} names no earlier tool call"
     return f"input items of type {item.type!r} are not supported"
 
 
@@ -217,13 +258,6 @@ def _text(content: str | list[dict[str, Any]] | None, where: str) -> str:
     return "".join(texts)
 
 
-def _tool(tool: ResponseTool, i: int) -> Any:
-    where = f"tools.{i}"
-    if tool.type != "function":
-        raise ApiError(400, f"{where}: only function tools are supported", param=where)
-    return conv.function_tool(where, tool.name, tool.description, tool.parameters)
-
-
 def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
     """The finished response object; stored for `previous_response_id` unless `store` is off."""
     if pending.body.store and done.finish_reason != "interrupted":
@@ -231,12 +265,12 @@ def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
         for part in pending.reply.parts:
             turns.messages.append(_turn(part))
             if part.kind == "tool_call":
-                turns.names[part.call_id] = part.name
+                turns.names[part.call_id] = _qualified(part)
         store.put(pending.id, turns)
     incomplete = pending.reply.finish_reason(done.finish_reason) == "length"
     return {
         **_response(pending, "incomplete" if incomplete else "completed"),
-        "output": [_item(part, "completed") for part in pending.reply.parts],
+        "output": [_item(pending, part, "completed") for part in pending.reply.parts],
         "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
         "usage": usage(pending.reply, done),
     }
@@ -246,7 +280,11 @@ def usage(reply: Reply, done: Done) -> dict:
     counts = reply.usage(done.stats)
     return {
         "input_tokens": counts.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": counts.cached_tokens},
+        "input_tokens_details": {
+            "cached_tokens": counts.cached_tokens,
+            # the tokens prefilled now stay in the KV cache for the next request
+            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
+        },
         "output_tokens": counts.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": counts.reasoning_tokens},
         "total_tokens": counts.total_tokens,
@@ -257,8 +295,12 @@ def _turn(part: Part) -> Message:
     if part.kind == "reasoning":
         return conv.reasoning(part.text)
     if part.kind == "tool_call":
-        return conv.tool_call(part.name, part.text)
+        return conv.tool_call(_qualified(part), part.text)  # as the model wrote it
     return conv.answer(part.text)
+
+
+def _qualified(part: Part) -> str:
+    return f"{part.namespace}.{part.name}" if part.namespace else part.name
 
 
 def _response(pending: Pending, status: str) -> dict:
@@ -275,36 +317,49 @@ def _response(pending: Pending, status: str) -> dict:
         "instructions": body.instructions,
         "max_output_tokens": body.max_output_tokens,
         "previous_response_id": body.previous_response_id,
-        "reasoning": {"effort": body.reasoning.effort if body.reasoning else None},
+        "reasoning": body.reasoning.model_dump() if body.reasoning else {"effort": None},
         "temperature": body.temperature,
         "top_p": body.top_p,
         "tool_choice": body.tool_choice or "auto",
-        "tools": [t.model_dump(exclude_none=True) for t in body.tools or []],
-        "parallel_tool_calls": False,
+        "tools": body.tools or [],
+        "parallel_tool_calls": body.parallel_tool_calls,
         "text": {"format": (body.text and body.text.format) or {"type": "text"}},
-        "truncation": "disabled",
+        "truncation": body.truncation,
         "store": body.store,
         "metadata": body.metadata or {},
+        "prompt_cache_key": body.prompt_cache_key,
+        "safety_identifier": body.safety_identifier,
+        "service_tier": body.service_tier or "default",
+        "user": body.user,
         "usage": None,
     }
 
 
-def _item(part: Part, status: str) -> dict:
+def _item(pending: Pending, part: Part, status: str) -> dict:
     """The output item of a part, with its text so far."""
+    if part.kind == "tool_call" and _qualified(part) in pending.tools.custom:
+        text = custom_input(part.text) if status == "completed" else ""
+        call = {"type": "custom_tool_call", "id": part.id, "call_id": part.call_id}
+        return {**call, "name": part.name, "input": text, "status": status}
     if part.kind == "tool_call":
-        return {
-            "type": "function_call",
-            "id": part.id,
-            "call_id": part.call_id,
-            "name": part.name,
-            "arguments": part.text,
-            "status": status,
-        }
-    content = [_content(part)] if status == "completed" else []
+        call = {"type": "function_call", "id": part.id, "call_id": part.call_id}
+        space = {"namespace": part.namespace} if part.namespace else {}
+        return {**call, "name": part.name, **space, "arguments": part.text, "status": status}
     if part.kind == "reasoning":
-        return {"type": "reasoning", "id": part.id, "summary": [], "content": content}
+        done = status == "completed"
+        summary = [_summary(part.text)] if done and pending.body.summary else []
+        content = [_content(part)] if done and not pending.body.summary else []
+        item = {"type": "reasoning", "id": part.id, "summary": summary, "content": content}
+        if "reasoning.encrypted_content" in (pending.body.include or ()):
+            item["encrypted_content"] = None  # nothing to encrypt: the text goes back as is
+        return item
+    content = [_content(part)] if status == "completed" else []
     message = {"type": "message", "id": part.id, "status": status, "role": "assistant"}
     return {**message, "content": content}
+
+
+def _summary(text: str) -> dict:
+    return {"type": "summary_text", "text": text}
 
 
 def _content(part: Part, text: str | None = None) -> dict:
@@ -330,45 +385,70 @@ def stream(pending: Pending, store: ResponseStore) -> AsyncIterator[str]:
                 yield event(f"response.{response['status']}", response=response)
             else:
                 for change in item:
-                    for kind, data in _events(change):
+                    for kind, data in _events(pending, change):
                         yield event(kind, **data)
 
     return guarded(events(), pending.job, lambda error: event("error", **error.body()["error"]))
 
 
-def _events(change: Change) -> list[tuple[str, dict]]:
+def _events(pending: Pending, change: Change) -> list[tuple[str, dict]]:
     """The stream events of one change to a part."""
     part = change.part
     at = {"item_id": part.id, "output_index": part.index}
+    item = ("response.output_item.added", {"output_index": part.index})
+    kind = _kind(pending, part)
     if change.kind == "open":
-        added = [
-            (
-                "response.output_item.added",
-                {"output_index": part.index, "item": _item(part, "in_progress")},
-            )
-        ]
-        if part.kind != "tool_call":
-            empty = _content(part, "")
-            added.append(("response.content_part.added", {**at, "content_index": 0, "part": empty}))
+        added = [(item[0], {**item[1], "item": _item(pending, part, "in_progress")})]
+        if kind == "summary":
+            empty = {**at, "summary_index": 0, "part": _summary("")}
+            added.append(("response.reasoning_summary_part.added", empty))
+        elif kind in ("reasoning_text", "output_text"):
+            empty = {**at, "content_index": 0, "part": _content(part, "")}
+            added.append(("response.content_part.added", empty))
         return added
     if change.kind == "delta":
-        if part.kind == "tool_call":
-            return [("response.function_call_arguments.delta", {**at, "delta": change.text})]
-        kind = "reasoning_text" if part.kind == "reasoning" else "output_text"
-        extra = {"logprobs": []} if part.kind == "text" else {}
-        delta = {**at, "content_index": 0, "delta": change.text, **extra}
-        return [(f"response.{kind}.delta", delta)]
-    done = [
-        (
-            "response.output_item.done",
-            {"output_index": part.index, "item": _item(part, "completed")},
-        )
-    ]
-    if part.kind == "tool_call":
+        return _delta(kind, at, change.text)
+    done = ("response.output_item.done", {**item[1], "item": _item(pending, part, "completed")})
+    if kind == "function_call":
         args = {**at, "name": part.name, "arguments": part.text}
-        return [("response.function_call_arguments.done", args), *done]
-    kind = "reasoning_text" if part.kind == "reasoning" else "output_text"
-    extra = {"logprobs": []} if part.kind == "text" else {}
+        return [("response.function_call_arguments.done", args), done]
+    if kind == "custom_tool_call":
+        text = custom_input(part.text)  # whole: a JSON string is decoded only once complete
+        delta = ("response.custom_tool_call_input.delta", {**at, "delta": text})
+        return [delta, ("response.custom_tool_call_input.done", {**at, "input": text}), done]
+    if kind == "summary":
+        text = {**at, "summary_index": 0, "text": part.text}
+        summary = {**at, "summary_index": 0, "part": _summary(part.text)}
+        return [
+            ("response.reasoning_summary_text.done", text),
+            ("response.reasoning_summary_part.done", summary),
+            done,
+        ]
+    extra = {"logprobs": []} if kind == "output_text" else {}
     text_done = {**at, "content_index": 0, "text": part.text, **extra}
     part_done = {**at, "content_index": 0, "part": _content(part)}
-    return [(f"response.{kind}.done", text_done), ("response.content_part.done", part_done), *done]
+    return [(f"response.{kind}.done", text_done), ("response.content_part.done", part_done), done]
+
+
+def _kind(pending: Pending, part: Part) -> str:
+    """What a part streams as: function_call, custom_tool_call, summary, reasoning_text or
+    output_text."""
+    if part.kind == "tool_call":
+        custom = _qualified(part) in pending.tools.custom
+        return "custom_tool_call" if custom else "function_call"
+    if part.kind == "reasoning":
+        return "summary" if pending.body.summary else "reasoning_text"
+    return "output_text"
+
+
+def _delta(kind: str, at: dict, text: str) -> list[tuple[str, dict]]:
+    if kind == "function_call":
+        return [("response.function_call_arguments.delta", {**at, "delta": text})]
+    if kind == "custom_tool_call":
+        return []  # sent whole when the call ends
+    if kind == "summary":
+        return [
+            ("response.reasoning_summary_text.delta", {**at, "summary_index": 0, "delta": text})
+        ]
+    extra = {"logprobs": []} if kind == "output_text" else {}
+    return [(f"response.{kind}.delta", {**at, "content_index": 0, "delta": text, **extra})]

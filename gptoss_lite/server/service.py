@@ -1,11 +1,13 @@
 """The state one server shares between its endpoints: the model, its queue, and request checks.
 
-`Service` holds the runner (through its `GenerationQueue`), the tokenizer, the model's name and
-the API key. Endpoints ask it to check the model name, to size a request against the context
-(`sampling`: a prompt that does not fit or a `max_tokens` beyond what remains is a 400 with the
-numbers), to queue a job (`submit`: 503 with Retry-After when the queue is full) and to run a
-job into a `chat.reply.Reply` (`changes`), cancelling it when a stop string ends the visible text
-or the client goes away (`watch_disconnect`).
+`Service` holds the runner (through its `GenerationQueue`), the tokenizer, the model's names and
+the API key. The model answers to its id (a Hub id or a folder's name, also without the part
+before a "/") and, when its geometry is a published one, to Ollama's name for it ("gpt-oss:20b",
+"gpt-oss:120b"), which `codex --oss` asks for. Endpoints ask it to check the model name, to size
+a request against the context (`sampling`: a prompt that does not fit or a `max_tokens` beyond
+what remains is a 400 with the numbers), to queue a job (`submit`: 503 with Retry-After when the
+queue is full) and to run a job into a `chat.reply.Reply` (`changes`), cancelling it when a stop
+string ends the visible text or the client goes away (`watch_disconnect`).
 """
 
 from __future__ import annotations
@@ -20,18 +22,20 @@ from pathlib import Path
 
 from starlette.requests import Request
 
-from ..chat.constraint import compiler_for
 from ..chat.reply import Change, Reply
-from ..chat.session import Sampling
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import STOP_TOKENS
-from ..engine.constrain import Grammar
+from ..config import ModelConfig, preset
+from ..engine.constraint import compiler_for
 from ..engine.generate import check_fits
+from ..engine.grammar import Grammar
 from ..engine.runner import Runner
+from ..engine.session import Sampling
 from ..errors import GptossError
 from .errors import ApiError, internal_error
 from .worker import Done, Failed, GenerationQueue, Job, QueueFull, Token
 
+OLLAMA_NAMES = {"gpt-oss-20b": "gpt-oss:20b", "gpt-oss-120b": "gpt-oss:120b"}  # by preset
 RETRY_AFTER_S = 1  # what a client told the queue is full waits before trying again
 DEFAULT_MAX_QUEUE = 16
 
@@ -50,6 +54,7 @@ class Service:
     ) -> None:
         self.runner, self.tokenizer = runner, tokenizer
         self.model_id = model_id
+        self.names = (model_id, *ollama_aliases(runner.config))
         self.api_key = api_key or None
         self.queue = GenerationQueue(runner, max_queue)
         self.created = int(time.time())
@@ -60,9 +65,18 @@ class Service:
     def context(self) -> int:
         return self.runner.context
 
+    @property
+    def config(self) -> ModelConfig:
+        return self.runner.config
+
+    def serves(self, name: str) -> bool:
+        """Whether `name` is one of this model's names (or the last part of its id), also with
+        Ollama's default tag ":latest"."""
+        return name.removesuffix(":latest") in (*self.names, self.model_id.rsplit("/", 1)[-1])
+
     def check_model(self, name: str) -> None:
-        """404 unless `name` is this model's id (or the last part of it)."""
-        if name not in (self.model_id, self.model_id.rsplit("/", 1)[-1]):
+        """404 unless `name` is one of this model's names."""
+        if not self.serves(name):
             raise ApiError(
                 404,
                 f"The model {name!r} does not exist: this server serves {self.model_id!r}",
@@ -80,6 +94,7 @@ class Service:
         temperature: float | None,
         top_p: float | None,
         seed: int | None = None,
+        top_k: int | None = None,
     ) -> Sampling:
         """How to sample the reply to `prompt`, which must leave room for `max_tokens`."""
         for param, new_tokens in ((prompt_param, None), (max_param, max_tokens)):
@@ -91,6 +106,7 @@ class Service:
             max_new_tokens=room,
             temperature=1.0 if temperature is None else temperature,
             top_p=1.0 if top_p is None else top_p,
+            top_k=top_k,
             seed=seed,
         )
 
@@ -183,6 +199,13 @@ async def watch_disconnect(request: Request, job: Job) -> AsyncIterator[None]:
     finally:
         task.cancel()
         job.cancel()
+
+
+def ollama_aliases(config: ModelConfig) -> tuple[str, ...]:
+    """Ollama's name for a model of a published geometry (any weights: a quantized or
+    fine-tuned checkpoint too; its stop tokens may differ), else none."""
+    found = [(preset(key), name) for key, name in OLLAMA_NAMES.items()]
+    return tuple(name for p, name in found if config.with_(eos_token_ids=p.eos_token_ids) == p)
 
 
 def model_name(model: str) -> str:

@@ -3,7 +3,7 @@
 The runner holds one KV cache, so requests take turns: `GenerationQueue.submit` puts a `Job`
 (prompt ids, sampling, stop tokens) at the back of the queue, or raises `QueueFull` when
 `max_waiting` jobs already wait behind the one running. A single worker thread takes jobs from
-the front and runs each through `chat.session.Generation`, so the runner's prefix reuse applies
+the front and runs each through `engine.session.Generation`, so the runner's prefix reuse applies
 across requests (a client resending its history prefills only the new turn). Every token is
 handed to the job's asyncio queue on the server's event loop as it is made; `Job.cancel()` (a
 client gone, a stop string seen) stops the generation before the next decode step, and a job
@@ -23,10 +23,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from ..chat.session import Generation, Sampling
 from ..chat.stats import ReplyStats
-from ..engine.constrain import Grammar
+from ..engine.grammar import Grammar
 from ..engine.runner import Runner
+from ..engine.session import Generation, Sampling
 
 
 class QueueFull(Exception):

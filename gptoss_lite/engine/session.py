@@ -18,15 +18,15 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
+from ..chat.harmony import FUNCTIONS, Conversation, Message, check_effort, render_prompt
+from ..chat.stats import ReplyStats
+from ..chat.tokenizer import Tokenizer
+from ..chat.tokens import STOP_TOKENS
 from ..config import ModelConfig
-from ..engine.constrain import Grammar, GrammarMask
-from ..engine.generate import check_fits
-from ..engine.runner import Runner
 from ..errors import GptossError
-from .harmony import FUNCTIONS, Conversation, Message, check_effort, render_prompt
-from .stats import ReplyStats
-from .tokenizer import Tokenizer
-from .tokens import STOP_TOKENS
+from .generate import check_fits
+from .grammar import Grammar, GrammarMask
+from .runner import Runner
 
 REWIND_TOKENS = 4096  # a longer reply makes the next turn prefill the whole conversation again
 

@@ -25,12 +25,12 @@ from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..engine.generate import check_fits, decode_step, next_token, prefill
 from ..engine.runner import Runner, load
 from ..errors import GptossError
+from ..memory.categories import CATEGORIES, category_of
+from ..memory.plan import Plan
+from ..memory.profiles import Profile, resolve_profile, run_device
 from ..model.kv_quant import KVDtypes
 from ..units import format_bytes
-from .categories import CATEGORIES, category_of
 from .meter import CpuMeter, CudaMeter, Meter, Reading, cap_memory
-from .plan import Plan
-from .profiles import Profile, resolve_profile, run_device
 
 SCHEMA = "gptoss-lite/memory-report/1"
 

@@ -12,7 +12,8 @@ and notices through storage weak references when they are freed, so it counts at
 (an op's internal scratch is not seen; nor is anything before `hold`, hence no tensor peak for the
 load). `resident` is VmRSS and `resident_peak` VmHWM, reset at each phase by writing 5 to
 /proc/self/clear_refs (Linux); where that fails the peak is ru_maxrss, the process's lifetime peak,
-and `CpuMeter.peak_resets` is False.
+and `CpuMeter.peak_resets` is False. `peak_memory` is one number for a whole run: the allocator's
+high-water mark on CUDA, the process's peak resident set size on CPU.
 """
 
 from __future__ import annotations
@@ -148,6 +149,14 @@ class _LiveTensors(TorchDispatchMode):
 
 
 Meter = CpuMeter | CudaMeter
+
+
+def peak_memory(device: torch.device) -> tuple[int, str] | None:
+    """(peak bytes, what they measure) for this process on `device`, or None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "CUDA max allocated"
+    peak = max_rss()
+    return None if peak is None else (peak, "peak RSS")
 
 
 def _reset_rss_peak() -> bool:

@@ -8,9 +8,9 @@ bound by the bytes it must read (`memory.plan.decode_bytes_per_token`: the route
 other weights, the KV cache it attends over), so `read_bandwidth` measures what this machine
 reads per second (a few hundred MB summed, best of a few) and the result says how far decode is
 from that bound. `bench_transformers` runs HF transformers on the same checkpoint, in a process
-of its own (`python -m gptoss_lite.bench transformers ...`), so the peak memory it reports is
-its own. `bench_constrained` times decoding held to a grammar against the same decoding free,
-run after run in turn, both through the sampler (greedy) that generation uses.
+of its own (`python -m gptoss_lite.measure.bench transformers ...`), so the peak memory it
+reports is its own. `bench_constrained` times decoding held to a grammar against the same
+decoding free, run after run in turn, both through the sampler (greedy) that generation uses.
 """
 
 from __future__ import annotations
@@ -27,17 +27,17 @@ from pathlib import Path
 
 import torch
 
-from .chat.stats import peak_memory
-from .chat.tokens import STOP_TOKENS
-from .config import ModelConfig
-from .engine.constrain import Grammar, GrammarMask
-from .engine.generate import next_token, prefill
-from .engine.graphs import GraphedDecodeStep
-from .engine.runner import Runner
-from .errors import GptossError
-from .memory.categories import category_of
-from .memory.plan import decode_bytes_per_token
-from .units import GB, MIB
+from ..chat.tokens import STOP_TOKENS
+from ..config import ModelConfig
+from ..engine.generate import next_token, prefill
+from ..engine.grammar import Grammar, GrammarMask
+from ..engine.graphs import GraphedDecodeStep
+from ..engine.runner import Runner
+from ..errors import GptossError
+from ..memory.categories import category_of
+from ..memory.plan import decode_bytes_per_token
+from ..units import GB, MIB
+from .meter import peak_memory
 
 WARMUP_PROMPT = 32  # prompt tokens of the warm-up run (then one decode step), as llama-bench
 BANDWIDTH_BYTES = {"cpu": 256 * MIB, "cuda": 1024 * MIB}  # well beyond any cache
@@ -250,8 +250,8 @@ def bench_transformers(
     in_process: bool = False,
 ) -> BenchResult:
     """The same measurement with HF transformers' GptOssForCausalLM on the same checkpoint, in a
-    Python process of its own (`python -m gptoss_lite.bench`) unless `in_process`, so that the
-    peak memory it reports is transformers' alone. On the CPU transformers dequantizes the
+    Python process of its own (`python -m gptoss_lite.measure.bench`) unless `in_process`, so
+    that the peak memory it reports is transformers' alone. On the CPU transformers dequantizes the
     experts to bf16, so a decode step reads them in bf16."""
     if not in_process:
         return _apart(folder, prompt_tokens, gen_tokens, device, repeats, seed)
@@ -299,7 +299,7 @@ def bench_transformers(
 def _apart(folder: Path, *args) -> BenchResult:
     """`bench_transformers(folder, *args)` run by `main` in a child process."""
     names = ("--prompt-tokens", "--gen-tokens", "--device", "--repeats", "--seed")
-    command = [sys.executable, "-m", "gptoss_lite.bench", "transformers", str(folder)]
+    command = [sys.executable, "-m", "gptoss_lite.measure.bench", "transformers", str(folder)]
     for name, value in zip(names, args, strict=True):
         command += [name, str(value)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -398,8 +398,8 @@ def _reset_peak(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m gptoss_lite.bench transformers FOLDER ...`: one JSON `BenchResult` on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m gptoss_lite.bench")
+    """`python -m gptoss_lite.measure.bench transformers FOLDER ...`: one JSON `BenchResult`."""
+    parser = argparse.ArgumentParser(prog="python -m gptoss_lite.measure.bench")
     parser.add_argument("engine", choices=["transformers"])
     parser.add_argument("folder", type=Path)
     for name in ("--prompt-tokens", "--gen-tokens", "--repeats", "--seed"):

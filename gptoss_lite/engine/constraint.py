@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import threading
 
-from ..engine.constrain import Grammar, GrammarCompiler
-from .json_schema import check_schema
-from .reply_grammar import ReplyFormat, reply_grammar
-from .tokenizer import Tokenizer
-from .tokens import GRAMMAR_END
+from ..chat.json_schema import check_schema
+from ..chat.reply_grammar import ReplyFormat, reply_grammar
+from ..chat.tokenizer import Tokenizer
+from ..chat.tokens import GRAMMAR_END
+from .grammar import Grammar, GrammarCompiler
 
 _compilers: dict[int, tuple[Tokenizer, GrammarCompiler]] = {}  # by id(tokenizer); keeps it alive
 _lock = threading.Lock()

@@ -1,0 +1,364 @@
+"""Ollama's `/api/chat` and `/api/generate` on harmony (mounted by ollama_api.py).
+
+Chat messages become the same harmony turns as Chat Completions' (`thinking` is an assistant
+message's reasoning, `tool_calls` carry their arguments as objects, a tool message names its
+function with `tool_name`, or by `tool_call_id`, or is the output of the latest call); `think`
+("low", "medium", "high"; "max" is high, a boolean keeps the default: gpt-oss always reasons) sets
+the reasoning effort; `options` give temperature, top_p, top_k, seed, num_predict and stop. The
+reply streams as NDJSON (the default) or comes as one object: the analysis in `thinking`, the
+answer in `content`, a call in `tool_calls` once its arguments are whole, then a last object with
+`done`, `done_reason` and the timings (nanoseconds) and token counts. `/api/generate` answers a
+`prompt` (with `system` as instructions), or continues it as plain text with `raw`. No messages or
+no prompt is the "load" request, answered at once (the model is always loaded). `format` ("json"
+or a JSON schema) holds the answer to it and declared tools are the only ones a reply can call
+(`formats`; not with `raw`); `images` and `suffix` (fill in the middle) are refused with a 400.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Literal
+
+from fastapi import Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..chat.harmony import Message, render_prompt
+from ..chat.reply import Change, Part, Reply
+from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
+from . import conversation as conv
+from . import formats
+from .chat_api import CalledFunction, ChatMessage, ChatTool, ToolCallIn, harmony_turns
+from .errors import ApiError
+from .service import Service, changes, collect, guarded
+from .tools import Declared
+from .worker import Done, Job
+
+NDJSON = "application/x-ndjson"
+THINK_LEVELS = {"low": "low", "medium": "medium", "high": "high", "max": "high"}
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class Options(_Body):
+    """The sampling options gpt-oss uses; Ollama's others (num_ctx, repeat_penalty, ...) are
+    accepted and have no effect."""
+
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = None  # 0 or less: no top-k
+    seed: int | None = None  # negative: a random seed
+    num_predict: int | None = None  # -1 (no limit) and -2 (fill the context) are no limit
+    stop: str | list[str] | None = None
+
+    @property
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else self.stop or []
+
+
+class CalledTool(_Body):
+    name: str
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+
+class OllamaCall(_Body):
+    id: str | None = None
+    function: CalledTool
+
+
+class OllamaMessage(_Body):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[OllamaCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+
+class _Request(_Body):
+    model: str
+    stream: bool = True
+    think: bool | str | None = None
+    format: Any = None
+    options: Options = Field(default_factory=Options)
+    keep_alive: Any = None
+
+
+class ChatBody(_Request):
+    messages: list[OllamaMessage] = Field(default_factory=list)
+    tools: list[ChatTool] | None = None
+
+
+class GenerateBody(_Request):
+    prompt: str = ""
+    system: str = ""
+    suffix: str = ""
+    raw: bool = False
+    images: list[str] | None = None
+
+
+async def chat(body: ChatBody, service: Service, request: Request):
+    """The answer to `/api/chat`."""
+    start = time.perf_counter()
+    name = known(service, body.model)
+    _refuse_unsupported(body)
+    if not body.messages:
+        return _loaded(name, {"message": {"role": "assistant", "content": ""}})
+    instructions, turns = harmony_turns(_chat_messages(body.messages))
+    tools = [
+        conv.function_tool(
+            f"tools.{i}.function", t.function.name, t.function.description, t.function.parameters
+        )
+        for i, t in enumerate(body.tools or [])
+    ]
+    chat = conv.conversation(
+        turns, instructions=instructions, tools=tools, effort=_effort(body.think),
+        effort_param="think",
+    )  # fmt: skip
+    answer = formats.ollama_format(body.format)
+    grammar = formats.reply_grammar(service.tokenizer, answer, Declared(tools), None)
+    prompt = render_prompt(chat, service.tokenizer)
+    sampling = _sampling(service, prompt, body.options, "messages")
+    job = service.submit(prompt, sampling, grammar=grammar)
+    reply = Reply(service.tokenizer, body.options.stops, tools=[t.name for t in tools])
+    return await _answer(body, _ChatShape(name, reply), job, request, start)
+
+
+async def generate(body: GenerateBody, service: Service, request: Request):
+    """The answer to `/api/generate`."""
+    start = time.perf_counter()
+    name = known(service, body.model)
+    _refuse_unsupported(body)
+    if body.suffix:
+        raise ApiError(400, "suffix: gpt-oss does not fill in the middle", param="suffix")
+    if not body.prompt:
+        return _loaded(name, {"response": ""})
+    answer = formats.ollama_format(body.format)
+    if body.raw and answer.schema is not None:
+        raise ApiError(400, "format: a raw prompt continues plain text; drop raw", param="format")
+    if body.raw:
+        prompt = service.tokenizer.encode(body.prompt)
+        reply = Reply(service.tokenizer, body.options.stops, harmony=False)
+        stop = (ENDOFTEXT,)  # plain text ends there, as in /v1/completions
+    else:
+        chat = conv.conversation(
+            [Message.user(body.prompt)], instructions=[body.system], tools=[],
+            effort=_effort(body.think), effort_param="think",
+        )  # fmt: skip
+        prompt = render_prompt(chat, service.tokenizer)
+        reply = Reply(service.tokenizer, body.options.stops)
+        stop = STOP_TOKENS
+    grammar = formats.reply_grammar(service.tokenizer, answer, Declared(), None)
+    sampling = _sampling(service, prompt, body.options, "prompt")
+    job = service.submit(prompt, sampling, stop, grammar=grammar)
+    return await _answer(body, _GenerateShape(name, reply), job, request, start)
+
+
+def known(service: Service, name: str) -> str:
+    """`name` if this server serves it, else 404."""
+    if service.serves(name):
+        return name
+    raise ApiError(
+        404,
+        f"model {name!r} not found: this server serves {', '.join(service.names)} and does not "
+        "download models",
+    )
+
+
+def timestamp(moment: datetime.datetime | None = None) -> str:
+    """RFC 3339 in UTC, as Ollama writes `created_at`."""
+    moment = moment or datetime.datetime.now(datetime.timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+async def lines(objects: Iterable[dict] | AsyncIterator[dict]) -> AsyncIterator[str]:
+    """NDJSON: one JSON object a line."""
+    if isinstance(objects, AsyncIterator):
+        async for item in objects:
+            yield json.dumps(item, ensure_ascii=False) + "\n"
+    else:
+        for item in objects:
+            yield json.dumps(item, ensure_ascii=False) + "\n"
+
+
+def _refuse_unsupported(body: ChatBody | GenerateBody) -> None:
+    images = getattr(body, "images", None) or any(
+        m.images for m in getattr(body, "messages", []) if m.images
+    )
+    if images:
+        raise ApiError(400, "images: gpt-oss reads text only", param="images")
+
+
+def _loaded(name: str, empty: dict) -> dict:
+    """The answer to a request with nothing to generate: the model is loaded (it always is)."""
+    return {"model": name, "created_at": timestamp(), **empty, "done": True, "done_reason": "load"}
+
+
+def _effort(think: bool | str | None) -> str | None:
+    if think is None or isinstance(think, bool):
+        return None
+    if think not in THINK_LEVELS:
+        raise ApiError(400, f"think {think!r}: use low, medium or high", param="think")
+    return THINK_LEVELS[think]
+
+
+def _sampling(service: Service, prompt: list[int], options: Options, prompt_param: str):
+    limit = options.num_predict if options.num_predict and options.num_predict > 0 else None
+    return service.sampling(
+        prompt,
+        max_tokens=limit,
+        max_param="options.num_predict",
+        prompt_param=prompt_param,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k if options.top_k and options.top_k > 0 else None,
+        seed=options.seed if options.seed is not None and options.seed >= 0 else None,
+    )
+
+
+def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
+    """Ollama's messages as Chat Completions ones (calls get ids; a tool message without
+    tool_name or tool_call_id answers the latest call)."""
+    converted, latest = [], None
+    for i, message in enumerate(messages):
+        calls = []
+        for j, call in enumerate(message.tool_calls or []):
+            args = call.function.arguments
+            arguments = args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)
+            called = CalledFunction(name=call.function.name, arguments=arguments)
+            calls.append(ToolCallIn(id=call.id or f"call_{i}_{j}", function=called))
+            latest = call.function.name
+        converted.append(
+            ChatMessage(
+                role=message.role,
+                content=message.content,
+                reasoning_content=message.thinking,
+                tool_calls=calls or None,
+                tool_call_id=message.tool_call_id,
+                name=message.tool_name or (latest if message.role == "tool" else None),
+            )
+        )
+    return converted
+
+
+class _ChatShape:
+    """How `/api/chat` writes a reply: pieces of `message`."""
+
+    def __init__(self, name: str, reply: Reply) -> None:
+        self.name, self.reply = name, reply
+
+    def piece(self, change: Change) -> dict | None:
+        part = change.part
+        if part.kind == "tool_call":
+            done = change.kind == "close"
+            return _message(tool_calls=[_call(part, self.reply)]) if done else None
+        if change.kind != "delta":
+            return None
+        key = "thinking" if part.kind == "reasoning" else "content"
+        return _message(**{key: change.lead + change.text})
+
+    def whole(self) -> dict:
+        reply = self.reply
+        thinking, calls = reply.text("reasoning"), [_call(p, reply) for p in reply.tool_calls]
+        extra = {"thinking": thinking} if thinking else {}
+        if calls:
+            extra["tool_calls"] = calls
+        return _message(content=reply.text("text"), **extra)
+
+    def last(self) -> dict:
+        return _message()
+
+
+class _GenerateShape:
+    """How `/api/generate` writes a reply: `response` and `thinking` (no tools are declared, so
+    a call the model makes anyway is text)."""
+
+    def __init__(self, name: str, reply: Reply) -> None:
+        self.name, self.reply = name, reply
+
+    def piece(self, change: Change) -> dict | None:
+        if change.kind != "delta":
+            return None
+        text = change.lead + change.text
+        if change.part.kind == "reasoning":
+            return {"response": "", "thinking": text}
+        return {"response": text}
+
+    def whole(self) -> dict:
+        thinking = self.reply.text("reasoning")
+        return {"response": self.reply.text("text"), **({"thinking": thinking} if thinking else {})}
+
+    def last(self) -> dict:
+        return {"response": ""}
+
+
+def _message(**fields: Any) -> dict:
+    return {"message": {"role": "assistant", "content": "", **fields}}
+
+
+def _call(part: Part, reply: Reply) -> dict:
+    """A finished call as Ollama gives it: arguments as an object."""
+    try:
+        arguments = json.loads(part.text or "{}")
+    except ValueError:
+        arguments = None
+    if not isinstance(arguments, dict):
+        raise ApiError(
+            500,
+            f"the model called {part.name} with arguments that are not a JSON object: "
+            f"{part.text!r}",
+            type="server_error",
+        )
+    function = {"index": reply.tool_calls.index(part), "name": part.name, "arguments": arguments}
+    return {"id": part.call_id, "function": function}
+
+
+async def _answer(body: _Request, shape, job: Job, request: Request, start: float):
+    if body.stream:
+        events = guarded(lines(_stream(shape, job, start)), job, _error_line)
+        return StreamingResponse(events, media_type=NDJSON)
+    done = await collect(job, shape.reply, request)
+    return {**_head(shape), **shape.whole(), **_ending(shape, done, start)}
+
+
+async def _stream(shape, job: Job, start: float) -> AsyncIterator[dict]:
+    async for item in changes(job, shape.reply):
+        if isinstance(item, Done):
+            yield {**_head(shape), **shape.last(), **_ending(shape, item, start)}
+            return
+        for change in item:
+            if (piece := shape.piece(change)) is not None:
+                yield {**_head(shape), **piece, "done": False}
+
+
+def _head(shape) -> dict:
+    return {"model": shape.name, "created_at": timestamp()}
+
+
+def _ending(shape, done: Done, start: float) -> dict:
+    stats = done.stats
+    reason = "length" if shape.reply.finish_reason(done.finish_reason) == "length" else "stop"
+    return {
+        "done": True,
+        "done_reason": reason,
+        "total_duration": _ns(time.perf_counter() - start),
+        "load_duration": 0,
+        "prompt_eval_count": stats.prompt_tokens,
+        "prompt_eval_duration": _ns(stats.prefill_seconds),
+        "eval_count": stats.generated_tokens,
+        "eval_duration": _ns(stats.decode_seconds),
+    }
+
+
+def _ns(seconds: float) -> int:
+    return round(seconds * 1e9)
+
+
+def _error_line(error: ApiError) -> str:
+    return json.dumps({"error": error.message}, ensure_ascii=False) + "\n"
