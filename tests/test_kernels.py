@@ -255,6 +255,68 @@ def test_attention_is_a_drop_in_for_the_model_path():
     torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)
 
 
+# ------------------------------------------------------------------ batched decode (varlen)
+
+
+def _pool_case(window, kv="bf16", seed=0):
+    """Three sequences in a pool, queried by rows in another order, each at its own position:
+    a full layer's buffers (positions 0..p, some past p stale), or rings of 20 slots with a
+    window of 8 that wraps (and one sequence too short to fill its window)."""
+    gen = torch.Generator().manual_seed(seed)
+    sequences, slots, heads, kv_heads, dim = 3, 150 if window is None else 20, 8, 2, 16
+    k = torch.randn(sequences, slots, kv_heads, dim, generator=gen).bfloat16()
+    v = torch.randn(sequences, slots, kv_heads, dim, generator=gen).bfloat16()
+    q = torch.randn(3, heads, dim, generator=gen).bfloat16()
+    sinks = torch.randn(heads, generator=gen).bfloat16()
+    seq = torch.tensor([2, 0, 1])
+    q_pos = torch.tensor([140, 5, 77]) if window is None else torch.tensor([40, 5, 77])
+    if window is None:
+        k_pos, first, lengths = torch.arange(slots), torch.zeros(3, dtype=torch.long), q_pos + 1
+    else:
+        k_pos = torch.full((sequences, slots), -1)
+        for n, p in zip(seq.tolist(), q_pos.tolist(), strict=True):
+            held = torch.arange(max(0, p - slots + 1), p + 1)
+            k_pos[n, held % slots] = held
+        first, lengths = (q_pos - window + 1) % slots, torch.full((3,), window)
+    pair = KVDtypes.parse(kv)
+    k, v = _pool_quantize(k, pair.k), _pool_quantize(v, pair.v)
+    return q, k, v, sinks, q_pos, k_pos, seq, first, lengths, int(lengths.max())
+
+
+def _pool_quantize(x, kind):
+    """A pool [N, S, H, D] in the cache format `kind`, quantized one sequence at a time."""
+    if kind == "bf16":
+        return x
+    parts = [quantize(row, kind) for row in x]
+    return Quantized(torch.stack([p.codes for p in parts]), torch.stack([p.scales for p in parts]))
+
+
+@pytest.mark.parametrize("window", [None, 8])
+@pytest.mark.parametrize("kv", ["bf16", "q8,fp8"])
+def test_batch_attention_matches_reference(monkeypatch, window, kv):
+    """Each row reads its own sequence's keys, from its own first slot for its own count; keys
+    split across programs, a short sequence leaving its later splits empty."""
+    monkeypatch.setattr(attn, "SPLIT_MIN_KEYS", attn.BLOCK_N)
+    case = _pool_case(window, kv, seed=3)
+    ref = attn.batch_attention_reference(*case, window)
+    moved = [t.to(DEVICE) if isinstance(t, torch.Tensor) else t for t in case]
+    if isinstance(case[1], Quantized):
+        moved[1], moved[2] = case[1].to(DEVICE), case[2].to(DEVICE)
+    out = attn.batch_attention(*moved, window).cpu()
+    torch.testing.assert_close(out.float(), ref.float(), rtol=1e-2, atol=1e-2)  # p·V in bf16
+
+
+def test_batch_attention_rows_equal_single_sequence_attention():
+    """A row of the batch is the single-sequence kernel over that sequence's keys."""
+    q, k, v, sinks, q_pos, k_pos, seq, first, lengths, most = _pool_case(None, seed=4)
+    out = attn.batch_attention(q, k, v, sinks, q_pos, k_pos, seq, first, lengths, most, None)
+    for b in range(3):
+        n, p = int(seq[b]), int(q_pos[b])
+        one = attn.attention(q[b : b + 1], k[n, : p + 1], v[n, : p + 1], sinks, q_pos[b : b + 1],
+                             k_pos[: p + 1], None)  # fmt: skip
+        torch.testing.assert_close(out[b : b + 1].float(), one.float(), rtol=1e-2, atol=1e-2)
+
+
 # ------------------------------------------------------------------ quantized KV cache
 
 

@@ -78,6 +78,34 @@ def test_prefill_kernels_match_torch(checkpoint):
     assert per_position.median() < 0.05
 
 
+BATCH_SCRIPT = """
+import json, sys, torch, gptoss_lite
+from gptoss_lite.engine.generate import prefill
+runner = gptoss_lite.load(sys.argv[1], device="cpu", dtype=torch.float32, context=64,
+                          kernels=sys.argv[2], parallel=3)
+for cache, length in zip(runner.caches, (3, 14, 9)):
+    prefill(runner.model, cache, torch.arange(length) + length, chunk=4)
+with torch.inference_mode():
+    steps = [runner.model.decode(torch.tensor([5, 6, 7]), runner.caches) for _ in range(4)]
+print(json.dumps(torch.stack(steps).tolist()))
+"""
+
+
+def test_batched_decode_kernels_match_torch(checkpoint):
+    """Three sequences at their own positions (two past the sliding window, 8) decode together:
+    one `batch_attention` launch per layer against the torch path's loop over sequences."""
+    folder = checkpoint("g1")
+
+    def logits(kernels):
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        command = [sys.executable, "-c", BATCH_SCRIPT, str(folder), kernels]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+        return torch.tensor(json.loads(done.stdout))
+
+    # float32 and the decode kernels throughout, as in test_decode_kernels_match_torch.
+    torch.testing.assert_close(logits("triton"), logits("torch"), rtol=0, atol=1e-3)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("chunk", [4, 64])  # the decode kernels, then the grouped prefill ones

@@ -145,8 +145,9 @@ def plan_line(p: Plan) -> str:
     }
     sums = " + ".join(f"{name} {format_bytes(n)}" for name, n in parts.items())
     host = f"; experts of {p.cpu_experts} layers in host RAM" if p.cpu_experts else ""
+    each = f" for each of {p.parallel} sequences" if p.parallel > 1 else ""
     return (
-        f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens; "
+        f"{p.model} on {p.profile} ({p.device}): context {p.context:,} tokens{each}; "
         f"{sums} = {format_bytes(p.total_bytes)} of {format_bytes(p.budget_bytes)}{host}"
     )
 

@@ -1,13 +1,13 @@
 """The options of the `gptoss-lite` commands: each declared once, each also read from the env.
 
 Options that several commands take (`-m/--model`, `-p/--profile`, `-c/--context`, `--device`,
-`--cpu-experts`, `--kv-cache-dtype`, `-g/--geometry`, `--overwrite`) are declared here once, so the
-flags agree from command to command. Every command is registered through `with_environment` (see
-`cli/__init__.py`), which gives each of its options the variable GPTOSS_LITE_<LONG NAME> (`--max-
-tokens` -> GPTOSS_LITE_MAX_TOKENS), shown in --help: a new option needs nothing more than its
-`click.option`. `@model_options` adds the model, sampling and harmony options of `run` and `chat`,
-which pop them out of their keyword arguments as one `Options`; the sampling values are checked
-there, before anything is loaded.
+`--cpu-experts`, `--kv-cache-dtype`, `-g/--geometry`, `--overwrite`, `--parallel`) are declared
+here once, so the flags agree from command to command. Every command is registered through
+`with_environment` (see `cli/__init__.py`), which gives each of its options the variable
+GPTOSS_LITE_<LONG NAME> (`--max-tokens` -> GPTOSS_LITE_MAX_TOKENS), shown in --help: a new
+option needs nothing more than its `click.option`. `@model_options` adds the model, sampling and
+harmony options of `run` and `chat`, which pop them out of their keyword arguments as one
+`Options`; the sampling values are checked there, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..config import ModelConfig, preset, preset_names
 from ..engine.sampling import check_sampling
 from ..engine.session import Sampling
 from ..errors import GptossError
+from ..memory.plan import MAX_DEFAULT_PARALLEL, MIN_SEQUENCE_CONTEXT
 from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes
 
@@ -204,6 +205,37 @@ def cpu_experts_option() -> Callable:
         default=None,
         help="Keep the experts of the first N layers (or all) in host RAM and run them on the "
         "CPU [default: the profile's, else as few as the GPU needs].",
+    )
+
+
+class Parallel(click.ParamType):
+    """A number of sequences decoded together (1 or more), or "auto" (None: the planner's)."""
+
+    name = "parallel"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "[N|auto]"
+
+    def convert(
+        self, value: object, param: click.Parameter | None, ctx: click.Context | None
+    ) -> int | None:
+        if value is None or value == "auto" or isinstance(value, int):
+            return None if value == "auto" else value
+        if not str(value).isdigit() or int(str(value)) < 1:
+            self.fail(f"{value!r} is not a number of sequences (1 or more) or 'auto'", param, ctx)
+        return int(str(value))
+
+
+def parallel_option(default: str) -> Callable:
+    """--parallel N|auto, sequences decoded together, each with its share of the KV cache."""
+    return click.option(
+        "--parallel",
+        type=Parallel(),
+        default=default,
+        show_default=True,
+        help="Requests decoded together, each with a KV cache of its own (the budget split "
+        f"evenly); auto: as many as leave each {MIN_SEQUENCE_CONTEXT:,} tokens of context, "
+        f"at most {MAX_DEFAULT_PARALLEL}.",
     )
 
 

@@ -5,7 +5,8 @@ or a local checkpoint folder / `config.json`. The human output is a table of byt
 the context chosen and what bound it, and the KV-cache growth per token (codes and scales, in
 the formats of --kv-cache-dtype or the profile), and on a GPU what stays in host RAM against what
 the host leaves tensors (`--host-ram` plans for another machine's RAM); `--json` prints
-`Plan.to_json()` for scripts.
+`Plan.to_json()` for scripts. With `--parallel N` (or auto, as `serve` picks) the KV budget is
+split between N sequences, and the context shown is each one's.
 A quantized K cache adds one warning line on stderr.
 """
 
@@ -32,6 +33,7 @@ from .options import (
     cpu_experts_option,
     kv_cache_option,
     model_option,
+    parallel_option,
     profile_option,
 )
 
@@ -59,6 +61,7 @@ from .options import (
     metavar="GIB",
     help="Host RAM to plan a GPU run's host-side tensors in, in GiB [default: this machine's].",
 )
+@parallel_option(default="1")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan(
     model: str,
@@ -69,6 +72,7 @@ def plan(
     kv_cache_dtype: KVDtypes | None,
     cpu_experts: int | str | None,
     host_ram: float | None,
+    parallel: int | None,
     as_json: bool,
 ) -> None:
     """Show how a model fits a device: weights, KV cache, activations, and the context."""
@@ -83,6 +87,7 @@ def plan(
         prefill_chunk=prefill_chunk,
         cpu_experts=cpu_experts,
         host_memory=None if host_ram is None else round(host_ram * GIB),
+        parallel=parallel,
     )
     about = profile.description
     if budget is not None:
@@ -116,7 +121,8 @@ def render(p: Plan, description: str = "") -> str:
     lines += [_row(CATEGORIES[name], *_sizes(n)) for name, n in p.weights.items()]
     lines.append(_row("weights", *_sizes(p.weights_bytes)))
     kv = "" if p.kv_cache_dtype == UNQUANTIZED else f" {p.kv_cache_dtype}"
-    lines.append(_row(f"KV cache{kv} ({p.context:,} tokens)", *_sizes(p.kv_bytes)))
+    tokens = f"{p.context:,} tokens" + (f" x {p.parallel}" if p.parallel > 1 else "")
+    lines.append(_row(f"KV cache{kv} ({tokens})", *_sizes(p.kv_bytes)))
     lines.append(_row(f"activations (chunk {p.prefill_chunk})", *_sizes(p.activation_bytes)))
     lines.append(_row("reserve (context, allocator)", *_sizes(p.reserve_bytes)))
     lines.append(_row("total", *_sizes(p.total_bytes)))
@@ -145,12 +151,20 @@ def _notes(p: Plan) -> list[str]:
             f"host RAM: {p.host_bytes / GIB:.2f} GiB used of {p.host_room_bytes / GIB:.2f} GiB "
             "available (the RAM less the cpu profile's system headroom and reserve)"
         )
+    each = f" for each of {p.parallel} sequences" if p.parallel > 1 else ""
+    sequences = []
+    if p.parallel > 1:
+        sequences = [
+            f"sequences: {p.parallel} decoded together (serve), each with a KV cache of "
+            f"{p.kv_sequence_bytes:,} B ({mib(p.kv_sequence_bytes, 1)} MiB)"
+        ]
     return [
         *split,
-        f"context: {p.context:,} tokens ({why})",
+        f"context: {p.context:,} tokens{each} ({why})",
+        *sequences,
         f"KV cache: {p.kv_bytes_per_token:,} B per token (K {p.kv_cache_dtype.k}, V "
         f"{p.kv_cache_dtype.v}, full-attention layers) + {mib(p.kv_ring_bytes)} MiB of "
-        "sliding-window rings",
+        f"sliding-window rings{' per sequence' if p.parallel > 1 else ''}",
         f"activations: peak in the {peak} phase ({mib(phases[peak], 1)} MiB) + "
         f"{mib(p.activations['resident'], 1)} MiB resident",
     ]

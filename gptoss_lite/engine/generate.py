@@ -6,7 +6,8 @@ the runner all ask it, before any forward pass). `prefill` runs the prompt throu
 chunks (bounded activation memory whatever the prompt length), telling `progress(done, total)`
 after each; `decode_step` feeds one token; `next_token` samples (among the `allowed` ids only,
 when a `TokenMask` constrains the reply) and refuses a broken model (NaN or infinite logits) in
-the same host transfer that reads the token.
+the same host transfer that reads the token. `reusable_prefix` is the one rule of how much of a
+cache a new prompt keeps.
 """
 
 from __future__ import annotations
@@ -54,6 +55,16 @@ def check_fits(prompt_tokens: int, new_tokens: int | None, context: int) -> int:
             "new tokens"
         )
     return new_tokens
+
+
+def reusable_prefix(prompt: list[int], cached: list[int], cache: KVCache) -> int:
+    """How many leading tokens of `prompt` the cache holding `cached` can keep: their longest
+    common prefix, leaving at least one prompt token to feed (for its logits), if the cache can
+    be cut back to it; else 0."""
+    common, limit = 0, min(len(prompt) - 1, len(cached))
+    while common < limit and prompt[common] == cached[common]:
+        common += 1
+    return common if cache.can_rewind_to(common) else 0
 
 
 @torch.inference_mode()

@@ -36,9 +36,10 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
 from ..memory.profiles import Profile, resolve_profile, run_device
-from ..model.cache import KVCache
+from ..model.cache import KVCache, KVPool
 from ..model.kv_quant import KVDtypes
 from ..model.transformer import Transformer
+from .batch import Batch
 from .generate import (
     PREFILL_CHUNK,
     Progress,
@@ -47,6 +48,7 @@ from .generate import (
     decode_step,
     next_token,
     prefill,
+    reusable_prefix,
 )
 from .sampling import check_sampling
 
@@ -88,7 +90,8 @@ def find_model(model: str | Path) -> ModelSource:
 @dataclass
 class Runner:
     """A loaded model with its KV cache. `progress(done, total)`, when set, is told the prompt
-    tokens prefilled so far on every prefill."""
+    tokens prefilled so far on every prefill. `caches` are those of the sequences a `batch()`
+    decodes together (the first is `cache`; by default it is the only one)."""
 
     model: Transformer
     cache: KVCache
@@ -98,8 +101,13 @@ class Runner:
     plan: Plan | None = None
     name: str | None = None
     progress: Progress | None = None
+    caches: list[KVCache] | None = None
 
     def __post_init__(self) -> None:
+        if self.caches is None:
+            self.caches = [self.cache]
+        if self.caches[0] is not self.cache:
+            raise ValueError("the runner's cache must be the first of its caches")
         self._history: list[int] = []  # tokens fed or yielded; the cache holds a prefix of them
         self.prefilled = 0  # prompt tokens the last generate() fed; the rest came from the cache
         self._lock = threading.Lock()  # held while a call computes on the cache
@@ -161,6 +169,20 @@ class Runner:
         sampling |= {"generator": generator}
         return self._generate(owner, tokens, n, set(stop), sampling, mask)
 
+    def batch(self, prefill_chunk: int | None = None) -> Batch:
+        """A `Batch` decoding sequences together in this runner's caches, one per cache, with
+        prompts fed `prefill_chunk` tokens a step (default: the runner's). It takes the caches
+        over as a `generate` call does: a later call takes them back, and the batch's next step
+        or `add` raises."""
+        with self._cache_for(None) as owner:
+            self._history = []  # the batch will fill the caches: nothing cached is ours now
+        return Batch(
+            self.model,
+            self.caches,
+            prefill_chunk or self.prefill_chunk,
+            guard=lambda: self._cache_for(owner),
+        )
+
     def _generate(
         self,
         owner: int,
@@ -209,13 +231,7 @@ class Runner:
     def _reuse_prefix(self, tokens: list[int]) -> int:
         """Rewind the cache to its longest prefix shared with `tokens` (keeping at least one
         token to prefill, for its logits); return where prefilling must start."""
-        cached = self.cached
-        common = 0
-        limit = min(len(tokens) - 1, len(cached))
-        while common < limit and tokens[common] == cached[common]:
-            common += 1
-        if not self.cache.can_rewind_to(common):
-            common = 0
+        common = reusable_prefix(tokens, self.cached, self.cache)
         self.cache.rewind(common)
         return common
 
@@ -245,6 +261,7 @@ def load(
     kv_cache_dtype: str | KVDtypes | None = None,
     progress: Progress | None = None,
     cpu_experts: int | str | None = None,
+    parallel: int | None = 1,
 ) -> Runner:
     """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
 
@@ -260,6 +277,8 @@ def load(
     "auto" (triton on CUDA when Triton is installed, cpu on the CPU when a C compiler is there,
     else torch). `cpu_experts` (a layer count or "all"; default: the profile's, else as few as
     the plan needs) keeps those leading layers' experts in host RAM, run by the CPU kernel.
+    `parallel` sequences (None: as many as the plan allows, up to 4) get a KV cache of the
+    planned context each, for `Runner.batch`.
     `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see `kv_quant`) replaces the profile's
     KV-cache formats. `model` may also be what `find_model` found, or an opened
     checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that
@@ -275,7 +294,14 @@ def load(
     if isinstance(model, (str, Path)):
         model = find_model(model)
     config = model.config
-    memory_plan = plan(config, profile, context, ring_slots=ring_slots, cpu_experts=cpu_experts)
+    memory_plan = plan(
+        config,
+        profile,
+        context,
+        ring_slots=ring_slots,
+        cpu_experts=cpu_experts,
+        parallel=parallel,
+    )
     if on_plan is not None:
         on_plan(memory_plan)
     found = isinstance(model, ModelSource)
@@ -295,23 +321,26 @@ def load(
         net, checkpoint, device, embedding_device, net.host_parameters(), progress=progress
     )
     checkpoint.close()
-    cache = KVCache(
+    pool = KVPool(
         config,
+        memory_plan.parallel,
         memory_plan.context,
         device=device,
         dtype=dtype,
         ring_slots=ring_slots,
         kv_dtypes=memory_plan.kv_cache_dtype,
     )
+    caches = pool.caches()
     name = model.name if found else config.name
     return Runner(
         net,
-        cache,
+        caches[0],
         config,
         memory_plan.prefill_chunk,
         folder=checkpoint.folder,
         plan=memory_plan,
         name=name,
+        caches=caches,
     )
 
 

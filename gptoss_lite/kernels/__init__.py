@@ -66,7 +66,7 @@ def kernel_functions(name: str) -> Kernels:
         return Kernels(cpu.kernel_name(), experts=cpu.experts_forward, linear=cpu.linear)
     if name != "triton":
         raise GptossError(f"unknown kernels {name!r}; use auto, {' or '.join(KERNELS)}")
-    from .attention_triton import attention
+    from .attention_triton import attention, batch_attention
     from .moe_triton import moe_forward
 
-    return Kernels("triton", attention, moe_forward)
+    return Kernels("triton", attention, moe_forward, batch_attention=batch_attention)

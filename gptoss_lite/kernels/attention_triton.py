@@ -18,6 +18,13 @@ be a quantized cache (`kv_quant.Quantized`: int8 or e4m3 codes and fp16 scales p
 head_dim): each loaded block of codes is multiplied by its scales in registers, and p is then
 rounded to the query's dtype. `attention_reference` is the naive torch oracle with the same
 signature.
+`batch_attention` is the decode step of several sequences (continuous batching): query row b
+reads the cache of its own sequence, a slot of a pool `[sequences, slots, Hkv, D]`, from its own
+first slot for its own number of keys (a full layer's positions 0..p, a sliding layer's window,
+wrapping around the ring). The same kernel runs it (VARLEN): one set of programs per sequence,
+kv head and key split, the splits sized for the longest sequence (a shorter one's extra splits
+read nothing and leave an empty partial state, which the combine weighs zero).
+`batch_attention_reference` gathers each row's keys and calls `attention_reference`.
 """
 
 from __future__ import annotations
@@ -43,21 +50,41 @@ _LOG2E = tl.constexpr(1.4426950408889634)  # scores and sink go through exp2
 @triton.jit
 def _attention_kernel(
     q_ptr, k_ptr, v_ptr, ks_ptr, vs_ptr, sink_ptr, q_pos_ptr, k_pos_ptr, out_ptr, m_ptr, l_ptr,
+    seq_ptr, first_ptr, len_ptr,
     T, S, window, qk_scale, split_keys, sq_t, sq_h, sk_s, sk_h, sv_s, sv_h, sks_s, sks_h, svs_s,
-    svs_h, so_t, so_h,
+    svs_h, so_t, so_h, sk_n, sv_n, sks_n, svs_n, skp_n,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, SLIDING: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr, DOT: tl.constexpr,
     K_BLOCK: tl.constexpr, V_BLOCK: tl.constexpr, K_FP8: tl.constexpr, V_FP8: tl.constexpr,
+    VARLEN: tl.constexpr,
 ):  # fmt: skip
     """Rows of one kv group over one split of the keys. Without SPLIT, writes out [T, Hq, D];
     with it, the fp32 partial outputs [splits, T, Hq, D] at out_ptr and the partial maxima and
     sums [splits, T, Hq] at m_ptr and l_ptr. K_BLOCK / V_BLOCK: head_dim values per scale of a
     quantized K / V (scales at ks_ptr / vs_ptr), 0 where it is not quantized; K_FP8 / V_FP8: its
-    codes are e4m3 bytes (uint8), not int8."""
+    codes are e4m3 bytes (uint8), not int8. VARLEN: query t = program_id(0) reads sequence
+    seq[t] of the pool (the `*_n` strides; key positions at skp_n per sequence, 0 if shared),
+    len[t] of its S slots from slot first[t] on, wrapping."""
     kv = tl.program_id(1)
-    r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * GROUP + head in group
-    r_mask = r < T * GROUP
-    t = r // GROUP
+    if VARLEN:  # one query: the rows are the heads of its kv group
+        b = tl.program_id(0)
+        r = tl.arange(0, BLOCK_M)
+        r_mask = r < GROUP
+        t = tl.zeros([BLOCK_M], tl.int32) + b
+        seq = tl.load(seq_ptr + b).to(tl.int64)
+        k_ptr += seq * sk_n
+        v_ptr += seq * sv_n
+        ks_ptr += seq * sks_n
+        vs_ptr += seq * svs_n
+        k_pos_ptr += seq * skp_n
+        first = tl.load(first_ptr + b).to(tl.int32)
+        keys = tl.load(len_ptr + b).to(tl.int32)
+    else:
+        r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)  # row = token * GROUP + head
+        r_mask = r < T * GROUP
+        t = r // GROUP
+        first = 0
+        keys = S
     h = kv * GROUP + r % GROUP
     d = tl.arange(0, HEAD_DIM)
     q_offs = t[:, None] * sq_t + h[:, None] * sq_h + d[None, :]
@@ -69,10 +96,13 @@ def _attention_kernel(
     l_i = tl.full([BLOCK_M], 0.0 if SPLIT else 1.0, tl.float32)
     acc = tl.full([BLOCK_M, HEAD_DIM], 0.0, tl.float32)
     lo = tl.program_id(2) * split_keys
-    hi = tl.minimum(lo + split_keys, S)
+    hi = tl.minimum(lo + split_keys, keys)
     for n0 in tl.range(lo, hi, BLOCK_N, num_stages=STAGES):
-        n = n0 + tl.arange(0, BLOCK_N)
-        k_pos = tl.load(k_pos_ptr + n, mask=n < hi, other=-1).to(tl.int32)
+        n = n0 + tl.arange(0, BLOCK_N)  # the n-th key of the row's range, then its slot
+        if VARLEN:
+            n = first + n
+            n = tl.where(n >= S, n - S, n)
+        k_pos = tl.load(k_pos_ptr + n, mask=n0 + tl.arange(0, BLOCK_N) < hi, other=-1).to(tl.int32)
         back = q_pos[:, None] - k_pos[None, :]  # how far back each key is from each query
         # sliding: 0 <= back < window in one unsigned compare (the window includes the query)
         visible = back.to(tl.uint32, bitcast=True) < window if SLIDING else back >= 0
@@ -165,22 +195,57 @@ def attention(
     window: int | None,
 ) -> torch.Tensor:
     """Attention output [T, Hq, D]; `window` None for a full layer, else the sliding window."""
+    return _launch(q, k, v, sinks, q_pos, k_pos, window, k.shape[0])
+
+
+def batch_attention(
+    q: torch.Tensor,
+    k: torch.Tensor | Quantized,
+    v: torch.Tensor | Quantized,
+    sinks: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    seq: torch.Tensor,
+    first: torch.Tensor,
+    lengths: torch.Tensor,
+    most_keys: int,
+    window: int | None,
+) -> torch.Tensor:
+    """Attention output [B, Hq, D] of one query per sequence: q [B, Hq, D] at q_pos [B] over the
+    pool k, v [N, S, Hkv, D] whose slots hold positions k_pos ([S] for all, or [N, S]); row b
+    reads lengths[b] slots of sequence seq[b] from slot first[b] on (wrapping at S), and no row
+    reads more than `most_keys`."""
+    varlen = (seq.contiguous(), first.contiguous(), lengths.contiguous(), k_pos.dim() == 2)
+    return _launch(q, k, v, sinks, q_pos, k_pos, window, most_keys, varlen)
+
+
+def _launch(q, k, v, sinks, q_pos, k_pos, window, most_keys, varlen=None) -> torch.Tensor:
+    """Run `_attention_kernel` (and the combine), for `attention` or, given `varlen` (seq,
+    first, lengths, whether each sequence has its key positions), `batch_attention`."""
     (k, k_scales, k_block, k_fp8), (v, v_scales, v_block, v_fp8) = _codes(k), _codes(v)
     t, hq, dim = q.shape
-    s, hkv, _ = k.shape
-    if hq % hkv or k.shape != v.shape or k.shape[2] != dim:
+    s, hkv, _ = k.shape[-3:]
+    if hq % hkv or k.shape != v.shape or k.shape[-1] != dim:
         raise ValueError(
             f"attention shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
         )
     if dim < 16 or dim & (dim - 1):
         raise ValueError(f"head_dim must be a power of two >= 16, got {dim}")
-    if q.stride(2) != 1 or k.stride(2) != 1 or v.stride(2) != 1:
+    if q.stride(2) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("q, k and v need a contiguous last (head_dim) axis")
     group = hq // hkv
     out = torch.empty_like(q)
-    block_m = min(BLOCK_M, max(16, triton.next_power_of_2(t * group)))
-    row_blocks = triton.cdiv(t * group, block_m)
-    split_keys, splits = _key_splits(s, row_blocks * hkv)
+    if varlen is None:
+        block_m = min(BLOCK_M, max(16, triton.next_power_of_2(t * group)))
+        row_blocks = triton.cdiv(t * group, block_m)
+        seq = first = lengths = q_pos  # unused
+        pool_strides = (0, 0, 0, 0, 0)
+    else:
+        seq, first, lengths, own_positions = varlen
+        block_m, row_blocks = max(16, triton.next_power_of_2(group)), t
+        pool_strides = (k.stride(0), v.stride(0), k_scales.stride(0), v_scales.stride(0))
+        pool_strides += (k_pos.stride(0) if own_positions else 0,)
+    split_keys, splits = _key_splits(most_keys, row_blocks * hkv)
     sinks = sinks.contiguous()
     if splits > 1:
         m = torch.empty(splits, t, hq, dtype=torch.float32, device=q.device)
@@ -188,14 +253,16 @@ def attention(
         part = torch.empty(splits, t, hq, dim, dtype=torch.float32, device=q.device)
     else:
         m = l_sum = part = out  # unused
-    strides = (*q.stride()[:2], *k.stride()[:2], *v.stride()[:2])
-    strides += (*k_scales.stride()[:2], *v_scales.stride()[:2], *out.stride()[:2])
+    strides = (*q.stride()[:2], *k.stride()[-3:-1], *v.stride()[-3:-1])
+    strides += (*k_scales.stride()[-3:-1], *v_scales.stride()[-3:-1], *out.stride()[:2])
     meta = dict(GROUP=group, HEAD_DIM=dim, SLIDING=window is not None, SPLIT=splits > 1)
     _attention_kernel[(row_blocks, hkv, splits)](
         q, k, v, k_scales, v_scales, sinks, q_pos.contiguous(), k_pos.contiguous(), part, m,
-        l_sum, t, s, window or 0, _LOG2E.value / math.sqrt(dim), split_keys, *strides,
+        l_sum, seq, first, lengths, t, s, window or 0, _LOG2E.value / math.sqrt(dim), split_keys,
+        *strides, *pool_strides,
         BLOCK_M=block_m, BLOCK_N=BLOCK_N, STAGES=STAGES, DOT=dot_dtype(q.device, q.dtype),
-        K_BLOCK=k_block, V_BLOCK=v_block, K_FP8=k_fp8, V_FP8=v_fp8, **meta,
+        K_BLOCK=k_block, V_BLOCK=v_block, K_FP8=k_fp8, V_FP8=v_fp8, VARLEN=varlen is not None,
+        **meta,
     )  # fmt: skip
     if splits > 1:
         _combine_kernel[(triton.cdiv(t * hq, COMBINE_ROWS),)](
@@ -212,7 +279,7 @@ def _codes(x: torch.Tensor | Quantized) -> tuple[torch.Tensor, torch.Tensor, int
         return x, x, 0, False
     fp8 = x.codes.dtype == torch.float8_e4m3fn
     codes = x.codes.view(torch.uint8) if fp8 else x.codes
-    return codes, x.scales, x.codes.shape[2] // x.scales.shape[2], fp8
+    return codes, x.scales, x.codes.shape[-1] // x.scales.shape[-1], fp8
 
 
 def _key_splits(keys: int, programs: int) -> tuple[int, int]:
@@ -244,3 +311,28 @@ def attention_reference(
     sink = sinks.float()[:, None, None].expand(-1, q.shape[0], 1)  # unscaled logit, no value
     probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     return torch.einsum("hts,shd->thd", probs, vf).to(q.dtype)
+
+
+def batch_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor | Quantized,
+    v: torch.Tensor | Quantized,
+    sinks: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    seq: torch.Tensor,
+    first: torch.Tensor,
+    lengths: torch.Tensor,
+    most_keys: int,
+    window: int | None,
+) -> torch.Tensor:
+    """`batch_attention` as `attention_reference` row by row, over each row's gathered keys."""
+    rows = []
+    for b in range(q.shape[0]):
+        n, slots = int(seq[b]), k.shape[1]
+        taken = (int(first[b]) + torch.arange(int(lengths[b]))) % slots
+        positions = (k_pos[n] if k_pos.dim() == 2 else k_pos)[taken]
+        one = slice(b, b + 1)
+        keys, values = k[n][taken].float(), v[n][taken].float()
+        rows.append(attention_reference(q[one], keys, values, sinks, q_pos[one], positions, window))
+    return torch.cat(rows)

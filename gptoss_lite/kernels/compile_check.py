@@ -1,11 +1,12 @@
 """Compile every kernel launch ahead of time for real GPUs, without one, and report its resources.
 
-The wrappers (`moe_forward`, `attention`, `mxfp4_dequantize`) are called at the gpt-oss-20b
-shapes on meta tensors with Triton's launcher replaced by a recorder, so each launch is captured
-exactly as the model makes it (signature, constexprs, the alignment specialization of every
-argument, grid). Each is then compiled by `triton.compile` for a `GPUTarget` (ptxas ships in the
-Triton wheel) and its cubin's resource usage read back with the wheel's cuobjdump. A nonzero
-stack frame means register spills: the kernels inline every call and keep no local arrays.
+The wrappers (`moe_forward`, `attention`, `batch_attention`, `mxfp4_dequantize`) are called at
+the gpt-oss-20b shapes on meta tensors with Triton's launcher replaced by a recorder, so each
+launch is captured exactly as the model makes it (signature, constexprs, the alignment
+specialization of every argument, grid). Each is then compiled by `triton.compile` for a
+`GPUTarget` (ptxas ships in the Triton wheel) and its cubin's resource usage read back with the
+wheel's cuobjdump. A nonzero stack frame means register spills: the kernels inline every call
+and keep no local arrays.
 Compiled kernels land in Triton's cache, so a second run takes seconds.
 
     python -m gptoss_lite.kernels.compile_check [--arch 80 90] [--json]
@@ -42,6 +43,7 @@ from . import MIN_CAPABILITY, attention_triton, moe_triton
 ARCHS = (80, 86, 89, 90)  # Ampere (A100, RTX 30xx), Ada (RTX 40xx), Hopper (H100, H200)
 DECODE_CONTEXT = 4096  # keys of a full-attention layer in the decode launch
 PREFILL_TOKENS = 512  # a prefill chunk of the rtx4090 profile (profiles/rtx4090.toml)
+BATCH = 4  # sequences of the batched decode launches (`serve --parallel`'s default at most)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,21 @@ def _cases(config: ModelConfig) -> Iterator[tuple[str, Callable[[], object]]]:
         k_pos = torch.empty(keys, dtype=torch.long, **meta)
         return lambda: attention_triton.attention(q, k, v, sinks, q_pos, k_pos, window)
 
+    def batch(keys: int, window: int | None, k_kind="bf16", v_kind="bf16"):
+        """One token of each of BATCH sequences over a pool of `keys` slots each."""
+        q = torch.empty(BATCH, c.num_heads, c.head_dim, dtype=torch.bfloat16, **meta)
+        shape = (BATCH, keys, c.num_kv_heads, c.head_dim)
+        k, v = (
+            kv_quant.empty(kind, *shape, **meta, dtype=torch.bfloat16) for kind in (k_kind, v_kind)
+        )
+        sinks = torch.empty(c.num_heads, dtype=torch.float32, **meta)
+        rows = [torch.empty(BATCH, dtype=torch.long, **meta) for _ in range(4)]  # q_pos, seq, ...
+        k_pos = torch.empty(*((BATCH, keys) if window else (keys,)), dtype=torch.long, **meta)
+        most = window or keys
+        return lambda: attention_triton.batch_attention(
+            q, k, v, sinks, rows[0], k_pos, *rows[1:], most, window
+        )
+
     ring = c.sliding_window  # a sliding layer attends over its ring plus the new tokens
     yield "moe decode, 1 token", moe(1)
     yield f"moe prefill, {PREFILL_TOKENS} tokens", moe(PREFILL_TOKENS)
@@ -125,6 +142,15 @@ def _cases(config: ModelConfig) -> Iterator[tuple[str, Callable[[], object]]]:
             f"attention decode, full, {DECODE_CONTEXT} keys, K {k_kind}, V {v_kind}",
             attention(1, DECODE_CONTEXT, None, k_kind, v_kind),
         )
+    yield (
+        f"batched decode, {BATCH} sequences, full, {DECODE_CONTEXT} keys",
+        batch(DECODE_CONTEXT, None),
+    )
+    yield f"batched decode, {BATCH} sequences, sliding ring", batch(ring, c.sliding_window)
+    yield (
+        f"batched decode, {BATCH} sequences, full, {DECODE_CONTEXT} keys, K q8, V q8",
+        batch(DECODE_CONTEXT, None, "q8", "q8"),
+    )
     sliding = ring + PREFILL_TOKENS
     yield (
         f"attention prefill, sliding, {sliding} keys",

@@ -15,6 +15,11 @@ kernel); unless the profile or the caller sets that number, the planner takes th
 that let the model fit with at least CONTEXT_GRANULE tokens of context. What a GPU plan keeps on
 the host (those experts, the embedding table) must fit the host's RAM as `profiles.host_room`
 counts it, or the plan is refused; on a cpu device the budget already is the host's RAM.
+`parallel` sequences decoded together (`serve --parallel`) each get a KV cache of their own, of
+the same context: the budget left for the KV cache is split evenly between them, and the plan's
+`context` is each one's. Unless asked, `parallel` is the most, up to MAX_DEFAULT_PARALLEL, that
+still give each sequence MIN_SEQUENCE_CONTEXT tokens (or the most one could have, if less).
+A decode step of several sequences holds a few rows of activations, far below a prefill chunk's.
 The activation model below is what the runner must match: see `activation_phases`.
 `decode_bytes_per_token` is the one count of the bytes a decode step reads (bench's bound).
 """
@@ -42,6 +47,8 @@ LOGITS_ROWS = 1  # prefill computes logits for the chunk's last token only (last
 # MXFP4 decode stages an int32 index per byte and the gathered values in bf16 before scaling:
 # together the size of one fp32 copy of the matrix.
 DEQUANT_FP32_COPIES = 1
+MAX_DEFAULT_PARALLEL = 4  # sequences decoded together unless asked: the most, up to this
+MIN_SEQUENCE_CONTEXT = 16384  # that leave each sequence this much context (an agent's turn)
 
 
 @dataclass(frozen=True)
@@ -59,14 +66,15 @@ class Plan:
     weights: dict[str, int]  # bytes on the device per category
     host_weights: dict[str, int]  # categories kept in host memory instead
     kv_slot_bytes: int  # one token's K and V in one layer
-    kv_bytes_per_token: int
-    kv_ring_bytes: int  # the sliding layers' fixed rings
+    kv_bytes_per_token: int  # per sequence
+    kv_ring_bytes: int  # the sliding layers' fixed rings, per sequence
     activations: dict[str, int]  # "resident" plus the peak of each phase
     reserve_bytes: int
     budget_bytes: int
     memory_bytes: int  # the card's (or host's): how far --budget may go
     cpu_experts: int = 0  # leading layers whose experts stay in host RAM
     host_room_bytes: int | None = None  # host RAM host_weights may use; None on a cpu device
+    parallel: int = 1  # sequences decoded together, each with a KV cache of `context` tokens
 
     @property
     def weights_bytes(self) -> int:
@@ -77,8 +85,13 @@ class Plan:
         return sum(self.host_weights.values())
 
     @property
-    def kv_bytes(self) -> int:
+    def kv_sequence_bytes(self) -> int:
+        """One sequence's KV cache."""
         return self.kv_ring_bytes + self.kv_bytes_per_token * self.context
+
+    @property
+    def kv_bytes(self) -> int:
+        return self.parallel * self.kv_sequence_bytes
 
     @property
     def activation_bytes(self) -> int:
@@ -92,7 +105,8 @@ class Plan:
     def to_json(self) -> str:
         """The plan as JSON: every field plus the derived totals."""
         data = asdict(self)
-        for key in ("weights_bytes", "host_bytes", "kv_bytes", "activation_bytes", "total_bytes"):
+        derived = ("weights_bytes", "host_bytes", "kv_sequence_bytes", "kv_bytes")
+        for key in (*derived, "activation_bytes", "total_bytes"):
             data[key] = getattr(self, key)
         return json.dumps(data, indent=2)
 
@@ -251,6 +265,7 @@ def plan(
     ring_slots: int | None = None,
     cpu_experts: int | str | None = None,
     host_memory: int | None = None,
+    parallel: int | None = 1,
 ) -> Plan:
     """The memory plan of `config` on `profile` for `context` tokens, or the largest that fits.
 
@@ -260,15 +275,26 @@ def plan(
     the sliding layers' rings as the cache will (`KVCache(ring_slots=...)`). `cpu_experts`
     (layers, or "all"; default: the profile's, else the fewest that fit) keeps those layers'
     experts in host RAM. `host_memory` (bytes; default: this host's RAM) is the RAM that what a
-    GPU plan keeps on the host must fit, as `host_room` counts it.
+    GPU plan keeps on the host must fit, as `host_room` counts it. `parallel` sequences each
+    get `context` tokens (None: the default count, see the module's docstring).
     """
+    options = dict(
+        prefill_chunk=prefill_chunk,
+        ring_slots=ring_slots,
+        cpu_experts=cpu_experts,
+        host_memory=host_memory,
+    )
+    if parallel is None:
+        return _default_parallel(config, profile, context, options)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise GptossError(f"parallel must be a number of sequences >= 1, got {parallel!r}")
     chunk = profile.prefill_chunk if prefill_chunk is None else prefill_chunk
     if chunk <= 0:
         raise GptossError(f"prefill chunk must be positive, got {chunk}")
     layers = host_expert_layers(config, profile.cpu_experts if cpu_experts is None else cpu_experts)
     if layers is None:
-        layers = _fewest_host_layers(config, profile, chunk, ring_slots)
-    draft, free = _draft(config, profile, chunk, ring_slots, layers)
+        layers = _fewest_host_layers(config, profile, chunk, ring_slots, parallel)
+    draft, free = _draft(config, profile, chunk, ring_slots, layers, parallel)
     fits = _most_that_fits(draft, free, config.max_context)
     if fits == 0:
         raise GptossError(_no_room(draft, free, config.max_context))
@@ -276,16 +302,33 @@ def plan(
         memory = host_memory_bytes() if host_memory is None else host_memory
         draft = replace(draft, host_room_bytes=host_room(memory))
         if draft.host_bytes > draft.host_room_bytes:
-            fewest = _fewest_host_layers(config, profile, chunk, ring_slots)
+            fewest = _fewest_host_layers(config, profile, chunk, ring_slots, parallel)
             raise GptossError(_no_host_room(draft, memory, expert_layer_bytes(config), fewest))
     if context is None:
         cap = min(profile.max_context, config.max_context)
         return _with_context(draft, min(fits, cap), "cap" if cap <= fits else "budget")
     if context <= 0 or context > config.max_context:
         raise GptossError(f"context {context} is outside 1..{config.max_context} for {config.name}")
-    if context * draft.kv_bytes_per_token > free:
+    if context * draft.kv_bytes_per_token * parallel > free:
         raise GptossError(_refusal(draft, context, free, fits))
     return _with_context(draft, context, "requested")
+
+
+def _default_parallel(
+    config: ModelConfig, profile: Profile, context: int | None, options: dict
+) -> Plan:
+    """The plan of the most sequences, up to MAX_DEFAULT_PARALLEL, that each get `context`
+    tokens, or without one MIN_SEQUENCE_CONTEXT (or what a single sequence gets, if less)."""
+    single = plan(config, profile, context, **options)
+    wanted = context or min(MIN_SEQUENCE_CONTEXT, single.context)
+    for parallel in range(MAX_DEFAULT_PARALLEL, 1, -1):
+        try:
+            more = plan(config, profile, context, parallel=parallel, **options)
+        except GptossError:
+            continue
+        if more.context >= wanted:
+            return more
+    return single
 
 
 def host_expert_layers(config: ModelConfig, cpu_experts: int | str | None) -> int | None:
@@ -306,24 +349,29 @@ def host_expert_layers(config: ModelConfig, cpu_experts: int | str | None) -> in
 
 
 def _fewest_host_layers(
-    config: ModelConfig, profile: Profile, chunk: int, ring_slots: int | None
+    config: ModelConfig, profile: Profile, chunk: int, ring_slots: int | None, parallel: int
 ) -> int:
     """The fewest layers whose experts must go to host RAM for the smallest context the planner
     gives (CONTEXT_GRANULE) to fit; 0 on a cpu device or when not even all of them make it fit."""
     if profile.device == "cpu":
         return 0
     for layers in range(config.num_layers + 1):
-        draft, free = _draft(config, profile, chunk, ring_slots, layers)
+        draft, free = _draft(config, profile, chunk, ring_slots, layers, parallel)
         if _most_that_fits(draft, free, CONTEXT_GRANULE) == CONTEXT_GRANULE:
             return layers
     return 0
 
 
 def _draft(
-    config: ModelConfig, profile: Profile, chunk: int, ring_slots: int | None, cpu_experts: int
+    config: ModelConfig,
+    profile: Profile,
+    chunk: int,
+    ring_slots: int | None,
+    cpu_experts: int,
+    parallel: int,
 ) -> tuple[Plan, int]:
-    """The plan at context 0 with `cpu_experts` host layers, and the bytes left for the KV
-    cache (its total at context 0 includes the rings)."""
+    """The plan at context 0 with `cpu_experts` host layers and `parallel` sequences, and the
+    bytes left for the KV caches' growth (their total at context 0 is the rings)."""
     weights, host = device_weights(config, profile, cpu_experts)
     slot = kv_slot_bytes(config, profile.kv_cache_dtype)
     draft = Plan(
@@ -345,18 +393,21 @@ def _draft(
         budget_bytes=profile.budget_bytes,
         memory_bytes=profile.memory_bytes,
         cpu_experts=cpu_experts,
+        parallel=parallel,
     )
     return draft, draft.budget_bytes - draft.total_bytes
 
 
 def _most_that_fits(draft: Plan, free: int, max_context: int) -> int:
-    """The largest context `free` bytes hold, rounded down to CONTEXT_GRANULE, at most
-    `max_context`; with no full-attention layer the cache does not grow, so any context fits."""
+    """The largest context each sequence gets of `free` bytes, rounded down to CONTEXT_GRANULE,
+    at most `max_context`; with no full-attention layer the cache does not grow, so any context
+    fits."""
     if free < 0:
         return 0
-    if draft.kv_bytes_per_token == 0 or free // draft.kv_bytes_per_token >= max_context:
+    per_token = draft.kv_bytes_per_token * draft.parallel
+    if per_token == 0 or free // per_token >= max_context:
         return max_context
-    return free // draft.kv_bytes_per_token // CONTEXT_GRANULE * CONTEXT_GRANULE
+    return free // per_token // CONTEXT_GRANULE * CONTEXT_GRANULE
 
 
 def _with_context(draft: Plan, context: int, bound: str) -> Plan:
@@ -365,20 +416,25 @@ def _with_context(draft: Plan, context: int, bound: str) -> Plan:
 
 def _budget_needed(draft: Plan, context: int) -> str | None:
     """The --budget (GiB, rounded up to 0.01) that holds `context`, if the card has that much."""
-    needed = math.ceil((draft.total_bytes + context * draft.kv_bytes_per_token) * 100 / GIB) / 100
+    kv_growth = context * draft.kv_bytes_per_token * draft.parallel
+    needed = math.ceil((draft.total_bytes + kv_growth) * 100 / GIB) / 100
     if needed * GIB > draft.memory_bytes or needed * GIB <= draft.budget_bytes:
         return None
     return f"--budget {needed:.2f} (GiB; {draft.profile} has {draft.memory_bytes / GIB:.3g})"
 
 
 def _refusal(draft: Plan, context: int, free: int, fits: int) -> str:
-    kv = draft.kv_ring_bytes + context * draft.kv_bytes_per_token
+    n = draft.parallel
+    kv = n * (draft.kv_ring_bytes + context * draft.kv_bytes_per_token)
     budget = _budget_needed(draft, context)
+    each = f" for each of {n} sequences" if n > 1 else ""
+    fewer = ", fewer --parallel sequences" if n > 1 else ""
     return (
-        f"context {context} needs {kv / GIB:.2f} GiB of KV cache, "
-        f"{(free + draft.kv_ring_bytes) / GIB:.2f} GiB are free in profile {draft.profile}; "
+        f"context {context}{each} needs {kv / GIB:.2f} GiB of KV cache, "
+        f"{(free + draft.kv_bytes) / GIB:.2f} GiB are free in profile {draft.profile}; "
         f"the most that fits is {fits}: use --context {fits}"
         + (f", {budget}," if budget else "")
+        + fewer
         + " or a larger profile"
     )
 
@@ -388,7 +444,7 @@ def _no_room(draft: Plan, free: int, max_context: int) -> str:
         "weights": draft.weights_bytes,
         "activations": draft.activation_bytes,
         "reserve": draft.reserve_bytes,
-        "sliding-window cache": draft.kv_ring_bytes,
+        "sliding-window cache": draft.kv_bytes,
     }
     parts = " + ".join(f"{name} {n / GIB:.2f}" for name, n in gib.items())
     smallest = min(CONTEXT_GRANULE, max_context)
@@ -396,10 +452,11 @@ def _no_room(draft: Plan, free: int, max_context: int) -> str:
     if free < 0:
         room = f"{total}, more than its {draft.budget_bytes / GIB:.2f} GiB budget"
     else:
-        tokens = free // draft.kv_bytes_per_token  # > 0: with none, any context fits
+        tokens = free // (draft.kv_bytes_per_token * draft.parallel)  # > 0: else any fits
+        each = f" for each of {draft.parallel} sequences" if draft.parallel > 1 else ""
         room = (
             f"{total} of its {draft.budget_bytes / GIB:.2f} GiB budget leave room for {tokens} "
-            f"tokens of context, fewer than {smallest}"
+            f"tokens of context{each}, fewer than {smallest}"
         )
     budget = _budget_needed(draft, smallest)
     return f"{draft.model} does not fit profile {draft.profile}: {parts} = {room}" + (

@@ -84,7 +84,8 @@ def row_bytes(kind: str, head_dim: int) -> int:
 
 @dataclass
 class Quantized:
-    """Quantized rows: codes [S, H, D] (int8 or float8 e4m3) and fp16 scales [S, H, D / block]."""
+    """Quantized rows: codes [S, H, D] (int8 or float8 e4m3) and fp16 scales [S, H, D / block]
+    (a pool of sequences has one more leading axis)."""
 
     codes: torch.Tensor
     scales: torch.Tensor
@@ -140,16 +141,15 @@ def _round_half_away(y: torch.Tensor) -> torch.Tensor:
     return (whole + (2 * (a - whole)).floor_()).copysign_(y)
 
 
-def empty(
-    kind: str, rows: int, heads: int, head_dim: int, *, device, dtype
-) -> torch.Tensor | Quantized:
-    """A zeroed cache buffer of `rows` tokens; `dtype` is that of the unquantized kind."""
+def empty(kind: str, *shape: int, device, dtype) -> torch.Tensor | Quantized:
+    """A zeroed cache buffer of `shape` (..., tokens, heads, head_dim); `dtype` is that of the
+    unquantized kind."""
     if kind == "bf16":
-        return torch.zeros(rows, heads, head_dim, device=device, dtype=dtype)
-    blocks = head_dim // block_size(kind, head_dim)
+        return torch.zeros(shape, device=device, dtype=dtype)
+    blocks = shape[-1] // block_size(kind, shape[-1])
     return Quantized(
-        torch.zeros(rows, heads, head_dim, device=device, dtype=_CODES[kind]),
-        torch.zeros(rows, heads, blocks, device=device, dtype=SCALE_DTYPE),
+        torch.zeros(shape, device=device, dtype=_CODES[kind]),
+        torch.zeros(*shape[:-1], blocks, device=device, dtype=SCALE_DTYPE),
     )
 
 

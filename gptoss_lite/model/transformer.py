@@ -11,11 +11,15 @@ of `gptoss_lite/kernels/` have the same signatures, and whoever builds the model
 (`kernels.kernel_functions`), so this package never imports them. The experts of the first
 `host_experts` layers may stay in host RAM while the rest is on the GPU: those layers send their
 normed activations to the host, run `host_kernels`' experts there and get the sum back.
+`decode` feeds several sequences one token each, every sequence at its own position with its own
+cache (slots of one `KVPool`): the projections and experts run once over the batch, attention
+per sequence (a loop over each cache's own update and attention, so each row is computed as it
+would be alone, or a kernel's `batch_attention` over the pool in one launch).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 
 import torch
@@ -24,7 +28,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .attention import attention
-from .cache import KVCache
+from .cache import KVCache, store_rows
 from .moe import PackedExperts, experts_forward, route
 from .rope import Rotary, apply_rotary
 
@@ -32,12 +36,15 @@ from .rope import Rotary, apply_rotary
 @dataclass(frozen=True)
 class Kernels:
     """The implementation the model runs: attention with the signature of
-    `attention.attention`, the routed experts with that of `moe.experts_forward`."""
+    `attention.attention`, the routed experts with that of `moe.experts_forward`; a
+    `batch_attention` (the signature of `kernels.attention_triton.batch_attention`) attends
+    for a decode step of several sequences in one call, else each sequence attends alone."""
 
     name: str
     attention: Callable = attention
     experts: Callable = experts_forward
     linear: Callable = F.linear  # the dense projections: qkv, attention output, router, lm_head
+    batch_attention: Callable | None = None
 
 
 TORCH_KERNELS = Kernels("torch")
@@ -68,13 +75,13 @@ def rms_norm(x: torch.Tensor, scale: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class AttentionBlock(nn.Module):
-    def __init__(
-        self, config: ModelConfig, layer: int, dtype: torch.dtype, attend=attention, linear=F.linear
-    ):
+    def __init__(self, config: ModelConfig, layer: int, dtype: torch.dtype, kernels: Kernels):
         super().__init__()
         c = config
         qkv = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
-        self.config, self.layer, self.attend, self.linear = c, layer, attend, linear
+        self.config, self.layer = c, layer
+        self.attend, self.linear = kernels.attention, kernels.linear
+        self.batch_attend = kernels.batch_attention
         self.window = c.sliding_window if c.is_sliding(layer) else None
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.qkv_weight = _empty(qkv, c.hidden_size, dtype=dtype)  # rows: q, then k, then v
@@ -88,9 +95,10 @@ class AttentionBlock(nn.Module):
         x: torch.Tensor,
         positions: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        cache: KVCache,
+        cache: KVCache | Sequence[KVCache],
     ) -> torch.Tensor:
-        """x [T, H] at `positions` [T], with their RoPE (cos, sin) [T, head_dim/2]."""
+        """x [T, H] at `positions` [T], with their RoPE (cos, sin) [T, head_dim/2]; `cache`
+        is one sequence's, or one per row (a decode step of T sequences)."""
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
         qkv = self.linear(t, self.qkv_weight, self.qkv_bias)
@@ -99,9 +107,36 @@ class AttentionBlock(nn.Module):
         k = qkv[:, nq : nq + nkv].reshape(-1, c.num_kv_heads, c.head_dim)  # (T, Hkv, D)
         v = qkv[:, nq + nkv :].reshape(-1, c.num_kv_heads, c.head_dim)
         q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        keys, values, key_pos = cache.update(self.layer, k, v, positions)
-        o = self.attend(q, keys, values, self.sinks, positions, key_pos, self.window)
+        if isinstance(cache, KVCache):
+            keys, values, key_pos = cache.update(self.layer, k, v, positions)
+            o = self.attend(q, keys, values, self.sinks, positions, key_pos, self.window)
+        else:
+            o = self._attend_rows(q, k, v, positions, cache)
         return x + self.linear(o.reshape(x.shape[0], -1), self.out_weight, self.out_bias)
+
+    def _attend_rows(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        caches: Sequence[KVCache],
+    ) -> torch.Tensor:
+        """Row i's token attends over caches[i] (after its key and value are stored there)."""
+        if self.batch_attend is not None:
+            s = store_rows(caches, self.layer, k, v, positions)
+            return self.batch_attend(
+                q, s.k, s.v, self.sinks, positions, s.positions, s.seq, s.first, s.lengths, s.most,
+                self.window,
+            )  # fmt: skip
+        rows = []
+        for i, cache in enumerate(caches):
+            one = slice(i, i + 1)
+            keys, values, key_pos = cache.update(self.layer, k[one], v[one], positions[one])
+            rows.append(
+                self.attend(q[one], keys, values, self.sinks, positions[one], key_pos, self.window)
+            )
+        return torch.cat(rows)
 
 
 class MoEBlock(nn.Module):
@@ -155,10 +190,7 @@ class Transformer(nn.Module):
         if host_experts:
             self.kernel_name += f", host experts {host_kernels.name}"
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
-        self.attn = nn.ModuleList(
-            AttentionBlock(c, n, dtype, kernels.attention, kernels.linear)
-            for n in range(c.num_layers)
-        )
+        self.attn = nn.ModuleList(AttentionBlock(c, n, dtype, kernels) for n in range(c.num_layers))
         self.mlp = nn.ModuleList(
             MoEBlock(
                 c,
@@ -195,6 +227,26 @@ class Transformer(nn.Module):
         logits = self.layers_forward(self.embed(tokens), positions, cache, last_only)
         cache.advance(positions)
         return logits
+
+    def decode(self, tokens: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
+        """Logits [B, V] (float32) for tokens [B], token i following the contents of caches[i]
+        (distinct caches); updates every cache. Row i is what `forward` gives for token i alone
+        where the kernels compute each row independently of the others (the CPU kernels)."""
+        for cache in caches:
+            cache.reserve(1)
+        positions = torch.tensor([c.length for c in caches], device=self.device)
+        if self.rotary is None:
+            self.rotary = Rotary(self.config, self.device)
+        x = self.embed(tokens)
+        # RoPE row by row: a vectorized cos over several rows may round unlike one row alone.
+        ropes = [self.rotary.cos_sin(positions[i : i + 1], x.dtype) for i in range(len(caches))]
+        rope = torch.cat([r[0] for r in ropes]), torch.cat([r[1] for r in ropes])
+        for attn, mlp in zip(self.attn, self.mlp, strict=True):
+            x = mlp(attn(x, positions, rope, caches))
+        for i, cache in enumerate(caches):
+            cache.advance(positions[i : i + 1])
+        x = rms_norm(x, self.norm, self.config.rms_norm_eps)
+        return self.linear(x, self.unembedding).float()
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states [T, H] of tokens [T], on the model's device."""

@@ -1,0 +1,216 @@
+"""Continuous batching: several generations decoded together, each exactly as if it ran alone.
+
+A `Batch` runs one sequence per cache of a `KVPool`. `add(request)` gives a request a free slot:
+the one whose cached tokens share the longest prefix with its prompt when that covers at least
+half of it (a client resending its history; llama.cpp picks its slots by the same 0.5 prompt
+similarity), else the slot left longest ago, never used first; either way the prompt's common
+prefix with the slot's cache is reused. `step()` advances every sequence once: at most one chunk
+of `prefill_chunk` tokens of one prompt (the one with the fewest left, so a short request
+answers while a long prompt is still prefilling), then one forward pass over the sequences that
+have a token to feed (`Transformer.decode`). So a request joins at the next step, and the stall
+a prompt adds to the decoding sequences is bounded by one chunk per step. A sequence leaves when
+it samples a stop token or reaches `max_new_tokens` (its last token is never fed, as in
+`Runner.generate`), or is cancelled; its slot keeps its cache for the next request.
+Each sequence samples with its own settings and seeded generator, and its arithmetic does not
+depend on the others: its prompt is chunked from where its reused prefix ends, as
+`Runner.generate` does, and a decode row is computed as it would be alone where the kernels
+compute rows independently (the CPU kernels), so a seeded request gives the same tokens batched
+or alone. A sequence whose logits are broken (NaN) fails alone; the others go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import GptossError
+from ..model.cache import KVCache
+from ..model.transformer import Transformer
+from .generate import check_fits, next_token, reusable_prefix
+from .sampling import check_sampling
+
+SIMILAR = 0.5  # a slot whose cache holds at least this share of a prompt is that prompt's own
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation: its prompt, how many tokens at most, how to sample, and its stop tokens
+    (one of them ends it and is the last token given)."""
+
+    prompt: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
+    stop: frozenset[int] = frozenset()
+
+
+class Sequence:
+    """A request running in a slot: its progress, its tokens and its numbers."""
+
+    def __init__(self, request: Request, slot: int, reused: int, device: torch.device) -> None:
+        self.request, self.slot = request, slot
+        self.fed = self.cached_tokens = reused  # prompt tokens in the cache, then at the start
+        self.output: list[int] = []
+        self.finish_reason: str | None = None  # "stop", "length", "interrupted" or "error"
+        self.error: GptossError | None = None
+        self.prefill_seconds = 0.0  # from `add` to the first token
+        self.decode_seconds = 0.0  # from the first token to the last
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(torch.seed() if request.seed is None else request.seed)
+        self._started = self._last = time.perf_counter()
+
+    @property
+    def prefilling(self) -> bool:
+        return self.fed < len(self.request.prompt)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def _sample(self, logits: torch.Tensor) -> None:
+        r = self.request
+        try:
+            token = next_token(
+                logits,
+                temperature=r.temperature,
+                top_p=r.top_p,
+                top_k=r.top_k,
+                generator=self.generator,
+            )
+        except GptossError as exc:
+            self.error, self.finish_reason = exc, "error"
+            return
+        now = time.perf_counter()
+        if self.output:
+            self.decode_seconds += now - self._last
+        else:
+            self.prefill_seconds = now - self._started
+        self._last = now
+        self.output.append(token)
+        if token in r.stop:
+            self.finish_reason = "stop"
+        elif len(self.output) == r.max_new_tokens:
+            self.finish_reason = "length"
+
+
+class Batch:
+    """Sequences decoded together, one per cache of `caches` (slots of one `KVPool`). Every
+    `add` and `step` runs inside `guard()` (e.g. the runner's hold on its caches)."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        caches: Seq[KVCache],
+        prefill_chunk: int,
+        guard: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> None:
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be positive, got {prefill_chunk}")
+        self.model, self.caches, self.prefill_chunk = model, list(caches), prefill_chunk
+        self._guard = guard
+        self.running: list[Sequence] = []
+        self._tokens: list[list[int]] = [[] for _ in self.caches]  # each cache holds a prefix
+        self._left_at = [-1] * len(self.caches)  # the step each slot was last left (-1: never)
+        self._steps = 0
+
+    @property
+    def context(self) -> int:
+        """The most tokens (prompt + generated) one sequence may hold."""
+        return self.caches[0].capacity
+
+    @property
+    def free(self) -> int:
+        """Slots no sequence runs in."""
+        return len(self.caches) - len(self.running)
+
+    def cached(self, slot: int) -> list[int]:
+        """The tokens whose keys and values slot `slot` holds."""
+        return self._tokens[slot][: self.caches[slot].length]
+
+    def add(self, request: Request) -> Sequence:
+        """Start `request` in a free slot (a `GptossError` if its settings or its length are
+        refused, a `RuntimeError` if no slot is free); it runs from the next `step()`."""
+        r = request
+        check_sampling(
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            seed=r.seed,
+            max_new_tokens=r.max_new_tokens,
+        )
+        check_fits(len(r.prompt), r.max_new_tokens, self.context)
+        if not self.free:
+            raise RuntimeError("every slot is running a sequence")
+        with self._guard():
+            slot, reused = self._slot_for(list(r.prompt))
+            self.caches[slot].rewind(reused)
+        self._tokens[slot] = list(r.prompt)
+        sequence = Sequence(r, slot, reused, self.model.device)
+        self.running.append(sequence)
+        return sequence
+
+    def cancel(self, sequence: Sequence) -> None:
+        """End `sequence` before the next step (nothing if it has ended)."""
+        if sequence in self.running:
+            sequence.finish_reason = "interrupted"
+            self._leave(sequence)
+
+    def step(self) -> list[Sequence]:
+        """Advance every running sequence once; the sequences that got a token (the last of
+        their `output`) or ended (`finish_reason` set) in this step."""
+        with self._guard(), torch.inference_mode():
+            return self._step()
+
+    def _step(self) -> list[Sequence]:
+        self._steps += 1
+        decoding = [s for s in self.running if not s.prefilling]
+        prefilling = [s for s in self.running if s.prefilling]
+        changed = []
+        if prefilling:
+            sequence = min(prefilling, key=lambda s: len(s.request.prompt) - s.fed)
+            if self._prefill_chunk(sequence):
+                changed.append(sequence)
+        if decoding:
+            tokens = torch.tensor([s.output[-1] for s in decoding], device=self.model.device)
+            logits = self.model.decode(tokens, [self.caches[s.slot] for s in decoding])
+            for row, sequence in enumerate(decoding):
+                sequence._sample(logits[row])
+            changed += decoding
+        for sequence in changed:
+            if sequence.finished:
+                self._leave(sequence)
+        return changed
+
+    def _prefill_chunk(self, sequence: Sequence) -> bool:
+        """Feed the next chunk of the sequence's prompt; True when that was the last (and the
+        first token is sampled)."""
+        prompt, start = sequence.request.prompt, sequence.fed
+        part = torch.tensor(prompt[start : start + self.prefill_chunk], device=self.model.device)
+        logits = self.model(part, self.caches[sequence.slot], last_only=True)
+        sequence.fed += part.numel()
+        if sequence.prefilling:
+            return False
+        sequence._sample(logits[-1])
+        return True
+
+    def _leave(self, sequence: Sequence) -> None:
+        self.running.remove(sequence)
+        self._tokens[sequence.slot] += sequence.output
+        self._left_at[sequence.slot] = self._steps
+
+    def _slot_for(self, prompt: list[int]) -> tuple[int, int]:
+        """(free slot, prompt tokens its cache already holds) for a new prompt."""
+        busy = {s.slot for s in self.running}
+        free = [i for i in range(len(self.caches)) if i not in busy]
+        reuse = {i: reusable_prefix(prompt, self.cached(i), self.caches[i]) for i in free}
+        best = max(free, key=lambda i: reuse[i])
+        if reuse[best] < SIMILAR * len(prompt):
+            best = min(free, key=lambda i: self._left_at[i])
+        return best, reuse[best]

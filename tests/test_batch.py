@@ -1,0 +1,219 @@
+"""Continuous batching at the Python API: each sequence of a batch gets exactly the tokens it gets
+alone, whatever joins, leaves or is cancelled beside it; slots, chunking and the KV pool.
+
+Exact mode is the compiled CPU kernels in bf16 (the default dtype): they compute each row of a
+projection or of the experts on its own, so a row's bits do not depend on the rows beside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import GEOMETRIES
+
+import gptoss_lite
+from gptoss_lite.engine.batch import Request
+from gptoss_lite.engine.generate import prefill
+from gptoss_lite.kernels import cpu
+from gptoss_lite.model.cache import KVCache, KVPool
+
+CHUNK = 8  # prefill chunk: the test prompts span several
+CONTEXT = 160
+
+
+@pytest.fixture(scope="module")
+def runner(checkpoint):
+    """A bf16 runner with four sequences on the compiled CPU kernels."""
+    if not cpu.available():
+        pytest.skip("exact mode needs the compiled CPU kernels (a C compiler)")
+    loaded = gptoss_lite.load(checkpoint("g1"), device="cpu", context=CONTEXT, parallel=4)
+    loaded.prefill_chunk = CHUNK
+    return loaded
+
+
+def _prompt(first: int, length: int) -> tuple[int, ...]:
+    """A prompt of `length` tokens; distinct `first` tokens share no prefix."""
+    return tuple((first + 37 * i) % GEOMETRIES["g1"].vocab_size for i in range(length))
+
+
+def _alone(runner, request: Request) -> list[int]:
+    """The request's tokens from `Runner.generate`: one sequence, nothing beside it."""
+    return list(
+        runner.generate(
+            request.prompt,
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            stop=request.stop,
+        )
+    )
+
+
+def _run(batch, arrivals: dict[int, list[Request]], cancel: dict[int, int] | None = None):
+    """Step the batch until all is done; `arrivals[step]` join before that step, and
+    `cancel[step] = i` cancels the i-th request added before that step. Every request's tokens."""
+    sequences, step = [], 0
+    while step <= max(arrivals) or batch.running:
+        for request in arrivals.get(step, []):
+            sequences.append(batch.add(request))
+        if cancel and step in cancel:
+            batch.cancel(sequences[cancel[step]])
+        for sequence in batch.step():
+            assert sequence.finished or sequence.output
+        step += 1
+    return sequences
+
+
+def test_decode_rows_are_computed_as_alone(runner):
+    """`Transformer.decode` over four caches gives, bit for bit, each cache's own forward."""
+    config, model = runner.config, runner.model
+    pool = KVPool(config, 4, CONTEXT)
+    caches = pool.caches()
+    lengths = (5, 17, 30, 9)  # decode positions cross the sliding window (8) differently
+    solo = []
+    for length, cache in zip(lengths, caches, strict=True):
+        alone = KVCache(config, CONTEXT)
+        prefill(model, alone, torch.tensor(_prompt(length, length)), CHUNK)
+        prefill(model, cache, torch.tensor(_prompt(length, length)), CHUNK)
+        with torch.inference_mode():
+            solo.append(torch.cat([model(torch.tensor([t]), alone, True) for t in (3, 9, 4)]))
+    with torch.inference_mode():
+        batched = [model.decode(torch.tensor([t] * 4), caches) for t in (3, 9, 4)]
+    for i in range(4):
+        assert torch.equal(torch.stack([b[i] for b in batched]), solo[i])
+    assert [c.length for c in caches] == [n + 3 for n in lengths]
+
+
+def test_decode_rows_in_fp32_match_to_rounding(checkpoint):
+    """In fp32 the dense projections are torch's matmuls, which round a row differently with
+    other rows beside it: the rows agree to fp32 rounding, not bit for bit."""
+    runner = gptoss_lite.load(checkpoint("g1"), device="cpu", dtype=torch.float32, context=64)
+    config, model = runner.config, runner.model
+    caches = KVPool(config, 2, 64, dtype=torch.float32).caches()
+    alone = [KVCache(config, 64, dtype=torch.float32) for _ in range(2)]
+    for length, cache, solo in zip((4, 11), caches, alone, strict=True):
+        for c in (cache, solo):
+            prefill(model, c, torch.tensor(_prompt(length, length)))
+    with torch.inference_mode():
+        batched = model.decode(torch.tensor([7, 7]), caches)
+        rows = torch.cat([model(torch.tensor([7]), c, True) for c in alone])
+    # fp32 sums of 64..96 products: a different order moves the result by a few ulps.
+    torch.testing.assert_close(batched, rows, rtol=0, atol=1e-5)
+
+
+def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
+    requests = [
+        Request(_prompt(1, 21), 12, temperature=0),
+        Request(_prompt(2, 5), 4, temperature=0),  # leaves early
+        Request(_prompt(3, 13), 9, temperature=0),
+        Request(_prompt(4, 3), 15, temperature=0),
+        Request(_prompt(5, 30), 6, temperature=0),  # waits for a free slot
+    ]
+    expected = [_alone(runner, r) for r in requests]
+    batch = runner.batch()
+    got = _run(batch, {0: requests[:2], 2: requests[2:3], 3: requests[3:4], 7: requests[4:]})
+    assert [s.output for s in got] == expected
+    assert all(s.finish_reason == "length" for s in got)
+
+
+def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
+    requests = [
+        Request(_prompt(6, 9), 20, temperature=1.0, seed=11),
+        Request(_prompt(7, 14), 20, temperature=0.7, top_p=0.9, seed=12),
+        Request(_prompt(8, 4), 20, temperature=0),
+    ]
+    free_run = [_alone(runner, r) for r in requests]
+    stop = free_run[0][5]  # ends the first request at its sixth token, or earlier
+    requests[0] = Request(requests[0].prompt, 20, temperature=1.0, seed=11, stop=frozenset({stop}))
+    expected = [_alone(runner, r) for r in requests]
+    assert expected[0] == free_run[0][: free_run[0].index(stop) + 1]
+    got = _run(runner.batch(), {0: requests[:1], 1: requests[1:]})
+    assert [s.output for s in got] == expected
+    assert [s.finish_reason for s in got] == ["stop", "length", "length"]
+
+
+def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
+    requests = [Request(_prompt(9 + i, 6 + 4 * i), 10, temperature=0) for i in range(4)]
+    expected = [_alone(runner, r) for r in requests]
+    batch = runner.batch()
+    got = _run(batch, {0: requests[:3], 6: requests[3:]}, cancel={4: 1})
+    assert got[1].finish_reason == "interrupted" and 0 < len(got[1].output) < 10
+    assert got[1].output == expected[1][: len(got[1].output)]
+    assert [got[i].output for i in (0, 2, 3)] == [expected[i] for i in (0, 2, 3)]
+    assert got[3].slot == 3  # a never-used slot before the one just left
+
+
+def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
+    batch = runner.batch()
+    first = [batch.add(Request(_prompt(20 + i, 10), 4, temperature=0)) for i in range(3)]
+    while batch.running:
+        batch.step()
+    history = (*first[1].request.prompt, *first[1].output)
+    again = batch.add(Request((*history, 5, 6), 3, temperature=0))
+    assert again.slot == first[1].slot
+    assert again.cached_tokens == len(history) - 1  # its last token was never fed
+    unrelated = batch.add(Request(_prompt(40, 10), 3, temperature=0))
+    assert unrelated.slot == 3  # the never-used slot before any other's cache is overwritten
+    while batch.running:
+        batch.step()
+    alone = _alone(runner, again.request)
+    assert again.output == alone
+
+
+def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkeypatch):
+    """Each step feeds one chunk of one prompt, the shortest left: the stall per step is one
+    chunk, and a short request's first token does not wait for a long prompt's prefill."""
+    fed = []
+    forward = type(runner.model).forward
+
+    def counted(model, tokens, cache, last_only=False):
+        fed.append(tokens.numel())
+        return forward(model, tokens, cache, last_only)
+
+    monkeypatch.setattr(type(runner.model), "forward", counted)
+    batch = runner.batch()
+    long = batch.add(Request(_prompt(50, 100), 2, temperature=0))
+    batch.step()
+    short = batch.add(Request(_prompt(51, 6), 2, temperature=0))
+    steps = 1
+    while not short.output:
+        batch.step()
+        steps += 1
+    assert steps == 2 and long.prefilling  # one chunk of the long prompt, then the short one
+    while batch.running:
+        batch.step()
+    assert max(fed) == CHUNK and sum(fed) == 100 + 6
+
+
+def test_requests_that_cannot_run_are_refused(runner):
+    batch = runner.batch()
+    with pytest.raises(gptoss_lite.GptossError, match="context of 160 tokens"):
+        batch.add(Request(_prompt(1, 150), 20))
+    with pytest.raises(gptoss_lite.GptossError, match="temperature"):
+        batch.add(Request(_prompt(1, 5), 2, temperature=float("nan")))
+    for i in range(4):
+        batch.add(Request(_prompt(60 + i, 5), 2))
+    with pytest.raises(RuntimeError, match="every slot"):
+        batch.add(Request(_prompt(70, 5), 2))
+
+
+def test_a_later_generate_takes_the_caches_back(runner):
+    batch = runner.batch()
+    batch.add(Request(_prompt(80, 5), 4, temperature=0))
+    batch.step()
+    list(runner.generate(_prompt(81, 5), max_new_tokens=2, temperature=0))
+    with pytest.raises(gptoss_lite.GptossError, match="taken over"):
+        batch.step()
+
+
+def test_pool_slots_are_views_of_one_allocation():
+    config = GEOMETRIES["g1"]
+    pool = KVPool(config, 3, 100, ring_slots=20)
+    caches = pool.caches()
+    one = KVCache(config, 100, ring_slots=20)
+    assert [c.nbytes for c in caches] == [one.nbytes] * 3
+    assert pool.nbytes == 3 * one.nbytes
+    caches[1].k[0][0].fill_(1.0)
+    assert pool.k[0][1, 0].eq(1).all() and pool.k[0][0].eq(0).all()
+    caches[2].advance(torch.arange(5))
+    assert pool.ring_pos[2, :5].tolist() == list(range(5)) and pool.ring_pos[0].eq(-1).all()
