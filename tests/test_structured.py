@@ -117,7 +117,7 @@ def favoured_tokens(tokenizer) -> list[int]:
     return FAVOURED + closers
 
 
-def noise(tokenizer, *, max_new_tokens, stop=(), mask=None, seed=None, **sampling):
+def noise(tokenizer, *, max_new_tokens, stop=(), mask=None, seed=None, observe=None, **sampling):
     """Tokens from seeded noise logits, favouring format and closing tokens, decoded through
     the mask and the sampler generation uses (`Runner.generate`'s keywords)."""
     generator = torch.Generator().manual_seed(seed or 0)
@@ -129,6 +129,8 @@ def noise(tokenizer, *, max_new_tokens, stop=(), mask=None, seed=None, **samplin
         logits = torch.randn(N_VOCAB, generator=generator) + bias
         allowed = None if mask is None else mask.allowed(logits)
         token = next_token(logits, **sampling, generator=generator, allowed=allowed)
+        if observe is not None:
+            observe(logits, token)
         yield token
         if token in stop:
             return

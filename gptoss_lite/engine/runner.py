@@ -60,6 +60,7 @@ TAKEN_OVER = (
     "this generation's KV cache was taken over by a later generate() or logits() call on the "
     "same Runner; finish (or close) one generation before starting the next"
 )
+Observer = Callable[[torch.Tensor, int], None]  # (a step's logits [V], the token chosen)
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,14 @@ class Runner:
         seed: int | None = None,
         stop: Iterable[int] = (),
         mask: TokenMask | None = None,
+        observe: Observer | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time, using (and reusing) the KV cache.
 
         `max_new_tokens` None means until the context is full; `mask` limits each step to the
-        tokens it allows. The settings are checked, and the cache taken from any earlier
-        generation, when this is called."""
+        tokens it allows; `observe(logits, token)` is told each step's logits [V] (the model's,
+        unmasked) and the token chosen from them, before it is yielded. The settings are
+        checked, and the cache taken from any earlier generation, when this is called."""
         check_sampling(
             temperature=temperature,
             top_p=top_p,
@@ -167,7 +170,7 @@ class Runner:
         with self._cache_for(None) as owner:
             pass
         sampling |= {"generator": generator}
-        return self._generate(owner, tokens, n, set(stop), sampling, mask)
+        return self._generate(owner, tokens, n, set(stop), sampling, mask, observe or _unobserved)
 
     def batch(self, prefill_chunk: int | None = None) -> Batch:
         """A `Batch` decoding sequences together in this runner's caches, one per cache, with
@@ -191,6 +194,7 @@ class Runner:
         stop: set[int],
         sampling: dict,
         mask: TokenMask | None,
+        observe: Observer,
     ) -> Iterator[int]:
         with self._cache_for(owner):
             new = self._reuse_prefix(tokens.tolist())
@@ -201,6 +205,7 @@ class Runner:
                 self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
             )[-1]
             token = next_token(logits, **sampling, allowed=_allowed(mask, logits))
+            observe(logits, token)
             self._history.append(token)
         for step in range(1, n + 1):
             yield token
@@ -211,6 +216,7 @@ class Runner:
                     mask.request(token)  # the next mask is made while this token's pass runs
                 logits = decode_step(self.model, self.cache, token)[-1]
                 token = next_token(logits, **sampling, allowed=_allowed(mask, logits))
+                observe(logits, token)
                 self._history.append(token)
 
     @contextmanager
@@ -342,6 +348,10 @@ def load(
         name=name,
         caches=caches,
     )
+
+
+def _unobserved(logits: torch.Tensor, token: int) -> None:
+    """The observer of a generation nobody watches."""
 
 
 def _kernels(kernels: str, device: torch.device) -> str:

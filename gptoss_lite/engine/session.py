@@ -8,15 +8,18 @@ The caller reads the reply as it streams (`chat.reply.Reply`) and hands its mess
 prompt begins with the tokens already cached, so the runner prefills only what is new; but
 harmony drops the last reply's analysis when it re-renders it, so the cache must rewind over a
 whole reply: load the runner with `ring_slots=chat_ring_slots(config)`. A `Generation` also
-serves any other prompt, e.g. plain text stopping at <|endoftext|>; given a compiled `Grammar`
+serves any other prompt, e.g. plain text stopping at <|endoftext|>, and keeps each token's
+log-probability (`logprobs`) when its `Sampling` asks for them. Given a compiled `Grammar`
 (`constraint.compile_reply`), every token it makes is one the grammar allows.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+
+import torch
 
 from ..chat.harmony import FUNCTIONS, Conversation, Message, check_effort, render_prompt
 from ..chat.stats import ReplyStats
@@ -26,6 +29,7 @@ from ..config import ModelConfig
 from ..errors import GptossError
 from .generate import check_fits
 from .grammar import Grammar, GrammarMask
+from .logprobs import TokenLogprob, token_logprobs
 from .runner import Runner
 
 REWIND_TOKENS = 4096  # a longer reply makes the next turn prefill the whole conversation again
@@ -40,6 +44,7 @@ class Sampling:
     top_p: float = 1.0
     top_k: int | None = None
     seed: int | None = None
+    logprobs: int | None = None  # None: none; k: each token's and the k likeliest (logprobs.py)
 
 
 class Generation:
@@ -60,6 +65,7 @@ class Generation:
         self.stop = tuple(stop)
         self.output: list[int] = []
         self.stats = ReplyStats(prompt_tokens=len(prompt))
+        self.logprobs: list[TokenLogprob] | None = None if sampling.logprobs is None else []
         self._runner = runner
         self._tokens = runner.generate(
             prompt,
@@ -70,6 +76,7 @@ class Generation:
             seed=sampling.seed,
             stop=self.stop,
             mask=None if grammar is None else GrammarMask(grammar, prefix, runner.device),
+            observe=None if self.logprobs is None else self._observe(sampling.logprobs),
         )
 
     def __iter__(self) -> Iterator[int]:
@@ -87,6 +94,12 @@ class Generation:
             self.output.append(token)
             self.stats.generated_tokens += 1
             yield token
+
+    def _observe(self, top: int) -> Callable[[torch.Tensor, int], None]:
+        def record(logits: torch.Tensor, token: int) -> None:
+            self.logprobs.append(token_logprobs(logits, token, top))
+
+        return record
 
     def close(self) -> None:
         """Abandon the reply: the runner's generator ends here (its cache keeps what was made)."""

@@ -9,7 +9,8 @@ custom tools (tools.py). The reply puts the final text in `content`, the analysi
 call, arguments as a JSON string; a custom tool's call as `custom: {name, input}`); streamed, the
 same pieces arrive as `chat.completion.chunk` deltas (a custom call whole, once its input is),
 then the finish reason, then the usage when `stream_options.include_usage` asks for it, then
-`[DONE]`. `response_format` and strict function tools constrain the reply (`formats`).
+`[DONE]`. `logprobs` (and `top_logprobs`, 0-20) add the content tokens' log-probabilities to each
+choice or delta. `response_format` and strict function tools constrain the reply (`formats`).
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply, new_id
+from ..engine.logprobs import MAX_TOP
+from ..engine.sampling import SEEDS
 from . import conversation as conv
 from . import formats
-from .errors import ApiError
-from .service import Service, changes, guarded, sse
+from .errors import ApiError, shown
+from .logprobs import entries
+from .service import DONE, Prepared, Service, changes, guarded, sse, sse_error
 from .tools import Declared, chat_tools, custom_input
 from .worker import Done, Job
 
-SEED_RANGE = {"ge": -(1 << 63), "lt": 1 << 64}  # what torch.Generator.manual_seed accepts
+SEED_RANGE = {"ge": 0, "lt": SEEDS}  # what the sampler takes
 
 
 class _Body(BaseModel):
@@ -109,20 +113,28 @@ class ChatRequest(SamplingFields):
     max_completion_tokens: int | None = Field(None, ge=1)
     stream_options: StreamOptions | None = None
     response_format: dict[str, Any] | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
+    parallel_tool_calls: bool | None = None  # gpt-oss makes one call a turn either way
 
 
 @dataclass
 class Pending:
-    """A completion being generated: the request, its tools, and where the reply goes."""
+    """A completion being generated: the request, its tools, what to generate and, once
+    queued, its job."""
 
     body: ChatRequest
     tools: Declared
-    job: Job
-    reply: Reply
+    prepared: Prepared
+    job: Job | None = None
+
+    @property
+    def reply(self) -> Reply:
+        return self.prepared.reply
 
 
 def prepare(body: ChatRequest, service: Service) -> Pending:
-    """Render the request, check it fits, and queue its generation."""
+    """Render the request and check it fits."""
     service.check_model(body.model)
     instructions, turns = harmony_turns(body.messages)
     tools, forced = chat_tools(body.tools).chosen(body.tool_choice)
@@ -135,9 +147,11 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
         effort=body.reasoning_effort,
         effort_param="reasoning_effort",
     )
-    call = conv.forced_call(forced, service.tokenizer)
-    prompt = render_prompt(chat, service.tokenizer) + call
+    prompt, call = conv.render(chat, forced, service, "messages")
     limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    if body.top_logprobs is not None and not body.logprobs:
+        message = "top_logprobs: asks for alternatives, which come with logprobs: true"
+        raise ApiError(400, message, param="top_logprobs")
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -145,11 +159,10 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, body.stops, tools=tools.names, prefix=call)
-    return Pending(
-        body, tools, service.submit(prompt, sampling, grammar=grammar, prefix=call), reply
-    )
+    return Pending(body, tools, Prepared(prompt, sampling, reply, grammar=grammar, prefix=call))
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:
@@ -179,7 +192,7 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
             if not name:
                 raise ApiError(
                     400,
-                    f"messages.{i}: tool_call_id {message.tool_call_id!r} names no earlier "
+                    f"messages.{i}: tool_call_id {shown(message.tool_call_id)} names no earlier "
                     "tool call",
                     param=f"messages.{i}.tool_call_id",
                 )
@@ -224,9 +237,11 @@ def completion(pending: Pending, done: Done, service: Service) -> dict:
         "message": message,
         "finish_reason": reply.finish_reason(done.finish_reason),
     }
+    texts = [lp for part in reply.parts if part.kind == "text" for lp in part.logprobs]
+    logprobs = _logprobs(pending, texts, service)
     return {
         **_head("chat.completion", new_id("chatcmpl-"), service),
-        "choices": [{**choice, "logprobs": None}],
+        "choices": [{**choice, "logprobs": logprobs}],
         "usage": usage(reply, done),
     }
 
@@ -253,8 +268,8 @@ def stream(pending: Pending, service: Service) -> AsyncIterator[str]:
     head = _head("chat.completion.chunk", new_id("chatcmpl-"), service)
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return sse({**head, "choices": [choice], **extra})
 
     async def events() -> AsyncIterator[str]:
@@ -267,10 +282,10 @@ def stream(pending: Pending, service: Service) -> AsyncIterator[str]:
             else:
                 for change in item:
                     if (delta := _delta(pending, change)) is not None:
-                        yield chunk(delta)
-        yield "data: [DONE]\n\n"
+                        yield chunk(delta, logprobs=_logprobs(pending, change.logprobs, service))
+        yield DONE
 
-    return guarded(events(), job, lambda error: sse(error.body()))
+    return guarded(events(), job, sse_error)
 
 
 def _delta(pending: Pending, change: Change) -> dict | None:
@@ -292,6 +307,13 @@ def _delta(pending: Pending, change: Change) -> dict | None:
         text = change.lead + change.text
         return {"reasoning_content": text, "reasoning": text}
     return {"content": change.lead + change.text}
+
+
+def _logprobs(pending: Pending, logprobs, service: Service) -> dict | None:
+    """A choice's `logprobs`: those of its content tokens, if the request asked."""
+    if not pending.body.logprobs:
+        return None
+    return {"content": entries(logprobs, service.tokenizer), "refusal": None}
 
 
 def _call(pending: Pending, part: Part) -> dict:

@@ -4,7 +4,8 @@ Chat messages become the same harmony turns as Chat Completions' (`thinking` is 
 message's reasoning, `tool_calls` carry their arguments as objects, a tool message names its
 function with `tool_name`, or by `tool_call_id`, or is the output of the latest call); `think`
 ("low", "medium", "high"; "max" is high, a boolean keeps the default: gpt-oss always reasons) sets
-the reasoning effort; `options` give temperature, top_p, top_k, seed, num_predict and stop. The
+the reasoning effort; `options` give temperature, top_p, top_k, seed, num_predict and stop;
+`logprobs` and `top_logprobs` add the answer tokens' log-probabilities to the pieces. The
 reply streams as NDJSON (the default) or comes as one object: the analysis in `thinking`, the
 answer in `content`, a call in `tool_calls` once its arguments are whole, then a last object with
 `done`, `done_reason` and the timings (nanoseconds) and token counts. `/api/generate` answers a
@@ -26,14 +27,18 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply
+from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
+from ..engine.logprobs import MAX_TOP
+from ..engine.sampling import SEEDS
 from . import conversation as conv
 from . import formats
 from .chat_api import CalledFunction, ChatMessage, ChatTool, ToolCallIn, harmony_turns
-from .errors import ApiError
-from .service import Service, changes, collect, guarded
+from .errors import ApiError, shown
+from .logprobs import entries
+from .service import Prepared, Service, begin, changes, collect, guarded, off_loop
 from .tools import Declared
 from .worker import Done, Job
 
@@ -52,7 +57,7 @@ class Options(_Body):
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = None  # 0 or less: no top-k
-    seed: int | None = None  # negative: a random seed
+    seed: int | None = Field(None, lt=SEEDS)  # negative: a random seed
     num_predict: int | None = None  # -1 (no limit) and -2 (fill the context) are no limit
     stop: str | list[str] | None = None
 
@@ -88,6 +93,8 @@ class _Request(_Body):
     format: Any = None
     options: Options = Field(default_factory=Options)
     keep_alive: Any = None
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=MAX_TOP)
 
 
 class ChatBody(_Request):
@@ -110,6 +117,13 @@ async def chat(body: ChatBody, service: Service, request: Request):
     _refuse_unsupported(body)
     if not body.messages:
         return _loaded(name, {"message": {"role": "assistant", "content": ""}})
+    prepared = await off_loop(_chat_prepared, body, service)
+    shape = _ChatShape(name, prepared.reply, _reader(body, service))
+    return await _answer(body, shape, service, prepared, request, start)
+
+
+def _chat_prepared(body: ChatBody, service: Service) -> Prepared:
+    """The chat rendered and checked (off the event loop)."""
     instructions, turns = harmony_turns(_chat_messages(body.messages))
     tools = [
         conv.function_tool(
@@ -123,11 +137,10 @@ async def chat(body: ChatBody, service: Service, request: Request):
     )  # fmt: skip
     answer = formats.ollama_format(body.format)
     grammar = formats.reply_grammar(service.tokenizer, answer, Declared(tools), None)
-    prompt = render_prompt(chat, service.tokenizer)
-    sampling = _sampling(service, prompt, body.options, "messages")
-    job = service.submit(prompt, sampling, grammar=grammar)
+    prompt, _ = conv.render(chat, None, service, "messages")
     reply = Reply(service.tokenizer, body.options.stops, tools=[t.name for t in tools])
-    return await _answer(body, _ChatShape(name, reply), job, request, start)
+    sampling = _sampling(service, prompt, body, "messages")
+    return Prepared(prompt, sampling, reply, grammar=grammar)
 
 
 async def generate(body: GenerateBody, service: Service, request: Request):
@@ -139,10 +152,18 @@ async def generate(body: GenerateBody, service: Service, request: Request):
         raise ApiError(400, "suffix: gpt-oss does not fill in the middle", param="suffix")
     if not body.prompt:
         return _loaded(name, {"response": ""})
+    prepared = await off_loop(_generate_prepared, body, service)
+    shape = _GenerateShape(name, prepared.reply, _reader(body, service))
+    return await _answer(body, shape, service, prepared, request, start)
+
+
+def _generate_prepared(body: GenerateBody, service: Service) -> Prepared:
+    """The prompt rendered (or, raw, encoded as it is) and checked (off the event loop)."""
     answer = formats.ollama_format(body.format)
     if body.raw and answer.schema is not None:
         raise ApiError(400, "format: a raw prompt continues plain text; drop raw", param="format")
     if body.raw:
+        service.check_text(len(body.prompt.encode()), "prompt")
         prompt = service.tokenizer.encode(body.prompt)
         reply = Reply(service.tokenizer, body.options.stops, harmony=False)
         stop = (ENDOFTEXT,)  # plain text ends there, as in /v1/completions
@@ -151,13 +172,12 @@ async def generate(body: GenerateBody, service: Service, request: Request):
             [Message.user(body.prompt)], instructions=[body.system], tools=[],
             effort=_effort(body.think), effort_param="think",
         )  # fmt: skip
-        prompt = render_prompt(chat, service.tokenizer)
+        prompt, _ = conv.render(chat, None, service, "prompt")
         reply = Reply(service.tokenizer, body.options.stops)
         stop = STOP_TOKENS
     grammar = formats.reply_grammar(service.tokenizer, answer, Declared(), None)
-    sampling = _sampling(service, prompt, body.options, "prompt")
-    job = service.submit(prompt, sampling, stop, grammar=grammar)
-    return await _answer(body, _GenerateShape(name, reply), job, request, start)
+    sampling = _sampling(service, prompt, body, "prompt")
+    return Prepared(prompt, sampling, reply, stop, grammar=grammar)
 
 
 def known(service: Service, name: str) -> str:
@@ -166,8 +186,8 @@ def known(service: Service, name: str) -> str:
         return name
     raise ApiError(
         404,
-        f"model {name!r} not found: this server serves {', '.join(service.names)} and does not "
-        "download models",
+        f"model {shown(name)} not found: this server serves {', '.join(service.names)} and "
+        "does not download models",
     )
 
 
@@ -208,7 +228,8 @@ def _effort(think: bool | str | None) -> str | None:
     return THINK_LEVELS[think]
 
 
-def _sampling(service: Service, prompt: list[int], options: Options, prompt_param: str):
+def _sampling(service: Service, prompt: list[int], body: _Request, prompt_param: str):
+    options = body.options
     limit = options.num_predict if options.num_predict and options.num_predict > 0 else None
     return service.sampling(
         prompt,
@@ -219,7 +240,13 @@ def _sampling(service: Service, prompt: list[int], options: Options, prompt_para
         top_p=options.top_p,
         top_k=options.top_k if options.top_k and options.top_k > 0 else None,
         seed=options.seed if options.seed is not None and options.seed >= 0 else None,
+        logprobs=body.top_logprobs if body.logprobs else None,
     )
+
+
+def _reader(body: _Request, service: Service) -> Tokenizer | None:
+    """The tokenizer that writes out the logprobs, if the request asked for them."""
+    return service.tokenizer if body.logprobs else None
 
 
 def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
@@ -247,11 +274,22 @@ def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
     return converted
 
 
-class _ChatShape:
-    """How `/api/chat` writes a reply: pieces of `message`."""
+class _Shape:
+    """How an endpoint writes a reply (`piece` by `piece` or `whole`, then `last`), with the
+    logprobs of its text when `tokenizer` is given."""
 
-    def __init__(self, name: str, reply: Reply) -> None:
-        self.name, self.reply = name, reply
+    def __init__(self, name: str, reply: Reply, tokenizer: Tokenizer | None) -> None:
+        self.name, self.reply, self.tokenizer = name, reply, tokenizer
+
+    def logprobs(self, logprobs) -> dict:
+        return {} if self.tokenizer is None else {"logprobs": entries(logprobs, self.tokenizer)}
+
+    def shown(self) -> list:
+        return [lp for part in self.reply.parts for lp in part.logprobs]
+
+
+class _ChatShape(_Shape):
+    """How `/api/chat` writes a reply: pieces of `message`."""
 
     def piece(self, change: Change) -> dict | None:
         part = change.part
@@ -261,7 +299,7 @@ class _ChatShape:
         if change.kind != "delta":
             return None
         key = "thinking" if part.kind == "reasoning" else "content"
-        return _message(**{key: change.lead + change.text})
+        return {**_message(**{key: change.lead + change.text}), **self.logprobs(change.logprobs)}
 
     def whole(self) -> dict:
         reply = self.reply
@@ -269,18 +307,15 @@ class _ChatShape:
         extra = {"thinking": thinking} if thinking else {}
         if calls:
             extra["tool_calls"] = calls
-        return _message(content=reply.text("text"), **extra)
+        return {**_message(content=reply.text("text"), **extra), **self.logprobs(self.shown())}
 
     def last(self) -> dict:
         return _message()
 
 
-class _GenerateShape:
+class _GenerateShape(_Shape):
     """How `/api/generate` writes a reply: `response` and `thinking` (no tools are declared, so
     a call the model makes anyway is text)."""
-
-    def __init__(self, name: str, reply: Reply) -> None:
-        self.name, self.reply = name, reply
 
     def piece(self, change: Change) -> dict | None:
         if change.kind != "delta":
@@ -288,11 +323,12 @@ class _GenerateShape:
         text = change.lead + change.text
         if change.part.kind == "reasoning":
             return {"response": "", "thinking": text}
-        return {"response": text}
+        return {"response": text, **self.logprobs(change.logprobs)}
 
     def whole(self) -> dict:
         thinking = self.reply.text("reasoning")
-        return {"response": self.reply.text("text"), **({"thinking": thinking} if thinking else {})}
+        extra = {"thinking": thinking} if thinking else {}
+        return {"response": self.reply.text("text"), **extra, **self.logprobs(self.shown())}
 
     def last(self) -> dict:
         return {"response": ""}
@@ -319,8 +355,12 @@ def _call(part: Part, reply: Reply) -> dict:
     return {"id": part.call_id, "function": function}
 
 
-async def _answer(body: _Request, shape, job: Job, request: Request, start: float):
+async def _answer(
+    body: _Request, shape, service: Service, prepared: Prepared, request: Request, start: float
+):
+    job = service.submit(prepared)
     if body.stream:
+        await begin(job, request)
         events = guarded(lines(_stream(shape, job, start)), job, _error_line)
         return StreamingResponse(events, media_type=NDJSON)
     done = await collect(job, shape.reply, request)

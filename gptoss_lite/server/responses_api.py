@@ -13,37 +13,43 @@ sequence: `response.created`, `response.in_progress`, per item `response.output_
 deltas (`response.reasoning_text.delta` or the summary's part and text events,
 `response.output_text.delta`, `response.function_call_arguments.delta`,
 `response.custom_tool_call_input.delta`) and `.done` events, `response.output_item.done`, then
-`response.completed` (or `response.incomplete` at the limit). With `include:
-["reasoning.encrypted_content"]` a reasoning item carries `encrypted_content: null`: the analysis
-is plain text that the client sends back in the item, so there is nothing to encrypt. The
-response echoes the request's settings: `parallel_tool_calls` as asked (gpt-oss makes one call a
-turn either way), `prompt_cache_key`, `safety_identifier`, `service_tier`, `truncation`. A stored
-response (the default) can be continued with `previous_response_id`: its turns are kept in
-memory, the newest `STORED_RESPONSES` of them.
+`response.completed` (or `response.incomplete` at the limit, or at shutdown). `include:
+["message.output_text.logprobs"]` or `top_logprobs` add the answer tokens' log-probabilities to
+its text and deltas. With `include: ["reasoning.encrypted_content"]` a reasoning item carries
+`encrypted_content: null`: the analysis is plain text that the client sends back in the item, so
+there is nothing to encrypt. The response echoes the request's settings: `parallel_tool_calls`
+as asked (gpt-oss makes one call a turn either way), `prompt_cache_key`, `safety_identifier`,
+`service_tier`, `truncation`. A stored response (the default) can be continued with
+`previous_response_id`: its turns are kept in memory (`store.ResponseStore`, within a byte
+budget).
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply, new_id
+from ..chat.tokenizer import Tokenizer
+from ..engine.logprobs import MAX_TOP
 from . import conversation as conv
 from . import formats
-from .errors import ApiError
-from .service import Service, changes, guarded, sse
+from .errors import ApiError, shown
+from .logprobs import entries
+from .service import Prepared, Service, changes, guarded, sse
+from .store import ResponseStore, Turns
 from .tools import Declared, custom_input, responses_tools
 from .worker import Done, Job
 
-STORED_RESPONSES = 512  # the oldest stored response is forgotten beyond this many
+INCOMPLETE = {"length": "max_output_tokens", "interrupted": "interrupted"}  # finish -> reason
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]  # the OpenAI API's limits
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 OUTPUTS = ("function_call_output", "custom_tool_call_output")
 
 
@@ -101,7 +107,7 @@ class ResponsesRequest(_Body):
     stream: bool = False
     previous_response_id: str | None = None
     store: bool = True
-    metadata: dict[str, Any] | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
     text: TextOptions | None = None
     include: list[Include] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
@@ -110,6 +116,14 @@ class ResponsesRequest(_Body):
     service_tier: str | None = None
     user: str | None = None
     background: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
+
+    @property
+    def logprobs(self) -> bool:
+        """Whether the client asked for the answer's log-probabilities."""
+        return (
+            "message.output_text.logprobs" in (self.include or ()) or self.top_logprobs is not None
+        )
 
     @property
     def summary(self) -> bool:
@@ -121,56 +135,26 @@ class ResponsesRequest(_Body):
 
 
 @dataclass
-class Turns:
-    """A conversation's harmony turns so far and the function name of each call id in them."""
-
-    messages: list[Message] = field(default_factory=list)
-    names: dict[str, str] = field(default_factory=dict)
-
-
-class ResponseStore:
-    """The turns of the newest stored responses, by response id."""
-
-    def __init__(self, limit: int = STORED_RESPONSES) -> None:
-        self.limit = limit
-        self._turns: OrderedDict[str, Turns] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, response_id: str) -> Turns:
-        with self._lock:
-            turns = self._turns.get(response_id)
-        if turns is None:
-            raise ApiError(
-                400,
-                f"previous response {response_id!r} not found (this server keeps the newest "
-                f"{self.limit} in memory)",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        return Turns(list(turns.messages), dict(turns.names))
-
-    def put(self, response_id: str, turns: Turns) -> None:
-        with self._lock:
-            self._turns[response_id] = turns
-            while len(self._turns) > self.limit:
-                self._turns.popitem(last=False)
-
-
-@dataclass
 class Pending:
-    """A response being generated: the request, its turns, its tools, and where the reply goes."""
+    """A response being generated: the request, its turns, its tools, what to generate and,
+    once queued, its job."""
 
     body: ResponsesRequest
     turns: Turns
     tools: Declared
-    job: Job
-    reply: Reply
+    prepared: Prepared
+    tokenizer: Tokenizer
+    job: Job | None = None
     id: str = field(default_factory=lambda: new_id("resp_"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def reply(self) -> Reply:
+        return self.prepared.reply
+
 
 def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> Pending:
-    """Render the request after any previous response, check it fits, and queue it."""
+    """Render the request after any previous response and check it fits."""
     service.check_model(body.model)
     if body.background:
         raise ApiError(400, "background: responses run in the foreground here", param="background")
@@ -188,11 +172,11 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         effort=body.reasoning.effort if body.reasoning else None,
         effort_param="reasoning.effort",
     )
-    call = conv.forced_call(forced, service.tokenizer)
-    room = body.max_output_tokens or 1
-    if body.truncation == "auto":
-        chat = conv.truncated(chat, service.tokenizer, service.context - room - len(call))
-    prompt = render_prompt(chat, service.tokenizer) + call
+    if body.truncation == "auto":  # the oldest turns go until the input fits
+        header = len(conv.forced_call(forced, service.tokenizer))
+        room = service.context - (body.max_output_tokens or 1) - header
+        chat = conv.truncated(chat, service.tokenizer, room)
+    prompt, call = conv.render(chat, forced, service, "input")
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_output_tokens,
@@ -200,10 +184,11 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         prompt_param="input",
         temperature=body.temperature,
         top_p=body.top_p,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, tools=tools.names, prefix=call)
-    job = service.submit(prompt, sampling, grammar=grammar, prefix=call)
-    return Pending(body, turns, tools, job, reply)
+    prepared = Prepared(prompt, sampling, reply, grammar=grammar, prefix=call)
+    return Pending(body, turns, tools, prepared, service.tokenizer)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -241,12 +226,12 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
 
 def _unsupported(item: InputItem) -> str:
     if item.type == "message":
-        return f"message role {item.role!r} is not one of: user, assistant, system, developer"
+        return f"message role {shown(item.role)} is not one of: user, assistant, system, developer"
     if item.type in ("function_call", "custom_tool_call"):
         return f"a {item.type} needs a name and a call_id"
     if item.type in OUTPUTS:
-        return f"call_id {item.call_id!r} names no earlier tool call"
-    return f"input items of type {item.type!r} are not supported"
+        return f"call_id {shown(item.call_id)} names no earlier tool call"
+    return f"input items of type {shown(item.type)} are not supported"
 
 
 def _text(content: str | list[dict[str, Any]] | None, where: str) -> str:
@@ -267,11 +252,11 @@ def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
             if part.kind == "tool_call":
                 turns.names[part.call_id] = _qualified(part)
         store.put(pending.id, turns)
-    incomplete = pending.reply.finish_reason(done.finish_reason) == "length"
+    reason = INCOMPLETE.get(pending.reply.finish_reason(done.finish_reason))
     return {
-        **_response(pending, "incomplete" if incomplete else "completed"),
+        **_response(pending, "incomplete" if reason else "completed"),
         "output": [_item(pending, part, "completed") for part in pending.reply.parts],
-        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "incomplete_details": {"reason": reason} if reason else None,
         "usage": usage(pending.reply, done),
     }
 
@@ -331,6 +316,7 @@ def _response(pending: Pending, status: str) -> dict:
         "safety_identifier": body.safety_identifier,
         "service_tier": body.service_tier or "default",
         "user": body.user,
+        "top_logprobs": body.top_logprobs,
         "usage": None,
     }
 
@@ -348,12 +334,12 @@ def _item(pending: Pending, part: Part, status: str) -> dict:
     if part.kind == "reasoning":
         done = status == "completed"
         summary = [_summary(part.text)] if done and pending.body.summary else []
-        content = [_content(part)] if done and not pending.body.summary else []
+        content = [_content(pending, part)] if done and not pending.body.summary else []
         item = {"type": "reasoning", "id": part.id, "summary": summary, "content": content}
         if "reasoning.encrypted_content" in (pending.body.include or ()):
             item["encrypted_content"] = None  # nothing to encrypt: the text goes back as is
         return item
-    content = [_content(part)] if status == "completed" else []
+    content = [_content(pending, part)] if status == "completed" else []
     message = {"type": "message", "id": part.id, "status": status, "role": "assistant"}
     return {**message, "content": content}
 
@@ -362,11 +348,17 @@ def _summary(text: str) -> dict:
     return {"type": "summary_text", "text": text}
 
 
-def _content(part: Part, text: str | None = None) -> dict:
-    text = part.text if text is None else text
+def _content(pending: Pending, part: Part, whole: bool = True) -> dict:
+    """A part's content, whole or (to open it) empty."""
+    text = part.text if whole else ""
     if part.kind == "reasoning":
         return {"type": "reasoning_text", "text": text}
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    logprobs = _logprobs(pending, part.logprobs if whole else ())
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+
+
+def _logprobs(pending: Pending, logprobs) -> list[dict]:
+    return entries(logprobs, pending.tokenizer) if pending.body.logprobs else []
 
 
 def stream(pending: Pending, store: ResponseStore) -> AsyncIterator[str]:
@@ -388,7 +380,11 @@ def stream(pending: Pending, store: ResponseStore) -> AsyncIterator[str]:
                     for kind, data in _events(pending, change):
                         yield event(kind, **data)
 
-    return guarded(events(), pending.job, lambda error: event("error", **error.body()["error"]))
+    def error_event(error: ApiError) -> str:  # the error's own "type" has no place here
+        fields = error.body()["error"]
+        return event("error", code=fields["code"], message=fields["message"], param=fields["param"])
+
+    return guarded(events(), pending.job, error_event)
 
 
 def _events(pending: Pending, change: Change) -> list[tuple[str, dict]]:
@@ -403,11 +399,11 @@ def _events(pending: Pending, change: Change) -> list[tuple[str, dict]]:
             empty = {**at, "summary_index": 0, "part": _summary("")}
             added.append(("response.reasoning_summary_part.added", empty))
         elif kind in ("reasoning_text", "output_text"):
-            empty = {**at, "content_index": 0, "part": _content(part, "")}
+            empty = {**at, "content_index": 0, "part": _content(pending, part, whole=False)}
             added.append(("response.content_part.added", empty))
         return added
     if change.kind == "delta":
-        return _delta(kind, at, change.text)
+        return _delta(pending, kind, at, change)
     done = ("response.output_item.done", {**item[1], "item": _item(pending, part, "completed")})
     if kind == "function_call":
         args = {**at, "name": part.name, "arguments": part.text}
@@ -424,9 +420,9 @@ def _events(pending: Pending, change: Change) -> list[tuple[str, dict]]:
             ("response.reasoning_summary_part.done", summary),
             done,
         ]
-    extra = {"logprobs": []} if kind == "output_text" else {}
+    extra = {"logprobs": _logprobs(pending, part.logprobs)} if kind == "output_text" else {}
     text_done = {**at, "content_index": 0, "text": part.text, **extra}
-    part_done = {**at, "content_index": 0, "part": _content(part)}
+    part_done = {**at, "content_index": 0, "part": _content(pending, part)}
     return [(f"response.{kind}.done", text_done), ("response.content_part.done", part_done), done]
 
 
@@ -441,7 +437,8 @@ def _kind(pending: Pending, part: Part) -> str:
     return "output_text"
 
 
-def _delta(kind: str, at: dict, text: str) -> list[tuple[str, dict]]:
+def _delta(pending: Pending, kind: str, at: dict, change: Change) -> list[tuple[str, dict]]:
+    text = change.text
     if kind == "function_call":
         return [("response.function_call_arguments.delta", {**at, "delta": text})]
     if kind == "custom_tool_call":
@@ -450,5 +447,5 @@ def _delta(kind: str, at: dict, text: str) -> list[tuple[str, dict]]:
         return [
             ("response.reasoning_summary_text.delta", {**at, "summary_index": 0, "delta": text})
         ]
-    extra = {"logprobs": []} if kind == "output_text" else {}
+    extra = {"logprobs": _logprobs(pending, change.logprobs)} if kind == "output_text" else {}
     return [(f"response.{kind}.delta", {**at, "content_index": 0, "delta": text, **extra})]
