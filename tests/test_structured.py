@@ -235,6 +235,14 @@ def test_a_schema_is_compiled_once(o200k_tokenizer):
 # ------------------------------------------------------------------ the grammar of a reply
 
 
+def allowed_next(grammar, tokens: list[int]) -> set[int]:
+    """The ids the grammar allows after `tokens`, whichever form the mask hands over."""
+    mask = GrammarMask(grammar, tokens)
+    mask.request(None)
+    allowed = mask.allowed(torch.zeros(N_VOCAB))
+    return set((allowed.nonzero().flatten() if allowed.dtype == torch.bool else allowed).tolist())
+
+
 def test_the_grammar_takes_a_canonical_reply_token_by_token(o200k_tokenizer):
     tools = (ToolFormat("functions.get_weather", SCHEMAS["enum_and_bounds"], strict=True),)
     grammar = compile_reply(ReplyFormat(tools=tools), o200k_tokenizer)
@@ -244,23 +252,17 @@ def test_the_grammar_takes_a_canonical_reply_token_by_token(o200k_tokenizer):
         '"ratio":0.5,"ok":true}<|call|>'
     )
     tokens = o200k_tokenizer.encode(text, allow_special=True)
-    mask = GrammarMask(grammar, tokens[:-1])  # every token but the last fits, or this raises
-    mask.request(None)
-    assert mask.allowed(torch.zeros(N_VOCAB)).nonzero().flatten().tolist() == [CALL]
+    assert allowed_next(grammar, tokens[:-1]) == {CALL}  # every token but the last fits
 
 
 def test_no_undeclared_tool_can_be_called(o200k_tokenizer):
     tools = (ToolFormat("functions.get_weather"),)
     grammar = compile_reply(ReplyFormat(tools=tools), o200k_tokenizer)
     header = [CHANNEL, *o200k_tokenizer.encode("commentary to=functions.")]
-    mask = GrammarMask(grammar, header)
-    mask.request(None)
-    allowed = mask.allowed(torch.zeros(N_VOCAB))
-    assert allowed[o200k_tokenizer.encode("get")[0]]
-    for token in allowed.nonzero().flatten().tolist():  # only prefixes of the declared name
+    allowed = allowed_next(grammar, header)
+    assert o200k_tokenizer.encode("get")[0] in allowed
+    for token in allowed:  # only prefixes of the declared name
         assert "get_weather ".startswith(o200k_tokenizer.decode([token]))
-    for name in ("delete", "rm", "exec"):
-        assert not allowed[o200k_tokenizer.encode(name)[0]]
 
 
 def test_the_reply_cannot_end_before_its_json_is_complete(o200k_tokenizer):
@@ -271,10 +273,8 @@ def test_the_reply_cannot_end_before_its_json_is_complete(o200k_tokenizer):
         MESSAGE,
         *o200k_tokenizer.encode('{"name":"A"'),
     ]
-    mask = GrammarMask(grammar, half)
-    mask.request(None)
-    allowed = mask.allowed(torch.zeros(N_VOCAB))
-    assert not allowed[RETURN] and not allowed[CALL] and not allowed[END]
+    allowed = allowed_next(grammar, half)
+    assert allowed and not allowed & {RETURN, CALL, END}
 
 
 def fits(grammar, tokens: list[int]) -> bool:
@@ -304,6 +304,22 @@ def test_namespaced_and_custom_tools_are_called_as_declared(o200k_tokenizer):
     assert not fits(grammar, call("functions.apply_patch", '{"patch":"x"}'))
     assert not fits(grammar, call("functions.run", "{}"))  # run is in agents, not functions
     assert not fits(grammar, call("agents.exec", "{}"))
+
+
+def test_sampling_among_allowed_ids_is_sampling_the_masked_logits():
+    logits = torch.tensor([0.5, 2.0, -1.0, 1.0, 3.0, 0.0, 1.5, -0.5])
+    ids = torch.tensor([1, 3, 6])
+    mask = torch.zeros(8, dtype=torch.bool)
+    mask[ids] = True
+    for allowed in (ids, mask):
+        assert next_token(logits, temperature=0, allowed=allowed) == 1  # not 4, the global max
+        assert next_token(logits, top_k=2, temperature=0.5, allowed=allowed) in (1, 6)
+        generator = torch.Generator().manual_seed(0)
+        draws = [next_token(logits, generator=generator, allowed=allowed) for _ in range(3000)]
+        expected = torch.softmax(logits[ids], dim=0)
+        seen = torch.tensor([draws.count(i) for i in ids.tolist()]) / len(draws)
+        # 3,000 draws: each frequency's standard deviation is under 0.01; 0.04 is 4 of them
+        assert seen.sum() == 1 and torch.allclose(seen, expected, atol=0.04), (seen, expected)
 
 
 # ---------------------------------------------------------- replies valid, whatever the logits
@@ -337,9 +353,9 @@ def test_forced_and_strict_calls_validate_and_name_declared_tools(o200k_tokenize
     )
     for call in ("required", "functions.lookup"):
         fmt = ReplyFormat(tools=tools, call=call)
-        mask = GrammarMask(compile_reply(fmt, o200k_tokenizer), [CHANNEL])
-        mask.request(None)
-        assert not mask.allowed(torch.zeros(N_VOCAB))[o200k_tokenizer.encode("final")[0]]
+        allowed = allowed_next(compile_reply(fmt, o200k_tokenizer), [CHANNEL])
+        assert o200k_tokenizer.encode("commentary")[0] in allowed
+        assert o200k_tokenizer.encode("final")[0] not in allowed
         # The call's header opens the reply, as the server writes it (`forced_call`).
         prefix = forced_call("functions." if call == "required" else call, o200k_tokenizer)
         for seed in range(3):

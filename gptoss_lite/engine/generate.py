@@ -29,7 +29,8 @@ Progress = Callable[[int, int], None]  # (done, total), called as work advances
 
 class TokenMask(Protocol):
     """Which tokens may come next, step by step (e.g. a grammar's): `request(token)` as the
-    forward pass of `token` starts (None before the prompt's), `allowed(logits)` once it ends."""
+    forward pass of `token` starts (None before the prompt's), `allowed(logits)` once it ends,
+    in either form `next_token` takes."""
 
     def request(self, token: int | None) -> None: ...
 
@@ -105,10 +106,15 @@ def next_token(
     generator: torch.Generator | None = None,
     allowed: torch.Tensor | None = None,
 ) -> int:
-    """The next token id sampled from logits [V] (among the ids `allowed` [V] bool, if given);
-    a `GptossError` if the logits are not finite."""
-    scores = logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
-    token = sample(scores, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
+    """The next token id sampled from logits [V], among the ids `allowed` if given (a bool mask
+    [V], or the ids themselves [k]: then only those k logits are read); a `GptossError` if the
+    logits are not finite."""
+    settings = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "generator": generator}
+    if allowed is not None and allowed.dtype != torch.bool:
+        token = allowed[sample(logits[allowed], **settings)]  # the same distribution, renormalized
+    else:
+        scores = logits if allowed is None else torch.where(allowed, logits, float("-inf"))
+        token = sample(scores, **settings)
     # One transfer for both: the token and whether the row's max is finite (NaN propagates).
     token_id, finite = torch.stack((token, logits.max().isfinite().long())).tolist()
     if not finite:

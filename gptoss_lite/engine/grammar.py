@@ -8,7 +8,9 @@ end of grammar: a grammar here ends on tokens it names). `GrammarMask(grammar, p
 is the `TokenMask` of one generation: `request(token)` hands the token just sampled to a worker
 thread, which advances the matcher and fills the next step's bitmask while the model runs the
 forward pass of that token; `allowed(logits)` waits for it. On the CPU the worker also unpacks
-the bits (numpy: ~0.1 ms, where torch ops on the main thread took ~5 ms). On CUDA the bitmask
+the bits (numpy), and where at most `FEW` ids are allowed (inside JSON's structure, most steps)
+hands over those ids, so sampling reads only their logits: on two busy cores every op over the
+whole vocabulary costs milliseconds, as its two threads wait for each other. On CUDA the bitmask
 lives in pinned memory, goes over in one non-blocking copy a step and is unpacked there (two
 buffers take turns: the sampled token's read ends each step, so a buffer is free when reused).
 """
@@ -30,6 +32,7 @@ import torch
 from ..errors import GptossError
 
 CACHE_SIZE = 64  # compiled grammars kept per vocabulary
+FEW = 16_384  # allowed ids handed over as ids: below torch's grain (32,768), one thread samples
 # llguidance's own bounds on a grammar's cost, which bound its compile time (measured worst
 # cases in the README): lexer fuel at ~50k/ms, grammar symbols, lexer states.
 LIMITS = {"initial_lexer_fuel": 1_000_000, "max_grammar_size": 200_000, "max_lexer_states": 100_000}
@@ -137,7 +140,8 @@ class GrammarMask:
         self._pending = _worker.submit(self._advance, token, buffer)
 
     def allowed(self, logits: torch.Tensor) -> torch.Tensor:
-        """Which of the logits' ids [V] the grammar allows next (bool, on their device)."""
+        """Which of the logits' ids [V] the grammar allows next, on their device: a bool mask
+        [V], or (on the CPU, when few) the ids themselves."""
         found = self._pending.result()
         if self._cuda:
             found = unpack_bits(found.to(logits.device, non_blocking=True))
@@ -151,7 +155,12 @@ class GrammarMask:
             raise GrammarError(f"the grammar allows no next token: {self._error()}")
         if self._cuda:
             return buffer
-        bits = np.unpackbits(buffer.numpy().view(np.uint8), bitorder="little")
+        words = buffer.numpy()
+        used = np.flatnonzero(words)  # the words with an allowed id
+        if len(used) * 32 <= FEW:
+            bits = np.unpackbits(words[used].view(np.uint8), bitorder="little").reshape(-1, 32)
+            return torch.from_numpy((used[:, None] * 32 + np.arange(32))[bits.view(bool)])
+        bits = np.unpackbits(words.view(np.uint8), bitorder="little")
         return torch.from_numpy(bits).view(torch.bool)
 
     def _error(self) -> str:
@@ -165,7 +174,10 @@ def unpack_bits(words: torch.Tensor) -> torch.Tensor:
 
 
 def _fit(allowed: torch.Tensor, vocab: int) -> torch.Tensor:
-    """`allowed` cut or padded (ids past the bitmask are not allowed) to `vocab` ids."""
+    """`allowed` (ids, or a mask cut or padded: ids past the bitmask are not allowed) for logits
+    of `vocab` ids."""
+    if allowed.dtype != torch.bool:
+        return allowed if not len(allowed) or allowed[-1] < vocab else allowed[allowed < vocab]
     if allowed.numel() < vocab:
         return torch.cat((allowed, allowed.new_zeros(vocab - allowed.numel())))
     return allowed[:vocab]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +32,6 @@ from ..chat.reply import Change, Reply
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import STOP_TOKENS
 from ..config import ModelConfig, preset
-from ..engine.constraint import compiler_for
 from ..engine.generate import check_fits
 from ..engine.grammar import Grammar
 from ..engine.runner import Runner
@@ -90,8 +88,6 @@ class Service:
         self.api_key = api_key or None
         self.queue = GenerationQueue(runner, max_queue)
         self.created = int(time.time())
-        # The grammar tables of the vocabulary take seconds: made now, off the event loop.
-        threading.Thread(target=compiler_for(tokenizer).tokenizer, daemon=True).start()
 
     @property
     def context(self) -> int:
