@@ -42,7 +42,8 @@ from gptoss_lite.engine.constraint import compile_reply, compiler_for
 from gptoss_lite.engine.generate import next_token
 from gptoss_lite.engine.grammar import GrammarError, GrammarMask
 from gptoss_lite.engine.runner import Runner
-from gptoss_lite.engine.session import Generation, Sampling, user_prompt
+from gptoss_lite.engine.sampling import GREEDY, Sampling
+from gptoss_lite.engine.session import Generation, user_prompt
 from gptoss_lite.server import formats
 from gptoss_lite.server.conversation import forced_call
 from gptoss_lite.server.service import Service
@@ -117,18 +118,18 @@ def favoured_tokens(tokenizer) -> list[int]:
     return FAVOURED + closers
 
 
-def noise(tokenizer, *, max_new_tokens, stop=(), mask=None, seed=None, observe=None, **sampling):
+def noise(tokenizer, sampling: Sampling, *, stop=(), mask=None, observe=None):
     """Tokens from seeded noise logits, favouring format and closing tokens, decoded through
-    the mask and the sampler generation uses (`Runner.generate`'s keywords)."""
-    generator = torch.Generator().manual_seed(seed or 0)
+    the mask and the sampler generation uses (`Runner.generate`'s arguments)."""
+    generator = torch.Generator().manual_seed(sampling.seed or 0)
     bias = torch.zeros(N_VOCAB)
     bias[favoured_tokens(tokenizer)] = 14.0  # against the noise of ~200k ids
     if mask is not None:
         mask.request(None)
-    for _ in range(max_new_tokens):
+    for _ in range(sampling.max_new_tokens):
         logits = torch.randn(N_VOCAB, generator=generator) + bias
         allowed = None if mask is None else mask.allowed(logits)
-        token = next_token(logits, **sampling, generator=generator, allowed=allowed)
+        token = next_token(logits, sampling, generator, allowed)
         if observe is not None:
             observe(logits, token)
         yield token
@@ -141,9 +142,9 @@ def noise(tokenizer, *, max_new_tokens, stop=(), mask=None, seed=None, observe=N
 class NoiseRunner(ScriptedRunner):
     """A runner (for the server) whose replies are `noise`."""
 
-    def generate(self, token_ids, **settings):
+    def generate(self, token_ids, sampling, **settings):
         self.prompts.append(list(token_ids))
-        return noise(self.tokenizer, **settings)
+        return noise(self.tokenizer, sampling, **settings)
 
 
 @pytest.fixture(autouse=True)
@@ -312,10 +313,11 @@ def test_sampling_among_allowed_ids_is_sampling_the_masked_logits():
     mask = torch.zeros(8, dtype=torch.bool)
     mask[ids] = True
     for allowed in (ids, mask):
-        assert next_token(logits, temperature=0, allowed=allowed) == 1  # not 4, the global max
-        assert next_token(logits, top_k=2, temperature=0.5, allowed=allowed) in (1, 6)
+        assert next_token(logits, GREEDY, None, allowed) == 1  # not 4, the global max
+        top2 = Sampling(temperature=0.5, top_k=2)
+        assert next_token(logits, top2, None, allowed) in (1, 6)
         generator = torch.Generator().manual_seed(0)
-        draws = [next_token(logits, generator=generator, allowed=allowed) for _ in range(3000)]
+        draws = [next_token(logits, Sampling(), generator, allowed) for _ in range(3000)]
         expected = torch.softmax(logits[ids], dim=0)
         seen = torch.tensor([draws.count(i) for i in ids.tolist()]) / len(draws)
         # 3,000 draws: each frequency's standard deviation is under 0.01; 0.04 is 4 of them
@@ -585,7 +587,9 @@ def schema_file(tmp_path):
 
 def test_run_prints_the_json_alone(cli, tiny_model, schema_file, monkeypatch, o200k_tokenizer):
     """The model's logits are noise (`Runner.generate` replaced): the JSON is the constraint's."""
-    monkeypatch.setattr(Runner, "generate", lambda _, ids, **kw: noise(o200k_tokenizer, **kw))
+    monkeypatch.setattr(
+        Runner, "generate", lambda _, ids, sampling, **kw: noise(o200k_tokenizer, sampling, **kw)
+    )
     for seed in range(2):
         result = cli("run", "-m", tiny_model, "--json-schema", schema_file, "--seed", seed, "x")
         assert result.exit_code == 0, result.output

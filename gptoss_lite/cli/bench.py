@@ -37,7 +37,6 @@ from ..measure.bench import (
 )
 from ..measure.meter import peak_memory
 from ..memory.plan import Plan
-from ..memory.profiles import resolve_profile
 from ..units import GB, format_bytes
 from .common import warn_kv
 from .options import (
@@ -49,6 +48,7 @@ from .options import (
     kv_cache_option,
     model_option,
     profile_option,
+    take_model_options,
 )
 
 
@@ -92,21 +92,17 @@ from .options import (
 def bench_command(
     model,
     geometry,
-    profile,
-    context,
     prompt_tokens,
     gen_tokens,
     repeats,
-    device,
-    budget,
     compare,
     cuda_graph,
-    cpu_experts,
-    kv_cache_dtype,
     json_schema,
     as_json,
+    **opening,
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
+    options = take_model_options(opening)
     if bool(model) == bool(geometry):
         raise GptossError("give exactly one of --model or --geometry")
     if compare and not model:
@@ -127,15 +123,7 @@ def bench_command(
             )
 
     start = time.perf_counter()
-    runner = load(
-        model or SyntheticCheckpoint(geometry),
-        device=device,
-        profile=resolve_profile(profile, device, budget),
-        context=context,
-        cpu_experts=cpu_experts,
-        on_plan=fits,
-        kv_cache_dtype=kv_cache_dtype,
-    )
+    runner = load(model or SyntheticCheckpoint(geometry), options, on_plan=fits)
     warn_kv(runner.plan)
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)

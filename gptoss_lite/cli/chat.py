@@ -49,9 +49,16 @@ def chat(verbose: bool, **kwargs) -> None:
     options = Options.take(kwargs)
     conversation = options.conversation()  # a bad --tools file fails before the load
     reply = options.reply_format(conversation)  # and so does a bad --json-schema file
-    model = open_model(options, chat=True, reply=reply)
-    sampling = options.sampling()
-    session = ChatSession(model.runner, model.tokenizer, conversation, sampling, model.grammar)
+    model = open_model(
+        options.model,
+        options.opening,
+        max_tokens=options.sampling.max_new_tokens,
+        chat=True,
+        reply=reply,
+    )
+    session = ChatSession(
+        model.runner, model.tokenizer, conversation, options.sampling, model.grammar
+    )
     show_reasoning = options.show_reasoning and reply is None  # the JSON alone on stdout
     loop = ChatLoop(session, model, show_reasoning, verbose, is_terminal())
     if loop.interactive:

@@ -20,7 +20,7 @@ import torch
 from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
-from .sampling import sample
+from .sampling import Sampling, sample
 
 PREFILL_CHUNK = 512  # tokens per prefill step unless the memory profile says otherwise
 
@@ -99,22 +99,18 @@ def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
 
 def next_token(
     logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
+    sampling: Sampling,
     generator: torch.Generator | None = None,
     allowed: torch.Tensor | None = None,
 ) -> int:
     """The next token id sampled from logits [V], among the ids `allowed` if given (a bool mask
     [V], or the ids themselves [k]: then only those k logits are read); a `GptossError` if the
     logits are not finite."""
-    settings = {"temperature": temperature, "top_p": top_p, "top_k": top_k, "generator": generator}
     if allowed is not None and allowed.dtype != torch.bool:
-        token = allowed[sample(logits[allowed], **settings)]  # the same distribution, renormalized
+        token = allowed[sample(logits[allowed], sampling, generator)]  # the same distribution
     else:
         scores = logits if allowed is None else torch.where(allowed, logits, float("-inf"))
-        token = sample(scores, **settings)
+        token = sample(scores, sampling, generator)
     # One transfer for both: the token and whether the row's max is finite (NaN propagates).
     token_id, finite = torch.stack((token, logits.max().isfinite().long())).tolist()
     if not finite:

@@ -33,6 +33,7 @@ from ..engine.generate import next_token, prefill
 from ..engine.grammar import Grammar, GrammarMask
 from ..engine.graphs import GraphedDecodeStep
 from ..engine.runner import Runner
+from ..engine.sampling import GREEDY
 from ..errors import GptossError
 from ..memory.categories import category_of
 from ..memory.plan import decode_bytes_per_token
@@ -201,7 +202,7 @@ def bench_constrained(
 
     def choose(logits: torch.Tensor) -> int:
         allowed = held[0].allowed(logits) if held else None
-        return next_token(logits, temperature=0, allowed=allowed)
+        return next_token(logits, GREEDY, None, allowed)
 
     def first(tokens: torch.Tensor) -> int:
         cache.rewind(0)

@@ -35,7 +35,7 @@ from ..config import ModelConfig, preset
 from ..engine.generate import check_fits
 from ..engine.grammar import Grammar
 from ..engine.runner import Runner
-from ..engine.session import Sampling
+from ..engine.sampling import Sampling
 from ..errors import GptossError
 from .errors import ApiError, internal_error, shown
 from .worker import Closed, Done, Failed, GenerationQueue, Job, QueueFull, Token

@@ -33,7 +33,8 @@ from ..chat.stats import ReplyStats
 from ..engine.grammar import Grammar
 from ..engine.logprobs import TokenLogprob
 from ..engine.runner import Runner
-from ..engine.session import Generation, Sampling
+from ..engine.sampling import Sampling
+from ..engine.session import Generation
 
 
 class QueueFull(Exception):
