@@ -18,11 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import openai
 import pytest
 
 from gptoss_lite.config import ModelConfig, preset
+from gptoss_lite.engine.sampling import Sampling
 from gptoss_lite.server.http_server import make_server
 from gptoss_lite.server.limits import Limits
 from gptoss_lite.server.service import Service
@@ -71,13 +73,13 @@ class ScriptedRunner:
         """Reply with `text` (harmony markup allowed) from now on."""
         self.reply = self.tokenizer.encode(text, allow_special=True)
 
-    def generate(self, token_ids, *, max_new_tokens: int, stop=(), **sampling) -> Iterator[int]:
+    def generate(self, token_ids, sampling: Sampling, *, stop=(), observe=None) -> Iterator[int]:
         self.prompts.append(list(token_ids))
-        self.sampling.append({"max_new_tokens": max_new_tokens, **sampling})
+        self.sampling.append(asdict(sampling))
         self.prefilled = len(self.prompts[-1])
         if self.gate is not None:
             assert self.gate.wait(STARTUP_S), "the test never opened the gate"
-        for token in self.reply[:max_new_tokens]:
+        for token in self.reply[: sampling.max_new_tokens]:
             self.yielded += 1
             yield token
             if token in stop:

@@ -13,6 +13,7 @@ from conftest import GEOMETRIES
 import gptoss_lite
 from gptoss_lite.engine.batch import Request
 from gptoss_lite.engine.generate import prefill
+from gptoss_lite.engine.sampling import Sampling
 from gptoss_lite.kernels import cpu
 from gptoss_lite.model.cache import KVCache, KVPool
 
@@ -37,16 +38,7 @@ def _prompt(first: int, length: int) -> tuple[int, ...]:
 
 def _alone(runner, request: Request) -> list[int]:
     """The request's tokens from `Runner.generate`: one sequence, nothing beside it."""
-    return list(
-        runner.generate(
-            request.prompt,
-            max_new_tokens=request.max_new_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
-            stop=request.stop,
-        )
-    )
+    return list(runner.generate(request.prompt, request.sampling, stop=request.stop))
 
 
 def _run(batch, arrivals: dict[int, list[Request]], cancel: dict[int, int] | None = None):
@@ -103,11 +95,11 @@ def test_decode_rows_in_fp32_match_to_rounding(checkpoint):
 
 def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
     requests = [
-        Request(_prompt(1, 21), 12, temperature=0),
-        Request(_prompt(2, 5), 4, temperature=0),  # leaves early
-        Request(_prompt(3, 13), 9, temperature=0),
-        Request(_prompt(4, 3), 15, temperature=0),
-        Request(_prompt(5, 30), 6, temperature=0),  # waits for a free slot
+        Request(_prompt(1, 21), Sampling(max_new_tokens=12, temperature=0)),
+        Request(_prompt(2, 5), Sampling(max_new_tokens=4, temperature=0)),  # leaves early
+        Request(_prompt(3, 13), Sampling(max_new_tokens=9, temperature=0)),
+        Request(_prompt(4, 3), Sampling(max_new_tokens=15, temperature=0)),
+        Request(_prompt(5, 30), Sampling(max_new_tokens=6, temperature=0)),  # waits for a free slot
     ]
     expected = [_alone(runner, r) for r in requests]
     batch = runner.batch()
@@ -118,13 +110,17 @@ def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
 
 def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
     requests = [
-        Request(_prompt(6, 9), 20, temperature=1.0, seed=11),
-        Request(_prompt(7, 14), 20, temperature=0.7, top_p=0.9, seed=12),
-        Request(_prompt(8, 4), 20, temperature=0),
+        Request(_prompt(6, 9), Sampling(max_new_tokens=20, temperature=1.0, seed=11)),
+        Request(_prompt(7, 14), Sampling(max_new_tokens=20, temperature=0.7, top_p=0.9, seed=12)),
+        Request(_prompt(8, 4), Sampling(max_new_tokens=20, temperature=0)),
     ]
     free_run = [_alone(runner, r) for r in requests]
     stop = free_run[0][5]  # ends the first request at its sixth token, or earlier
-    requests[0] = Request(requests[0].prompt, 20, temperature=1.0, seed=11, stop=frozenset({stop}))
+    requests[0] = Request(
+        requests[0].prompt,
+        Sampling(max_new_tokens=20, temperature=1.0, seed=11),
+        stop=frozenset({stop}),
+    )
     expected = [_alone(runner, r) for r in requests]
     assert expected[0] == free_run[0][: free_run[0].index(stop) + 1]
     got = _run(runner.batch(), {0: requests[:1], 1: requests[1:]})
@@ -133,7 +129,10 @@ def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
 
 
 def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
-    requests = [Request(_prompt(9 + i, 6 + 4 * i), 10, temperature=0) for i in range(4)]
+    requests = [
+        Request(_prompt(9 + i, 6 + 4 * i), Sampling(max_new_tokens=10, temperature=0))
+        for i in range(4)
+    ]
     expected = [_alone(runner, r) for r in requests]
     batch = runner.batch()
     got = _run(batch, {0: requests[:3], 6: requests[3:]}, cancel={4: 1})
@@ -145,14 +144,17 @@ def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
 
 def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
     batch = runner.batch()
-    first = [batch.add(Request(_prompt(20 + i, 10), 4, temperature=0)) for i in range(3)]
+    first = [
+        batch.add(Request(_prompt(20 + i, 10), Sampling(max_new_tokens=4, temperature=0)))
+        for i in range(3)
+    ]
     while batch.running:
         batch.step()
     history = (*first[1].request.prompt, *first[1].output)
-    again = batch.add(Request((*history, 5, 6), 3, temperature=0))
+    again = batch.add(Request((*history, 5, 6), Sampling(max_new_tokens=3, temperature=0)))
     assert again.slot == first[1].slot
     assert again.cached_tokens == len(history) - 1  # its last token was never fed
-    unrelated = batch.add(Request(_prompt(40, 10), 3, temperature=0))
+    unrelated = batch.add(Request(_prompt(40, 10), Sampling(max_new_tokens=3, temperature=0)))
     assert unrelated.slot == 3  # the never-used slot before any other's cache is overwritten
     while batch.running:
         batch.step()
@@ -172,9 +174,9 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
 
     monkeypatch.setattr(type(runner.model), "forward", counted)
     batch = runner.batch()
-    long = batch.add(Request(_prompt(50, 100), 2, temperature=0))
+    long = batch.add(Request(_prompt(50, 100), Sampling(max_new_tokens=2, temperature=0)))
     batch.step()
-    short = batch.add(Request(_prompt(51, 6), 2, temperature=0))
+    short = batch.add(Request(_prompt(51, 6), Sampling(max_new_tokens=2, temperature=0)))
     steps = 1
     while not short.output:
         batch.step()
@@ -188,18 +190,18 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
 def test_requests_that_cannot_run_are_refused(runner):
     batch = runner.batch()
     with pytest.raises(gptoss_lite.GptossError, match="context of 160 tokens"):
-        batch.add(Request(_prompt(1, 150), 20))
+        batch.add(Request(_prompt(1, 150), Sampling(max_new_tokens=20)))
     with pytest.raises(gptoss_lite.GptossError, match="temperature"):
-        batch.add(Request(_prompt(1, 5), 2, temperature=float("nan")))
+        batch.add(Request(_prompt(1, 5), Sampling(max_new_tokens=2, temperature=float("nan"))))
     for i in range(4):
-        batch.add(Request(_prompt(60 + i, 5), 2))
+        batch.add(Request(_prompt(60 + i, 5), Sampling(max_new_tokens=2)))
     with pytest.raises(RuntimeError, match="every slot"):
-        batch.add(Request(_prompt(70, 5), 2))
+        batch.add(Request(_prompt(70, 5), Sampling(max_new_tokens=2)))
 
 
 def test_a_later_generate_takes_the_caches_back(runner):
     batch = runner.batch()
-    batch.add(Request(_prompt(80, 5), 4, temperature=0))
+    batch.add(Request(_prompt(80, 5), Sampling(max_new_tokens=4, temperature=0)))
     batch.step()
     list(runner.generate(_prompt(81, 5), max_new_tokens=2, temperature=0))
     with pytest.raises(gptoss_lite.GptossError, match="taken over"):

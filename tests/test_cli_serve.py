@@ -78,11 +78,11 @@ def test_a_port_in_use_is_one_line(cli, tiny_model):
 
 
 def test_cpu_experts_reach_the_loading(cli, monkeypatch):
-    serve = importlib.import_module("gptoss_lite.cli.serve")  # the package's `serve` is the command
+    serve = importlib.import_module("gptoss_lite.cli.serve")
     asked = []
 
-    def open_model(choice, **_):
-        asked.append(choice.cpu_experts)
+    def open_model(model, options, **_):
+        asked.append(options.cpu_experts)
         raise GptossError("stopped before loading")
 
     monkeypatch.setattr(serve, "bind", lambda host, port: None)
@@ -112,7 +112,7 @@ def test_limits_reach_the_server(cli, monkeypatch):
     monkeypatch.setattr(
         serve, "bind", lambda host, port: SimpleNamespace(getsockname=lambda: (host, port))
     )
-    monkeypatch.setattr(serve, "open_model", lambda choice, **_: loaded)
+    monkeypatch.setattr(serve, "open_model", lambda model, options, **_: loaded)
     monkeypatch.setattr(serve, "make_server", make_server)
     flags = ["--store-mib", "8", "--header-timeout", "5", "--body-timeout", "7"]
     result = cli("serve", *flags, "--max-connections", "9")

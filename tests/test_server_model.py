@@ -43,8 +43,8 @@ def served(runner, o200k_tokenizer, serve_http, monkeypatch):
     generated = [0]
     real = type(runner).generate
 
-    def counting(token_ids, **kwargs):
-        for token in real(runner, token_ids, **kwargs):
+    def counting(token_ids, *args, **kwargs):
+        for token in real(runner, token_ids, *args, **kwargs):
             generated[0] += 1
             yield token
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ..errors import GptossError
 from .tokenizer import Tokenizer
-from .tokens import CALL, CHANNEL, CONSTRAIN, END, MARKUP, MESSAGE, START
+from .tokens import CALL, CHANNEL, CONSTRAIN, END, MESSAGE, START
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 EFFORTS = ("low", "medium", "high")
@@ -160,12 +160,6 @@ def render_prompt(conversation: Conversation, tokenizer: Tokenizer) -> list[int]
 def render_conversation(conversation: Conversation, tokenizer: Tokenizer) -> list[int]:
     """Token ids of the system and developer messages and the kept turns."""
     return _encode(conversation_pieces(conversation), tokenizer)
-
-
-def prompt_text(conversation: Conversation) -> str:
-    """The prompt as text with markup, for display (`render_prompt` decoded)."""
-    pieces = [*conversation_pieces(conversation), START, "assistant"]
-    return "".join(p if isinstance(p, str) else MARKUP[p] for p in pieces)
 
 
 def prompt_size(conversation: Conversation) -> int:

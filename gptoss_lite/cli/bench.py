@@ -29,7 +29,6 @@ from ..measure.bench import (
 )
 from ..measure.meter import peak_memory
 from ..memory.plan import Plan
-from ..memory.profiles import resolve_profile
 from ..units import GB, format_bytes
 from .common import warn_kv
 from .options import (
@@ -41,6 +40,7 @@ from .options import (
     kv_cache_option,
     model_option,
     profile_option,
+    take_model_options,
 )
 
 
@@ -75,22 +75,10 @@ from .options import (
 @kv_cache_option()
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
-    model,
-    geometry,
-    profile,
-    context,
-    prompt_tokens,
-    gen_tokens,
-    repeats,
-    device,
-    budget,
-    compare,
-    cuda_graph,
-    cpu_experts,
-    kv_cache_dtype,
-    as_json,
+    model, geometry, prompt_tokens, gen_tokens, repeats, compare, cuda_graph, as_json, **opening
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
+    options = take_model_options(opening)
     if bool(model) == bool(geometry):
         raise GptossError("give exactly one of --model or --geometry")
     if compare and not model:
@@ -108,15 +96,7 @@ def bench_command(
             )
 
     start = time.perf_counter()
-    runner = load(
-        model or SyntheticCheckpoint(geometry),
-        device=device,
-        profile=resolve_profile(profile, device, budget),
-        context=context,
-        cpu_experts=cpu_experts,
-        on_plan=fits,
-        kv_cache_dtype=kv_cache_dtype,
-    )
+    runner = load(model or SyntheticCheckpoint(geometry), options, on_plan=fits)
     warn_kv(runner.plan)
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)

@@ -46,8 +46,10 @@ def chat(verbose: bool, **kwargs) -> None:
     """
     options = Options.take(kwargs)
     conversation = options.conversation()  # a bad --tools file fails before the load
-    model = open_model(options, chat=True)
-    session = ChatSession(model.runner, model.tokenizer, conversation, options.sampling())
+    model = open_model(
+        options.model, options.opening, max_tokens=options.sampling.max_new_tokens, chat=True
+    )
+    session = ChatSession(model.runner, model.tokenizer, conversation, options.sampling)
     loop = ChatLoop(session, model, options.show_reasoning, verbose, is_terminal())
     if loop.interactive:
         click.echo(f"{HELP}; Ctrl-D also exits", err=True)

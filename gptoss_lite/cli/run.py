@@ -60,9 +60,14 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
     def encode(tokenizer: Tokenizer) -> list[int]:
         return tokenizer.encode(text) if raw else user_prompt(conversation, text.strip(), tokenizer)
 
-    model = open_model(options, prompt_of=encode)
+    model = open_model(
+        options.model,
+        options.opening,
+        max_tokens=options.sampling.max_new_tokens,
+        prompt_of=encode,
+    )
     stop = (ENDOFTEXT,) if raw else STOP_TOKENS
-    generation = Generation(model.runner, model.prompt, options.sampling(), stop)
+    generation = Generation(model.runner, model.prompt, options.sampling, stop)
     tools = [tool.name for tool in conversation.tools]
     interrupted = False
     try:

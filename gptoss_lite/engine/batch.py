@@ -32,30 +32,29 @@ from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
 from .generate import check_fits, next_token, reusable_prefix
-from .sampling import check_sampling
+from .sampling import Sampling
 
 SIMILAR = 0.5  # a slot whose cache holds at least this share of a prompt is that prompt's own
 
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: its prompt, how many tokens at most, how to sample, and its stop tokens
-    (one of them ends it and is the last token given)."""
+    """One generation: its prompt, how its tokens are drawn (`max_new_tokens` None: until the
+    context is full), and its stop tokens (one of them ends it and is the last token given)."""
 
     prompt: tuple[int, ...]
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
+    sampling: Sampling
     stop: frozenset[int] = frozenset()
 
 
 class Sequence:
     """A request running in a slot: its progress, its tokens and its numbers."""
 
-    def __init__(self, request: Request, slot: int, reused: int, device: torch.device) -> None:
+    def __init__(
+        self, request: Request, slot: int, reused: int, limit: int, device: torch.device
+    ) -> None:
         self.request, self.slot = request, slot
+        self.max_new_tokens = limit  # the request's, or all the room its context leaves
         self.fed = self.cached_tokens = reused  # prompt tokens in the cache, then at the start
         self.output: list[int] = []
         self.finish_reason: str | None = None  # "stop", "length", "interrupted" or "error"
@@ -63,7 +62,8 @@ class Sequence:
         self.prefill_seconds = 0.0  # from `add` to the first token
         self.decode_seconds = 0.0  # from the first token to the last
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(torch.seed() if request.seed is None else request.seed)
+        seed = request.sampling.seed
+        self.generator.manual_seed(torch.seed() if seed is None else seed)
         self._started = self._last = time.perf_counter()
 
     @property
@@ -75,15 +75,8 @@ class Sequence:
         return self.finish_reason is not None
 
     def _sample(self, logits: torch.Tensor) -> None:
-        r = self.request
         try:
-            token = next_token(
-                logits,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                top_k=r.top_k,
-                generator=self.generator,
-            )
+            token = next_token(logits, self.request.sampling, self.generator)
         except GptossError as exc:
             self.error, self.finish_reason = exc, "error"
             return
@@ -94,9 +87,9 @@ class Sequence:
             self.prefill_seconds = now - self._started
         self._last = now
         self.output.append(token)
-        if token in r.stop:
+        if token in self.request.stop:
             self.finish_reason = "stop"
-        elif len(self.output) == r.max_new_tokens:
+        elif len(self.output) == self.max_new_tokens:
             self.finish_reason = "length"
 
 
@@ -135,24 +128,17 @@ class Batch:
         return self._tokens[slot][: self.caches[slot].length]
 
     def add(self, request: Request) -> Sequence:
-        """Start `request` in a free slot (a `GptossError` if its settings or its length are
-        refused, a `RuntimeError` if no slot is free); it runs from the next `step()`."""
+        """Start `request` in a free slot (a `GptossError` if its length is refused, a
+        `RuntimeError` if no slot is free); it runs from the next `step()`."""
         r = request
-        check_sampling(
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            seed=r.seed,
-            max_new_tokens=r.max_new_tokens,
-        )
-        check_fits(len(r.prompt), r.max_new_tokens, self.context)
+        limit = check_fits(len(r.prompt), r.sampling.max_new_tokens, self.context)
         if not self.free:
             raise RuntimeError("every slot is running a sequence")
         with self._guard():
             slot, reused = self._slot_for(list(r.prompt))
             self.caches[slot].rewind(reused)
         self._tokens[slot] = list(r.prompt)
-        sequence = Sequence(r, slot, reused, self.model.device)
+        sequence = Sequence(r, slot, reused, limit, self.model.device)
         self.running.append(sequence)
         return sequence
 

@@ -18,7 +18,7 @@ import torch
 from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
-from .sampling import sample
+from .sampling import Sampling, sample
 
 PREFILL_CHUNK = 512  # tokens per prefill step unless the memory profile says otherwise
 
@@ -86,15 +86,10 @@ def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
 
 
 def next_token(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
 ) -> int:
     """The next token id sampled from logits [V]; a `GptossError` if they are not finite."""
-    token = sample(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
+    token = sample(logits, sampling, generator)
     # One transfer for both: the token and whether the row's max is finite (NaN propagates).
     token_id, finite = torch.stack((token, logits.max().isfinite().long())).tolist()
     if not finite:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
@@ -29,20 +29,9 @@ from ..errors import GptossError
 from .generate import check_fits
 from .logprobs import TokenLogprob, token_logprobs
 from .runner import Runner
+from .sampling import Sampling
 
 REWIND_TOKENS = 4096  # a longer reply makes the next turn prefill the whole conversation again
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How replies are sampled; `max_new_tokens` None means until the context is full."""
-
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
-    logprobs: int | None = None  # None: none; k: each token's and the k likeliest (logprobs.py)
 
 
 class Generation:
@@ -59,11 +48,7 @@ class Generation:
         self._runner = runner
         self._tokens = runner.generate(
             prompt,
-            max_new_tokens=self.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            seed=sampling.seed,
+            replace(sampling, max_new_tokens=self.max_new_tokens),
             stop=self.stop,
             observe=None if self.logprobs is None else self._observe(sampling.logprobs),
         )

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 from ..chat.stats import ReplyStats
 from ..engine.logprobs import TokenLogprob
 from ..engine.runner import Runner
-from ..engine.session import Generation, Sampling
+from ..engine.sampling import Sampling
+from ..engine.session import Generation
 
 
 class QueueFull(Exception):
