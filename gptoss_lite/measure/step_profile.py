@@ -24,6 +24,7 @@ import torch
 
 from ..engine.generate import next_token, prefill
 from ..engine.runner import Runner
+from ..engine.sampling import Sampling
 from ..kernels.cpu import decode as cpu_decode
 from ..memory.plan import kv_slot_bytes
 from ..model import transformer
@@ -33,6 +34,7 @@ from ..model.rope import Rotary, apply_rotary
 from ..units import GB
 
 WARMUP_STEPS = 4
+GREEDY = Sampling(temperature=0)
 
 
 @dataclass
@@ -67,11 +69,11 @@ def profile_step(runner: Runner, prompt_tokens: int, steps: int, seed: int = 0) 
     prompt = torch.randint(0, config.vocab_size, (prompt_tokens,), generator=generator)
 
     def decode(n: int, times: list[float] | None = None) -> None:
-        token = next_token(prefill(model, cache, prompt.to(runner.device))[-1], temperature=0)
+        token = next_token(prefill(model, cache, prompt.to(runner.device))[-1], GREEDY)
         for _ in range(n):
             start = time.perf_counter()
             logits = model(torch.tensor([token], device=runner.device), cache, last_only=True)
-            token = next_token(logits[-1], temperature=0)
+            token = next_token(logits[-1], GREEDY)
             if times is not None:
                 times.append(time.perf_counter() - start)
 
@@ -82,14 +84,14 @@ def profile_step(runner: Runner, prompt_tokens: int, steps: int, seed: int = 0) 
         unprofiled: list[float] = []
         decode(steps, unprofiled)
         cache.rewind(0)
-        token = next_token(prefill(model, cache, prompt.to(runner.device))[-1], temperature=0)
+        token = next_token(prefill(model, cache, prompt.to(runner.device))[-1], GREEDY)
         profiler = cProfile.Profile()
         with cpu_decode.phase_times() as phases:
             start = time.perf_counter()
             profiler.enable()
             for _ in range(steps):
                 logits = model(torch.tensor([token], device=runner.device), cache, last_only=True)
-                token = next_token(logits[-1], temperature=0)
+                token = next_token(logits[-1], GREEDY)
             profiler.disable()
             profiled = (time.perf_counter() - start) / steps
     context = prompt_tokens + steps // 2
