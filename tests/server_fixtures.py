@@ -22,6 +22,7 @@ from dataclasses import asdict
 
 import openai
 import pytest
+import torch
 
 from gptoss_lite.config import ModelConfig, preset
 from gptoss_lite.engine.sampling import Sampling
@@ -62,6 +63,7 @@ class ScriptedRunner:
         self.context = context
         self.config = config or preset("tiny")
         self.prefilled = 0
+        self.device = torch.device("cpu")  # where a grammar's masks would go (it takes none)
         self.prompts: list[list[int]] = []
         self.reply: list[int] = []
         self.gate: threading.Event | None = None  # the first token waits for it when set
@@ -73,7 +75,10 @@ class ScriptedRunner:
         """Reply with `text` (harmony markup allowed) from now on."""
         self.reply = self.tokenizer.encode(text, allow_special=True)
 
-    def generate(self, token_ids, sampling: Sampling, *, stop=(), observe=None) -> Iterator[int]:
+    def generate(
+        self, token_ids, sampling: Sampling, *, stop=(), observe=None, mask=None
+    ) -> Iterator[int]:
+        """The scripted reply, whatever a grammar's `mask` would allow."""
         self.prompts.append(list(token_ids))
         self.sampling.append(asdict(sampling))
         self.prefilled = len(self.prompts[-1])

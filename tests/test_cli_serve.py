@@ -97,7 +97,7 @@ def test_limits_reach_the_server(cli, monkeypatch):
     made = []
 
     class Stopped:
-        force_exit = False
+        force_exit = started = False
 
         def run(self, sockets) -> None:
             pass

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GptossError
+from .json_schema import read_json
 from .tokenizer import Tokenizer
 from .tokens import CALL, CHANNEL, CONSTRAIN, END, MESSAGE, START
 
@@ -56,12 +57,7 @@ def tools_from_openai(spec: Any, source: str = "tools") -> list[ToolDef]:
 
 def read_tools(path: str | Path) -> list[ToolDef]:
     """Function tools from a file of OpenAI function-tool JSON (see `tools_from_openai`)."""
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise GptossError(f"{path}: cannot read it as JSON: {reason}") from exc
-    return tools_from_openai(spec, source=str(path))
+    return tools_from_openai(read_json(path), source=str(path))
 
 
 def check_tool_name(name: Any, where: str) -> str:

@@ -19,9 +19,12 @@ from typing import TextIO
 import click
 import torch
 
+from ..chat.reply_grammar import ReplyFormat
 from ..chat.stats import ReplyStats
 from ..chat.tokenizer import Tokenizer, load_tokenizer
+from ..engine.constraint import compile_reply
 from ..engine.generate import check_fits
+from ..engine.grammar import Grammar
 from ..engine.options import ModelOptions
 from ..engine.runner import Runner, find_model, load
 from ..engine.session import chat_ring_slots
@@ -40,12 +43,14 @@ K_CACHE_COST = (
 
 @dataclass
 class Model:
-    """A loaded runner, its tokenizer, how long loading took, and the prompt it was loaded for."""
+    """A loaded runner, its tokenizer, how long loading took, the prompt it was loaded for and
+    the grammar its replies are held to (None: free)."""
 
     runner: Runner
     tokenizer: Tokenizer
     load_seconds: float
     prompt: list[int]
+    grammar: Grammar | None = None
 
 
 def open_model(
@@ -55,10 +60,11 @@ def open_model(
     max_tokens: int | None = None,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,
+    reply: ReplyFormat | None = None,
 ) -> Model:
-    """Find `model` and its tokenizer, make the prompt with `prompt_of(tokenizer)`, print the
-    memory plan on stderr (refusing a prompt that does not fit it with `max_tokens` more), then
-    read the weights as `options` say.
+    """Find `model` and its tokenizer, make the prompt with `prompt_of(tokenizer)` and the
+    grammar of `reply`, print the memory plan on stderr (refusing a prompt that does not fit it
+    with `max_tokens` more), then read the weights as `options` say.
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
     rewind over a whole reply."""
@@ -67,6 +73,7 @@ def open_model(
     source = find_model(model)  # from the Hub: the weights come after the plan
     tokenizer = load_tokenizer(source.folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
+    grammar = None if reply is None else compile_reply(reply, tokenizer)
     ring = chat_ring_slots(source.config, max_tokens) if chat else None
 
     def show(plan: Plan) -> None:
@@ -84,7 +91,7 @@ def open_model(
         progress=Progress.on_stderr("loading weights", format_bytes),
     )
     runner.progress = Progress.on_stderr("prefill", lambda n: f"{n:,} tokens")
-    return Model(runner, tokenizer, time.perf_counter() - start, prompt)
+    return Model(runner, tokenizer, time.perf_counter() - start, prompt, grammar)
 
 
 class Progress:

@@ -20,10 +20,20 @@ from dataclasses import dataclass, fields
 
 import click
 
-from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort, read_tools
+from ..chat.harmony import (
+    DEFAULT_IDENTITY,
+    EFFORTS,
+    FUNCTIONS,
+    Conversation,
+    check_effort,
+    read_tools,
+)
+from ..chat.json_schema import check_schema, read_json
+from ..chat.reply_grammar import ANY_OBJECT, ReplyFormat, ToolFormat
 from ..config import ModelConfig, preset, preset_names
 from ..engine.options import ModelOptions
 from ..engine.sampling import Sampling
+from ..errors import GptossError
 from ..memory.plan import MAX_DEFAULT_PARALLEL, MIN_SEQUENCE_CONTEXT
 from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes
@@ -259,6 +269,8 @@ class Options:
     developer: str | None
     tools: str | None
     show_reasoning: bool
+    json_schema: str | None
+    json_object: bool
 
     @classmethod
     def take(cls, kwargs: dict) -> Options:
@@ -278,6 +290,20 @@ class Options:
             date=datetime.date.today().isoformat(),
             model_identity=self.system or DEFAULT_IDENTITY,
         )
+
+    def reply_format(self, conversation: Conversation) -> ReplyFormat | None:
+        """The format every reply is held to: JSON of the --json-schema file (checked now) or
+        any JSON object, calling only the conversation's tools; None without either flag."""
+        if self.json_schema and self.json_object:
+            raise GptossError("use --json-schema FILE or --json-object, not both")
+        if self.json_schema:
+            answer = check_schema(read_json(self.json_schema), strict=False)
+        elif self.json_object:
+            answer = ANY_OBJECT
+        else:
+            return None
+        tools = tuple(ToolFormat(FUNCTIONS + tool.name) for tool in conversation.tools)
+        return ReplyFormat(answer=answer, tools=tools)
 
 
 class Effort(click.ParamType):
@@ -363,6 +389,18 @@ _OPTIONS = [
         default=None,
         help="Function tools the model may call: OpenAI function-tool JSON, a list of "
         '{"type": "function", "function": {"name", "description", "parameters"}}.',
+    ),
+    click.option(
+        "--json-schema",
+        metavar="FILE",
+        default=None,
+        help="Answer with JSON valid against the JSON schema in FILE, printed alone (decoding "
+        "is constrained; the reasoning stays free).",
+    ),
+    click.option(
+        "--json-object",
+        is_flag=True,
+        help="Answer with one JSON object, printed alone (decoding is constrained).",
     ),
     click.option(
         "--show-reasoning/--hide-reasoning",

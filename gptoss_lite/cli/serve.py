@@ -10,6 +10,7 @@ from its GPTOSS_LITE_* variable.
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 
@@ -114,8 +115,12 @@ def serve(
     limits = Limits(header_timeout, body_timeout, max_connections, store_mib * MIB)
     server = make_server(service, limits)
     server.run(sockets=[listener])
-    if server.force_exit:
-        sys.exit(130)  # a second Ctrl-C, as for run and chat
+    status = 130 if server.force_exit else 0  # 130: a second Ctrl-C, as for run and chat
+    if server.started:  # stopped cleanly: skip the interpreter's teardown (seconds, with torch)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -46,6 +46,7 @@ from .batch import Batch
 from .generate import (
     PREFILL_CHUNK,
     Progress,
+    TokenMask,
     check_fits,
     decode_step,
     next_token,
@@ -147,15 +148,17 @@ class Runner:
         *,
         stop: Iterable[int] = (),
         observe: Observer | None = None,
+        mask: TokenMask | None = None,
         **settings,
     ) -> Iterator[int]:
         """Yield new token ids one at a time, using (and reusing) the KV cache, drawn as
         `sampling` says (default `GENERATE_DEFAULT`) with any of its fields replaced by
         `settings` (`max_new_tokens=64, temperature=0`). A stop token ends the reply.
 
-        `observe(logits, token)` is told each step's logits [V] and the token chosen from them,
-        before it is yielded. The settings are checked, and the cache taken from any earlier
-        generation, when this is called."""
+        `observe(logits, token)` is told each step's logits [V] (the model's, unmasked) and the
+        token chosen from them, before it is yielded; `mask` limits each step to the tokens it
+        allows. The settings are checked, and the cache taken from any earlier generation, when
+        this is called."""
         sampling = replace(sampling or GENERATE_DEFAULT, **settings)
         tokens = self._tensor(token_ids)
         n = check_fits(tokens.numel(), sampling.max_new_tokens, self.context)
@@ -164,7 +167,7 @@ class Runner:
         with self._cache_for(None) as owner:
             pass
         return self._generate(
-            owner, tokens, n, set(stop), sampling, generator, observe or _unobserved
+            owner, tokens, n, set(stop), sampling, generator, observe or _unobserved, mask
         )
 
     def batch(self, prefill_chunk: int | None = None) -> Batch:
@@ -190,14 +193,17 @@ class Runner:
         sampling: Sampling,
         generator: torch.Generator,
         observe: Observer,
+        mask: TokenMask | None,
     ) -> Iterator[int]:
         with self._cache_for(owner):
             new = self._reuse_prefix(tokens.tolist())
             self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
+            if mask is not None:
+                mask.request(None)  # made while the prompt is prefilled
             logits = prefill(
                 self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
             )[-1]
-            token = next_token(logits, sampling, generator)
+            token = next_token(logits, sampling, generator, _allowed(mask, logits))
             observe(logits, token)
             self._history.append(token)
         for step in range(1, n + 1):
@@ -205,8 +211,10 @@ class Runner:
             if token in stop or step == n:
                 return  # a stop token (or the last one) is never fed back
             with self._cache_for(owner):
+                if mask is not None:
+                    mask.request(token)  # the next mask is made while this token's pass runs
                 logits = decode_step(self.model, self.cache, token)[-1]
-                token = next_token(logits, sampling, generator)
+                token = next_token(logits, sampling, generator, _allowed(mask, logits))
                 observe(logits, token)
                 self._history.append(token)
 
@@ -337,6 +345,10 @@ def load(
 
 def _unobserved(logits: torch.Tensor, token: int) -> None:
     """The observer of a generation nobody watches."""
+
+
+def _allowed(mask: TokenMask | None, logits: torch.Tensor) -> torch.Tensor | None:
+    return None if mask is None else mask.allowed(logits)
 
 
 def _kernels(kernels: str, device: torch.device) -> str:

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from ..chat.stats import ReplyStats
+from ..engine.grammar import Grammar
 from ..engine.logprobs import TokenLogprob
 from ..engine.runner import Runner
 from ..engine.sampling import Sampling
@@ -74,6 +75,8 @@ class Job:
     prompt: list[int]
     sampling: Sampling
     stop: Sequence[int]
+    grammar: Grammar | None = None  # every token held to it
+    prefix: Sequence[int] = ()  # the end of the prompt that is the reply's start
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _begun: asyncio.Event = field(default_factory=asyncio.Event)
@@ -190,7 +193,9 @@ class GenerationQueue:
 
     def _run(self, job: Job) -> None:
         try:
-            generation = Generation(self.runner, job.prompt, job.sampling, job.stop)
+            generation = Generation(
+                self.runner, job.prompt, job.sampling, job.stop, job.grammar, job.prefix
+            )
         except Exception as exc:  # reported to its client; the worker goes on
             job._emit(Failed(exc))
             return
