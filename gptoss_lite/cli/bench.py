@@ -46,6 +46,7 @@ from .options import (
     cpu_experts_option,
     device_option,
     geometry_option,
+    kernels_option,
     kv_cache_option,
     model_option,
     profile_option,
@@ -88,6 +89,7 @@ from .options import (
 )
 @cpu_experts_option()
 @kv_cache_option()
+@kernels_option()
 @click.option(
     "--json-schema",
     metavar="FILE",
