@@ -13,6 +13,7 @@ from conftest import GEOMETRIES
 import gptoss_lite
 from gptoss_lite.engine.batch import Request
 from gptoss_lite.engine.generate import prefill
+from gptoss_lite.engine.sampling import Sampling
 from gptoss_lite.kernels import cpu
 from gptoss_lite.model.cache import KVCache, KVPool
 
@@ -35,15 +36,20 @@ def _prompt(first: int, length: int) -> tuple[int, ...]:
     return tuple((first + 37 * i) % GEOMETRIES["g1"].vocab_size for i in range(length))
 
 
+def _request(prompt: tuple[int, ...], n: int, stop=frozenset(), **sampling) -> Request:
+    return Request(prompt, Sampling(max_new_tokens=n, **sampling), frozenset(stop))
+
+
 def _alone(runner, request: Request) -> list[int]:
     """The request's tokens from `Runner.generate`: one sequence, nothing beside it."""
+    s = request.sampling
     return list(
         runner.generate(
             request.prompt,
-            max_new_tokens=request.max_new_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            seed=request.seed,
+            max_new_tokens=s.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            seed=s.seed,
             stop=request.stop,
         )
     )
@@ -103,11 +109,11 @@ def test_decode_rows_in_fp32_match_to_rounding(checkpoint):
 
 def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
     requests = [
-        Request(_prompt(1, 21), 12, temperature=0),
-        Request(_prompt(2, 5), 4, temperature=0),  # leaves early
-        Request(_prompt(3, 13), 9, temperature=0),
-        Request(_prompt(4, 3), 15, temperature=0),
-        Request(_prompt(5, 30), 6, temperature=0),  # waits for a free slot
+        _request(_prompt(1, 21), 12, temperature=0),
+        _request(_prompt(2, 5), 4, temperature=0),  # leaves early
+        _request(_prompt(3, 13), 9, temperature=0),
+        _request(_prompt(4, 3), 15, temperature=0),
+        _request(_prompt(5, 30), 6, temperature=0),  # waits for a free slot
     ]
     expected = [_alone(runner, r) for r in requests]
     batch = runner.batch()
@@ -118,13 +124,13 @@ def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
 
 def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
     requests = [
-        Request(_prompt(6, 9), 20, temperature=1.0, seed=11),
-        Request(_prompt(7, 14), 20, temperature=0.7, top_p=0.9, seed=12),
-        Request(_prompt(8, 4), 20, temperature=0),
+        _request(_prompt(6, 9), 20, temperature=1.0, seed=11),
+        _request(_prompt(7, 14), 20, temperature=0.7, top_p=0.9, seed=12),
+        _request(_prompt(8, 4), 20, temperature=0),
     ]
     free_run = [_alone(runner, r) for r in requests]
     stop = free_run[0][5]  # ends the first request at its sixth token, or earlier
-    requests[0] = Request(requests[0].prompt, 20, temperature=1.0, seed=11, stop=frozenset({stop}))
+    requests[0] = _request(requests[0].prompt, 20, {stop}, temperature=1.0, seed=11)
     expected = [_alone(runner, r) for r in requests]
     assert expected[0] == free_run[0][: free_run[0].index(stop) + 1]
     got = _run(runner.batch(), {0: requests[:1], 1: requests[1:]})
@@ -133,7 +139,7 @@ def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
 
 
 def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
-    requests = [Request(_prompt(9 + i, 6 + 4 * i), 10, temperature=0) for i in range(4)]
+    requests = [_request(_prompt(9 + i, 6 + 4 * i), 10, temperature=0) for i in range(4)]
     expected = [_alone(runner, r) for r in requests]
     batch = runner.batch()
     got = _run(batch, {0: requests[:3], 6: requests[3:]}, cancel={4: 1})
@@ -145,14 +151,14 @@ def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
 
 def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
     batch = runner.batch()
-    first = [batch.add(Request(_prompt(20 + i, 10), 4, temperature=0)) for i in range(3)]
+    first = [batch.add(_request(_prompt(20 + i, 10), 4, temperature=0)) for i in range(3)]
     while batch.running:
         batch.step()
     history = (*first[1].request.prompt, *first[1].output)
-    again = batch.add(Request((*history, 5, 6), 3, temperature=0))
+    again = batch.add(_request((*history, 5, 6), 3, temperature=0))
     assert again.slot == first[1].slot
-    assert again.cached_tokens == len(history) - 1  # its last token was never fed
-    unrelated = batch.add(Request(_prompt(40, 10), 3, temperature=0))
+    assert again.stats.cached_tokens == len(history) - 1  # its last token was never fed
+    unrelated = batch.add(_request(_prompt(40, 10), 3, temperature=0))
     assert unrelated.slot == 3  # the never-used slot before any other's cache is overwritten
     while batch.running:
         batch.step()
@@ -172,9 +178,9 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
 
     monkeypatch.setattr(type(runner.model), "forward", counted)
     batch = runner.batch()
-    long = batch.add(Request(_prompt(50, 100), 2, temperature=0))
+    long = batch.add(_request(_prompt(50, 100), 2, temperature=0))
     batch.step()
-    short = batch.add(Request(_prompt(51, 6), 2, temperature=0))
+    short = batch.add(_request(_prompt(51, 6), 2, temperature=0))
     steps = 1
     while not short.output:
         batch.step()
@@ -188,18 +194,18 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
 def test_requests_that_cannot_run_are_refused(runner):
     batch = runner.batch()
     with pytest.raises(gptoss_lite.GptossError, match="context of 160 tokens"):
-        batch.add(Request(_prompt(1, 150), 20))
+        batch.add(_request(_prompt(1, 150), 20))
     with pytest.raises(gptoss_lite.GptossError, match="temperature"):
-        batch.add(Request(_prompt(1, 5), 2, temperature=float("nan")))
+        batch.add(_request(_prompt(1, 5), 2, temperature=float("nan")))
     for i in range(4):
-        batch.add(Request(_prompt(60 + i, 5), 2))
+        batch.add(_request(_prompt(60 + i, 5), 2))
     with pytest.raises(RuntimeError, match="every slot"):
-        batch.add(Request(_prompt(70, 5), 2))
+        batch.add(_request(_prompt(70, 5), 2))
 
 
 def test_a_later_generate_takes_the_caches_back(runner):
     batch = runner.batch()
-    batch.add(Request(_prompt(80, 5), 4, temperature=0))
+    batch.add(_request(_prompt(80, 5), 4, temperature=0))
     batch.step()
     list(runner.generate(_prompt(81, 5), max_new_tokens=2, temperature=0))
     with pytest.raises(gptoss_lite.GptossError, match="taken over"):

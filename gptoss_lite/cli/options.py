@@ -21,8 +21,7 @@ import click
 
 from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort, read_tools
 from ..config import ModelConfig, preset, preset_names
-from ..engine.sampling import check_sampling
-from ..engine.session import Sampling
+from ..engine.sampling import Sampling, check_sampling
 from ..memory.plan import MAX_DEFAULT_PARALLEL, MIN_SEQUENCE_CONTEXT
 from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes

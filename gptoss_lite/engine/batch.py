@@ -24,46 +24,46 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from ..chat.stats import ReplyStats
 from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
 from .generate import check_fits, next_token, reusable_prefix
-from .sampling import check_sampling
+from .sampling import Sampling, check_sampling
 
 SIMILAR = 0.5  # a slot whose cache holds at least this share of a prompt is that prompt's own
 
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: its prompt, how many tokens at most, how to sample, and its stop tokens
-    (one of them ends it and is the last token given)."""
+    """One generation: its prompt, how to sample it (at most `sampling.max_new_tokens`, None:
+    until the context is full) and its stop tokens (one ends it and is the last token given)."""
 
     prompt: tuple[int, ...]
-    max_new_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
+    sampling: Sampling = field(default_factory=Sampling)
     stop: frozenset[int] = frozenset()
 
 
 class Sequence:
-    """A request running in a slot: its progress, its tokens and its numbers."""
+    """A request running in a slot: its progress, its tokens and its numbers (`stats`: the
+    prefill time is the wait from `add` to the first token)."""
 
-    def __init__(self, request: Request, slot: int, reused: int, device: torch.device) -> None:
-        self.request, self.slot = request, slot
-        self.fed = self.cached_tokens = reused  # prompt tokens in the cache, then at the start
+    def __init__(
+        self, request: Request, max_new_tokens: int, slot: int, reused: int, device: torch.device
+    ) -> None:
+        self.request, self.max_new_tokens, self.slot = request, max_new_tokens, slot
+        self.fed = reused  # prompt tokens in the cache
         self.output: list[int] = []
         self.finish_reason: str | None = None  # "stop", "length", "interrupted" or "error"
         self.error: GptossError | None = None
-        self.prefill_seconds = 0.0  # from `add` to the first token
-        self.decode_seconds = 0.0  # from the first token to the last
+        self.stats = ReplyStats(prompt_tokens=len(request.prompt), cached_tokens=reused)
+        seed = request.sampling.seed
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(torch.seed() if request.seed is None else request.seed)
+        self.generator.manual_seed(torch.seed() if seed is None else seed)
         self._started = self._last = time.perf_counter()
 
     @property
@@ -75,13 +75,13 @@ class Sequence:
         return self.finish_reason is not None
 
     def _sample(self, logits: torch.Tensor) -> None:
-        r = self.request
+        s = self.request.sampling
         try:
             token = next_token(
                 logits,
-                temperature=r.temperature,
-                top_p=r.top_p,
-                top_k=r.top_k,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                top_k=s.top_k,
                 generator=self.generator,
             )
         except GptossError as exc:
@@ -89,14 +89,15 @@ class Sequence:
             return
         now = time.perf_counter()
         if self.output:
-            self.decode_seconds += now - self._last
+            self.stats.decode_seconds += now - self._last
         else:
-            self.prefill_seconds = now - self._started
+            self.stats.prefill_seconds = now - self._started
         self._last = now
         self.output.append(token)
-        if token in r.stop:
+        self.stats.generated_tokens += 1
+        if token in self.request.stop:
             self.finish_reason = "stop"
-        elif len(self.output) == r.max_new_tokens:
+        elif len(self.output) == self.max_new_tokens:
             self.finish_reason = "length"
 
 
@@ -137,22 +138,22 @@ class Batch:
     def add(self, request: Request) -> Sequence:
         """Start `request` in a free slot (a `GptossError` if its settings or its length are
         refused, a `RuntimeError` if no slot is free); it runs from the next `step()`."""
-        r = request
+        prompt, s = list(request.prompt), request.sampling
         check_sampling(
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            seed=r.seed,
-            max_new_tokens=r.max_new_tokens,
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=s.seed,
+            max_new_tokens=s.max_new_tokens,
         )
-        check_fits(len(r.prompt), r.max_new_tokens, self.context)
+        most = check_fits(len(prompt), s.max_new_tokens, self.context)
         if not self.free:
             raise RuntimeError("every slot is running a sequence")
         with self._guard():
-            slot, reused = self._slot_for(list(r.prompt))
+            slot, reused = self._slot_for(prompt)
             self.caches[slot].rewind(reused)
-        self._tokens[slot] = list(r.prompt)
-        sequence = Sequence(r, slot, reused, self.model.device)
+        self._tokens[slot] = prompt
+        sequence = Sequence(request, most, slot, reused, self.model.device)
         self.running.append(sequence)
         return sequence
 

@@ -3,12 +3,13 @@
 `sample` is a pure function of the logits and an explicit `torch.Generator`, so a seed gives the
 same tokens every time. Temperature 0 means argmax. gpt-oss recommends temperature 1, top_p 1.
 `check_sampling` is the one check of the settings, used by the CLI before loading and by
-`Runner.generate`.
+`Runner.generate`; `Sampling` holds them for one reply.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from numbers import Integral, Real
 
 import torch
@@ -16,6 +17,17 @@ import torch
 from ..errors import GptossError
 
 SEEDS = 2**64  # torch.Generator.manual_seed takes a seed in [0, 2**64)
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How replies are sampled; `max_new_tokens` None means until the context is full."""
+
+    max_new_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int | None = None
 
 
 def check_sampling(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ..chat.harmony import FUNCTIONS, Conversation, Message, check_effort, render_prompt
 from ..chat.stats import ReplyStats
@@ -25,19 +25,9 @@ from ..config import ModelConfig
 from ..errors import GptossError
 from .generate import check_fits
 from .runner import Runner
+from .sampling import Sampling
 
 REWIND_TOKENS = 4096  # a longer reply makes the next turn prefill the whole conversation again
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How replies are sampled; `max_new_tokens` None means until the context is full."""
-
-    max_new_tokens: int | None = None
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
 
 
 class Generation:

@@ -27,7 +27,7 @@ from ..chat.tokens import STOP_TOKENS
 from ..config import ModelConfig, preset
 from ..engine.generate import check_fits
 from ..engine.runner import Runner
-from ..engine.session import Sampling
+from ..engine.sampling import Sampling
 from ..errors import GptossError
 from .errors import ApiError, internal_error
 from .worker import Done, Failed, GenerationQueue, Job, QueueFull, Token

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from ..chat.stats import ReplyStats
 from ..engine.runner import Runner
-from ..engine.session import Generation, Sampling
+from ..engine.sampling import Sampling
+from ..engine.session import Generation
 
 
 class QueueFull(Exception):
