@@ -4,6 +4,8 @@ A thin shell over `gptoss_lite.measure.bench`: load (a checkpoint, or random wei
 warm up, time `--repeats` runs and print medians ± standard deviations, the decode bandwidth
 achieved against the read bandwidth measured here, the kernels that ran and the peak memory.
 `--compare transformers` runs HF transformers on the same checkpoint in a process of its own.
+`--parallel N` measures instead the aggregate decode speed of N streams decoded together against
+one alone (`measure.bench_parallel`), their rounds alternated.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..measure.bench import (
     read_bandwidth,
     resident_bytes,
 )
+from ..measure.bench_parallel import ParallelResult, bench_parallel
 from ..measure.meter import peak_memory
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile
@@ -73,6 +76,13 @@ from .options import (
 )
 @cpu_experts_option()
 @kv_cache_option()
+@click.option(
+    "--parallel",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Measure N streams decoded together (each a fresh prompt) against one alone, rounds "
+    "alternated: their aggregate decode tok/s and its ratio.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
     model,
@@ -88,6 +98,7 @@ def bench_command(
     cuda_graph,
     cpu_experts,
     kv_cache_dtype,
+    parallel,
     as_json,
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
@@ -99,6 +110,10 @@ def bench_command(
         raise GptossError("--compare transformers needs HF transformers: pip install transformers")
     if prompt_tokens < 1 or gen_tokens < 1 or repeats < 1:
         raise GptossError("--prompt-tokens, --gen-tokens and --repeats must be at least 1")
+    if parallel and (compare or cuda_graph):
+        raise GptossError(
+            "--parallel measures the batched decode alone: drop --compare, --cuda-graph"
+        )
 
     def fits(plan: Plan) -> None:  # before any weight is read
         if prompt_tokens + gen_tokens > plan.context:
@@ -116,11 +131,20 @@ def bench_command(
         cpu_experts=cpu_experts,
         on_plan=fits,
         kv_cache_dtype=kv_cache_dtype,
+        parallel=parallel or 1,
     )
     warn_kv(runner.plan)
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
+    if parallel:
+        together = bench_parallel(runner, parallel, prompt_tokens, gen_tokens, repeats)
+        if as_json:
+            click.echo(json.dumps({"load": loaded, "parallel": together.to_dict()}, indent=2))
+        else:
+            click.echo(_describe_load(loaded))
+            click.echo(_describe_parallel(together))
+        return
     results = [bench(runner, prompt_tokens, gen_tokens, repeats, cuda_graph=cuda_graph)]
     dev, folder = runner.device, runner.folder
     if compare:
@@ -176,6 +200,20 @@ def _describe(r: BenchResult) -> str:
             f"  {r.bound_pct:.1f} % of the bandwidth bound ({r.bound_ms_per_token:,.1f} ms/token "
             f"at {r.read_bytes_per_s / GB:,.1f} GB/s)",
             f"  peak memory {peak}",
+        ]
+    )
+
+
+def _describe_parallel(r: ParallelResult) -> str:
+    rounds = f"medians of {len(r.solo_runs)} rounds each, alternated"
+    return "\n".join(
+        [
+            f"gptoss-lite (kernels: {r.kernels}), {r.gen_tokens} tokens after a {r.prompt_tokens}-"
+            f"token prompt per stream, {rounds}:",
+            f"  {r.streams} streams together: {r.batch_tok_s:,.2f} tok/s in all "
+            f"({r.batch_tok_s / r.streams:,.2f} per stream)",
+            f"  1 stream alone: {r.solo_tok_s:,.2f} tok/s",
+            f"  aggregate / single: {r.speedup:.2f}x",
         ]
     )
 
