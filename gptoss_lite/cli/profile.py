@@ -2,7 +2,8 @@
 
 A thin shell over `gptoss_lite.measure.vram_report`: `--model` loads a real checkpoint (folder
 or Hub id), `--geometry GEOMETRY` random weights of a preset geometry made in memory (check the
-fit before a 13 GB download). It prints the verdict and the plan-vs-measured table, and writes
+fit before a 13 GB download); `--parallel N` gives N sequences a KV cache each, checked one by
+one, and decodes them together. It prints the verdict and the plan-vs-measured table, and writes
 report.md, report.json and report.png into `--out` (an earlier report there is replaced whole,
 or kept).
 """
@@ -30,6 +31,7 @@ from .options import (
     kv_cache_option,
     model_option,
     overwrite_option,
+    parallel_option,
     profile_option,
 )
 
@@ -56,10 +58,12 @@ from .options import (
 @overwrite_option("an earlier report in --out")
 @kv_cache_option()
 @cpu_experts_option()
+@parallel_option(default="1")
 def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_name: str | None,
             context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
             budget: float | None, enforce: bool | None, out: Path, overwrite: bool,
-            kv_cache_dtype: KVDtypes | None, cpu_experts: int | str | None) -> None:
+            kv_cache_dtype: KVDtypes | None, cpu_experts: int | str | None,
+            parallel: int | None) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
     if (model is None) == (geometry is None):
         raise GptossError("pass exactly one of --model PATH|HUB_ID and --geometry GEOMETRY")
@@ -68,7 +72,8 @@ def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_
     report = measure_memory(source, profile=profile_name, context=context,
                             prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,
                             enforce=enforce, seed=seed, budget_gib=budget,
-                            kv_cache_dtype=kv_cache_dtype, cpu_experts=cpu_experts)
+                            kv_cache_dtype=kv_cache_dtype, cpu_experts=cpu_experts,
+                            parallel=parallel)
     warn_kv(report.plan)
     files = write_report(report, out)
     click.echo("\n".join([report.verdict()[1], "", *comparison_table(report.rows()), ""]))

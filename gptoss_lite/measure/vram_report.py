@@ -92,6 +92,7 @@ class MemoryReport:
     host_weights: dict[str, int]  # categories kept in host memory (embedding on a GPU run)
     cache_bytes: int
     phases: list[Phase]
+    sequence_bytes: list[int]  # each sequence's KV cache (one unless `--parallel`)
     prompt_tokens: int
     gen_tokens: int
     cap_bytes: int | None  # the allocator cap of --enforce (CUDA)
@@ -125,6 +126,16 @@ class MemoryReport:
             for c in _names(host)
         ]
 
+    def sequence_rows(self) -> list[Row]:
+        """Plan vs measured KV cache of each sequence, when several are decoded together."""
+        if len(self.sequence_bytes) == 1:
+            return []
+        n, planned = len(self.sequence_bytes), self.plan.kv_sequence_bytes
+        return [
+            Row(f"KV cache, sequence {i + 1} of {n}", planned, nbytes)
+            for i, nbytes in enumerate(self.sequence_bytes)
+        ]
+
     def total_rows(self) -> dict[str, Row]:
         """Plan vs measured totals: weights, KV cache, activations, tensor peak, resident peak."""
         p = self.plan
@@ -140,7 +151,7 @@ class MemoryReport:
         }
 
     def rows(self) -> list[Row]:
-        return self.weight_rows() + list(self.total_rows().values())
+        return self.weight_rows() + self.sequence_rows() + list(self.total_rows().values())
 
     @property
     def resident_label(self) -> str:
@@ -150,7 +161,7 @@ class MemoryReport:
         """(held, one line). Held: weights and KV cache equal the plan to the byte, activations
         and the tensor peak stay within it, the resident peak within the budget, no phase failed."""
         totals = self.total_rows()
-        exact = [*self.weight_rows(), totals["kv"]]
+        exact = [*self.weight_rows(), *self.sequence_rows(), totals["kv"]]
         bounded = [totals[k] for k in ("activations", "tensors", "resident")]
         problems = [f"{p.name} failed: {p.error}" for p in self.phases if p.error]
         for r in exact:
@@ -193,6 +204,7 @@ class MemoryReport:
             "plan": json.loads(self.plan.to_json()),
             "weights": {"device": self.weights, "host": self.host_weights},
             "cache_bytes": self.cache_bytes,
+            "sequence_bytes": self.sequence_bytes,
             "phases": [p.to_dict() for p in self.phases],
             "comparison": [asdict(r) | {"diff_pct": r.diff_pct} for r in self.rows()],
             "verdict": {"held": held, "line": line},
@@ -220,6 +232,7 @@ def measure_memory(
     budget_gib: float | None = None,
     kv_cache_dtype: str | KVDtypes | None = None,
     cpu_experts: int | str | None = None,
+    parallel: int | None = 1,
 ) -> MemoryReport:
     """Load `model` on `profile`, prefill `prompt_tokens` random ids, decode `gen_tokens`
     greedily, and measure memory in each phase against the plan.
@@ -229,6 +242,8 @@ def measure_memory(
     prefill or the decode is then reported as a failed phase instead of raised. `budget_gib`
     replaces the profile's budget (`--budget`), `kv_cache_dtype` its KV-cache formats;
     `cpu_experts` keeps the experts of that many leading layers (or "all") in host RAM.
+    With `parallel` sequences each gets its KV cache; the prompt goes into the first, and the
+    decode steps feed every sequence a token at once (`Transformer.decode`).
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
@@ -237,7 +252,16 @@ def measure_memory(
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
         runner, phases = _load(
-            model, prof, dev, meter, context, prompt_tokens, gen_tokens, kv_cache_dtype, cpu_experts
+            model,
+            prof,
+            dev,
+            meter,
+            context,
+            prompt_tokens,
+            gen_tokens,
+            kv_cache_dtype,
+            cpu_experts,
+            parallel,
         )
         _prefill_and_decode(runner, meter, phases, prompt_tokens, gen_tokens, seed)
     weights, host = weights_by_category(runner.model, dev)
@@ -248,8 +272,9 @@ def measure_memory(
         budget_bytes=prof.budget_bytes,
         weights=weights,
         host_weights=host,
-        cache_bytes=runner.cache.nbytes,
+        cache_bytes=runner.cache.pool.nbytes,
         phases=phases,
+        sequence_bytes=[cache.nbytes for cache in runner.caches],
         prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens,
         cap_bytes=cap,
@@ -268,6 +293,7 @@ def _load(
     gen_tokens: int,
     kv_cache_dtype: str | KVDtypes | None,
     cpu_experts: int | str | None,
+    parallel: int | None,
 ) -> tuple[Runner, list[Phase]]:
     """The runner, and the measured load phase (weights and KV cache)."""
 
@@ -285,6 +311,7 @@ def _load(
                 on_plan=fits,
                 kv_cache_dtype=kv_cache_dtype,
                 cpu_experts=cpu_experts,
+                parallel=parallel,
             )
             meter.hold(_tensors(runner))
     except torch.OutOfMemoryError as exc:
@@ -305,7 +332,12 @@ def _prefill_and_decode(
     def run_decode() -> list[int]:  # m forward passes: the first token comes from the prefill
         tokens = [next_token(logits[-1], temperature=0)]
         for _ in range(m):
-            step = decode_step(runner.model, runner.cache, tokens[-1])
+            if len(runner.caches) == 1:
+                step = decode_step(runner.model, runner.cache, tokens[-1])
+            else:  # the same token for every sequence: the memory is the batch's, not its tokens'
+                fed = torch.tensor([tokens[-1]] * len(runner.caches), device=runner.device)
+                with torch.inference_mode():
+                    step = runner.model.decode(fed, runner.caches)[:1]
             tokens.append(next_token(step[-1], temperature=0))
         return tokens
 
