@@ -169,12 +169,13 @@ def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
 def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkeypatch):
     """Each step feeds one chunk of one prompt, the shortest left: the stall per step is one
     chunk, and a short request's first token does not wait for a long prompt's prefill."""
-    fed = []
+    fed, heads = [], []
     forward = type(runner.model).forward
 
-    def counted(model, tokens, cache, last_only=False):
+    def counted(model, tokens, cache, last_only=False, logits=True):
         fed.append(tokens.numel())
-        return forward(model, tokens, cache, last_only)
+        heads.append(logits)
+        return forward(model, tokens, cache, last_only, logits)
 
     monkeypatch.setattr(type(runner.model), "forward", counted)
     batch = runner.batch()
@@ -189,6 +190,7 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
     while batch.running:
         batch.step()
     assert max(fed) == CHUNK and sum(fed) == 100 + 6
+    assert heads.count(True) == 2  # logits for each prompt's last chunk only
 
 
 def test_requests_that_cannot_run_are_refused(runner):

@@ -194,9 +194,10 @@ class Batch:
         first token is sampled)."""
         prompt, start = sequence.request.prompt, sequence.fed
         part = torch.tensor(prompt[start : start + self.prefill_chunk], device=self.model.device)
-        logits = self.model(part, self.caches[sequence.slot], last_only=True)
+        last = start + part.numel() == len(prompt)
+        logits = self.model(part, self.caches[sequence.slot], last_only=True, logits=last)
         sequence.fed += part.numel()
-        if sequence.prefilling:
+        if not last:
             return False
         sequence._sample(logits[-1])
         return True
