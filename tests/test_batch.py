@@ -1,7 +1,7 @@
 """Continuous batching at the Python API: each sequence of a batch gets exactly the tokens it gets
 alone, whatever joins, leaves or is cancelled beside it; slots, chunking and the KV pool.
 
-Exact mode is the compiled CPU kernels in bf16 (the default dtype): they compute each row of a
+Exact mode is the compiled CPU kernels (bf16, the default, or fp32): they compute each row of a
 projection or of the experts on its own, so a row's bits do not depend on the rows beside it."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import gptoss_lite
 from gptoss_lite.engine.batch import Request
 from gptoss_lite.engine.generate import prefill
 from gptoss_lite.engine.sampling import Sampling
-from gptoss_lite.kernels import cpu
 from gptoss_lite.model.cache import KVCache, KVPool
 
 CHUNK = 8  # prefill chunk: the test prompts span several
@@ -24,9 +23,8 @@ CONTEXT = 160
 @pytest.fixture(scope="module")
 def runner(checkpoint):
     """A bf16 runner with four sequences on the compiled CPU kernels."""
-    if not cpu.available():
-        pytest.skip("exact mode needs the compiled CPU kernels (a C compiler)")
-    loaded = gptoss_lite.load(checkpoint("g1"), device="cpu", context=CONTEXT, parallel=4)
+    folder = checkpoint("g1")
+    loaded = gptoss_lite.load(folder, device="cpu", context=CONTEXT, parallel=4, kernels="cpu")
     loaded.prefill_chunk = CHUNK
     return loaded
 
@@ -90,10 +88,14 @@ def test_decode_rows_are_computed_as_alone(runner):
     assert [c.length for c in caches] == [n + 3 for n in lengths]
 
 
-def test_decode_rows_in_fp32_match_to_rounding(checkpoint):
-    """In fp32 the dense projections are torch's matmuls, which round a row differently with
-    other rows beside it: the rows agree to fp32 rounding, not bit for bit."""
-    runner = gptoss_lite.load(checkpoint("g1"), device="cpu", dtype=torch.float32, context=64)
+@pytest.mark.parametrize("kernels", ["cpu", "torch"])
+def test_decode_rows_in_fp32(checkpoint, kernels):
+    """fp32: the CPU kernels keep each row's bits (a few rows of an fp32 projection go one at a
+    time); on the torch path they agree to fp32 rounding only, as torch rounds a row of a small
+    matmul differently with other rows beside it."""
+    runner = gptoss_lite.load(
+        checkpoint("g1"), device="cpu", dtype=torch.float32, context=64, kernels=kernels
+    )
     config, model = runner.config, runner.model
     caches = KVPool(config, 2, 64, dtype=torch.float32).caches()
     alone = [KVCache(config, 64, dtype=torch.float32) for _ in range(2)]
@@ -103,8 +105,10 @@ def test_decode_rows_in_fp32_match_to_rounding(checkpoint):
     with torch.inference_mode():
         batched = model.decode(torch.tensor([7, 7]), caches)
         rows = torch.cat([model(torch.tensor([7]), c, True) for c in alone])
-    # fp32 sums of 64..96 products: a different order moves the result by a few ulps.
-    torch.testing.assert_close(batched, rows, rtol=0, atol=1e-5)
+    if kernels == "cpu":
+        assert torch.equal(batched, rows)
+    else:  # fp32 sums of 64..96 products: another order moves the result by a few ulps
+        torch.testing.assert_close(batched, rows, rtol=0, atol=1e-5)
 
 
 def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
