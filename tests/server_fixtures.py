@@ -2,11 +2,12 @@
 
 `running(service)` starts the app on a free port of 127.0.0.1 in a thread and yields its base
 URL; leaving the block shuts it down (bounded waits only). `ScriptedRunner` stands in for a
-`Runner`: each `generate` call records its prompt and yields the tokens of a harmony completion
-(written as text with markup, tokenized with the real o200k vocabulary) up to the first stop
-token or `max_new_tokens`, optionally waiting on a gate before the first token or pausing after
-each one, so a test can hold the queue. `scripted_service` builds a `Service` around one;
-`serve_http` serves it for one test.
+`Runner`: each `generate` call records its prompt and sampling and yields the tokens of a harmony
+completion (written as text with markup, tokenized with the real o200k vocabulary) up to the
+first stop token or `max_new_tokens`, optionally waiting on a gate before the first token or
+pausing after each one, so a test can hold the queue. `scripted_service` builds a `Service`
+around one; `serve_http` serves a service for one test, `serve_module` for one module (a real
+model loaded once); `serve` gives the `openai` client of a scripted server.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import openai
 import pytest
 import uvicorn
 
@@ -94,6 +96,35 @@ def serve_http() -> Iterator[Callable[[Service], str]]:
     yield start
     for context in reversed(contexts):
         context.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def serve_module() -> Iterator[Callable[[Service], str]]:
+    """`serve_module(service)` → its base URL, served (then closed) until the module ends: for
+    a real model loaded once per module."""
+    contexts = []
+
+    def start(service: Service) -> str:
+        contexts.append((running(service), service))
+        return contexts[-1][0].__enter__()
+
+    yield start
+    for context, service in reversed(contexts):
+        context.__exit__(None, None, None)
+        service.close()
+
+
+@pytest.fixture
+def serve(scripted_service, serve_http):
+    """`serve(text, **options)` → (openai client, service) on a running scripted server."""
+
+    def start(text: str, **options):
+        service = scripted_service(text, **options)
+        url = serve_http(service)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=20)
+        return client, service
+
+    return start
 
 
 @pytest.fixture

@@ -41,18 +41,14 @@ WAIT_S = 120.0  # bound on one request on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
-def served(scripted_model, o200k_tokenizer):
+def served(scripted_model, o200k_tokenizer, serve_module):
     """(base URL, service) of a server on the scripted checkpoint, as `serve` loads it."""
-    from server_fixtures import running
-
     config = read_config(scripted_model)
     runner = load(
         scripted_model, device="cpu", dtype="bf16", context=8192, ring_slots=chat_ring_slots(config)
     )
     service = Service(runner, o200k_tokenizer, "scripted")
-    with running(service) as url:
-        yield url, service
-    service.close()
+    return serve_module(service), service
 
 
 def _fixtures() -> list[str]:

@@ -14,6 +14,7 @@ import gptoss_lite
 from gptoss_lite.engine.batch import Request
 from gptoss_lite.engine.generate import prefill
 from gptoss_lite.engine.sampling import Sampling
+from gptoss_lite.engine.session import Generation
 from gptoss_lite.model.cache import KVCache, KVPool
 
 CHUNK = 8  # prefill chunk: the test prompts span several
@@ -140,6 +141,18 @@ def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
     got = _run(runner.batch(), {0: requests[:1], 1: requests[1:]})
     assert [s.output for s in got] == expected
     assert [s.finish_reason for s in got] == ["stop", "length", "length"]
+
+
+def test_logprobs_are_those_of_the_request_alone(runner):
+    requests = [_request(_prompt(90 + i, 5 + 6 * i), 6, temperature=0, logprobs=2) for i in (0, 1)]
+    alone = []
+    for r in requests:
+        generation = Generation(runner, list(r.prompt), r.sampling, ())
+        list(generation)
+        alone.append(generation.logprobs)
+    got = _run(runner.batch(), {0: requests})
+    assert [s.logprobs for s in got] == alone
+    assert all(len(lp[0].top) == 2 for lp in alone)
 
 
 def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):

@@ -12,7 +12,6 @@ import datetime
 import json
 
 import httpx
-import openai
 import openai_harmony as oh
 import pytest
 
@@ -63,19 +62,6 @@ TOOLS = [
 ]
 RESPONSE_TOOLS = [{"type": "function", **tool["function"]} for tool in TOOLS]
 USER = [{"role": "user", "content": "What is 2 + 2?"}]
-
-
-@pytest.fixture
-def serve(scripted_service, serve_http):
-    """`serve(text, **options)` → (openai client, service) on a running scripted server."""
-
-    def start(text: str, **options):
-        service = scripted_service(text, **options)
-        url = serve_http(service)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=20)
-        return client, service
-
-    return start
 
 
 def _tokens(service, text: str) -> int:

@@ -65,19 +65,6 @@ APPLY_PATCH = {
 HOSTED = [{"type": "web_search", "external_web_access": False}, {"type": "file_search"}]
 
 
-@pytest.fixture
-def serve(scripted_service, serve_http):
-    """`serve(text, **options)` → (openai client, service) on a running scripted server."""
-
-    def start(text: str, **options):
-        service = scripted_service(text, **options)
-        url = serve_http(service)
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=20)
-        return client, service
-
-    return start
-
-
 def _described(tool: dict) -> oh.ToolDescription:
     return oh.ToolDescription.new(tool["name"], tool["description"], tool.get("parameters"))
 

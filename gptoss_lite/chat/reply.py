@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from .harmony import FUNCTIONS, Message, tool_recipient
 from .harmony_parser import Event, StreamParser
@@ -51,6 +51,7 @@ class Part:
     call_id: str | None = None
     content_type: str | None = None  # of a tool call's arguments, e.g. "json"
     id: str = ""  # "rs_...", "msg_..." or "fc_...", as the Responses API names its items
+    logprobs: list = field(default_factory=list)  # of a text part's tokens, when fed any
 
     def __post_init__(self) -> None:
         self.id = self.id or new_id(_ID_PREFIXES[self.kind])
@@ -64,6 +65,7 @@ class Change:
     part: Part
     text: str = ""
     lead: str = ""
+    logprobs: tuple = ()  # a text delta's: those of the tokens shown since the last one
 
 
 @dataclass(frozen=True)
@@ -141,6 +143,7 @@ class Reply:
         self._stop = StopText(stop)
         self.parts: list[Part] = []
         self._open: Part | None = None
+        self._unshown: list = []  # logprobs of shown tokens not yet given to a delta
         self.reasoning_tokens = 0
         self._early = [c for token in prefix for c in self._changes(self._parser.feed(token))]
 
@@ -180,22 +183,49 @@ class Reply:
             stats.prompt_tokens, stats.cached_tokens, stats.generated_tokens, self.reasoning_tokens
         )
 
-    def feed(self, token: int) -> list[Change]:
-        """What one generated token changed."""
+    def feed(self, token: int, logprob: object = None) -> list[Change]:
+        """What one generated token changed. Its `logprob` (what the generation recorded for
+        it, e.g. an `engine.logprobs.TokenLogprob`), if it is text the reply shows, goes with
+        the text delta that shows it."""
         if self._plain is not None:
             text = "" if self._tokenizer.is_special(token) else self._decoder.push(token)
-            return self._changes([Event("text", self._plain, text)])
-        if self._parser.channel == "analysis":
-            self.reasoning_tokens += 1
-        early, self._early = self._early, []
-        return early + self._changes(self._parser.feed(token))
+            changes = self._changes([Event("text", self._plain, text)])
+        else:
+            if self._parser.channel == "analysis":
+                self.reasoning_tokens += 1
+            early, self._early = self._early, []
+            changes = early + self._changes(self._parser.feed(token))
+        if logprob is not None and self._shows(token):
+            self._unshown.append(logprob)
+        return self._with_logprobs(changes)
 
     def finish(self) -> list[Change]:
         """The end of the generation: close whatever is open."""
         if self._plain is not None:
             text = self._decoder.flush()
-            return self._changes([Event("text", self._plain, text), Event("end", self._plain)])
-        return self._changes(self._parser.finish())
+            changes = self._changes([Event("text", self._plain, text), Event("end", self._plain)])
+        else:
+            changes = self._changes(self._parser.finish())
+        return self._with_logprobs(changes)
+
+    def _shows(self, token: int) -> bool:
+        """Whether the token just fed is text of a message the reply shows (not cut off)."""
+        if self.stopped or self._tokenizer.is_special(token):
+            return False
+        current = self._plain or self._parser.current
+        return current is not None and self._kind(current) == "text"
+
+    def _with_logprobs(self, changes: list[Change]) -> list[Change]:
+        """`changes`, their last text delta given the logprobs of the tokens shown since the
+        last one (a token's text may show later: a UTF-8 character or a possible stop string
+        held back)."""
+        for i in reversed(range(len(changes))):
+            change = changes[i]
+            if self._unshown and change.kind == "delta" and change.part.kind == "text":
+                changes[i] = replace(change, logprobs=tuple(self._unshown))
+                change.part.logprobs += self._unshown
+                self._unshown = []
+        return changes
 
     def _changes(self, events: list[Event]) -> list[Change]:
         changes: list[Change] = []

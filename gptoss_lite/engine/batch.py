@@ -33,6 +33,7 @@ from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
 from .generate import check_fits, next_token, reusable_prefix
+from .logprobs import TokenLogprob, token_logprobs
 from .sampling import Sampling, check_sampling
 
 SIMILAR = 0.5  # a slot whose cache holds at least this share of a prompt is that prompt's own
@@ -61,6 +62,10 @@ class Sequence:
         self.finish_reason: str | None = None  # "stop", "length", "interrupted" or "error"
         self.error: GptossError | None = None
         self.stats = ReplyStats(prompt_tokens=len(request.prompt), cached_tokens=reused)
+        # Each token's log-probability, when the request asks for them (`Sampling.logprobs`).
+        self.logprobs: list[TokenLogprob] | None = None
+        if request.sampling.logprobs is not None:
+            self.logprobs = []
         seed = request.sampling.seed
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(torch.seed() if seed is None else seed)
@@ -95,6 +100,8 @@ class Sequence:
         self._last = now
         self.output.append(token)
         self.stats.generated_tokens += 1
+        if self.logprobs is not None:
+            self.logprobs.append(token_logprobs(logits, token, s.logprobs))
         if token in self.request.stop:
             self.finish_reason = "stop"
         elif len(self.output) == self.max_new_tokens:

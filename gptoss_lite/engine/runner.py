@@ -59,6 +59,7 @@ TAKEN_OVER = (
     "this generation's KV cache was taken over by a later generate() or logits() call on the "
     "same Runner; finish (or close) one generation before starting the next"
 )
+Observer = Callable[[torch.Tensor, int], None]  # (a step's logits [V], the token chosen)
 
 
 @dataclass(frozen=True)
@@ -144,11 +145,14 @@ class Runner:
         top_k: int | None = None,
         seed: int | None = None,
         stop: Iterable[int] = (),
+        observe: Observer | None = None,
     ) -> Iterator[int]:
         """Yield new token ids one at a time, using (and reusing) the KV cache.
 
-        `max_new_tokens` None means until the context is full. The settings are checked, and
-        the cache taken from any earlier generation, when this is called."""
+        `max_new_tokens` None means until the context is full; `observe(logits, token)` is told
+        each step's logits [V] and the token chosen from them, before it is yielded. The
+        settings are checked, and the cache taken from any earlier generation, when this is
+        called."""
         check_sampling(
             temperature=temperature,
             top_p=top_p,
@@ -163,7 +167,8 @@ class Runner:
         sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
         with self._cache_for(None) as owner:
             pass
-        return self._generate(owner, tokens, n, set(stop), sampling | {"generator": generator})
+        sampling |= {"generator": generator}
+        return self._generate(owner, tokens, n, set(stop), sampling, observe or _unobserved)
 
     def batch(self, prefill_chunk: int | None = None) -> Batch:
         """A `Batch` decoding sequences together in this runner's caches, one per cache, with
@@ -180,22 +185,31 @@ class Runner:
         )
 
     def _generate(
-        self, owner: int, tokens: torch.Tensor, n: int, stop: set[int], sampling: dict
+        self,
+        owner: int,
+        tokens: torch.Tensor,
+        n: int,
+        stop: set[int],
+        sampling: dict,
+        observe: Observer,
     ) -> Iterator[int]:
         with self._cache_for(owner):
             new = self._reuse_prefix(tokens.tolist())
             self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
             logits = prefill(
                 self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
-            )
-            token = next_token(logits[-1], **sampling)
+            )[-1]
+            token = next_token(logits, **sampling)
+            observe(logits, token)
             self._history.append(token)
         for step in range(1, n + 1):
             yield token
             if token in stop or step == n:
                 return  # a stop token (or the last one) is never fed back
             with self._cache_for(owner):
-                token = next_token(decode_step(self.model, self.cache, token)[-1], **sampling)
+                logits = decode_step(self.model, self.cache, token)[-1]
+                token = next_token(logits, **sampling)
+                observe(logits, token)
                 self._history.append(token)
 
     @contextmanager
@@ -323,6 +337,10 @@ def load(
         name=name,
         caches=caches,
     )
+
+
+def _unobserved(logits: torch.Tensor, token: int) -> None:
+    """The observer of a generation nobody watches."""
 
 
 def _kernels(kernels: str, device: torch.device) -> str:

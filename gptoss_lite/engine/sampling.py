@@ -28,6 +28,7 @@ class Sampling:
     top_p: float = 1.0
     top_k: int | None = None
     seed: int | None = None
+    logprobs: int | None = None  # None: none; k: each token's and the k likeliest (logprobs.py)
 
 
 def check_sampling(

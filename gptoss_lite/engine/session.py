@@ -8,14 +8,17 @@ The caller reads the reply as it streams (`chat.reply.Reply`) and hands its mess
 prompt begins with the tokens already cached, so the runner prefills only what is new; but
 harmony drops the last reply's analysis when it re-renders it, so the cache must rewind over a
 whole reply: load the runner with `ring_slots=chat_ring_slots(config)`. A `Generation` also
-serves any other prompt, e.g. plain text stopping at <|endoftext|>.
+serves any other prompt, e.g. plain text stopping at <|endoftext|>, and keeps each token's
+log-probability (`logprobs`) when its `Sampling` asks for them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+
+import torch
 
 from ..chat.harmony import FUNCTIONS, Conversation, Message, check_effort, render_prompt
 from ..chat.stats import ReplyStats
@@ -24,6 +27,7 @@ from ..chat.tokens import STOP_TOKENS
 from ..config import ModelConfig
 from ..errors import GptossError
 from .generate import check_fits
+from .logprobs import TokenLogprob, token_logprobs
 from .runner import Runner
 from .sampling import Sampling
 
@@ -40,6 +44,7 @@ class Generation:
         self.stop = tuple(stop)
         self.output: list[int] = []
         self.stats = ReplyStats(prompt_tokens=len(prompt))
+        self.logprobs: list[TokenLogprob] | None = None if sampling.logprobs is None else []
         self._runner = runner
         self._tokens = runner.generate(
             prompt,
@@ -49,6 +54,7 @@ class Generation:
             top_k=sampling.top_k,
             seed=sampling.seed,
             stop=self.stop,
+            observe=None if self.logprobs is None else self._observe(sampling.logprobs),
         )
 
     def __iter__(self) -> Iterator[int]:
@@ -66,6 +72,12 @@ class Generation:
             self.output.append(token)
             self.stats.generated_tokens += 1
             yield token
+
+    def _observe(self, top: int) -> Callable[[torch.Tensor, int], None]:
+        def record(logits: torch.Tensor, token: int) -> None:
+            self.logprobs.append(token_logprobs(logits, token, top))
+
+        return record
 
     def close(self) -> None:
         """Abandon the reply: the runner's generator ends here (its cache keeps what was made)."""

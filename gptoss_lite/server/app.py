@@ -88,10 +88,10 @@ def create_app(service: Service) -> FastAPI:
     async def completions(body: completions_api.CompletionRequest, request: Request):
         job, reply = completions_api.prepare(body, service)
         if body.stream:
-            events = completions_api.stream(job, reply, service)
+            events = completions_api.stream(body, job, reply, service)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         done = await collect(job, reply, request)
-        return completions_api.completion(reply, done, service)
+        return completions_api.completion(body, reply, done, service)
 
     return app
 

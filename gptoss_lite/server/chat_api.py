@@ -9,7 +9,8 @@ custom tools (tools.py). The reply puts the final text in `content`, the analysi
 call, arguments as a JSON string; a custom tool's call as `custom: {name, input}`); streamed, the
 same pieces arrive as `chat.completion.chunk` deltas (a custom call whole, once its input is),
 then the finish reason, then the usage when `stream_options.include_usage` asks for it, then
-`[DONE]`.
+`[DONE]`. `logprobs` (and `top_logprobs`, 0-20) add the content tokens' log-probabilities to each
+choice or delta.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.harmony import Message, render_prompt
 from ..chat.reply import Change, Part, Reply, new_id
+from ..engine.logprobs import MAX_TOP
 from . import conversation as conv
 from .errors import ApiError
+from .logprobs import entries
 from .service import Service, changes, guarded, sse
 from .tools import Declared, chat_tools, custom_input
 from .worker import Done, Job
@@ -107,6 +110,9 @@ class ChatRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stream_options: StreamOptions | None = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
+    parallel_tool_calls: bool | None = None  # gpt-oss makes one call a turn either way
 
 
 @dataclass
@@ -134,6 +140,9 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
     call = conv.forced_call(forced, service.tokenizer)
     prompt = render_prompt(chat, service.tokenizer) + call
     limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
+    if body.top_logprobs is not None and not body.logprobs:
+        message = "top_logprobs: asks for alternatives, which come with logprobs: true"
+        raise ApiError(400, message, param="top_logprobs")
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_completion_tokens or body.max_tokens,
@@ -141,6 +150,7 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, body.stops, tools=tools.names, prefix=call)
     return Pending(body, tools, service.submit(prompt, sampling), reply)
@@ -218,9 +228,11 @@ def completion(pending: Pending, done: Done, service: Service) -> dict:
         "message": message,
         "finish_reason": reply.finish_reason(done.finish_reason),
     }
+    texts = [lp for part in reply.parts if part.kind == "text" for lp in part.logprobs]
+    logprobs = _logprobs(pending, texts, service)
     return {
         **_head("chat.completion", new_id("chatcmpl-"), service),
-        "choices": [{**choice, "logprobs": None}],
+        "choices": [{**choice, "logprobs": logprobs}],
         "usage": usage(reply, done),
     }
 
@@ -247,8 +259,8 @@ def stream(pending: Pending, service: Service) -> AsyncIterator[str]:
     head = _head("chat.completion.chunk", new_id("chatcmpl-"), service)
     extra = {"usage": None} if include_usage else {}
 
-    def chunk(delta: dict, finish: str | None = None) -> str:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(delta: dict, finish: str | None = None, logprobs: dict | None = None) -> str:
+        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         return sse({**head, "choices": [choice], **extra})
 
     async def events() -> AsyncIterator[str]:
@@ -261,7 +273,7 @@ def stream(pending: Pending, service: Service) -> AsyncIterator[str]:
             else:
                 for change in item:
                     if (delta := _delta(pending, change)) is not None:
-                        yield chunk(delta)
+                        yield chunk(delta, logprobs=_logprobs(pending, change.logprobs, service))
         yield "data: [DONE]\n\n"
 
     return guarded(events(), job, lambda error: sse(error.body()))
@@ -286,6 +298,13 @@ def _delta(pending: Pending, change: Change) -> dict | None:
         text = change.lead + change.text
         return {"reasoning_content": text, "reasoning": text}
     return {"content": change.lead + change.text}
+
+
+def _logprobs(pending: Pending, logprobs, service: Service) -> dict | None:
+    """A choice's `logprobs`: those of its content tokens, if the request asked."""
+    if not pending.body.logprobs:
+        return None
+    return {"content": entries(logprobs, service.tokenizer), "refusal": None}
 
 
 def _call(pending: Pending, part: Part) -> dict:

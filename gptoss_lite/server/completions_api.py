@@ -2,7 +2,9 @@
 
 The prompt is encoded as ordinary text (no harmony, markup stays text) and generation stops at
 `<|endoftext|>`, `max_tokens` (default 16, as in the OpenAI API) or a stop string. The reply is a
-`text_completion` object, or streamed as chunks of it followed by `[DONE]`.
+`text_completion` object, or streamed as chunks of it followed by `[DONE]`; `logprobs: k` adds
+each token's log-probability and its k likeliest alternatives (the older logprobs object, its
+`text_offset` counted from the start of the generated text).
 """
 
 from __future__ import annotations
@@ -14,18 +16,21 @@ from pydantic import Field
 
 from ..chat.reply import Reply, new_id
 from ..chat.tokens import ENDOFTEXT
-from .chat_api import SamplingFields
+from .chat_api import SamplingFields, usage
 from .errors import ApiError
+from .logprobs import legacy
 from .service import Service, changes, guarded, sse
 from .worker import Done, Job
 
 DEFAULT_MAX_TOKENS = 16
+MAX_LEGACY_TOP = 5  # the most alternatives this API lets a client ask for
 
 
 class CompletionRequest(SamplingFields):
     model: str
     prompt: str | list[str]
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
+    logprobs: int | None = Field(None, ge=0, le=MAX_LEGACY_TOP)
 
 
 def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
@@ -43,47 +48,51 @@ def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
         temperature=body.temperature,
         top_p=body.top_p,
         seed=body.seed,
+        logprobs=body.logprobs,
     )
     job = service.submit(prompt, sampling, stop=(ENDOFTEXT,))
     return job, Reply(service.tokenizer, body.stops, harmony=False)
 
 
-def completion(reply: Reply, done: Done, service: Service) -> dict:
+def completion(body: CompletionRequest, reply: Reply, done: Done, service: Service) -> dict:
     """The `text_completion` object of a finished reply."""
-    choice = {"index": 0, "text": reply.text("text"), "logprobs": None}
-    counts = reply.usage(done.stats)
-    usage = {
-        "prompt_tokens": counts.prompt_tokens,
-        "completion_tokens": counts.completion_tokens,
-        "total_tokens": counts.total_tokens,
-        "prompt_tokens_details": {
-            "cached_tokens": counts.cached_tokens,
-            "cache_write_tokens": counts.prompt_tokens - counts.cached_tokens,
-        },
+    shown = [lp for part in reply.parts for lp in part.logprobs]
+    choice = {
+        "index": 0,
+        "text": reply.text("text"),
+        "logprobs": _logprobs(body, shown, 0, service),
     }
     choice["finish_reason"] = reply.finish_reason(done.finish_reason)
-    return {**_head(service), "choices": [choice], "usage": usage}
+    return {**_head(service), "choices": [choice], "usage": usage(reply, done)}
 
 
-def stream(job: Job, reply: Reply, service: Service) -> AsyncIterator[str]:
+def stream(body: CompletionRequest, job: Job, reply: Reply, service: Service) -> AsyncIterator[str]:
     """Server-sent `text_completion` chunks, then `[DONE]`."""
     head = _head(service)
 
-    def chunk(text: str, finish: str | None = None) -> str:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+    def chunk(text: str, finish: str | None = None, logprobs: dict | None = None) -> str:
+        choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
         return sse({**head, "choices": [choice]})
 
     async def events() -> AsyncIterator[str]:
+        sent = 0  # characters of text so far
         async for item in changes(job, reply):
             if isinstance(item, Done):
                 yield chunk("", reply.finish_reason(item.finish_reason))
             else:
                 for change in item:
                     if change.kind == "delta":
-                        yield chunk(change.text)
+                        yield chunk(
+                            change.text, None, _logprobs(body, change.logprobs, sent, service)
+                        )
+                        sent += len(change.text)
         yield "data: [DONE]\n\n"
 
     return guarded(events(), job, lambda error: sse(error.body()))
+
+
+def _logprobs(body: CompletionRequest, logprobs, offset: int, service: Service) -> dict | None:
+    return None if body.logprobs is None else legacy(logprobs, service.tokenizer, offset)
 
 
 def _head(service: Service) -> dict:

@@ -4,7 +4,8 @@ Chat messages become the same harmony turns as Chat Completions' (`thinking` is 
 message's reasoning, `tool_calls` carry their arguments as objects, a tool message names its
 function with `tool_name`, or by `tool_call_id`, or is the output of the latest call); `think`
 ("low", "medium", "high"; "max" is high, a boolean keeps the default: gpt-oss always reasons) sets
-the reasoning effort; `options` give temperature, top_p, top_k, seed, num_predict and stop. The
+the reasoning effort; `options` give temperature, top_p, top_k, seed, num_predict and stop;
+`logprobs` and `top_logprobs` add the answer tokens' log-probabilities to the pieces. The
 reply streams as NDJSON (the default) or comes as one object: the analysis in `thinking`, the
 answer in `content`, a call in `tool_calls` once its arguments are whole, then a last object with
 `done`, `done_reason` and the timings (nanoseconds) and token counts. `/api/generate` answers a
@@ -27,10 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.harmony import Message, render_prompt
 from ..chat.reply import Change, Part, Reply
+from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
+from ..engine.logprobs import MAX_TOP
 from . import conversation as conv
 from .chat_api import CalledFunction, ChatMessage, ChatTool, ToolCallIn, harmony_turns
 from .errors import ApiError
+from .logprobs import entries
 from .service import Service, changes, collect, guarded
 from .worker import Done, Job
 
@@ -85,6 +89,8 @@ class _Request(_Body):
     format: Any = None
     options: Options = Field(default_factory=Options)
     keep_alive: Any = None
+    logprobs: bool = False
+    top_logprobs: int = Field(0, ge=0, le=MAX_TOP)
 
 
 class ChatBody(_Request):
@@ -119,9 +125,9 @@ async def chat(body: ChatBody, service: Service, request: Request):
         effort_param="think",
     )  # fmt: skip
     prompt = render_prompt(chat, service.tokenizer)
-    job = service.submit(prompt, _sampling(service, prompt, body.options, "messages"))
+    job = service.submit(prompt, _sampling(service, prompt, body, "messages"))
     reply = Reply(service.tokenizer, body.options.stops, tools=[t.name for t in tools])
-    return await _answer(body, _ChatShape(name, reply), job, request, start)
+    return await _answer(body, _ChatShape(name, reply, _reader(body, service)), job, request, start)
 
 
 async def generate(body: GenerateBody, service: Service, request: Request):
@@ -145,8 +151,9 @@ async def generate(body: GenerateBody, service: Service, request: Request):
         prompt = render_prompt(chat, service.tokenizer)
         reply = Reply(service.tokenizer, body.options.stops)
         stop = STOP_TOKENS
-    job = service.submit(prompt, _sampling(service, prompt, body.options, "prompt"), stop)
-    return await _answer(body, _GenerateShape(name, reply), job, request, start)
+    job = service.submit(prompt, _sampling(service, prompt, body, "prompt"), stop)
+    shape = _GenerateShape(name, reply, _reader(body, service))
+    return await _answer(body, shape, job, request, start)
 
 
 def known(service: Service, name: str) -> str:
@@ -199,7 +206,8 @@ def _effort(think: bool | str | None) -> str | None:
     return THINK_LEVELS[think]
 
 
-def _sampling(service: Service, prompt: list[int], options: Options, prompt_param: str):
+def _sampling(service: Service, prompt: list[int], body: _Request, prompt_param: str):
+    options = body.options
     limit = options.num_predict if options.num_predict and options.num_predict > 0 else None
     return service.sampling(
         prompt,
@@ -210,7 +218,13 @@ def _sampling(service: Service, prompt: list[int], options: Options, prompt_para
         top_p=options.top_p,
         top_k=options.top_k if options.top_k and options.top_k > 0 else None,
         seed=options.seed if options.seed is not None and options.seed >= 0 else None,
+        logprobs=body.top_logprobs if body.logprobs else None,
     )
+
+
+def _reader(body: _Request, service: Service) -> Tokenizer | None:
+    """The tokenizer that writes out the logprobs, if the request asked for them."""
+    return service.tokenizer if body.logprobs else None
 
 
 def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
@@ -238,11 +252,22 @@ def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
     return converted
 
 
-class _ChatShape:
-    """How `/api/chat` writes a reply: pieces of `message`."""
+class _Shape:
+    """How an endpoint writes a reply (`piece` by `piece` or `whole`, then `last`), with the
+    logprobs of its text when `tokenizer` is given."""
 
-    def __init__(self, name: str, reply: Reply) -> None:
-        self.name, self.reply = name, reply
+    def __init__(self, name: str, reply: Reply, tokenizer: Tokenizer | None) -> None:
+        self.name, self.reply, self.tokenizer = name, reply, tokenizer
+
+    def logprobs(self, logprobs) -> dict:
+        return {} if self.tokenizer is None else {"logprobs": entries(logprobs, self.tokenizer)}
+
+    def shown(self) -> list:
+        return [lp for part in self.reply.parts for lp in part.logprobs]
+
+
+class _ChatShape(_Shape):
+    """How `/api/chat` writes a reply: pieces of `message`."""
 
     def piece(self, change: Change) -> dict | None:
         part = change.part
@@ -252,7 +277,7 @@ class _ChatShape:
         if change.kind != "delta":
             return None
         key = "thinking" if part.kind == "reasoning" else "content"
-        return _message(**{key: change.lead + change.text})
+        return {**_message(**{key: change.lead + change.text}), **self.logprobs(change.logprobs)}
 
     def whole(self) -> dict:
         reply = self.reply
@@ -260,18 +285,15 @@ class _ChatShape:
         extra = {"thinking": thinking} if thinking else {}
         if calls:
             extra["tool_calls"] = calls
-        return _message(content=reply.text("text"), **extra)
+        return {**_message(content=reply.text("text"), **extra), **self.logprobs(self.shown())}
 
     def last(self) -> dict:
         return _message()
 
 
-class _GenerateShape:
+class _GenerateShape(_Shape):
     """How `/api/generate` writes a reply: `response` and `thinking` (no tools are declared, so
     a call the model makes anyway is text)."""
-
-    def __init__(self, name: str, reply: Reply) -> None:
-        self.name, self.reply = name, reply
 
     def piece(self, change: Change) -> dict | None:
         if change.kind != "delta":
@@ -279,11 +301,12 @@ class _GenerateShape:
         text = change.lead + change.text
         if change.part.kind == "reasoning":
             return {"response": "", "thinking": text}
-        return {"response": text}
+        return {"response": text, **self.logprobs(change.logprobs)}
 
     def whole(self) -> dict:
         thinking = self.reply.text("reasoning")
-        return {"response": self.reply.text("text"), **({"thinking": thinking} if thinking else {})}
+        extra = {"thinking": thinking} if thinking else {}
+        return {"response": self.reply.text("text"), **extra, **self.logprobs(self.shown())}
 
     def last(self) -> dict:
         return {"response": ""}

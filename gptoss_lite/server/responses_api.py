@@ -13,13 +13,14 @@ sequence: `response.created`, `response.in_progress`, per item `response.output_
 deltas (`response.reasoning_text.delta` or the summary's part and text events,
 `response.output_text.delta`, `response.function_call_arguments.delta`,
 `response.custom_tool_call_input.delta`) and `.done` events, `response.output_item.done`, then
-`response.completed` (or `response.incomplete` at the limit). With `include:
-["reasoning.encrypted_content"]` a reasoning item carries `encrypted_content: null`: the analysis
-is plain text that the client sends back in the item, so there is nothing to encrypt. The
-response echoes the request's settings: `parallel_tool_calls` as asked (gpt-oss makes one call a
-turn either way), `prompt_cache_key`, `safety_identifier`, `service_tier`, `truncation`. A stored
-response (the default) can be continued with `previous_response_id`: its turns are kept in
-memory, the newest `STORED_RESPONSES` of them.
+`response.completed` (or `response.incomplete` at the limit). `include:
+["message.output_text.logprobs"]` or `top_logprobs` add the answer tokens' log-probabilities to
+its text and deltas. With `include: ["reasoning.encrypted_content"]` a reasoning item carries
+`encrypted_content: null`: the analysis is plain text that the client sends back in the item, so
+there is nothing to encrypt. The response echoes the request's settings: `parallel_tool_calls`
+as asked (gpt-oss makes one call a turn either way), `prompt_cache_key`, `safety_identifier`,
+`service_tier`, `truncation`. A stored response (the default) can be continued with
+`previous_response_id`: its turns are kept in memory, the newest `STORED_RESPONSES` of them.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.harmony import Message, render_prompt
 from ..chat.reply import Change, Part, Reply, new_id
+from ..chat.tokenizer import Tokenizer
+from ..engine.logprobs import MAX_TOP
 from . import conversation as conv
 from .errors import ApiError
+from .logprobs import entries
 from .service import Service, changes, guarded, sse
 from .tools import Declared, custom_input, responses_tools
 from .worker import Done, Job
@@ -104,6 +108,14 @@ class ResponsesRequest(_Body):
     service_tier: str | None = None
     user: str | None = None
     background: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
+
+    @property
+    def logprobs(self) -> bool:
+        """Whether the client asked for the answer's log-probabilities."""
+        return (
+            "message.output_text.logprobs" in (self.include or ()) or self.top_logprobs is not None
+        )
 
     @property
     def summary(self) -> bool:
@@ -159,6 +171,7 @@ class Pending:
     tools: Declared
     job: Job
     reply: Reply
+    tokenizer: Tokenizer
     id: str = field(default_factory=lambda: new_id("resp_"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
@@ -192,9 +205,11 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         prompt_param="input",
         temperature=body.temperature,
         top_p=body.top_p,
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, tools=tools.names, prefix=call)
-    return Pending(body, turns, tools, service.submit(prompt, sampling), reply)
+    job = service.submit(prompt, sampling)
+    return Pending(body, turns, tools, job, reply, service.tokenizer)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -322,6 +337,7 @@ def _response(pending: Pending, status: str) -> dict:
         "safety_identifier": body.safety_identifier,
         "service_tier": body.service_tier or "default",
         "user": body.user,
+        "top_logprobs": body.top_logprobs,
         "usage": None,
     }
 
@@ -339,12 +355,12 @@ def _item(pending: Pending, part: Part, status: str) -> dict:
     if part.kind == "reasoning":
         done = status == "completed"
         summary = [_summary(part.text)] if done and pending.body.summary else []
-        content = [_content(part)] if done and not pending.body.summary else []
+        content = [_content(pending, part)] if done and not pending.body.summary else []
         item = {"type": "reasoning", "id": part.id, "summary": summary, "content": content}
         if "reasoning.encrypted_content" in (pending.body.include or ()):
             item["encrypted_content"] = None  # nothing to encrypt: the text goes back as is
         return item
-    content = [_content(part)] if status == "completed" else []
+    content = [_content(pending, part)] if status == "completed" else []
     message = {"type": "message", "id": part.id, "status": status, "role": "assistant"}
     return {**message, "content": content}
 
@@ -353,11 +369,17 @@ def _summary(text: str) -> dict:
     return {"type": "summary_text", "text": text}
 
 
-def _content(part: Part, text: str | None = None) -> dict:
-    text = part.text if text is None else text
+def _content(pending: Pending, part: Part, whole: bool = True) -> dict:
+    """A part's content, whole or (to open it) empty."""
+    text = part.text if whole else ""
     if part.kind == "reasoning":
         return {"type": "reasoning_text", "text": text}
-    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+    logprobs = _logprobs(pending, part.logprobs if whole else ())
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": logprobs}
+
+
+def _logprobs(pending: Pending, logprobs) -> list[dict]:
+    return entries(logprobs, pending.tokenizer) if pending.body.logprobs else []
 
 
 def stream(pending: Pending, store: ResponseStore) -> AsyncIterator[str]:
@@ -394,11 +416,11 @@ def _events(pending: Pending, change: Change) -> list[tuple[str, dict]]:
             empty = {**at, "summary_index": 0, "part": _summary("")}
             added.append(("response.reasoning_summary_part.added", empty))
         elif kind in ("reasoning_text", "output_text"):
-            empty = {**at, "content_index": 0, "part": _content(part, "")}
+            empty = {**at, "content_index": 0, "part": _content(pending, part, whole=False)}
             added.append(("response.content_part.added", empty))
         return added
     if change.kind == "delta":
-        return _delta(kind, at, change.text)
+        return _delta(pending, kind, at, change)
     done = ("response.output_item.done", {**item[1], "item": _item(pending, part, "completed")})
     if kind == "function_call":
         args = {**at, "name": part.name, "arguments": part.text}
@@ -415,9 +437,9 @@ def _events(pending: Pending, change: Change) -> list[tuple[str, dict]]:
             ("response.reasoning_summary_part.done", summary),
             done,
         ]
-    extra = {"logprobs": []} if kind == "output_text" else {}
+    extra = {"logprobs": _logprobs(pending, part.logprobs)} if kind == "output_text" else {}
     text_done = {**at, "content_index": 0, "text": part.text, **extra}
-    part_done = {**at, "content_index": 0, "part": _content(part)}
+    part_done = {**at, "content_index": 0, "part": _content(pending, part)}
     return [(f"response.{kind}.done", text_done), ("response.content_part.done", part_done), done]
 
 
@@ -432,7 +454,8 @@ def _kind(pending: Pending, part: Part) -> str:
     return "output_text"
 
 
-def _delta(kind: str, at: dict, text: str) -> list[tuple[str, dict]]:
+def _delta(pending: Pending, kind: str, at: dict, change: Change) -> list[tuple[str, dict]]:
+    text = change.text
     if kind == "function_call":
         return [("response.function_call_arguments.delta", {**at, "delta": text})]
     if kind == "custom_tool_call":
@@ -441,5 +464,5 @@ def _delta(kind: str, at: dict, text: str) -> list[tuple[str, dict]]:
         return [
             ("response.reasoning_summary_text.delta", {**at, "summary_index": 0, "delta": text})
         ]
-    extra = {"logprobs": []} if kind == "output_text" else {}
+    extra = {"logprobs": _logprobs(pending, change.logprobs)} if kind == "output_text" else {}
     return [(f"response.{kind}.delta", {**at, "content_index": 0, "delta": text, **extra})]

@@ -90,8 +90,10 @@ class Service:
         top_p: float | None,
         seed: int | None = None,
         top_k: int | None = None,
+        logprobs: int | None = None,
     ) -> Sampling:
-        """How to sample the reply to `prompt`, which must leave room for `max_tokens`."""
+        """How to sample the reply to `prompt`, which must leave room for `max_tokens`;
+        `logprobs` (the alternatives to give each token, or None) asks for log-probabilities."""
         for param, new_tokens in ((prompt_param, None), (max_param, max_tokens)):
             try:
                 room = check_fits(len(prompt), new_tokens, self.context)
@@ -103,6 +105,7 @@ class Service:
             top_p=1.0 if top_p is None else top_p,
             top_k=top_k,
             seed=seed,
+            logprobs=logprobs,
         )
 
     def submit(
@@ -130,7 +133,7 @@ async def changes(job: Job, reply: Reply) -> AsyncIterator[list[Change] | Done]:
     """Feed the job's tokens to `reply`, yielding what each changed, then the `Done`."""
     async for event in job.events():
         if isinstance(event, Token):
-            found = reply.feed(event.id)
+            found = reply.feed(event.id, event.logprob)
             if reply.stopped:
                 job.cancel()
             if found:

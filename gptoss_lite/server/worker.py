@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from ..chat.stats import ReplyStats
+from ..engine.logprobs import TokenLogprob
 from ..engine.runner import Runner
 from ..engine.sampling import Sampling
 from ..engine.session import Generation
@@ -35,9 +36,10 @@ class QueueFull(Exception):
 
 @dataclass(frozen=True)
 class Token:
-    """One generated token id."""
+    """One generated token id, with its log-probabilities when the job's sampling asks."""
 
     id: int
+    logprob: TokenLogprob | None = None
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ class GenerationQueue:
                 token = next(tokens, None)
                 if token is None:
                     break
-                job._emit(Token(token))
+                logprob = None if generation.logprobs is None else generation.logprobs[-1]
+                job._emit(Token(token, logprob))
         except Exception as exc:
             job._emit(Failed(exc))
             return
