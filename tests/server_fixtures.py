@@ -1,13 +1,14 @@
 """Pytest plugin for the server tests: a real uvicorn server on 127.0.0.1 and a scripted model.
 
-`running(service)` starts the app on a free port of 127.0.0.1 in a thread and yields its base
-URL; leaving the block shuts it down (bounded waits only). `ScriptedRunner` stands in for a
-`Runner`: each `generate` call records its prompt and sampling and yields the tokens of a harmony
-completion (written as text with markup, tokenized with the real o200k vocabulary) up to the
-first stop token or `max_new_tokens`, optionally waiting on a gate before the first token or
-pausing after each one, so a test can hold the queue. `scripted_service` builds a `Service`
-around one; `serve_http` serves a service for one test, `serve_module` for one module (a real
-model loaded once); `serve` gives the `openai` client of a scripted server.
+`running(service, limits)` starts the server `serve` runs (`make_server`) on a free port of
+127.0.0.1 in a thread and yields its base URL; leaving the block shuts it down (bounded waits
+only). `ScriptedRunner` stands in for a `Runner`: each `generate` call records its prompt and
+sampling and yields the tokens of a harmony completion (written as text with markup, tokenized
+with the real o200k vocabulary) up to the first stop token or `max_new_tokens`, optionally
+waiting on a gate before the first token or pausing after each one, so a test can hold the
+queue. `scripted_service` builds a `Service` around one; `serve_http` serves a service for one
+test, `serve_module` for one module (a real model loaded once); `serve` gives the `openai` client
+of a scripted server.
 """
 
 from __future__ import annotations
@@ -20,23 +21,23 @@ from contextlib import contextmanager
 
 import openai
 import pytest
-import uvicorn
 
 from gptoss_lite.config import ModelConfig, preset
-from gptoss_lite.server.app import create_app
+from gptoss_lite.server.http_server import make_server
+from gptoss_lite.server.limits import Limits
 from gptoss_lite.server.service import Service
 
 STARTUP_S = 10.0  # the longest a test waits for the server to listen or to stop
 
 
 @contextmanager
-def running(service: Service) -> Iterator[str]:
+def running(service: Service, limits: Limits | None = None) -> Iterator[str]:
     """The service's app served on 127.0.0.1 (a free port) inside the block; its base URL."""
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
-    listener.listen(64)
+    listener.listen(512)
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    server = make_server(service, limits)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_S
@@ -85,12 +86,13 @@ class ScriptedRunner:
 
 
 @pytest.fixture
-def serve_http() -> Iterator[Callable[[Service], str]]:
-    """`serve_http(service)` → the base URL of `service`, served until the test ends."""
+def serve_http() -> Iterator[Callable[..., str]]:
+    """`serve_http(service, limits=None)` → the base URL of `service`, served until the test
+    ends."""
     contexts = []
 
-    def start(service: Service) -> str:
-        contexts.append(running(service))
+    def start(service: Service, limits: Limits | None = None) -> str:
+        contexts.append(running(service, limits))
         return contexts[-1].__enter__()
 
     yield start

@@ -15,10 +15,13 @@ import socket
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import httpx
 
+from gptoss_lite.config import preset
 from gptoss_lite.errors import GptossError
+from gptoss_lite.server.limits import MIB, Limits
 
 pytest_plugins = ["cli_fixtures"]
 
@@ -56,7 +59,7 @@ def test_serve_prints_the_plan_and_the_url_and_stops_on_ctrl_c(tiny_model, o200k
         models = httpx.get(f"{base}/v1/models", headers={"Authorization": "Bearer k"})
         assert [m["id"] for m in models.json()["data"]] == ["ckpt"]
         server.send_signal(signal.SIGINT)
-        assert server.wait(timeout=WAIT_S) == 130  # Ctrl-C's status, as for run and chat
+        assert server.wait(timeout=WAIT_S) == 0  # a clean stop (a second Ctrl-C would be 130)
     finally:
         server.kill()
         server.wait(timeout=WAIT_S)
@@ -87,3 +90,34 @@ def test_cpu_experts_reach_the_loading(cli, monkeypatch):
     assert cli("serve", "--cpu-experts", "3").exit_code == 1
     assert cli("serve", env={"GPTOSS_LITE_CPU_EXPERTS": "all"}).exit_code == 1
     assert asked == [3, "all"]
+
+
+def test_limits_reach_the_server(cli, monkeypatch):
+    serve = importlib.import_module("gptoss_lite.cli.serve")
+    made = []
+
+    class Stopped:
+        force_exit = False
+
+        def run(self, sockets) -> None:
+            pass
+
+    def make_server(service, limits):
+        made.append(limits)
+        service.close()
+        return Stopped()
+
+    runner = SimpleNamespace(context=64, config=preset("tiny"))
+    loaded = SimpleNamespace(runner=runner, tokenizer=None)
+    monkeypatch.setattr(
+        serve, "bind", lambda host, port: SimpleNamespace(getsockname=lambda: (host, port))
+    )
+    monkeypatch.setattr(serve, "open_model", lambda choice, **_: loaded)
+    monkeypatch.setattr(serve, "make_server", make_server)
+    flags = ["--store-mib", "8", "--header-timeout", "5", "--body-timeout", "7"]
+    result = cli("serve", *flags, "--max-connections", "9")
+    assert result.exit_code == 0, result.output
+    assert cli("serve").exit_code == 0
+    assert made == [Limits(5.0, 7.0, 9, 8 * MIB), Limits()]
+    shown = cli("serve", "--help").output
+    assert "--store-mib" in shown and "--header-timeout" in shown and "--max-connections" in shown

@@ -168,6 +168,11 @@ def prompt_text(conversation: Conversation) -> str:
     return "".join(p if isinstance(p, str) else MARKUP[p] for p in pieces)
 
 
+def prompt_size(conversation: Conversation) -> int:
+    """Bytes of text in the rendered prompt (format tokens left out), known before tokenizing."""
+    return sum(len(p.encode()) for p in conversation_pieces(conversation) if isinstance(p, str))
+
+
 def conversation_pieces(conversation: Conversation) -> list[Piece]:
     """Every message of the rendered conversation as text pieces and format tokens."""
     messages = [Message("system", system_text(conversation))]

@@ -13,6 +13,7 @@ adds a BOS token and treats `<|...|>` markup in text as plain text unless told o
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,6 +54,12 @@ class Tokenizer:
         if not 0 <= token < self.n_vocab:
             return b""
         return self.encoding.decode_single_token_bytes(token)
+
+    @functools.cached_property
+    def max_token_bytes(self) -> int:
+        """The most bytes of text one ordinary token spells (128 in o200k): a text of n bytes
+        is at least n / max_token_bytes tokens."""
+        return max(len(self.token_bytes(i)) for i in range(N_TEXT))
 
     def is_special(self, token: int) -> bool:
         """True for special tokens, and for ids that are no token at all."""

@@ -3,20 +3,23 @@
 It loads one model once (the memory plan on stderr first, with the sliding-window rings sized so
 a conversation's cache can rewind over a reply, as in `chat`), binds the address (a port in use is
 one error line), prints the URL and serves Chat Completions, Responses and Completions until
-Ctrl-C. Every option can also come from its GPTOSS_LITE_* variable.
+SIGTERM or Ctrl-C: then running streams end with "interrupted", queued requests get a 503 and
+the command exits 0 within a few seconds (130 after a second Ctrl-C). Every option can also come
+from its GPTOSS_LITE_* variable.
 """
 
 from __future__ import annotations
 
 import socket
+import sys
 from dataclasses import dataclass
 
 import click
-import uvicorn
 
 from ..errors import GptossError
 from ..model.kv_quant import KVDtypes
-from ..server.app import create_app
+from ..server.http_server import make_server
+from ..server.limits import MIB, Limits
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
 from .common import open_model
 from .options import (
@@ -70,6 +73,35 @@ class ServeOptions:
     show_default=True,
     help="Requests that may wait behind the one generating; more get 503.",
 )
+@click.option(
+    "--store-mib",
+    type=click.IntRange(min=0),
+    default=Limits.store_bytes // MIB,
+    show_default=True,
+    help="Memory for stored Responses (previous_response_id), in MiB; the oldest are evicted "
+    "first.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=Limits.header_timeout,
+    show_default=True,
+    help="Seconds a client has to send a request's headers; then the connection is closed.",
+)
+@click.option(
+    "--body-timeout",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=Limits.body_timeout,
+    show_default=True,
+    help="Seconds a client has to send a request's body once its headers came; then 408.",
+)
+@click.option(
+    "--max-connections",
+    type=click.IntRange(min=1),
+    default=Limits.max_connections,
+    show_default=True,
+    help="Connections open at once; one more is answered 503 and closed.",
+)
 def serve(
     model: str,
     profile: str | None,
@@ -82,8 +114,12 @@ def serve(
     port: int,
     api_key: str | None,
     max_queue: int,
+    store_mib: int,
+    header_timeout: float,
+    body_timeout: float,
+    max_connections: int,
 ) -> None:
-    """Serve the model over an OpenAI-compatible HTTP API until Ctrl-C.
+    """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C.
 
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
@@ -95,8 +131,11 @@ def serve(
     )
     bound_host, bound_port = listener.getsockname()[:2]
     click.echo(f"serving {service.model_id} at {url(bound_host, bound_port)}/v1", err=True)
-    config = uvicorn.Config(create_app(service), log_level="warning", timeout_graceful_shutdown=5)
-    uvicorn.Server(config).run(sockets=[listener])
+    limits = Limits(header_timeout, body_timeout, max_connections, store_mib * MIB)
+    server = make_server(service, limits)
+    server.run(sockets=[listener])
+    if server.force_exit:
+        sys.exit(130)  # a second Ctrl-C, as for run and chat
 
 
 def bind(host: str, port: int) -> socket.socket:

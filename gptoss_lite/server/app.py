@@ -3,28 +3,36 @@
 `create_app(service)` serves one loaded model: `GET /health` (open to all), and behind the API
 key when one is set, `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/responses` and
 `POST /v1/completions` (plain text continued, stopping at `<|endoftext|>`), and Ollama's API
-under `/api` (ollama_api.py). A body larger than
-the context could ever need (`body_limit`) is refused with 413 before it is read. uvicorn runs
-the app; the generation itself happens in the service's worker thread, never on the event loop.
+under `/api` (ollama_api.py). The key is checked before the body is read, as the UTF-8 bytes the
+client sent; a body larger than the context could ever need (`body_limit`) is refused with 413
+before it is read, and one that takes longer than `limits.body_timeout` to arrive with 408. A
+route answers only at its exact path (no redirect that would echo the Host header). uvicorn runs
+the app (`http_server`); parsing, rendering and tokenizing happen in worker threads and
+generation in the service's worker thread, never on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import StreamingResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from . import chat_api, completions_api, responses_api
+from .body import read_body
 from .errors import ApiError, install_handlers
+from .limits import Limits
 from .ollama_api import ollama_app
-from .service import Service, collect
+from .service import Service, begin, collect, off_loop
+from .store import ResponseStore
 
 MAX_BYTES_PER_TOKEN = 64  # a token is a few bytes of text, at most ~6x more once JSON-escaped
 BODY_SLACK = 1 << 20  # room for tool schemas and the JSON around the text
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLOSE = {"Connection": "close"}  # after an unread body: the connection cannot be reused
 
 
 def body_limit(context: int) -> int:
@@ -32,8 +40,10 @@ def body_limit(context: int) -> int:
     return context * MAX_BYTES_PER_TOKEN + BODY_SLACK
 
 
-def create_app(service: Service) -> FastAPI:
-    """The HTTP API of `service`; closing the app stops its worker."""
+def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
+    """The HTTP API of `service` within `limits` (default: `Limits()`); closing the app stops
+    its worker."""
+    limits = limits or Limits()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,13 +51,18 @@ def create_app(service: Service) -> FastAPI:
         service.close()
 
     app = FastAPI(
-        title="gptoss-lite", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
+        title="gptoss-lite",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+        redirect_slashes=False,
     )
-    app.add_middleware(BodyLimit, limit=body_limit(service.context))
+    app.add_middleware(BodyGuard, limit=body_limit(service.context), timeout=limits.body_timeout)
+    app.add_middleware(KeyCheck, key=service.api_key)  # outermost: before the body is read
     install_handlers(app)
-    store = responses_api.ResponseStore()
-    auth = [Depends(_auth(service.api_key))]
-    app.mount("/api", ollama_app(service, auth[0]))
+    store = ResponseStore(limits.store_bytes)
+    app.mount("/api", ollama_app(service))
 
     @app.get("/health")
     async def health() -> dict:
@@ -55,7 +70,7 @@ def create_app(service: Service) -> FastAPI:
         queue = {"running": running, "waiting": waiting, "max_waiting": service.queue.max_waiting}
         return {"status": "ok", "model": service.model_id, "queue": queue}
 
-    @app.get("/v1/models", dependencies=auth)
+    @app.get("/v1/models")
     async def models() -> dict:
         model = {
             "id": service.model_id,
@@ -66,78 +81,112 @@ def create_app(service: Service) -> FastAPI:
         }
         return {"object": "list", "data": [model]}
 
-    @app.post("/v1/chat/completions", dependencies=auth)
-    async def chat_completions(body: chat_api.ChatRequest, request: Request):
-        pending = chat_api.prepare(body, service)
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        body = await read_body(request, chat_api.ChatRequest)
+        pending = await off_loop(chat_api.prepare, body, service)
+        pending.job = service.submit(pending.prepared)
         if body.stream:
+            await begin(pending.job, request)
             events = chat_api.stream(pending, service)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         done = await collect(pending.job, pending.reply, request)
         return chat_api.completion(pending, done, service)
 
-    @app.post("/v1/responses", dependencies=auth)
-    async def responses(body: responses_api.ResponsesRequest, request: Request):
-        pending = responses_api.prepare(body, service, store)
+    @app.post("/v1/responses")
+    async def responses(request: Request):
+        body = await read_body(request, responses_api.ResponsesRequest)
+        pending = await off_loop(responses_api.prepare, body, service, store)
+        pending.job = service.submit(pending.prepared)
         if body.stream:
+            await begin(pending.job, request)
             events = responses_api.stream(pending, store)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
         done = await collect(pending.job, pending.reply, request)
         return responses_api.finish(pending, done, store)
 
-    @app.post("/v1/completions", dependencies=auth)
-    async def completions(body: completions_api.CompletionRequest, request: Request):
-        job, reply = completions_api.prepare(body, service)
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        body = await read_body(request, completions_api.CompletionRequest)
+        prepared = await off_loop(completions_api.prepare, body, service)
+        job = service.submit(prepared)
         if body.stream:
-            events = completions_api.stream(body, job, reply, service)
+            await begin(job, request)
+            events = completions_api.stream(body, job, prepared.reply, service)
             return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await collect(job, reply, request)
-        return completions_api.completion(body, reply, done, service)
+        done = await collect(job, prepared.reply, request)
+        return completions_api.completion(body, prepared.reply, done, service)
 
     return app
 
 
-def _auth(key: str | None) -> Callable[[Request], Awaitable[None]]:
-    async def check(request: Request) -> None:
-        if key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given:
-            raise ApiError(
-                401, "missing API key: send 'Authorization: Bearer KEY'", code="invalid_api_key"
-            )
-        if not hmac.compare_digest(given.strip().encode(), key.encode()):
-            raise ApiError(401, "incorrect API key provided", code="invalid_api_key")
+class KeyCheck:
+    """ASGI middleware: 401 for a request to /v1 or /api (but /api/version) without the bearer
+    `key` (when there is one), before its body is read, in the shape of the API asked (Ollama's
+    under /api). The key is compared as the UTF-8 bytes the client sent."""
 
-    return check
+    def __init__(self, app: Callable, key: str | None) -> None:
+        self.app, self.key = app, key.encode() if key else None
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "")
+        guarded = path.startswith(("/v1/", "/api/")) and path != "/api/version"
+        if scope["type"] == "http" and self.key and guarded:
+            error = self._refusal(dict(scope["headers"]).get(b"authorization", b""))
+            if error is not None:
+                body = {"error": error.message} if path.startswith("/api/") else error.body()
+                return await JSONResponse(body, error.status)(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _refusal(self, header: bytes) -> ApiError | None:
+        scheme, _, given = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not given.strip():
+            message = "missing API key: send 'Authorization: Bearer KEY'"
+            return ApiError(401, message, code="invalid_api_key")
+        if not hmac.compare_digest(given.strip(), self.key):
+            return ApiError(401, "incorrect API key provided", code="invalid_api_key")
+        return None
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for a request body over `limit` bytes, declared or sent."""
+class BodyGuard:
+    """ASGI middleware: 413 for a request body over `limit` bytes (declared or sent), 408 for
+    one that has not all arrived `timeout` seconds after the app first asked for it."""
 
-    def __init__(self, app: Callable, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Callable, limit: int, timeout: float) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.limit:
-            return await self._refuse(scope, receive, send)
-        seen = 0
+            return await self._too_large().response()(scope, receive, send)
+        seen, deadline, done = 0, None, False
 
-        async def counted() -> dict:
-            nonlocal seen
-            message = await receive()
+        async def guarded() -> dict:
+            nonlocal seen, deadline, done
+            if done:
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.timeout
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
+                raise self._too_slow() from None
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise HTTPException(413, self._message())
+                raise self._too_large()
+            done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
-        await self.app(scope, counted, send)
+        await self.app(scope, guarded, send)
 
-    def _message(self) -> str:
-        return f"the request body is larger than {self.limit:,} bytes, more than the context holds"
+    def _too_large(self) -> ApiError:
+        message = (
+            f"the request body is larger than {self.limit:,} bytes, more than the context holds"
+        )
+        return ApiError(413, message, code="request_too_large", headers=CLOSE)
 
-    async def _refuse(self, scope: dict, receive: Callable, send: Callable) -> None:
-        error = ApiError(413, self._message(), code="request_too_large")
-        await error.response()(scope, receive, send)
+    def _too_slow(self) -> ApiError:
+        message = f"the request body did not arrive within {self.timeout:g} seconds"
+        return ApiError(408, message, code="request_timeout", headers=CLOSE)

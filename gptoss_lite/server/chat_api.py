@@ -22,17 +22,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply, new_id
 from ..engine.logprobs import MAX_TOP
+from ..engine.sampling import SEEDS
 from . import conversation as conv
-from .errors import ApiError
+from .errors import ApiError, shown
 from .logprobs import entries
-from .service import Service, changes, guarded, sse
+from .service import DONE, Prepared, Service, changes, guarded, sse, sse_error
 from .tools import Declared, chat_tools, custom_input
 from .worker import Done, Job
 
-SEED_RANGE = {"ge": -(1 << 63), "lt": 1 << 64}  # what torch.Generator.manual_seed accepts
+SEED_RANGE = {"ge": 0, "lt": SEEDS}  # what the sampler takes
 
 
 class _Body(BaseModel):
@@ -117,16 +118,21 @@ class ChatRequest(SamplingFields):
 
 @dataclass
 class Pending:
-    """A completion being generated: the request, its tools, and where the reply goes."""
+    """A completion being generated: the request, its tools, what to generate and, once
+    queued, its job."""
 
     body: ChatRequest
     tools: Declared
-    job: Job
-    reply: Reply
+    prepared: Prepared
+    job: Job | None = None
+
+    @property
+    def reply(self) -> Reply:
+        return self.prepared.reply
 
 
 def prepare(body: ChatRequest, service: Service) -> Pending:
-    """Render the request, check it fits, and queue its generation."""
+    """Render the request and check it fits."""
     service.check_model(body.model)
     instructions, turns = harmony_turns(body.messages)
     tools, forced = chat_tools(body.tools).chosen(body.tool_choice)
@@ -137,8 +143,7 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
         effort=body.reasoning_effort,
         effort_param="reasoning_effort",
     )
-    call = conv.forced_call(forced, service.tokenizer)
-    prompt = render_prompt(chat, service.tokenizer) + call
+    prompt, call = conv.render(chat, forced, service, "messages")
     limit = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
     if body.top_logprobs is not None and not body.logprobs:
         message = "top_logprobs: asks for alternatives, which come with logprobs: true"
@@ -153,7 +158,7 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, body.stops, tools=tools.names, prefix=call)
-    return Pending(body, tools, service.submit(prompt, sampling), reply)
+    return Pending(body, tools, Prepared(prompt, sampling, reply))
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:
@@ -183,7 +188,7 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
             if not name:
                 raise ApiError(
                     400,
-                    f"messages.{i}: tool_call_id {message.tool_call_id!r} names no earlier "
+                    f"messages.{i}: tool_call_id {shown(message.tool_call_id)} names no earlier "
                     "tool call",
                     param=f"messages.{i}.tool_call_id",
                 )
@@ -274,9 +279,9 @@ def stream(pending: Pending, service: Service) -> AsyncIterator[str]:
                 for change in item:
                     if (delta := _delta(pending, change)) is not None:
                         yield chunk(delta, logprobs=_logprobs(pending, change.logprobs, service))
-        yield "data: [DONE]\n\n"
+        yield DONE
 
-    return guarded(events(), job, lambda error: sse(error.body()))
+    return guarded(events(), job, sse_error)
 
 
 def _delta(pending: Pending, change: Change) -> dict | None:

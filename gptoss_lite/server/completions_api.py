@@ -19,7 +19,7 @@ from ..chat.tokens import ENDOFTEXT
 from .chat_api import SamplingFields, usage
 from .errors import ApiError
 from .logprobs import legacy
-from .service import Service, changes, guarded, sse
+from .service import DONE, Prepared, Service, changes, guarded, sse, sse_error
 from .worker import Done, Job
 
 DEFAULT_MAX_TOKENS = 16
@@ -28,18 +28,15 @@ MAX_LEGACY_TOP = 5  # the most alternatives this API lets a client ask for
 
 class CompletionRequest(SamplingFields):
     model: str
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]
     max_tokens: int | None = Field(DEFAULT_MAX_TOKENS, ge=1)
     logprobs: int | None = Field(None, ge=0, le=MAX_LEGACY_TOP)
 
 
-def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
-    """Encode the prompt, check it fits, and queue its generation."""
+def prepare(body: CompletionRequest, service: Service) -> Prepared:
+    """Encode the prompt (or take its token ids) and check it fits."""
     service.check_model(body.model)
-    texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-    if len(texts) != 1:
-        raise ApiError(400, "prompt: give one prompt per request", param="prompt")
-    prompt = service.tokenizer.encode(texts[0])
+    prompt = _prompt(body.prompt, service)
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_tokens,
@@ -50,8 +47,30 @@ def prepare(body: CompletionRequest, service: Service) -> tuple[Job, Reply]:
         seed=body.seed,
         logprobs=body.logprobs,
     )
-    job = service.submit(prompt, sampling, stop=(ENDOFTEXT,))
-    return job, Reply(service.tokenizer, body.stops, harmony=False)
+    reply = Reply(service.tokenizer, body.stops, harmony=False)
+    return Prepared(prompt, sampling, reply, stop=(ENDOFTEXT,))
+
+
+def _prompt(prompt: str | list[str] | list[int] | list[list[int]], service: Service) -> list[int]:
+    """The prompt's token ids: a text encoded as it is, or token ids as given (in the vocabulary);
+    a list must hold exactly one prompt."""
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], int):
+        prompt = [prompt]
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if len(prompts) != 1:
+        raise ApiError(400, "prompt: give one prompt per request", param="prompt")
+    if isinstance(prompts[0], str):
+        text = prompts[0]
+        service.check_text(len(text.encode()), "prompt")
+        return service.tokenizer.encode(text)
+    ids, vocab = prompts[0], service.tokenizer.n_vocab
+    if not ids:
+        raise ApiError(400, "prompt: the token ids are empty", param="prompt")
+    outside = next((i for i in ids if not 0 <= i < vocab), None)
+    if outside is not None:
+        message = f"prompt: token id {outside} is not in the vocabulary [0, {vocab})"
+        raise ApiError(400, message, param="prompt", code="invalid_value")
+    return ids
 
 
 def completion(body: CompletionRequest, reply: Reply, done: Done, service: Service) -> dict:
@@ -86,9 +105,9 @@ def stream(body: CompletionRequest, job: Job, reply: Reply, service: Service) ->
                             change.text, None, _logprobs(body, change.logprobs, sent, service)
                         )
                         sent += len(change.text)
-        yield "data: [DONE]\n\n"
+        yield DONE
 
-    return guarded(events(), job, lambda error: sse(error.body()))
+    return guarded(events(), job, sse_error)
 
 
 def _logprobs(body: CompletionRequest, logprobs, offset: int, service: Service) -> dict | None:

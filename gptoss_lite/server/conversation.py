@@ -18,19 +18,22 @@ from dataclasses import replace
 from typing import Any
 
 from ..chat.harmony import (
+    EFFORTS,
     Conversation,
     Message,
     ToolDef,
     ToolNamespace,
     check_effort,
     check_tool_name,
+    prompt_size,
     render_prompt,
     tool_recipient,
 )
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import CHANNEL, CONSTRAIN, MESSAGE
 from ..errors import GptossError
-from .errors import ApiError
+from .errors import ApiError, shown
+from .service import Service
 
 
 def conversation(
@@ -45,8 +48,9 @@ def conversation(
     """The harmony conversation of a request."""
     try:
         effort = check_effort(effort or "medium")
-    except GptossError as error:
-        raise ApiError(400, str(error), param=effort_param, code="invalid_value") from None
+    except GptossError:
+        message = f"{effort_param}: {shown(effort)} is not one of: {', '.join(EFFORTS)}"
+        raise ApiError(400, message, param=effort_param, code="invalid_value") from None
     texts = [text for text in instructions if text]
     return Conversation(
         messages=keep_chain_reasoning(messages),
@@ -56,6 +60,16 @@ def conversation(
         reasoning_effort=effort,
         date=datetime.date.today().isoformat(),
     )
+
+
+def render(
+    chat: Conversation, forced: str | None, service: Service, param: str
+) -> tuple[list[int], list[int]]:
+    """The prompt of `chat` (ending in the forced call's header, if any) and that header; a
+    text too large for the context is refused before it is tokenized."""
+    service.check_text(prompt_size(chat), param)
+    call = forced_call(forced, service.tokenizer)
+    return render_prompt(chat, service.tokenizer) + call, call
 
 
 def truncated(chat: Conversation, tokenizer: Tokenizer, budget: int) -> Conversation:
@@ -137,15 +151,17 @@ def tools_for(
         return tools, "functions."
     named = tool_choice.get("function", tool_choice) if isinstance(tool_choice, dict) else None
     name = named.get("name") if isinstance(named, dict) else None
-    if name is None:
+    if not isinstance(name, str):
         raise ApiError(
             400,
-            f"{param} {json.dumps(tool_choice)}: use 'auto', 'none', 'required' or a function",
+            f"{param} {shown(tool_choice)}: use 'auto', 'none', 'required' or a function name",
             param=param,
             code="invalid_value",
         )
     if name not in {tool.name for tool in tools}:
-        raise ApiError(400, f"{param} names {name!r}, which is not among the tools", param=param)
+        raise ApiError(
+            400, f"{param} names {shown(name)}, which is not among the tools", param=param
+        )
     return tools, f"functions.{name}"
 
 

@@ -1,9 +1,9 @@
 """Errors in the shape of the OpenAI API: `{"error": {"message", "type", "param", "code"}}`.
 
 `ApiError` carries an HTTP status and those four fields; `install_handlers` makes every failure
-of the app answer in that shape: an `ApiError`, a body that is not valid JSON or does not match
-the request schema (400, naming the field), an unknown path or method, a `GptossError` from the
-project (400: it describes the request) and anything else (500).
+of the app answer in that shape: an `ApiError` (such as a body that is not valid JSON or does not
+match the request schema: 400, naming the field, see `body`), an unknown path or method, a
+`GptossError` from the project (400: it describes the request) and anything else (500).
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import GptossError
 
 INVALID = "invalid_request_error"
+SHOWN_CHARS = 40  # of a value or a path component a message quotes
+SHOWN_PARTS = 8  # of a path a message names
 _log = logging.getLogger("gptoss_lite.server")
 
 
@@ -54,10 +55,6 @@ def install_handlers(app: FastAPI) -> None:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc.errors()).response()
-
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
@@ -83,9 +80,23 @@ def internal_error(exc: BaseException) -> ApiError:
 def validation_error(errors: list[dict]) -> ApiError:
     """A 400 naming the first field that is wrong, e.g. "messages.0.role: Input should be ..."."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-    if first.get("type") == "json_invalid":
-        return ApiError(400, f"the body is not valid JSON: {first['msg']}", code="invalid_json")
-    where = [str(part) for part in first.get("loc", ()) if part != "body"]
-    param = ".".join(where) or None
+    param = field_path(first.get("loc", ()))
     message = f"{param}: {first['msg']}" if param else str(first["msg"])
     return ApiError(400, message, param=param, code="invalid_value")
+
+
+def field_path(parts: tuple | list) -> str | None:
+    """The dotted name of a field, e.g. "messages.0.content" (long keys and paths cut)."""
+    if not parts:
+        return None
+    shown = [_cut(str(part)) for part in parts[:SHOWN_PARTS]]
+    return ".".join(shown) + (".…" if len(parts) > SHOWN_PARTS else "")
+
+
+def shown(value: object) -> str:
+    """`repr(value)`, cut to a length a one-line message can quote."""
+    return _cut(repr(value))
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= SHOWN_CHARS else f"{text[: SHOWN_CHARS - 1]}…"

@@ -7,7 +7,7 @@ immediate success; any other name: Ollama's error), `POST /chat` and `POST /gene
 default), errors as `{"error": "..."}` with the HTTP status (inside a stream, as its last line).
 The version reported is the first Ollama release with the Responses API on /v1, which clients
 such as Codex require; it is not the version of an Ollama server. Behind `--api-key` like /v1,
-except /version.
+except /version (app.KeyCheck); bodies are read as strictly as /v1's (body.py).
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ import hashlib
 import json
 import logging
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
 from ..memory.plan import weight_bytes
 from . import ollama_chat
-from .errors import ApiError, internal_error, validation_error
+from .body import read_body
+from .errors import ApiError, internal_error
 from .ollama_chat import NDJSON, known, lines, timestamp
 from .service import Service
 
@@ -49,22 +49,22 @@ class NameRequest(_Body):
         return self.model or self.name
 
 
-def ollama_app(service: Service, auth: Depends) -> FastAPI:
-    """The Ollama API of `service`; `auth` checks the API key."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+def ollama_app(service: Service) -> FastAPI:
+    """The Ollama API of `service`."""
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     _install_handlers(app)
-    guarded = [auth]
 
     @app.get("/version")
     async def version() -> dict:
         return {"version": OLLAMA_VERSION}
 
-    @app.get("/tags", dependencies=guarded)
+    @app.get("/tags")
     async def tags() -> dict:
         return {"models": [_listed(service, name) for name in service.names]}
 
-    @app.post("/show", dependencies=guarded)
-    async def show(body: NameRequest) -> dict:
+    @app.post("/show")
+    async def show(request: Request) -> dict:
+        body = await read_body(request, NameRequest)
         name = known(service, body.which)
         config = service.config
         info = {
@@ -87,20 +87,23 @@ def ollama_app(service: Service, auth: Depends) -> FastAPI:
             "modified_at": started(service),
         }
 
-    @app.post("/pull", dependencies=guarded)
-    async def pull(body: NameRequest):
+    @app.post("/pull")
+    async def pull(request: Request):
+        body = await read_body(request, NameRequest)
         known(service, body.which)  # a name this server does not serve: Ollama's error
         done = {"status": "success"}
         if not body.stream:
             return done
         return StreamingResponse(lines([done]), media_type=NDJSON)
 
-    @app.post("/chat", dependencies=guarded)
-    async def chat(body: ollama_chat.ChatBody, request: Request):
+    @app.post("/chat")
+    async def chat(request: Request):
+        body = await read_body(request, ollama_chat.ChatBody)
         return await ollama_chat.chat(body, service, request)
 
-    @app.post("/generate", dependencies=guarded)
-    async def generate(body: ollama_chat.GenerateBody, request: Request):
+    @app.post("/generate")
+    async def generate(request: Request):
+        body = await read_body(request, ollama_chat.GenerateBody)
         return await ollama_chat.generate(body, service, request)
 
     return app
@@ -153,10 +156,6 @@ def _install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return answer(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return answer(validation_error(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

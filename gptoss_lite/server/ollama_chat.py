@@ -26,16 +26,17 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from ..engine.logprobs import MAX_TOP
+from ..engine.sampling import SEEDS
 from . import conversation as conv
 from .chat_api import CalledFunction, ChatMessage, ChatTool, ToolCallIn, harmony_turns
-from .errors import ApiError
+from .errors import ApiError, shown
 from .logprobs import entries
-from .service import Service, changes, collect, guarded
+from .service import Prepared, Service, begin, changes, collect, guarded, off_loop
 from .worker import Done, Job
 
 NDJSON = "application/x-ndjson"
@@ -53,7 +54,7 @@ class Options(_Body):
     temperature: float | None = Field(None, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
     top_k: int | None = None  # 0 or less: no top-k
-    seed: int | None = None  # negative: a random seed
+    seed: int | None = Field(None, lt=SEEDS)  # negative: a random seed
     num_predict: int | None = None  # -1 (no limit) and -2 (fill the context) are no limit
     stop: str | list[str] | None = None
 
@@ -113,6 +114,13 @@ async def chat(body: ChatBody, service: Service, request: Request):
     _refuse_unsupported(body)
     if not body.messages:
         return _loaded(name, {"message": {"role": "assistant", "content": ""}})
+    prepared = await off_loop(_chat_prepared, body, service)
+    shape = _ChatShape(name, prepared.reply, _reader(body, service))
+    return await _answer(body, shape, service, prepared, request, start)
+
+
+def _chat_prepared(body: ChatBody, service: Service) -> Prepared:
+    """The chat rendered and checked (off the event loop)."""
     instructions, turns = harmony_turns(_chat_messages(body.messages))
     tools = [
         conv.function_tool(
@@ -124,10 +132,9 @@ async def chat(body: ChatBody, service: Service, request: Request):
         turns, instructions=instructions, tools=tools, effort=_effort(body.think),
         effort_param="think",
     )  # fmt: skip
-    prompt = render_prompt(chat, service.tokenizer)
-    job = service.submit(prompt, _sampling(service, prompt, body, "messages"))
+    prompt, _ = conv.render(chat, None, service, "messages")
     reply = Reply(service.tokenizer, body.options.stops, tools=[t.name for t in tools])
-    return await _answer(body, _ChatShape(name, reply, _reader(body, service)), job, request, start)
+    return Prepared(prompt, _sampling(service, prompt, body, "messages"), reply)
 
 
 async def generate(body: GenerateBody, service: Service, request: Request):
@@ -139,7 +146,15 @@ async def generate(body: GenerateBody, service: Service, request: Request):
         raise ApiError(400, "suffix: gpt-oss does not fill in the middle", param="suffix")
     if not body.prompt:
         return _loaded(name, {"response": ""})
+    prepared = await off_loop(_generate_prepared, body, service)
+    shape = _GenerateShape(name, prepared.reply, _reader(body, service))
+    return await _answer(body, shape, service, prepared, request, start)
+
+
+def _generate_prepared(body: GenerateBody, service: Service) -> Prepared:
+    """The prompt rendered (or, raw, encoded as it is) and checked (off the event loop)."""
     if body.raw:
+        service.check_text(len(body.prompt.encode()), "prompt")
         prompt = service.tokenizer.encode(body.prompt)
         reply = Reply(service.tokenizer, body.options.stops, harmony=False)
         stop = (ENDOFTEXT,)  # plain text ends there, as in /v1/completions
@@ -148,12 +163,10 @@ async def generate(body: GenerateBody, service: Service, request: Request):
             [Message.user(body.prompt)], instructions=[body.system], tools=[],
             effort=_effort(body.think), effort_param="think",
         )  # fmt: skip
-        prompt = render_prompt(chat, service.tokenizer)
+        prompt, _ = conv.render(chat, None, service, "prompt")
         reply = Reply(service.tokenizer, body.options.stops)
         stop = STOP_TOKENS
-    job = service.submit(prompt, _sampling(service, prompt, body, "prompt"), stop)
-    shape = _GenerateShape(name, reply, _reader(body, service))
-    return await _answer(body, shape, job, request, start)
+    return Prepared(prompt, _sampling(service, prompt, body, "prompt"), reply, stop)
 
 
 def known(service: Service, name: str) -> str:
@@ -162,8 +175,8 @@ def known(service: Service, name: str) -> str:
         return name
     raise ApiError(
         404,
-        f"model {name!r} not found: this server serves {', '.join(service.names)} and does not "
-        "download models",
+        f"model {shown(name)} not found: this server serves {', '.join(service.names)} and "
+        "does not download models",
     )
 
 
@@ -333,8 +346,12 @@ def _call(part: Part, reply: Reply) -> dict:
     return {"id": part.call_id, "function": function}
 
 
-async def _answer(body: _Request, shape, job: Job, request: Request, start: float):
+async def _answer(
+    body: _Request, shape, service: Service, prepared: Prepared, request: Request, start: float
+):
+    job = service.submit(prepared)
     if body.stream:
+        await begin(job, request)
         events = guarded(lines(_stream(shape, job, start)), job, _error_line)
         return StreamingResponse(events, media_type=NDJSON)
     done = await collect(job, shape.reply, request)

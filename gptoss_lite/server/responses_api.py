@@ -13,40 +13,42 @@ sequence: `response.created`, `response.in_progress`, per item `response.output_
 deltas (`response.reasoning_text.delta` or the summary's part and text events,
 `response.output_text.delta`, `response.function_call_arguments.delta`,
 `response.custom_tool_call_input.delta`) and `.done` events, `response.output_item.done`, then
-`response.completed` (or `response.incomplete` at the limit). `include:
+`response.completed` (or `response.incomplete` at the limit, or at shutdown). `include:
 ["message.output_text.logprobs"]` or `top_logprobs` add the answer tokens' log-probabilities to
 its text and deltas. With `include: ["reasoning.encrypted_content"]` a reasoning item carries
 `encrypted_content: null`: the analysis is plain text that the client sends back in the item, so
 there is nothing to encrypt. The response echoes the request's settings: `parallel_tool_calls`
 as asked (gpt-oss makes one call a turn either way), `prompt_cache_key`, `safety_identifier`,
 `service_tier`, `truncation`. A stored response (the default) can be continued with
-`previous_response_id`: its turns are kept in memory, the newest `STORED_RESPONSES` of them.
+`previous_response_id`: its turns are kept in memory (`store.ResponseStore`, within a byte
+budget).
 """
 
 from __future__ import annotations
 
 import itertools
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from ..chat.harmony import Message, render_prompt
+from ..chat.harmony import Message
 from ..chat.reply import Change, Part, Reply, new_id
 from ..chat.tokenizer import Tokenizer
 from ..engine.logprobs import MAX_TOP
 from . import conversation as conv
-from .errors import ApiError
+from .errors import ApiError, shown
 from .logprobs import entries
-from .service import Service, changes, guarded, sse
+from .service import Prepared, Service, changes, guarded, sse
+from .store import ResponseStore, Turns
 from .tools import Declared, custom_input, responses_tools
 from .worker import Done, Job
 
-STORED_RESPONSES = 512  # the oldest stored response is forgotten beyond this many
+INCOMPLETE = {"length": "max_output_tokens", "interrupted": "interrupted"}  # finish -> reason
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]  # the OpenAI API's limits
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 OUTPUTS = ("function_call_output", "custom_tool_call_output")
 
 
@@ -100,7 +102,7 @@ class ResponsesRequest(_Body):
     stream: bool = False
     previous_response_id: str | None = None
     store: bool = True
-    metadata: dict[str, Any] | None = None
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
     include: list[Include] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     prompt_cache_key: str | None = None  # the prefix cache needs no key: the runner finds it
@@ -127,57 +129,26 @@ class ResponsesRequest(_Body):
 
 
 @dataclass
-class Turns:
-    """A conversation's harmony turns so far and the function name of each call id in them."""
-
-    messages: list[Message] = field(default_factory=list)
-    names: dict[str, str] = field(default_factory=dict)
-
-
-class ResponseStore:
-    """The turns of the newest stored responses, by response id."""
-
-    def __init__(self, limit: int = STORED_RESPONSES) -> None:
-        self.limit = limit
-        self._turns: OrderedDict[str, Turns] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, response_id: str) -> Turns:
-        with self._lock:
-            turns = self._turns.get(response_id)
-        if turns is None:
-            raise ApiError(
-                400,
-                f"previous response {response_id!r} not found (this server keeps the newest "
-                f"{self.limit} in memory)",
-                param="previous_response_id",
-                code="previous_response_not_found",
-            )
-        return Turns(list(turns.messages), dict(turns.names))
-
-    def put(self, response_id: str, turns: Turns) -> None:
-        with self._lock:
-            self._turns[response_id] = turns
-            while len(self._turns) > self.limit:
-                self._turns.popitem(last=False)
-
-
-@dataclass
 class Pending:
-    """A response being generated: the request, its turns, its tools, and where the reply goes."""
+    """A response being generated: the request, its turns, its tools, what to generate and,
+    once queued, its job."""
 
     body: ResponsesRequest
     turns: Turns
     tools: Declared
-    job: Job
-    reply: Reply
+    prepared: Prepared
     tokenizer: Tokenizer
+    job: Job | None = None
     id: str = field(default_factory=lambda: new_id("resp_"))
     created_at: int = field(default_factory=lambda: int(time.time()))
 
+    @property
+    def reply(self) -> Reply:
+        return self.prepared.reply
+
 
 def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> Pending:
-    """Render the request after any previous response, check it fits, and queue it."""
+    """Render the request after any previous response and check it fits."""
     service.check_model(body.model)
     if body.background:
         raise ApiError(400, "background: responses run in the foreground here", param="background")
@@ -193,11 +164,11 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         effort=body.reasoning.effort if body.reasoning else None,
         effort_param="reasoning.effort",
     )
-    call = conv.forced_call(forced, service.tokenizer)
-    room = body.max_output_tokens or 1
-    if body.truncation == "auto":
-        chat = conv.truncated(chat, service.tokenizer, service.context - room - len(call))
-    prompt = render_prompt(chat, service.tokenizer) + call
+    if body.truncation == "auto":  # the oldest turns go until the input fits
+        header = len(conv.forced_call(forced, service.tokenizer))
+        room = service.context - (body.max_output_tokens or 1) - header
+        chat = conv.truncated(chat, service.tokenizer, room)
+    prompt, call = conv.render(chat, forced, service, "input")
     sampling = service.sampling(
         prompt,
         max_tokens=body.max_output_tokens,
@@ -208,8 +179,7 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, tools=tools.names, prefix=call)
-    job = service.submit(prompt, sampling)
-    return Pending(body, turns, tools, job, reply, service.tokenizer)
+    return Pending(body, turns, tools, Prepared(prompt, sampling, reply), service.tokenizer)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -247,12 +217,12 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
 
 def _unsupported(item: InputItem) -> str:
     if item.type == "message":
-        return f"message role {item.role!r} is not one of: user, assistant, system, developer"
+        return f"message role {shown(item.role)} is not one of: user, assistant, system, developer"
     if item.type in ("function_call", "custom_tool_call"):
         return f"a {item.type} needs a name and a call_id"
     if item.type in OUTPUTS:
-        return f"call_id {item.call_id!r} names no earlier tool call"
-    return f"input items of type {item.type!r} are not supported"
+        return f"call_id {shown(item.call_id)} names no earlier tool call"
+    return f"input items of type {shown(item.type)} are not supported"
 
 
 def _text(content: str | list[dict[str, Any]] | None, where: str) -> str:
@@ -273,11 +243,11 @@ def finish(pending: Pending, done: Done, store: ResponseStore) -> dict:
             if part.kind == "tool_call":
                 turns.names[part.call_id] = _qualified(part)
         store.put(pending.id, turns)
-    incomplete = pending.reply.finish_reason(done.finish_reason) == "length"
+    reason = INCOMPLETE.get(pending.reply.finish_reason(done.finish_reason))
     return {
-        **_response(pending, "incomplete" if incomplete else "completed"),
+        **_response(pending, "incomplete" if reason else "completed"),
         "output": [_item(pending, part, "completed") for part in pending.reply.parts],
-        "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+        "incomplete_details": {"reason": reason} if reason else None,
         "usage": usage(pending.reply, done),
     }
 
@@ -401,7 +371,11 @@ def stream(pending: Pending, store: ResponseStore) -> AsyncIterator[str]:
                     for kind, data in _events(pending, change):
                         yield event(kind, **data)
 
-    return guarded(events(), pending.job, lambda error: event("error", **error.body()["error"]))
+    def error_event(error: ApiError) -> str:  # the error's own "type" has no place here
+        fields = error.body()["error"]
+        return event("error", code=fields["code"], message=fields["message"], param=fields["param"])
+
+    return guarded(events(), pending.job, error_event)
 
 
 def _events(pending: Pending, change: Change) -> list[tuple[str, dict]]:

@@ -3,11 +3,16 @@
 `Service` holds the runner (through its `GenerationQueue`), the tokenizer, the model's names and
 the API key. The model answers to its id (a Hub id or a folder's name, also without the part
 before a "/") and, when its geometry is a published one, to Ollama's name for it ("gpt-oss:20b",
-"gpt-oss:120b"), which `codex --oss` asks for. Endpoints ask it to check the model name, to size
-a request against the context (`sampling`: a prompt that does not fit or a `max_tokens` beyond
-what remains is a 400 with the numbers), to queue a job (`submit`: 503 with Retry-After when the
-queue is full) and to run a job into a `chat.reply.Reply` (`changes`), cancelling it when a stop
-string ends the visible text or the client goes away (`watch_disconnect`).
+"gpt-oss:120b"), which `codex --oss` asks for. An endpoint makes its request ready off the event
+loop (`off_loop`: rendering and tokenizing take time) as a `Prepared` (prompt, sampling, the
+`chat.reply.Reply` to read the output into), asking the service to check the model name, the
+size of the text before it is tokenized (`check_text`) and the prompt and `max_tokens` against
+the context (`sampling`: a 400 with the numbers). Then it queues the job (`submit`: 503 with
+Retry-After when the queue is full, 503 once shutting down), waits for it to start before
+answering a stream (`begin`: a job refused at shutdown is a 503, not a broken stream) and runs it
+into the reply (`changes`, `collect`), cancelling it when a stop string ends the visible text or
+the client goes away (`watch_disconnect`). `shutdown()` (the first signal) ends every job at
+once; `close()` also waits for the worker.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from starlette.requests import Request
 
@@ -29,12 +36,33 @@ from ..engine.generate import check_fits
 from ..engine.runner import Runner
 from ..engine.sampling import Sampling
 from ..errors import GptossError
-from .errors import ApiError, internal_error
-from .worker import Done, Failed, GenerationQueue, Job, QueueFull, Token
+from .errors import ApiError, internal_error, shown
+from .worker import Closed, Done, Failed, GenerationQueue, Job, QueueFull, Token
 
 OLLAMA_NAMES = {"gpt-oss-20b": "gpt-oss:20b", "gpt-oss-120b": "gpt-oss:120b"}  # by preset
 RETRY_AFTER_S = 1  # what a client told the queue is full waits before trying again
 DEFAULT_MAX_QUEUE = 16
+DONE = "data: [DONE]\n\n"  # the last event of a Chat Completions or Completions stream
+CLOSE_WAIT_S = 10.0  # the longest closing waits for the worker to finish a forward pass
+P, R = ParamSpec("P"), TypeVar("R")
+
+
+@dataclass
+class Prepared:
+    """A request made ready to generate: its prompt, how to sample it, the reply to read the
+    tokens into, and the tokens that end the generation."""
+
+    prompt: list[int]
+    sampling: Sampling
+    reply: Reply
+    stop: Sequence[int] = STOP_TOKENS
+
+
+def shutting_down() -> ApiError:
+    """The answer to a request the server will not run because it is shutting down."""
+    return ApiError(
+        503, "the server is shutting down", type="server_error", code="server_shutting_down"
+    )
 
 
 class Service:
@@ -74,9 +102,22 @@ class Service:
         if not self.serves(name):
             raise ApiError(
                 404,
-                f"The model {name!r} does not exist: this server serves {self.model_id!r}",
+                f"The model {shown(name)} does not exist: this server serves {self.model_id!r}",
                 param="model",
                 code="model_not_found",
+            )
+
+    def check_text(self, size: int, param: str) -> None:
+        """A 400 for `size` bytes of text that no prompt within the context can hold (each
+        token spells at most `max_token_bytes`), checked before the text is tokenized."""
+        most = self.context * self.tokenizer.max_token_bytes
+        if size > most:
+            raise ApiError(
+                400,
+                f"{param}: {size:,} bytes of text are more than the context of {self.context:,} "
+                f"tokens can hold (at most {most:,} bytes)",
+                param=param,
+                code="context_length_exceeded",
             )
 
     def sampling(
@@ -108,13 +149,13 @@ class Service:
             logprobs=logprobs,
         )
 
-    def submit(
-        self, prompt: list[int], sampling: Sampling, stop: Sequence[int] = STOP_TOKENS
-    ) -> Job:
-        """Queue the generation, or refuse with a 503 when the queue is full."""
-        job = Job(prompt, sampling, tuple(stop))
+    def submit(self, prepared: Prepared) -> Job:
+        """Queue the generation, or refuse with a 503 when the queue is full or closed."""
+        job = Job(prepared.prompt, prepared.sampling, tuple(prepared.stop))
         try:
             self.queue.submit(job)
+        except Closed:
+            raise shutting_down() from None
         except QueueFull:
             raise ApiError(
                 503,
@@ -125,8 +166,27 @@ class Service:
             ) from None
         return job
 
+    def shutdown(self) -> None:
+        """Refuse new jobs, answer the waiting ones with a 503 and interrupt the running one."""
+        self.queue.close(shutting_down())
+
     def close(self) -> None:
-        self.queue.close()
+        """`shutdown`, then wait for the worker to stop."""
+        self.shutdown()
+        self.queue.join(CLOSE_WAIT_S)
+
+
+async def off_loop(function: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """`function(*args)` in a worker thread, so the event loop keeps serving meanwhile."""
+    return await asyncio.to_thread(function, *args, **kwargs)
+
+
+async def begin(job: Job, request: Request) -> None:
+    """Wait until `job` runs (or its client leaves); a job refused meanwhile raises its 503."""
+    async with watch_disconnect(request, job):
+        await job.begun()
+    if job.refusal is not None:
+        raise job.refusal
 
 
 async def changes(job: Job, reply: Reply) -> AsyncIterator[list[Change] | Done]:
@@ -144,13 +204,19 @@ async def changes(job: Job, reply: Reply) -> AsyncIterator[list[Change] | Done]:
                 yield found
             yield event
         elif isinstance(event, Failed):
-            raise internal_error(event.error)
+            error = event.error
+            raise error if isinstance(error, ApiError) else internal_error(error)
+
+
+def sse_error(error: ApiError) -> str:
+    """The error event that ends a Chat Completions or Completions stream, then `[DONE]`."""
+    return sse(error.body()) + DONE
 
 
 def sse(data: dict, event: str | None = None) -> str:
-    """One server-sent event carrying `data` as JSON."""
+    """One server-sent event carrying `data` as JSON (never NaN: that is not JSON)."""
     head = f"event: {event}\n" if event else ""
-    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
+    return f"{head}data: {json.dumps(data, ensure_ascii=False, allow_nan=False)}\n\n"
 
 
 async def guarded(
@@ -169,16 +235,19 @@ async def guarded(
 
 async def collect(job: Job, reply: Reply, request: Request) -> Done:
     """Run the job to its end (or the client's departure) and return its `Done`."""
-    async with watch_disconnect(request, job):
-        async for item in changes(job, reply):
-            if isinstance(item, Done):
-                return item
+    try:
+        async with watch_disconnect(request, job):
+            async for item in changes(job, reply):
+                if isinstance(item, Done):
+                    return item
+    finally:
+        job.cancel()
     raise AssertionError("a job's events end with Done or Failed")
 
 
 @contextlib.asynccontextmanager
 async def watch_disconnect(request: Request, job: Job) -> AsyncIterator[None]:
-    """Cancel `job` as soon as the client of `request` disconnects (or the block is left)."""
+    """Cancel `job` as soon as the client of `request` disconnects during the block."""
 
     async def watch() -> None:
         while (await request.receive())["type"] != "http.disconnect":
@@ -190,7 +259,6 @@ async def watch_disconnect(request: Request, job: Job) -> AsyncIterator[None]:
         yield
     finally:
         task.cancel()
-        job.cancel()
 
 
 def ollama_aliases(config: ModelConfig) -> tuple[str, ...]:

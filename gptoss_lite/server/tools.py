@@ -28,7 +28,7 @@ from typing import Any
 from ..chat.harmony import ToolDef, ToolNamespace, check_tool_name
 from ..errors import GptossError
 from . import conversation as conv
-from .errors import ApiError
+from .errors import ApiError, shown
 
 HOSTED = frozenset(
     {
@@ -121,7 +121,7 @@ def _kind(tool: Any, where: str, known: tuple[str, ...] | None = None) -> str:
     if kind not in types:
         raise ApiError(
             400,
-            f"{where}.type: unknown tool type {kind!r}; known types: {', '.join(types)}",
+            f"{where}.type: unknown tool type {shown(kind)}; known types: {', '.join(types)}",
             param=f"{where}.type",
             code="invalid_value",
         )
