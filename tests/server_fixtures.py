@@ -6,9 +6,10 @@ only). `ScriptedRunner` stands in for a `Runner`: each `generate` call records i
 sampling and yields the tokens of a harmony completion (written as text with markup, tokenized
 with the real o200k vocabulary) up to the first stop token or `max_new_tokens`, optionally
 waiting on a gate before the first token or pausing after each one, so a test can hold the
-queue. `scripted_service` builds a `Service` around one; `serve_http` serves a service for one
-test, `serve_module` for one module (a real model loaded once); `serve` gives the `openai` client
-of a scripted server.
+queue; its `batch()` (what the server's worker drives) runs each request through `generate`,
+a token per sequence a step. `scripted_service` builds a `Service` around one; `serve_http`
+serves a service for one test, `serve_module` for one module (a real model loaded once); `serve`
+gives the `openai` client of a scripted server.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from contextlib import contextmanager
 import openai
 import pytest
 
+from gptoss_lite.chat.stats import ReplyStats
 from gptoss_lite.config import ModelConfig, preset
+from gptoss_lite.engine.batch import Request
+from gptoss_lite.engine.generate import check_fits
 from gptoss_lite.server.http_server import make_server
 from gptoss_lite.server.limits import Limits
 from gptoss_lite.server.service import Service
@@ -66,6 +70,7 @@ class ScriptedRunner:
         self.pause_s = 0.0  # after each token
         self.yielded = 0  # tokens handed out, across calls
         self.sampling: list[dict] = []  # the sampling settings of each call
+        self.caches = [None]  # one sequence at a time, as a runner loaded with parallel=1
 
     def script(self, text: str) -> None:
         """Reply with `text` (harmony markup allowed) from now on."""
@@ -83,6 +88,69 @@ class ScriptedRunner:
             if token in stop:
                 return
             time.sleep(self.pause_s)
+
+    def batch(self) -> ScriptedBatch:
+        return ScriptedBatch(self)
+
+
+class ScriptedSequence:
+    """What the worker reads of an `engine.batch.Sequence`, fed by a `generate` iterator."""
+
+    def __init__(self, request: Request, tokens: Iterator[int], most: int) -> None:
+        self.request, self.tokens, self.max_new_tokens = request, tokens, most
+        self.output: list[int] = []
+        self.finish_reason: str | None = None
+        self.error = self.logprobs = None
+        self.stats = ReplyStats(prompt_tokens=len(request.prompt))
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class ScriptedBatch:
+    """`engine.batch.Batch` as the worker uses it, over `ScriptedRunner.generate`: a step takes
+    the next token of every running sequence (a gate or a pause holds the whole step, as a
+    forward pass would); a `generate` that ends without a stop token or the limit is
+    "interrupted", and one that raises fails the step."""
+
+    def __init__(self, runner: ScriptedRunner) -> None:
+        self.runner, self.running = runner, []
+
+    def add(self, request: Request) -> ScriptedSequence:
+        s = request.sampling
+        most = check_fits(len(request.prompt), s.max_new_tokens, self.runner.context)
+        tokens = self.runner.generate(
+            list(request.prompt),
+            max_new_tokens=most,
+            stop=tuple(request.stop),
+            temperature=s.temperature,
+            top_p=s.top_p,
+            top_k=s.top_k,
+            seed=s.seed,
+        )
+        self.running.append(ScriptedSequence(request, tokens, most))
+        return self.running[-1]
+
+    def cancel(self, sequence: ScriptedSequence) -> None:
+        if sequence in self.running:
+            sequence.finish_reason = "interrupted"
+            self.running.remove(sequence)
+
+    def step(self) -> list[ScriptedSequence]:
+        for sequence in self.running:
+            token = next(sequence.tokens, None)
+            if token is None:
+                sequence.finish_reason = "interrupted"
+                continue
+            sequence.output.append(token)
+            sequence.stats.generated_tokens += 1
+            if token in sequence.request.stop:
+                sequence.finish_reason = "stop"
+            elif len(sequence.output) == sequence.max_new_tokens:
+                sequence.finish_reason = "length"
+        changed, self.running = self.running, [s for s in self.running if not s.finished]
+        return changed
 
 
 @pytest.fixture

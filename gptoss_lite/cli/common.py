@@ -65,12 +65,14 @@ def open_model(
     *,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,
+    parallel: int | None = 1,
 ) -> Model:
     """Find the model and its tokenizer, make the prompt with `prompt_of(tokenizer)`, print the
     memory plan on stderr (refusing a prompt that does not fit it), then read the weights.
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
-    rewind over a whole reply."""
+    rewind over a whole reply. `parallel` sequences (None: the planner's count) get a KV cache
+    each, for a server's batch."""
     profile = resolve_profile(options.profile, options.device, options.budget)
     run_device(profile, options.device)  # before anything is read or downloaded
     source = find_model(options.model)  # from the Hub: the weights come after the plan
@@ -95,6 +97,7 @@ def open_model(
         kv_cache_dtype=options.kv_cache_dtype,
         progress=Progress.on_stderr("loading weights", format_bytes),
         cpu_experts=options.cpu_experts,
+        parallel=parallel,
     )
     runner.progress = Progress.on_stderr("prefill", lambda n: f"{n:,} tokens")
     return Model(runner, tokenizer, time.perf_counter() - start, prompt)

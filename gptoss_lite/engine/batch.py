@@ -8,7 +8,8 @@ prefix with the slot's cache is reused. `step()` advances every sequence once: a
 of `prefill_chunk` tokens of one prompt (the one with the fewest left, so a short request
 answers while a long prompt is still prefilling), then one forward pass over the sequences that
 have a token to feed (`Transformer.decode`). So a request joins at the next step, and the stall
-a prompt adds to the decoding sequences is bounded by one chunk per step. A sequence leaves when
+a prompt adds to the decoding sequences is bounded by one chunk per step (`step_chunk`: the
+plan's chunk, on a CPU at most CPU_STEP_TOKENS). A sequence leaves when
 it samples a stop token or reaches `max_new_tokens` (its last token is never fed, as in
 `Runner.generate`), or is cancelled; its slot keeps its cache for the next request.
 Each sequence samples with its own settings and seeded generator, and its arithmetic does not
@@ -37,6 +38,17 @@ from .logprobs import TokenLogprob, token_logprobs
 from .sampling import Sampling, check_sampling
 
 SIMILAR = 0.5  # a slot whose cache holds at least this share of a prompt is that prompt's own
+# On a CPU a prefill chunk of the plan's size takes seconds to minutes: with other sequences to
+# decode, a step feeds at most this many prompt tokens (about 0.35 s on the 4-layer 20b geometry).
+CPU_STEP_TOKENS = 64
+
+
+def step_chunk(prefill_chunk: int, sequences: int, device: torch.device) -> int:
+    """The prompt tokens a step of a batch of `sequences` feeds: the plan's `prefill_chunk`, but
+    on a CPU no more than CPU_STEP_TOKENS when other sequences may be waiting to decode."""
+    if sequences == 1 or device.type != "cpu":
+        return prefill_chunk
+    return min(prefill_chunk, CPU_STEP_TOKENS)
 
 
 @dataclass(frozen=True)
