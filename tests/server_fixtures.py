@@ -59,7 +59,13 @@ def running(service: Service, limits: Limits | None = None) -> Iterator[str]:
 class ScriptedRunner:
     """Looks like a `Runner` to the server; generates a fixed harmony completion."""
 
-    def __init__(self, tokenizer, context: int = 4096, config: ModelConfig | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        context: int = 4096,
+        config: ModelConfig | None = None,
+        parallel: int = 1,
+    ) -> None:
         self.tokenizer = tokenizer
         self.context = context
         self.config = config or preset("tiny")
@@ -70,7 +76,7 @@ class ScriptedRunner:
         self.pause_s = 0.0  # after each token
         self.yielded = 0  # tokens handed out, across calls
         self.sampling: list[dict] = []  # the sampling settings of each call
-        self.caches = [None]  # one sequence at a time, as a runner loaded with parallel=1
+        self.caches = [None] * parallel  # sequences at once, as a runner loaded with parallel
 
     def script(self, text: str) -> None:
         """Reply with `text` (harmony markup allowed) from now on."""
@@ -199,12 +205,12 @@ def serve(scripted_service, serve_http):
 
 @pytest.fixture
 def scripted_service(o200k_tokenizer) -> Iterator[Callable[..., Service]]:
-    """`scripted_service(text, context=4096, **service_options)` → a `Service` whose runner
-    (`service.runner`, a `ScriptedRunner`) replies `text`; stopped after the test."""
+    """`scripted_service(text, context=4096, parallel=1, **service_options)` → a `Service` whose
+    runner (`service.runner`, a `ScriptedRunner`) replies `text`; stopped after the test."""
     made: list[Service] = []
 
-    def make(text: str = "", context: int = 4096, **options) -> Service:
-        runner = ScriptedRunner(o200k_tokenizer, context)
+    def make(text: str = "", context: int = 4096, parallel: int = 1, **options) -> Service:
+        runner = ScriptedRunner(o200k_tokenizer, context, parallel=parallel)
         runner.script(text)
         made.append(Service(runner, o200k_tokenizer, "gpt-oss-test", **options))
         return made[-1]
