@@ -11,6 +11,7 @@ the steps' batch sizes confirm. The queue, cancellation and `/health` use the sc
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -190,3 +191,39 @@ def _wait(done) -> None:
     while not done():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_shutdown_interrupts_every_running_stream_and_refuses_the_queued(
+    scripted_service, serve_http
+):
+    service = scripted_service("<|channel|>final<|message|>" + "la " * 500, parallel=2)
+    service.runner.pause_s = 0.01
+    base = serve_http(service)
+    body = {"model": "gpt-oss-test", "messages": [{"role": "user", "content": "Hi"}]}
+    finishes: list[str | None] = []
+
+    def stream() -> None:
+        with httpx.stream("POST", f"{base}/v1/chat/completions", json={**body, "stream": True},
+                          timeout=WAIT_S) as response:  # fmt: skip
+            data = [line[6:] for line in response.iter_lines() if line.startswith("data: {")]
+        finishes.append(json.loads(data[-1])["choices"][0]["finish_reason"])
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    _wait(lambda: service.queue.counts() == (2, 0))
+    queued = []
+    waiter = threading.Thread(
+        target=lambda: queued.append(
+            httpx.post(f"{base}/v1/chat/completions", json=body, timeout=WAIT_S)
+        )
+    )
+    waiter.start()
+    _wait(lambda: service.queue.counts() == (2, 1))
+    service.shutdown()
+    for thread in [*threads, waiter]:
+        thread.join(WAIT_S)
+    assert finishes == ["interrupted", "interrupted"]
+    assert queued[0].status_code == 503
+    assert queued[0].json()["error"]["code"] == "server_shutting_down"
+    assert service.runner.yielded < 2 * 500
