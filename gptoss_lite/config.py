@@ -174,11 +174,6 @@ class ModelConfig:
         if unknown:
             raise GptossError(f"config: unknown layer type {sorted(map(str, unknown))[0]!r}")
 
-    @property
-    def q_mult(self) -> int:
-        """Query heads per key/value head (GQA group size)."""
-        return self.num_heads // self.num_kv_heads
-
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == SLIDING
 

@@ -65,13 +65,6 @@ class ConversionPlan:
         return f"model-{k:05d}-of-{len(self.shards) - 1:05d}.safetensors"  # published off-by-one
 
 
-def convert_checkpoint(
-    src: str, dst: str | Path, max_shard_bytes: int = DEFAULT_SHARD_BYTES
-) -> Path:
-    """Quantize the dense experts of `src` (folder or Hub id) into a new MXFP4 checkpoint `dst`."""
-    return write_quantized(plan_conversion(src, dst, max_shard_bytes))
-
-
 def plan_conversion(
     src: str,
     dst: str | Path,

@@ -21,6 +21,7 @@ from gptoss_lite.checkpoint.synthetic import write_synthetic
 from gptoss_lite.cli import main
 from gptoss_lite.config import preset
 from gptoss_lite.engine.runner import Runner
+from gptoss_lite.engine.sampling import Sampling
 
 
 @pytest.fixture(scope="session")
@@ -54,11 +55,11 @@ def scripted(monkeypatch: pytest.MonkeyPatch, o200k_tokenizer) -> Callable[..., 
         replies = [o200k_tokenizer.encode(t, allow_special=True) for t in texts]
         prompts: list[list[int]] = []
 
-        def generate(self: Runner, token_ids, *, max_new_tokens: int, **_):
+        def generate(self: Runner, token_ids, sampling: Sampling, **_):
             prompts.append(list(token_ids))
             self.prefilled = len(prompts[-1])
             reply = replies[min(len(prompts), len(replies)) - 1]
-            for n, token in enumerate(reply[:max_new_tokens]):
+            for n, token in enumerate(reply[: sampling.max_new_tokens]):
                 if n == interrupt_after:
                     raise KeyboardInterrupt
                 yield token

@@ -19,14 +19,17 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, replace
 
 import openai
 import pytest
+import torch
 
 from gptoss_lite.chat.stats import ReplyStats
 from gptoss_lite.config import ModelConfig, preset
 from gptoss_lite.engine.batch import Request
 from gptoss_lite.engine.generate import check_fits
+from gptoss_lite.engine.sampling import Sampling
 from gptoss_lite.server.http_server import make_server
 from gptoss_lite.server.limits import Limits
 from gptoss_lite.server.service import Service
@@ -70,25 +73,29 @@ class ScriptedRunner:
         self.context = context
         self.config = config or preset("tiny")
         self.prefilled = 0
+        self.device = torch.device("cpu")  # where a grammar's masks would go (it takes none)
+        self.caches = [None] * parallel  # sequences at once, as a runner loaded with parallel
         self.prompts: list[list[int]] = []
         self.reply: list[int] = []
         self.gate: threading.Event | None = None  # the first token waits for it when set
         self.pause_s = 0.0  # after each token
         self.yielded = 0  # tokens handed out, across calls
         self.sampling: list[dict] = []  # the sampling settings of each call
-        self.caches = [None] * parallel  # sequences at once, as a runner loaded with parallel
 
     def script(self, text: str) -> None:
         """Reply with `text` (harmony markup allowed) from now on."""
         self.reply = self.tokenizer.encode(text, allow_special=True)
 
-    def generate(self, token_ids, *, max_new_tokens: int, stop=(), **sampling) -> Iterator[int]:
+    def generate(
+        self, token_ids, sampling: Sampling, *, stop=(), observe=None, mask=None
+    ) -> Iterator[int]:
+        """The scripted reply, whatever a grammar's `mask` would allow."""
         self.prompts.append(list(token_ids))
-        self.sampling.append({"max_new_tokens": max_new_tokens, **sampling})
+        self.sampling.append(asdict(sampling))
         self.prefilled = len(self.prompts[-1])
         if self.gate is not None:
             assert self.gate.wait(STARTUP_S), "the test never opened the gate"
-        for token in self.reply[:max_new_tokens]:
+        for token in self.reply[: sampling.max_new_tokens]:
             self.yielded += 1
             yield token
             if token in stop:
@@ -124,16 +131,10 @@ class ScriptedBatch:
         self.runner, self.running = runner, []
 
     def add(self, request: Request) -> ScriptedSequence:
-        s = request.sampling
-        most = check_fits(len(request.prompt), s.max_new_tokens, self.runner.context)
+        most = check_fits(len(request.prompt), request.sampling.max_new_tokens, self.runner.context)
+        sampling = replace(request.sampling, max_new_tokens=most)
         tokens = self.runner.generate(
-            list(request.prompt),
-            max_new_tokens=most,
-            stop=tuple(request.stop),
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
+            list(request.prompt), sampling, stop=tuple(request.stop), mask=request.mask
         )
         self.running.append(ScriptedSequence(request, tokens, most))
         return self.running[-1]

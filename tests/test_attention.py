@@ -9,7 +9,8 @@ from gptoss_lite.model.attention import attention
 
 
 def naive(q, k, v, sinks, q_pos, k_pos, window):
-    """Spec §4.4 written out per query and head: the sink is one more logit with no value."""
+    """The reference's attention written out per query and head: the sink is one more logit
+    with no value."""
     t, hq, d = q.shape
     group = hq // k.shape[1]
     out = torch.zeros(t, hq, d, dtype=torch.float64)

@@ -35,23 +35,9 @@ def _prompt(first: int, length: int) -> tuple[int, ...]:
     return tuple((first + 37 * i) % GEOMETRIES["g1"].vocab_size for i in range(length))
 
 
-def _request(prompt: tuple[int, ...], n: int, stop=frozenset(), **sampling) -> Request:
-    return Request(prompt, Sampling(max_new_tokens=n, **sampling), frozenset(stop))
-
-
 def _alone(runner, request: Request) -> list[int]:
     """The request's tokens from `Runner.generate`: one sequence, nothing beside it."""
-    s = request.sampling
-    return list(
-        runner.generate(
-            request.prompt,
-            max_new_tokens=s.max_new_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            seed=s.seed,
-            stop=request.stop,
-        )
-    )
+    return list(runner.generate(request.prompt, request.sampling, stop=request.stop))
 
 
 def _run(batch, arrivals: dict[int, list[Request]], cancel: dict[int, int] | None = None):
@@ -114,11 +100,11 @@ def test_decode_rows_in_fp32(checkpoint, kernels):
 
 def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
     requests = [
-        _request(_prompt(1, 21), 12, temperature=0),
-        _request(_prompt(2, 5), 4, temperature=0),  # leaves early
-        _request(_prompt(3, 13), 9, temperature=0),
-        _request(_prompt(4, 3), 15, temperature=0),
-        _request(_prompt(5, 30), 6, temperature=0),  # waits for a free slot
+        Request(_prompt(1, 21), Sampling(max_new_tokens=12, temperature=0)),
+        Request(_prompt(2, 5), Sampling(max_new_tokens=4, temperature=0)),  # leaves early
+        Request(_prompt(3, 13), Sampling(max_new_tokens=9, temperature=0)),
+        Request(_prompt(4, 3), Sampling(max_new_tokens=15, temperature=0)),
+        Request(_prompt(5, 30), Sampling(max_new_tokens=6, temperature=0)),  # waits for a free slot
     ]
     expected = [_alone(runner, r) for r in requests]
     batch = runner.batch()
@@ -129,13 +115,17 @@ def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
 
 def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
     requests = [
-        _request(_prompt(6, 9), 20, temperature=1.0, seed=11),
-        _request(_prompt(7, 14), 20, temperature=0.7, top_p=0.9, seed=12),
-        _request(_prompt(8, 4), 20, temperature=0),
+        Request(_prompt(6, 9), Sampling(max_new_tokens=20, temperature=1.0, seed=11)),
+        Request(_prompt(7, 14), Sampling(max_new_tokens=20, temperature=0.7, top_p=0.9, seed=12)),
+        Request(_prompt(8, 4), Sampling(max_new_tokens=20, temperature=0)),
     ]
     free_run = [_alone(runner, r) for r in requests]
     stop = free_run[0][5]  # ends the first request at its sixth token, or earlier
-    requests[0] = _request(requests[0].prompt, 20, {stop}, temperature=1.0, seed=11)
+    requests[0] = Request(
+        requests[0].prompt,
+        Sampling(max_new_tokens=20, temperature=1.0, seed=11),
+        stop=frozenset({stop}),
+    )
     expected = [_alone(runner, r) for r in requests]
     assert expected[0] == free_run[0][: free_run[0].index(stop) + 1]
     got = _run(runner.batch(), {0: requests[:1], 1: requests[1:]})
@@ -144,7 +134,8 @@ def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
 
 
 def test_logprobs_are_those_of_the_request_alone(runner):
-    requests = [_request(_prompt(90 + i, 5 + 6 * i), 6, temperature=0, logprobs=2) for i in (0, 1)]
+    sampling = Sampling(max_new_tokens=6, temperature=0, logprobs=2)
+    requests = [Request(_prompt(90 + i, 5 + 6 * i), sampling) for i in (0, 1)]
     alone = []
     for r in requests:
         generation = Generation(runner, list(r.prompt), r.sampling, ())
@@ -155,8 +146,41 @@ def test_logprobs_are_those_of_the_request_alone(runner):
     assert all(len(lp[0].top) == 2 for lp in alone)
 
 
+class EvenTokens:
+    """A token mask that allows the even ids only, and records what it was told."""
+
+    def __init__(self) -> None:
+        self.requested: list[int | None] = []
+
+    def request(self, token: int | None) -> None:
+        self.requested.append(token)
+
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.arange(logits.shape[-1]) % 2 == 0
+
+
+def test_a_token_mask_holds_its_own_sequence_only(runner):
+    """A masked request beside an unmasked one: each gets the tokens it gets alone, the mask is
+    told the prompt then each token fed, as `Runner.generate` tells it."""
+    sampling = Sampling(max_new_tokens=8, temperature=0)
+    masked, free = (
+        Request(_prompt(95, 7), sampling, mask=EvenTokens()),
+        Request(_prompt(96, 9), sampling),
+    )
+    alone_mask = EvenTokens()
+    alone = list(runner.generate(masked.prompt, sampling, mask=alone_mask))
+    expected = [alone, _alone(runner, free)]
+    got = _run(runner.batch(), {0: [masked, free]})
+    assert [s.output for s in got] == expected
+    assert all(token % 2 == 0 for token in got[0].output) and any(t % 2 for t in got[1].output)
+    assert masked.mask.requested == alone_mask.requested == [None, *alone[:-1]]
+
+
 def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
-    requests = [_request(_prompt(9 + i, 6 + 4 * i), 10, temperature=0) for i in range(4)]
+    requests = [
+        Request(_prompt(9 + i, 6 + 4 * i), Sampling(max_new_tokens=10, temperature=0))
+        for i in range(4)
+    ]
     expected = [_alone(runner, r) for r in requests]
     batch = runner.batch()
     got = _run(batch, {0: requests[:3], 6: requests[3:]}, cancel={4: 1})
@@ -168,14 +192,17 @@ def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
 
 def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
     batch = runner.batch()
-    first = [batch.add(_request(_prompt(20 + i, 10), 4, temperature=0)) for i in range(3)]
+    first = [
+        batch.add(Request(_prompt(20 + i, 10), Sampling(max_new_tokens=4, temperature=0)))
+        for i in range(3)
+    ]
     while batch.running:
         batch.step()
     history = (*first[1].request.prompt, *first[1].output)
-    again = batch.add(_request((*history, 5, 6), 3, temperature=0))
+    again = batch.add(Request((*history, 5, 6), Sampling(max_new_tokens=3, temperature=0)))
     assert again.slot == first[1].slot
     assert again.stats.cached_tokens == len(history) - 1  # its last token was never fed
-    unrelated = batch.add(_request(_prompt(40, 10), 3, temperature=0))
+    unrelated = batch.add(Request(_prompt(40, 10), Sampling(max_new_tokens=3, temperature=0)))
     assert unrelated.slot == 3  # the never-used slot before any other's cache is overwritten
     while batch.running:
         batch.step()
@@ -196,9 +223,9 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
 
     monkeypatch.setattr(type(runner.model), "forward", counted)
     batch = runner.batch()
-    long = batch.add(_request(_prompt(50, 100), 2, temperature=0))
+    long = batch.add(Request(_prompt(50, 100), Sampling(max_new_tokens=2, temperature=0)))
     batch.step()
-    short = batch.add(_request(_prompt(51, 6), 2, temperature=0))
+    short = batch.add(Request(_prompt(51, 6), Sampling(max_new_tokens=2, temperature=0)))
     steps = 1
     while not short.output:
         batch.step()
@@ -213,18 +240,18 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
 def test_requests_that_cannot_run_are_refused(runner):
     batch = runner.batch()
     with pytest.raises(gptoss_lite.GptossError, match="context of 160 tokens"):
-        batch.add(_request(_prompt(1, 150), 20))
+        batch.add(Request(_prompt(1, 150), Sampling(max_new_tokens=20)))
     with pytest.raises(gptoss_lite.GptossError, match="temperature"):
-        batch.add(_request(_prompt(1, 5), 2, temperature=float("nan")))
+        batch.add(Request(_prompt(1, 5), Sampling(max_new_tokens=2, temperature=float("nan"))))
     for i in range(4):
-        batch.add(_request(_prompt(60 + i, 5), 2))
+        batch.add(Request(_prompt(60 + i, 5), Sampling(max_new_tokens=2)))
     with pytest.raises(RuntimeError, match="every slot"):
-        batch.add(_request(_prompt(70, 5), 2))
+        batch.add(Request(_prompt(70, 5), Sampling(max_new_tokens=2)))
 
 
 def test_a_later_generate_takes_the_caches_back(runner):
     batch = runner.batch()
-    batch.add(_request(_prompt(80, 5), 4, temperature=0))
+    batch.add(Request(_prompt(80, 5), Sampling(max_new_tokens=4, temperature=0)))
     batch.step()
     list(runner.generate(_prompt(81, 5), max_new_tokens=2, temperature=0))
     with pytest.raises(gptoss_lite.GptossError, match="taken over"):

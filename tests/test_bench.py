@@ -17,7 +17,7 @@ from gptoss_lite.model.mxfp4 import packed_nbytes
 
 
 def test_20b_decode_reads_3_71_gb_per_token():
-    # users.md: 4 routed experts x 24 layers (1.27 GB) + attention (1.27 GB) + lm_head (1.16 GB).
+    # What a token reads: 4 routed experts x 24 layers (1.27 GB), attention (1.27 GB), lm_head.
     c = preset("gpt-oss-20b")
     expert = 5760 * 2880 * 17 // 32 + 2880 * 2880 * 17 // 32 + (5760 + 2880) * 2  # MXFP4 + bias
     attention = (5120 * 2880 + 5120 + 2880 * 4096 + 2880 + 64) * 2

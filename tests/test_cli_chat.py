@@ -23,7 +23,8 @@ from gptoss_lite.chat.harmony_parser import parse_completion
 from gptoss_lite.cli.display import show_reply
 from gptoss_lite.config import read_config
 from gptoss_lite.engine.runner import Runner, load
-from gptoss_lite.engine.session import ChatSession, Sampling, chat_ring_slots, user_prompt
+from gptoss_lite.engine.sampling import Sampling
+from gptoss_lite.engine.session import ChatSession, chat_ring_slots, user_prompt
 
 pytest_plugins = ["cli_fixtures"]
 
@@ -53,9 +54,9 @@ def calls(monkeypatch) -> list[dict]:
     """Each `Runner.generate` call's prompt and output, recorded around the real one."""
     made, real = [], Runner.generate
 
-    def recording(self, token_ids, **kwargs):
+    def recording(self, token_ids, *args, **kwargs):
         made.append({"prompt": list(token_ids), "output": []})
-        for token in real(self, made[-1]["prompt"], **kwargs):
+        for token in real(self, made[-1]["prompt"], *args, **kwargs):
             made[-1]["output"].append(token)
             yield token
 

@@ -8,7 +8,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from gptoss_lite.cli import COMMANDS, main
+from gptoss_lite.cli import COMMANDS, load_command, main
 
 SHARED = {  # long name -> every spelling it has wherever a command takes it
     "--model": {"--model", "-m"},
@@ -30,12 +30,15 @@ def flags(command: click.Command) -> set[str]:
 
 
 def test_every_command_is_registered_from_the_one_list():
-    assert sorted(main.commands) == sorted(c.name for c in COMMANDS)
-    assert all(main.commands[c.name] is c for c in COMMANDS)
+    ctx = click.Context(main)
+    assert main.list_commands(ctx) == sorted(COMMANDS)
+    assert all(main.get_command(ctx, name).name == name for name in COMMANDS)
+    assert main.get_command(ctx, "nope") is None
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
-def test_shared_flags_are_spelled_alike(command):
+@pytest.mark.parametrize("name", COMMANDS)
+def test_shared_flags_are_spelled_alike(name):
+    command = load_command(name)
     for option in options(command):
         long = next(name for name in option.opts if name.startswith("--"))
         if long in SHARED:
@@ -45,12 +48,13 @@ def test_shared_flags_are_spelled_alike(command):
 
 @pytest.mark.parametrize("name", ["run", "chat", "serve", "plan", "profile", "bench"])
 def test_every_command_that_loads_or_plans_a_model_takes_cpu_experts(name):
-    assert "--cpu-experts" in flags(main.commands[name])
+    assert "--cpu-experts" in flags(load_command(name))
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
-def test_every_option_has_its_variable_shown_in_help(command):
-    help_text = CliRunner().invoke(main, [command.name, "--help"]).output
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_option_has_its_variable_shown_in_help(name):
+    command = load_command(name)
+    help_text = CliRunner().invoke(main, [name, "--help"]).output
     for option in options(command):
         long = next(name for name in option.opts if name.startswith("--"))
         variable = "GPTOSS_LITE_" + long[2:].replace("-", "_").upper()

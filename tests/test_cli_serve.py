@@ -78,11 +78,11 @@ def test_a_port_in_use_is_one_line(cli, tiny_model):
 
 
 def test_cpu_experts_reach_the_loading(cli, monkeypatch):
-    serve = importlib.import_module("gptoss_lite.cli.serve")  # the package's `serve` is the command
+    serve = importlib.import_module("gptoss_lite.cli.serve")
     asked = []
 
-    def open_model(choice, **_):
-        asked.append(choice.cpu_experts)
+    def open_model(model, options, **_):
+        asked.append(options.cpu_experts)
         raise GptossError("stopped before loading")
 
     monkeypatch.setattr(serve, "bind", lambda host, port: None)
@@ -97,7 +97,7 @@ def test_limits_reach_the_server(cli, monkeypatch):
     made = []
 
     class Stopped:
-        force_exit = False
+        force_exit = started = False
 
         def run(self, sockets) -> None:
             pass
@@ -113,16 +113,18 @@ def test_limits_reach_the_server(cli, monkeypatch):
     monkeypatch.setattr(
         serve, "bind", lambda host, port: SimpleNamespace(getsockname=lambda: (host, port))
     )
-    monkeypatch.setattr(serve, "open_model", lambda choice, **kw: opened.append(kw) or loaded)
+    monkeypatch.setattr(
+        serve, "open_model", lambda model, options, **_: opened.append(options) or loaded
+    )
     monkeypatch.setattr(serve, "make_server", make_server)
     flags = ["--store-mib", "8", "--header-timeout", "5", "--body-timeout", "7"]
     result = cli("serve", *flags, "--max-connections", "9")
     assert result.exit_code == 0, result.output
     assert cli("serve").exit_code == 0
     assert made == [Limits(5.0, 7.0, 9, 8 * MIB), Limits()]
-    assert [kw["parallel"] for kw in opened] == [None, None]  # auto: the planner's count
+    assert [o.parallel for o in opened] == [None, None]  # auto: the planner's count
     assert cli("serve", "--parallel", "3").exit_code == 0
     assert cli("serve", env={"GPTOSS_LITE_PARALLEL": "2"}).exit_code == 0
-    assert [kw["parallel"] for kw in opened[2:]] == [3, 2]
+    assert [o.parallel for o in opened[2:]] == [3, 2]
     shown = cli("serve", "--help").output
     assert "--store-mib" in shown and "--header-timeout" in shown and "--max-connections" in shown

@@ -9,7 +9,8 @@ first-order error of at most n·u·Σ|products| (u = 2**-24), which is the toler
 from __future__ import annotations
 
 import subprocess
-from dataclasses import fields
+from dataclasses import fields, replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,12 +19,14 @@ import torch.nn.functional as F
 import gptoss_lite
 from gptoss_lite import GptossError
 from gptoss_lite.kernels import cpu
+from gptoss_lite.kernels.cpu import build
 from gptoss_lite.model import moe
 from gptoss_lite.model.moe import PackedExperts
 from gptoss_lite.model.mxfp4 import dequantize
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler for the CPU kernels")
-ISAS = cpu.supported_isas() if cpu.available() else []
+# Every instruction set this CPU runs, narrowest first.
+ISAS = cpu.ISAS[: cpu.ISAS.index(cpu.best_isa()) + 1] if cpu.available() else ()
 U = 2.0**-24  # fp32 unit roundoff
 TINY = 2.0**-149  # smallest fp32 subnormal: the absolute error of a product that underflows
 SLOPE = 1.1  # Lipschitz constant of g·sigmoid(alpha·g) in g (its derivative peaks at 1.0998)
@@ -192,10 +195,10 @@ def test_bf16_linear_leaves_larger_inputs_to_torch(monkeypatch):
 # ------------------------------------------------------------------ build, cache, dispatch
 
 
-def test_library_is_cached_by_source_and_flags(tmp_path, monkeypatch):
+def test_library_is_cached_by_source_compiler_machine_and_flags(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    compiler = cpu._compiler()
-    first = cpu._compile(compiler, cpu.FLAGS)
+    compiler = build.compiler()
+    first = build.compile_library(compiler, build.FLAGS)
     assert first.parent == tmp_path / "gptoss-lite" / "kernels"
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary left
 
@@ -203,17 +206,55 @@ def test_library_is_cached_by_source_and_flags(tmp_path, monkeypatch):
         raise AssertionError("compiled again")
 
     monkeypatch.setattr(subprocess, "run", no_compiler)
-    assert cpu._compile(compiler, cpu.FLAGS) == first
+    assert build.compile_library(compiler, build.FLAGS) == first
     with pytest.raises(AssertionError, match="compiled again"):
-        cpu._compile(compiler, (*cpu.FLAGS, "-DOTHER"))
+        build.compile_library(compiler, (*build.FLAGS, "-DOTHER"))
     assert list(first.parent.iterdir()) == [first]  # the failed build left nothing
+    monkeypatch.setattr(build.platform, "machine", lambda: "riscv64")
+    assert build.library_path(compiler, build.FLAGS) != first  # another machine's library
+    monkeypatch.undo()
+    monkeypatch.setattr(build, "compiler_version", lambda path: "gcc 99.1")
+    assert build.library_path(compiler, build.FLAGS) != first  # the same path, upgraded
 
 
-def test_without_a_compiler_the_torch_path_runs_and_says_so(monkeypatch, capsys):
+def fake_compiler(folder: Path, script: str) -> str:
+    """A compiler at `folder/cc` that runs the shell `script` (after answering --version)."""
+    path = folder / "cc"
+    path.write_text(f'#!/bin/sh\n[ "$1" = --version ] && echo "fake cc 1.0" && exit 0\n{script}\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_failed_build_says_why_in_one_line_and_keeps_the_log(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    fails = "echo 'In file included from x.c:1:' >&2; echo 'x.c:3:7: error: boom' >&2; exit 1"
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, fails))
+    assert build.load_library() is None
+    [record] = caplog.records
+    notice = record.getMessage()
+    assert "\n" not in notice and record.levelname == "WARNING"
+    assert "failed: x.c:3:7: error: boom (full output: " in notice and "slow torch path" in notice
+    log = Path(notice.split("(full output: ")[1].split(")")[0])
+    assert "In file included from x.c:1:" in log.read_text()  # the whole output is kept
+
+
+def test_a_build_without_openmp_says_it_runs_on_one_thread(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    real = build.compiler()
+    refuse = 'echo "cc: error: unsupported option -fopenmp" >&2; exit 1'
+    no_openmp = f'case "$*" in *-fopenmp*) {refuse};; esac\nexec {real} "$@"'
+    monkeypatch.setenv("CC", fake_compiler(tmp_path, no_openmp))
+    assert build.load_library() is not None
+    [record] = caplog.records
+    assert "built without OpenMP" in record.getMessage() and "one thread" in record.getMessage()
+    assert "unsupported option -fopenmp" in record.getMessage()
+
+
+def test_without_a_compiler_the_torch_path_runs_and_says_so(monkeypatch, caplog):
     from gptoss_lite.engine.runner import _kernels
     from gptoss_lite.kernels import kernel_functions
 
-    monkeypatch.setattr(cpu, "_compiler", lambda: None)
+    monkeypatch.setattr(build, "compiler", lambda: None)
     cpu._library.cache_clear()
     try:
         assert not cpu.available()
@@ -222,8 +263,52 @@ def test_without_a_compiler_the_torch_path_runs_and_says_so(monkeypatch, capsys)
             kernel_functions("cpu")
     finally:
         cpu._library.cache_clear()
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "slow torch path" in err and "install a C compiler" in err
+    [notice] = [r.getMessage() for r in caplog.records]  # one notice, however often asked
+    assert "slow torch path" in notice and "install one (gcc or clang" in notice
+
+
+def test_nothing_is_built_when_nothing_runs_on_the_cpu_kernels(checkpoint, monkeypatch):
+    # As on a GPU machine without a compiler: neither the model's kernels nor any experts in
+    # host RAM are the compiled CPU ones, so the library is never asked for.
+    monkeypatch.setattr(cpu, "_library", lambda: pytest.fail("the CPU kernels were built"))
+    runner = gptoss_lite.load(checkpoint("g1"), device="cpu", context=64, kernels="torch")
+    assert runner.model.kernel_name == "torch"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("int32 ids", r"torch.int64 tensor of shape \[\d+\] here, not torch.int32"),
+        ("int8 blocks", r"torch.uint8 tensor of shape \[4, 128, 2, 16\] here, not torch.int8"),
+        ("fewer experts", r"expert ids must lie in \[0, 3\)"),
+        ("negative id", r"expert ids must lie in \[0, 4\)"),
+        ("wider scales", r"shape \[4, 128, 2\] here, not torch.uint8 \[4, 128, 3\]"),
+    ],
+)
+def test_the_kernel_boundary_refuses_wrong_dtypes_and_shapes(change, message):
+    g = torch.Generator().manual_seed(2)
+    packed = random_experts(4, 64, 64, g)
+    x, weight = torch.randn(3, 64, generator=g), torch.rand(3, 2, generator=g)
+    idx = torch.tensor([[0, 3], [1, 2], [3, 1]])
+    if change == "int32 ids":
+        idx = idx.int()
+    elif change == "int8 blocks":
+        packed = replace(packed, gate_up_blocks=packed.gate_up_blocks.view(torch.int8))
+    elif change == "fewer experts":
+        packed = PackedExperts(*(t[:3] for t in packed.tensors()))
+    elif change == "negative id":
+        idx[1, 0] = -1
+    else:
+        wider = torch.cat([packed.gate_up_scales] * 2, dim=2)[..., :3].contiguous()
+        packed = replace(packed, gate_up_scales=wider)
+    with pytest.raises(GptossError, match=message):
+        cpu.experts_forward(x, idx, weight, packed, ALPHA, LIMIT)
+
+
+def test_the_bf16_kernel_refuses_a_bias_of_the_wrong_length():
+    w, x = torch.randn(5, 32).bfloat16(), torch.randn(1, 32).bfloat16()
+    with pytest.raises(GptossError, match=r"shape \[5\] here, not torch.float32 \[4\]"):
+        cpu.linear(x, w, torch.randn(4).bfloat16())
 
 
 def test_isa_is_chosen_once_and_can_be_forced(monkeypatch):

@@ -46,6 +46,35 @@ def test_seed_reproduces_and_stop_token_ends(runner):
     assert c == a[: a.index(stop) + 1]
 
 
+def test_one_sampling_object_or_its_fields_as_keywords(runner):
+    ids = [1, 2, 3]
+    sampling = gptoss_lite.Sampling(max_new_tokens=12, temperature=0.8, top_k=50, seed=5)
+    by_object = list(runner.generate(ids, sampling))
+    assert by_object == list(
+        runner.generate(ids, max_new_tokens=12, temperature=0.8, top_k=50, seed=5)
+    )
+    assert len(by_object) == 12
+    greedy = list(runner.generate(ids, sampling, temperature=0))  # a keyword replaces a field
+    assert greedy == list(runner.generate(ids, max_new_tokens=12, temperature=0))
+    with pytest.raises(gptoss_lite.GptossError, match=r"\+ 256 new tokens exceed"):
+        runner.generate(ids)  # by default 256 new tokens, more than this context holds
+    with pytest.raises(TypeError, match="temprature"):
+        runner.generate(ids, temprature=0)  # a misspelt field is not silently dropped
+
+
+def test_one_model_options_object_or_its_fields_as_keywords(checkpoint):
+    options = gptoss_lite.ModelOptions(device="cpu", dtype=torch.float32, context=64)
+    ids = list(range(5, 25))
+    by_object = gptoss_lite.load(checkpoint("g1"), options)
+    assert by_object.context == 64 and by_object.plan.kv_cache_dtype.k == "bf16"
+    by_keywords = gptoss_lite.load(checkpoint("g1"), device="cpu", dtype=torch.float32, context=64)
+    assert torch.equal(by_object.logits(ids), by_keywords.logits(ids))
+    q8 = gptoss_lite.load(checkpoint("g1"), options, kv_cache_dtype="q8")  # replaces a field
+    assert q8.context == 64 and q8.plan.kv_cache_dtype.k == "q8"
+    with pytest.raises(TypeError, match="contxt"):
+        gptoss_lite.load(checkpoint("g1"), options, contxt=64)
+
+
 def test_extending_the_conversation_reuses_the_cache(runner):
     ids = [9, 8, 7, 6]
     first = list(runner.generate(ids, max_new_tokens=6, temperature=0))

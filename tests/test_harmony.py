@@ -12,7 +12,6 @@ from gptoss_lite.chat.harmony import (
     Message,
     ToolDef,
     ToolNamespace,
-    prompt_text,
     render_conversation,
     render_prompt,
     tools_from_openai,
@@ -237,10 +236,11 @@ def test_prompt_matches_openai_harmony(name, o200k_tokenizer, harmony_oracle):
         oracle_conversation(conversation), oh.Role.ASSISTANT
     )
     assert render_prompt(conversation, o200k_tokenizer) == expected
-    assert prompt_text(conversation) == harmony_oracle.decode(expected)
 
 
-def test_spec_token_vector(o200k_tokenizer):
+def test_a_token_vector_rendered_by_openai_harmony(o200k_tokenizer):
+    # System (low effort, a date), developer "Be terse.", user "What is 2 + 2?", as openai-harmony
+    # 0.0.8 renders them.
     expected = [200006, 17360, 200008, 3575, 553, 17554, 162016, 11, 261, 4410, 6439, 2359, 22203]
     expected += [656, 7788, 17527, 558, 87447, 100594, 25, 220, 1323, 19, 12, 3218, 198, 6576]
     expected += [3521, 25, 220, 1323, 20, 12, 3218, 12, 2029, 279, 30377, 289, 25, 4465, 279, 2]
@@ -254,7 +254,8 @@ def test_spec_token_vector(o200k_tokenizer):
 def test_analysis_dropped_only_after_a_final_answer(o200k_tokenizer):
     chain = render_conversation(CASES["tool-chain-keeps-analysis"], o200k_tokenizer)
     assert o200k_tokenizer.encode("Need the tool.")[0] in chain
-    text = prompt_text(CASES["second-turn-drops-analysis"])
+    prompt = render_prompt(CASES["second-turn-drops-analysis"], o200k_tokenizer)
+    text = o200k_tokenizer.decode(prompt)
     assert "Easy: 4." not in text and "<|channel|>final<|message|>4<|end|>" in text
 
 

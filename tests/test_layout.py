@@ -203,3 +203,16 @@ def test_loading_a_model_imports_neither_quantize_nor_the_synthetic_writer():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_plan_imports_no_other_command_nor_the_server_transformers_or_quantize():
+    # Each command's module is imported when that command runs, and not before.
+    code = (
+        "import sys; from gptoss_lite.cli import COMMANDS, main\n"
+        "main(['plan', '-m', 'gpt-oss-20b', '-p', 'rtx4090'], standalone_mode=False)\n"
+        "heavy = {'uvicorn', 'fastapi', 'transformers', 'quantize'}\n"
+        "commands = {'gptoss_lite.cli.' + module for module, _ in COMMANDS.values()}\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m in commands))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "['gptoss_lite.cli.plan']"

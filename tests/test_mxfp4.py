@@ -75,6 +75,6 @@ def test_bad_inputs_are_refused():
 
 
 def test_packed_nbytes_matches_published_20b_expert_sizes():
-    # Spec §2.1: per 20b layer, gate_up blocks 265,420,800 B + scales 16,588,800 B (32 experts).
+    # The published 20b shards: per layer, gate_up blocks 265,420,800 B + scales 16,588,800 B.
     assert 32 * packed_nbytes(5760, 2880) == 265_420_800 + 16_588_800
     assert 32 * packed_nbytes(2880, 2880) == 132_710_400 + 8_294_400

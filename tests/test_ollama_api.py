@@ -224,7 +224,7 @@ def test_nothing_to_generate_is_a_load(serve):
     [
         ("chat", {"model": "llama3", "messages": USER}, 404, "llama3"),
         ("chat", {"model": "gpt-oss-test", "messages": USER, "think": "lots"}, 400, "think"),
-        ("chat", {"model": "gpt-oss-test", "messages": USER, "format": "json"}, 400, "format"),
+        ("chat", {"model": "gpt-oss-test", "messages": USER, "format": "xml"}, 400, "format"),
         ("chat", {"model": "gpt-oss-test", "messages": [{"role": "x"}]}, 400, "role"),
         ("generate", {"model": "gpt-oss-test", "prompt": "a", "suffix": "b"}, 400, "suffix"),
         ("generate", {"model": "gpt-oss-test", "prompt": "a", "images": ["AA=="]}, 400, "images"),

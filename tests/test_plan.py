@@ -44,7 +44,7 @@ def machine_ram(monkeypatch):
 def test_20b_categories_sum_to_the_checkpoint():
     w = weight_bytes(GPT20)
     assert sum(w.values()) == 13_761_264_768  # model.safetensors.index.json total_size
-    # Per layer: gate_up blocks + scales, down blocks + scales (spec §2.1), then both biases.
+    # Per layer: gate_up blocks + scales, down blocks + scales (the published shapes), biases.
     per_layer = 265_420_800 + 16_588_800 + 132_710_400 + 8_294_400 + 32 * (5760 + 2880) * 2
     assert w["experts"] == 24 * per_layer == 10_165_616_640  # 10.15 GB packed + 13.3 MB biases
     # q, k, v, o weights + their biases + sinks, bf16.

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from gptoss_lite.cli import main
 from gptoss_lite.errors import GptossError
-from quantize.convert import convert_checkpoint
+from quantize.convert import plan_conversion, write_quantized
 from quantize.divergence import (
     ROWS_PER_BLOCK,
     compare_positions,
@@ -227,7 +227,7 @@ def test_cli_writes_the_report(dense, tmp_path):
 
 
 def test_mxfp4_source_is_refused_in_one_line(dense, tmp_path):
-    mxfp4 = convert_checkpoint(str(dense), tmp_path / "mxfp4")
+    mxfp4 = write_quantized(plan_conversion(str(dense), tmp_path / "mxfp4"))
     line = one_error_line(run_cli("--model", str(mxfp4), "--out", str(tmp_path / "out")))
     assert "already quantized (mxfp4)" in line and "dense bf16 experts" in line
     assert "reference" in line and not (tmp_path / "out").exists()

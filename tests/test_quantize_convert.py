@@ -28,7 +28,7 @@ from gptoss_lite.cli import main
 from gptoss_lite.config import QUANTIZATION_CONFIG
 from gptoss_lite.errors import GptossError
 from gptoss_lite.model.mxfp4 import dequantize, quantize_mxfp4
-from quantize.convert import convert_checkpoint
+from quantize.convert import plan_conversion, write_quantized
 from quantize.metrics import error_metrics
 
 transformers = pytest.importorskip("transformers")
@@ -62,7 +62,7 @@ def dense(tmp_path_factory) -> tuple[Path, torch.nn.Module]:
 @pytest.fixture(scope="module")
 def converted(dense, tmp_path_factory) -> Path:
     dst = tmp_path_factory.mktemp("out") / "mxfp4"
-    convert_checkpoint(str(dense[0]), dst, max_shard_bytes=60_000)
+    write_quantized(plan_conversion(str(dense[0]), dst, max_shard_bytes=60_000))
     return dst
 
 
@@ -185,7 +185,7 @@ def test_interrupted_run_leaves_no_dst_and_src_untouched(
     if dst_exists:
         dst.mkdir()
     with pytest.raises(type(exc)):
-        convert_checkpoint(str(dense[0]), dst, max_shard_bytes=60_000)
+        write_quantized(plan_conversion(str(dense[0]), dst, max_shard_bytes=60_000))
     assert len(calls) == 2
     assert (dst.is_dir() and not any(dst.iterdir())) if dst_exists else not dst.exists()
     assert [p.name for p in tmp_path.iterdir()] == (["dst"] if dst_exists else [])

@@ -10,7 +10,7 @@ import torch
 from hf_reference import hf_logits
 
 import gptoss_lite
-from quantize.convert import convert_checkpoint
+from quantize.convert import plan_conversion, write_quantized
 
 transformers = pytest.importorskip("transformers")
 
@@ -43,7 +43,7 @@ def test_load_time_quantization_equals_the_converted_checkpoint(dense_checkpoint
     for block in direct.model.mlp:
         assert block.gate_up_blocks.dtype == torch.uint8 and block.down_scales.dtype == torch.uint8
     converted = tmp_path / "mxfp4"
-    convert_checkpoint(str(dense_checkpoint), converted)
+    write_quantized(plan_conversion(str(dense_checkpoint), converted))
     assert torch.equal(direct.logits(ids), load(converted).logits(ids))
     # Float32 on both sides: see test_parity.py for the tolerance.
     assert (direct.logits(ids) - hf_logits(converted, ids)).abs().max() <= 1e-3

@@ -1,4 +1,4 @@
-"""YaRN frequencies and concentration, against the spec's values and HF's implementation."""
+"""YaRN frequencies and concentration, against the reference implementation's values and HF's."""
 
 import math
 
@@ -7,8 +7,9 @@ import torch
 from gptoss_lite.config import preset
 from gptoss_lite.model.rope import Rotary, apply_rotary, yarn_inv_freq
 
-# Spec §4.3, read from the reference implementation (truncate=false).
-SPEC_INV_FREQ = [
+# gpt-oss-20b's inverse frequencies, read from the reference implementation (gpt_oss/torch
+# RotaryEmbedding; HF's YaRN with truncate=false gives the same).
+REFERENCE_INV_FREQ = [
     1.0,
     6.890443e-01,
     4.747821e-01,
@@ -47,7 +48,7 @@ SPEC_INV_FREQ = [
 def test_inv_freq_matches_spec_values():
     inv_freq, concentration = yarn_inv_freq(preset("gpt-oss-20b"))
     # The spec lists 7 significant digits.
-    torch.testing.assert_close(inv_freq, torch.tensor(SPEC_INV_FREQ), rtol=1e-6, atol=0)
+    torch.testing.assert_close(inv_freq, torch.tensor(REFERENCE_INV_FREQ), rtol=1e-6, atol=0)
     assert concentration == 0.1 * math.log(32) + 1
 
 

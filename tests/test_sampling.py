@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from gptoss_lite.engine.sampling import check_sampling, sample
+from gptoss_lite.engine.sampling import GREEDY, Sampling, sample
 from gptoss_lite.errors import GptossError
 
 
 def test_temperature_zero_is_argmax():
     logits = torch.tensor([0.1, 3.0, -2.0, 2.9])
-    assert sample(logits, temperature=0).item() == 1
+    assert sample(logits, GREEDY).item() == 1
 
 
 def test_same_seed_same_tokens():
@@ -17,7 +17,7 @@ def test_same_seed_same_tokens():
 
     def draw(seed):
         g = torch.Generator().manual_seed(seed)
-        return [sample(logits, generator=g).item() for _ in range(20)]
+        return [sample(logits, Sampling(), g).item() for _ in range(20)]
 
     assert draw(7) == draw(7)
     assert draw(7) != draw(8)
@@ -26,7 +26,7 @@ def test_same_seed_same_tokens():
 def test_top_k_keeps_only_the_k_largest():
     logits = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
     g = torch.Generator().manual_seed(0)
-    seen = {sample(logits, top_k=2, generator=g).item() for _ in range(200)}
+    seen = {sample(logits, Sampling(top_k=2), g).item() for _ in range(200)}
     assert seen == {0, 1}
 
 
@@ -34,10 +34,10 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
     # Probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.75 needs the first two tokens (0.5 < 0.75 <= 0.8).
     logits = torch.tensor([0.5, 0.3, 0.15, 0.05]).log()
     g = torch.Generator().manual_seed(0)
-    seen = {sample(logits, top_p=0.75, generator=g).item() for _ in range(300)}
+    seen = {sample(logits, Sampling(top_p=0.75), g).item() for _ in range(300)}
     assert seen == {0, 1}
     # A top_p below the largest probability keeps the top token alone.
-    assert {sample(logits, top_p=0.1, generator=g).item() for _ in range(50)} == {0}
+    assert {sample(logits, Sampling(top_p=0.1), g).item() for _ in range(50)} == {0}
 
 
 @pytest.mark.parametrize(
@@ -59,17 +59,17 @@ def test_top_p_keeps_the_smallest_set_reaching_p():
 )
 def test_bad_settings_are_one_line(settings):
     with pytest.raises(GptossError, match=f"^{next(iter(settings))} "):
-        check_sampling(**settings)
+        Sampling(**settings)
 
 
 def test_good_settings_pass():
-    check_sampling(temperature=1e-300, top_p=1.0, top_k=1, seed=2**64 - 1, max_new_tokens=1)
+    Sampling(temperature=1e-300, top_p=1.0, top_k=1, seed=2**64 - 1, max_new_tokens=1)
 
 
 def test_a_tiny_temperature_is_greedy():
     logits = torch.tensor([0.1, 3.0, -2.0, 2.9])
     g = torch.Generator().manual_seed(0)
-    assert {sample(logits, temperature=1e-300, generator=g).item() for _ in range(20)} == {1}
+    assert {sample(logits, Sampling(temperature=1e-300), g).item() for _ in range(20)} == {1}
 
 
 def test_draws_follow_the_softmax():
@@ -77,6 +77,6 @@ def test_draws_follow_the_softmax():
     probs = torch.softmax(logits, -1)
     g = torch.Generator().manual_seed(0)
     n = 20_000
-    counts = torch.bincount(torch.stack([sample(logits, generator=g) for _ in range(n)]), None, 4)
+    counts = torch.bincount(torch.stack([sample(logits, Sampling(), g) for _ in range(n)]), None, 4)
     # Each frequency is a binomial mean: standard error sqrt(p(1-p)/n) <= 0.0036; allow 4 of them.
     torch.testing.assert_close(counts / n, probs, rtol=0, atol=4 * 0.0036)

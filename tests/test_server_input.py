@@ -242,7 +242,7 @@ def test_a_responses_stream_error_event_keeps_its_type(http):
     client, service = http()
     tokens = service.tokenizer.encode("<|channel|>final<|message|>Hel", allow_special=True)
 
-    def failing(token_ids, **_):
+    def failing(token_ids, *_, **__):
         service.runner.prompts.append(list(token_ids))
         yield from tokens
         raise RuntimeError("the model failed")

@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 from safetensors import safe_open
 
-from gptoss_lite.checkpoint.synthetic import random_state_dict, tensor_nbytes, write_synthetic
+from gptoss_lite.checkpoint.synthetic import tensor_nbytes, write_synthetic
+from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
 from gptoss_lite.cli import main
 from gptoss_lite.config import ModelConfig, preset
 from gptoss_lite.errors import GptossError
@@ -136,9 +137,10 @@ def test_hf_transformers_loads_it(ckpts, key):
 
 
 def test_expert_weights_have_the_documented_scale():
-    tensors = dict(random_state_dict(TINY.with_(num_layers=1), seed=3))
+    weights = SyntheticCheckpoint(TINY.with_(num_layers=1), seed=3)
     prefix = "model.layers.0.mlp.experts.gate_up_proj"
-    dense = dequantize(tensors[f"{prefix}_blocks"], tensors[f"{prefix}_scales"], torch.float32)
+    blocks, scales = weights.read(f"{prefix}_blocks"), weights.read(f"{prefix}_scales")
+    dense = dequantize(blocks, scales, torch.float32)
     assert 0.7 < dense.std() * TINY.hidden_size**0.5 < 1.3
 
 
@@ -187,9 +189,10 @@ def test_same_seed_same_bytes_and_state_dict(ckpts, tmp_path):
     assert _digest(again) == _digest(ckpts["hf3"])
     other = write_synthetic(tmp_path / "other", TINY, seed=8)
     assert _digest(other)["model.safetensors"] != _digest(ckpts["hf1"])["model.safetensors"]
-    tensors = _read(ckpts["hf1"])
-    for name, tensor in random_state_dict(TINY, seed=7):
-        assert torch.equal(tensor, tensors[name]), name
+    tensors, memory = _read(ckpts["hf1"]), SyntheticCheckpoint(TINY, seed=7)
+    assert memory.tensors.keys() == tensors.keys()
+    for name in tensors:
+        assert torch.equal(memory.read(name), tensors[name]), name  # what loads without files
 
 
 def test_refuses_to_overwrite_and_leaves_nothing_behind(tmp_path):

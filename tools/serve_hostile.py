@@ -9,8 +9,9 @@ Cases (any of them, in order):
 - `queued`: one long stream holds the queue; `--clients` non-streamed requests wait behind it
   and give up after half a second. Resident memory and open descriptors before and after,
   and what `/health` counts as waiting once they are gone.
-- `bodies`: eight 1.15 MB chat bodies, each too large for the context, sent at once while
-  `/health` is asked every 10 ms: the slowest and the median answer of `/health` meanwhile.
+- `bodies`: eight chat bodies of `--body-kb` KB (default 1,150), each too large for the context,
+  sent at once while `/health` is asked every 10 ms: the slowest and the median answer of
+  `/health` meanwhile.
 - `store`: `--stored` Responses with ~1,956-token inputs (one shared prefix, so the KV cache
   serves most of each prompt), each stored: resident memory before and after.
 - `idle`: 200 connections that never send a byte and 40 that send their head at a byte a second;
@@ -96,8 +97,8 @@ def queued(url: str, model: str, pid: int, clients: int) -> dict:
     }
 
 
-def bodies(url: str, model: str) -> dict:
-    text = "word " * (1_150_000 // 5)
+def bodies(url: str, model: str, kilobytes: int) -> dict:
+    text = "word " * (kilobytes * 1000 // 5)
     body = {"model": model, "messages": [{"role": "user", "content": text}]}
     statuses: list[int] = []
 
@@ -118,6 +119,7 @@ def bodies(url: str, model: str) -> dict:
             time.sleep(0.01)
     return {
         "case": "bodies",
+        "kilobytes": kilobytes,
         "statuses": sorted(set(statuses)),
         "health_ms_max": round(max(latencies) * 1000, 1),
         "health_ms_median": round(statistics.median(latencies) * 1000, 1),
@@ -126,7 +128,7 @@ def bodies(url: str, model: str) -> dict:
 
 
 def store(url: str, model: str, pid: int, stored: int) -> dict:
-    base = " ".join(f"w{i % 97}" for i in range(1600))  # ~1,950 tokens
+    base = " ".join(f"w{i % 97}" for i in range(940))  # 1,880 tokens; ~1,956 with the rest
     client = httpx.Client(base_url=url, timeout=600)
     before = rss_mib(pid)
     for i in range(stored):
@@ -172,6 +174,7 @@ def main() -> None:
     parser.add_argument("--server-pid", type=int, required=True)
     parser.add_argument("--model", default=None, help="the model id (default: the one served)")
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--body-kb", type=int, default=1150)
     parser.add_argument("--stored", type=int, default=250)
     parser.add_argument("--after", type=float, default=35.0)
     args = parser.parse_args()
@@ -180,7 +183,7 @@ def main() -> None:
         if case == "queued":
             result = queued(args.url, model, args.server_pid, args.clients)
         elif case == "bodies":
-            result = bodies(args.url, model)
+            result = bodies(args.url, model, args.body_kb)
         elif case == "store":
             result = store(args.url, model, args.server_pid, args.stored)
         else:

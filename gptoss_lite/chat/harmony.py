@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GptossError
+from .json_schema import read_json
 from .tokenizer import Tokenizer
-from .tokens import CALL, CHANNEL, CONSTRAIN, END, MARKUP, MESSAGE, START
+from .tokens import CALL, CHANNEL, CONSTRAIN, END, MESSAGE, START
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 EFFORTS = ("low", "medium", "high")
@@ -56,12 +57,7 @@ def tools_from_openai(spec: Any, source: str = "tools") -> list[ToolDef]:
 
 def read_tools(path: str | Path) -> list[ToolDef]:
     """Function tools from a file of OpenAI function-tool JSON (see `tools_from_openai`)."""
-    try:
-        spec = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
-        raise GptossError(f"{path}: cannot read it as JSON: {reason}") from exc
-    return tools_from_openai(spec, source=str(path))
+    return tools_from_openai(read_json(path), source=str(path))
 
 
 def check_tool_name(name: Any, where: str) -> str:
@@ -160,12 +156,6 @@ def render_prompt(conversation: Conversation, tokenizer: Tokenizer) -> list[int]
 def render_conversation(conversation: Conversation, tokenizer: Tokenizer) -> list[int]:
     """Token ids of the system and developer messages and the kept turns."""
     return _encode(conversation_pieces(conversation), tokenizer)
-
-
-def prompt_text(conversation: Conversation) -> str:
-    """The prompt as text with markup, for display (`render_prompt` decoded)."""
-    pieces = [*conversation_pieces(conversation), START, "assistant"]
-    return "".join(p if isinstance(p, str) else MARKUP[p] for p in pieces)
 
 
 def prompt_size(conversation: Conversation) -> int:

@@ -18,6 +18,7 @@ START = 200006
 END = 200007
 MESSAGE = 200008
 CALL = 200012
+GRAMMAR_END = 200013  # <|reserved_200013|>, never generated: a grammar's own end
 ENDOFPROMPT = 200018
 N_TEXT = 199998  # ids below are BPE ranks, ids from here on are special tokens
 N_VOCAB = 201088

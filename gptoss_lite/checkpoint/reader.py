@@ -1,6 +1,6 @@
 """Reading checkpoint files: which tensor lives in which safetensors file, read lazily.
 
-Two published layouts are recognized (spec §2):
+Two published layouts are recognized:
 - Hugging Face: `config.json` + `model.safetensors.index.json` + shards (the published shard
   names are off by one and layers straddle shards, so every name is resolved through the
   index's weight_map), or a single `model.safetensors`.

@@ -220,17 +220,6 @@ def draw_chunk(spec: _Spec, seed: int, index: int, dtype: torch.dtype) -> torch.
     return exponents[(codes & 3).long()]
 
 
-def random_state_dict(
-    config: ModelConfig, seed: int = 0, dtype: torch.dtype = torch.bfloat16
-) -> Iterator[tuple[str, torch.Tensor]]:
-    """The tensors `write_synthetic` writes for `seed`, in HF naming, one at a time."""
-    _check_dtype(dtype)
-    for entry in tensor_entries(config, "hf"):
-        spec = entry.parts[0]
-        chunks = [draw_chunk(spec, seed, i, dtype) for i in range(spec.num_chunks)]
-        yield spec.name, torch.cat(chunks).view(spec.shape)
-
-
 def tensor_nbytes(config: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> int:
     """Bytes of all tensors of a checkpoint (the index's total_size; the same in both layouts)."""
     return sum(e.nbytes(dtype) for e in tensor_entries(config, "hf"))

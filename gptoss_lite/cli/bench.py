@@ -4,6 +4,8 @@ A thin shell over `gptoss_lite.measure.bench`: load (a checkpoint, or random wei
 warm up, time `--repeats` runs and print medians ± standard deviations, the decode bandwidth
 achieved against the read bandwidth measured here, the kernels that ran and the peak memory.
 `--compare transformers` runs HF transformers on the same checkpoint in a process of its own.
+`--json-schema FILE` times decoding held to that schema (its final answer) against free decoding,
+runs taking turns, and prints the ratio and the schema's compile time, cold and cached.
 `--parallel N` measures instead the aggregate decode speed of N streams decoded together against
 one alone (`measure.bench_parallel`), their rounds alternated.
 """
@@ -14,10 +16,16 @@ import gc
 import importlib.util
 import json
 import time
+from dataclasses import replace
 
 import click
 
+from ..chat.json_schema import check_schema, read_json
+from ..chat.reply_grammar import ReplyFormat
+from ..chat.tokenizer import load_tokenizer
+from ..chat.tokens import CHANNEL, MESSAGE
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
+from ..engine.constraint import compile_reply, compiler_for
 from ..engine.runner import load
 from ..errors import GptossError
 from ..measure.bench import (
@@ -25,6 +33,7 @@ from ..measure.bench import (
     BANDWIDTH_ROUNDS,
     BenchResult,
     bench,
+    bench_constrained,
     bench_transformers,
     read_bandwidth,
     resident_bytes,
@@ -32,7 +41,6 @@ from ..measure.bench import (
 from ..measure.bench_parallel import ParallelResult, bench_parallel
 from ..measure.meter import peak_memory
 from ..memory.plan import Plan
-from ..memory.profiles import resolve_profile
 from ..units import GB, format_bytes
 from .common import warn_kv
 from .options import (
@@ -44,6 +52,7 @@ from .options import (
     kv_cache_option,
     model_option,
     profile_option,
+    take_model_options,
 )
 
 
@@ -77,7 +86,15 @@ from .options import (
 @cpu_experts_option()
 @kv_cache_option()
 @click.option(
+    "--json-schema",
+    metavar="FILE",
+    default=None,
+    help="Time decoding held to this JSON schema against free decoding (runs taking turns) "
+    "and the schema's compile time.",
+)
+@click.option(
     "--parallel",
+    "streams",
     type=click.IntRange(min=2),
     default=None,
     help="Measure N streams decoded together (each a fresh prompt) against one alone, rounds "
@@ -87,21 +104,18 @@ from .options import (
 def bench_command(
     model,
     geometry,
-    profile,
-    context,
     prompt_tokens,
     gen_tokens,
     repeats,
-    device,
-    budget,
     compare,
     cuda_graph,
-    cpu_experts,
-    kv_cache_dtype,
-    parallel,
+    json_schema,
+    streams,
     as_json,
+    **opening,
 ):
     """Measure prefill and decode tok/s, decode GB/s against the bandwidth bound, peak memory."""
+    options = take_model_options(opening)
     if bool(model) == bool(geometry):
         raise GptossError("give exactly one of --model or --geometry")
     if compare and not model:
@@ -110,10 +124,15 @@ def bench_command(
         raise GptossError("--compare transformers needs HF transformers: pip install transformers")
     if prompt_tokens < 1 or gen_tokens < 1 or repeats < 1:
         raise GptossError("--prompt-tokens, --gen-tokens and --repeats must be at least 1")
-    if parallel and (compare or cuda_graph):
+    if json_schema and (compare or cuda_graph):
+        raise GptossError("--json-schema is measured alone: drop --compare and --cuda-graph")
+    if streams and (compare or cuda_graph or json_schema):
         raise GptossError(
-            "--parallel measures the batched decode alone: drop --compare, --cuda-graph"
+            "--parallel measures the batched decode alone: drop --compare, --cuda-graph and "
+            "--json-schema"
         )
+    options = replace(options, parallel=streams or 1)
+    schema = check_schema(read_json(json_schema), strict=False) if json_schema else None
 
     def fits(plan: Plan) -> None:  # before any weight is read
         if prompt_tokens + gen_tokens > plan.context:
@@ -123,29 +142,29 @@ def bench_command(
             )
 
     start = time.perf_counter()
-    runner = load(
-        model or SyntheticCheckpoint(geometry),
-        device=device,
-        profile=resolve_profile(profile, device, budget),
-        context=context,
-        cpu_experts=cpu_experts,
-        on_plan=fits,
-        kv_cache_dtype=kv_cache_dtype,
-        parallel=parallel or 1,
-    )
+    runner = load(model or SyntheticCheckpoint(geometry), options, on_plan=fits)
     warn_kv(runner.plan)
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
-    if parallel:
-        together = bench_parallel(runner, parallel, prompt_tokens, gen_tokens, repeats)
+    if streams:
+        together = bench_parallel(runner, streams, prompt_tokens, gen_tokens, repeats)
         if as_json:
             click.echo(json.dumps({"load": loaded, "parallel": together.to_dict()}, indent=2))
         else:
             click.echo(_describe_load(loaded))
             click.echo(_describe_parallel(together))
         return
-    results = [bench(runner, prompt_tokens, gen_tokens, repeats, cuda_graph=cuda_graph)]
+    compiled = None
+    if schema is not None:
+        compiled = _compile(schema, runner.folder)
+        prefix = [CHANNEL, *compiled.pop("tokenizer").encode("final"), MESSAGE]
+        grammar = compiled.pop("grammar")
+        results = list(
+            bench_constrained(runner, grammar, prefix, prompt_tokens, gen_tokens, repeats)
+        )
+    else:
+        results = [bench(runner, prompt_tokens, gen_tokens, repeats, cuda_graph=cuda_graph)]
     dev, folder = runner.device, runner.folder
     if compare:
         del runner
@@ -160,13 +179,23 @@ def bench_command(
             "read_bytes_per_s": bandwidth,
             "results": [r.to_dict() for r in results],
         }
+        if compiled is not None:
+            payload["constrained"] = {**compiled, "ratio": _ratio(results[::-1])}
         click.echo(json.dumps(payload, indent=2))
         return
     click.echo(_describe_load(loaded))
     for r in results:
         click.echo(_describe(r))
     if compare:
-        click.echo(f"decode speed-up over transformers: {_ratio(results)}x")
+        click.echo(f"decode speed-up over transformers: {_ratio(results):.2f}x")
+    if compiled is not None:
+        click.echo(
+            f"constrained decode: {_ratio(results[::-1]):.3f}x the speed of free decode "
+            f"(median of {repeats} runs each, taking turns); schema compiled in "
+            f"{compiled['compile_s'] * 1e3:.1f} ms, {compiled['cached_s'] * 1e6:.0f} us from "
+            f"the cache (the vocabulary's grammar tables took {compiled['tokenizer_s']:.1f} s, "
+            "once per process)"
+        )
     click.echo(
         f"this machine reads {bandwidth / GB:,.1f} GB/s on {dev.type} "
         f"({format_bytes(BANDWIDTH_BYTES[dev.type])} summed, best of {BANDWIDTH_ROUNDS})"
@@ -218,5 +247,24 @@ def _describe_parallel(r: ParallelResult) -> str:
     )
 
 
-def _ratio(results: list[BenchResult]) -> str:
-    return f"{results[0].decode_tok_s / results[1].decode_tok_s:.2f}"
+def _ratio(results: list[BenchResult]) -> float:
+    return results[0].decode_tok_s / results[1].decode_tok_s
+
+
+def _compile(schema: dict, folder) -> dict:
+    """The schema's grammar and what preparing it cost: the vocabulary's tables (once per
+    process), the first compile and a compile answered by the cache."""
+    tokenizer = load_tokenizer(folder)
+    start = time.perf_counter()
+    compiler_for(tokenizer).tokenizer()
+    middle = time.perf_counter()
+    grammar = compile_reply(ReplyFormat(answer=schema), tokenizer)
+    end = time.perf_counter()
+    compile_reply(ReplyFormat(answer=schema), tokenizer)
+    return {
+        "tokenizer": tokenizer,
+        "grammar": grammar,
+        "tokenizer_s": middle - start,
+        "compile_s": end - middle,
+        "cached_s": time.perf_counter() - end,
+    }

@@ -9,7 +9,8 @@ pipe it ends the chat with status 130. An error in one turn (e.g. the context is
 and the chat goes on. With `--tools`, a reply that calls a tool is shown as `-> functions.name
 arguments`; the next line (`result of name> ` on a terminal) is the tool's output, and the
 reply goes on from it, until the model answers. Without a result (EOF, Ctrl-C) the turn is
-forgotten.
+forgotten. With `--json-schema FILE` or `--json-object` every answer is JSON (constrained
+decoding), printed alone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .display import show_reply
 from .options import Options, model_options
 
 PROMPT = ">>> "
+INCOMPLETE = "the reply reached --max-tokens before its JSON was complete"
 HELP = "commands: /reset (forget the conversation), /effort low|medium|high, /help, /exit"
 
 
@@ -46,9 +48,19 @@ def chat(verbose: bool, **kwargs) -> None:
     """
     options = Options.take(kwargs)
     conversation = options.conversation()  # a bad --tools file fails before the load
-    model = open_model(options, chat=True)
-    session = ChatSession(model.runner, model.tokenizer, conversation, options.sampling())
-    loop = ChatLoop(session, model, options.show_reasoning, verbose, is_terminal())
+    reply = options.reply_format(conversation)  # and so does a bad --json-schema file
+    model = open_model(
+        options.model,
+        options.opening,
+        max_tokens=options.sampling.max_new_tokens,
+        chat=True,
+        reply=reply,
+    )
+    session = ChatSession(
+        model.runner, model.tokenizer, conversation, options.sampling, model.grammar
+    )
+    show_reasoning = options.show_reasoning and reply is None  # the JSON alone on stdout
+    loop = ChatLoop(session, model, show_reasoning, verbose, is_terminal())
     if loop.interactive:
         click.echo(f"{HELP}; Ctrl-D also exits", err=True)
     for line in loop.lines():
@@ -160,6 +172,8 @@ class ChatLoop:
                 device = self.model.runner.device
                 for line in stats_lines(generation.stats, generation.finish_reason, device):
                     click.echo(line, err=True)
+        if self.session.grammar is not None and generation.finish_reason == "length":
+            click.echo(f"({INCOMPLETE})", err=True)
         self.session.commit(reply.messages)
         return reply
 

@@ -13,22 +13,25 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Protocol, TextIO
+from dataclasses import dataclass, replace
+from typing import TextIO
 
 import click
 import torch
 
+from ..chat.reply_grammar import ReplyFormat
 from ..chat.stats import ReplyStats
 from ..chat.tokenizer import Tokenizer, load_tokenizer
+from ..engine.constraint import compile_reply
 from ..engine.generate import check_fits
+from ..engine.grammar import Grammar
+from ..engine.options import ModelOptions
 from ..engine.runner import Runner, find_model, load
 from ..engine.session import chat_ring_slots
 from ..errors import GptossError
 from ..measure.meter import peak_memory
 from ..memory.plan import Plan
 from ..memory.profiles import resolve_profile, run_device
-from ..model.kv_quant import KVDtypes
 from ..units import format_bytes
 
 # A published measurement on gpt-oss-20b's real weights (llama.cpp's `llama-perplexity
@@ -38,69 +41,57 @@ K_CACHE_COST = (
 )
 
 
-class ModelChoice(Protocol):
-    """What `open_model` reads of a command's options (`Options` of run and chat has it all)."""
-
-    model: str
-    profile: str | None
-    context: int | None
-    device: str | None
-    budget: float | None
-    kv_cache_dtype: KVDtypes | None
-    max_tokens: int | None
-
-
 @dataclass
 class Model:
-    """A loaded runner, its tokenizer, how long loading took, and the prompt it was loaded for."""
+    """A loaded runner, its tokenizer, how long loading took, the prompt it was loaded for and
+    the grammar its replies are held to (None: free)."""
 
     runner: Runner
     tokenizer: Tokenizer
     load_seconds: float
     prompt: list[int]
+    grammar: Grammar | None = None
 
 
 def open_model(
-    options: ModelChoice,
+    model: str,
+    options: ModelOptions,
     *,
+    max_tokens: int | None = None,
     chat: bool = False,
     prompt_of: Callable[[Tokenizer], list[int]] | None = None,
-    parallel: int | None = 1,
+    reply: ReplyFormat | None = None,
 ) -> Model:
-    """Find the model and its tokenizer, make the prompt with `prompt_of(tokenizer)`, print the
-    memory plan on stderr (refusing a prompt that does not fit it), then read the weights.
+    """Find `model` and its tokenizer, make the prompt with `prompt_of(tokenizer)` and the
+    grammar of `reply`, print the memory plan on stderr (refusing a prompt that does not fit it
+    with `max_tokens` more), then read the weights as `options` say.
 
     Every check runs before the slow load. For a chat the sliding-window rings get room to
-    rewind over a whole reply. `parallel` sequences (None: the planner's count) get a KV cache
-    each, for a server's batch."""
+    rewind over a whole reply."""
     profile = resolve_profile(options.profile, options.device, options.budget)
     run_device(profile, options.device)  # before anything is read or downloaded
-    source = find_model(options.model)  # from the Hub: the weights come after the plan
+    source = find_model(model)  # from the Hub: the weights come after the plan
     tokenizer = load_tokenizer(source.folder)
     prompt = prompt_of(tokenizer) if prompt_of else []
-    ring = chat_ring_slots(source.config, options.max_tokens) if chat else None
+    grammar = None if reply is None else compile_reply(reply, tokenizer)
+    ring = chat_ring_slots(source.config, max_tokens) if chat else None
 
     def show(plan: Plan) -> None:
         if prompt:
-            check_fits(len(prompt), options.max_tokens, plan.context)
+            check_fits(len(prompt), max_tokens, plan.context)
         click.echo(plan_line(plan), err=True)
         warn_kv(plan)
 
     start = time.perf_counter()
     runner = load(
         source,
-        device=options.device,
-        context=options.context,
-        profile=profile,
+        replace(options, profile=profile, budget=None),  # the budget is in the profile now
         ring_slots=ring,
         on_plan=show,
-        kv_cache_dtype=options.kv_cache_dtype,
         progress=Progress.on_stderr("loading weights", format_bytes),
-        cpu_experts=options.cpu_experts,
-        parallel=parallel,
     )
     runner.progress = Progress.on_stderr("prefill", lambda n: f"{n:,} tokens")
-    return Model(runner, tokenizer, time.perf_counter() - start, prompt)
+    return Model(runner, tokenizer, time.perf_counter() - start, prompt, grammar)
 
 
 class Progress:

@@ -5,9 +5,10 @@ Options that several commands take (`-m/--model`, `-p/--profile`, `-c/--context`
 here once, so the flags agree from command to command. Every command is registered through
 `with_environment` (see `cli/__init__.py`), which gives each of its options the variable
 GPTOSS_LITE_<LONG NAME> (`--max-tokens` -> GPTOSS_LITE_MAX_TOKENS), shown in --help: a new
-option needs nothing more than its `click.option`. `@model_options` adds the model, sampling and
-harmony options of `run` and `chat`, which pop them out of their keyword arguments as one
-`Options`; the sampling values are checked there, before anything is loaded.
+option needs nothing more than its `click.option`. A command pops the options of how a model is
+opened out of its keyword arguments as one `ModelOptions` (`take_model_options`).
+`@model_options` adds the model, sampling and harmony options of `run` and `chat`, which pop
+them as one `Options`: its `Sampling` is checked there, before anything is loaded.
 """
 
 from __future__ import annotations
@@ -19,9 +20,20 @@ from dataclasses import dataclass, fields
 
 import click
 
-from ..chat.harmony import DEFAULT_IDENTITY, EFFORTS, Conversation, check_effort, read_tools
+from ..chat.harmony import (
+    DEFAULT_IDENTITY,
+    EFFORTS,
+    FUNCTIONS,
+    Conversation,
+    check_effort,
+    read_tools,
+)
+from ..chat.json_schema import check_schema, read_json
+from ..chat.reply_grammar import ANY_OBJECT, ReplyFormat, ToolFormat
 from ..config import ModelConfig, preset, preset_names
-from ..engine.sampling import Sampling, check_sampling
+from ..engine.options import ModelOptions
+from ..engine.sampling import Sampling
+from ..errors import GptossError
 from ..memory.plan import MAX_DEFAULT_PARALLEL, MIN_SEQUENCE_CONTEXT
 from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes
@@ -233,49 +245,41 @@ def overwrite_option(what: str) -> Callable:
     return click.option("--overwrite", is_flag=True, help=f"Replace {what} if it exists.")
 
 
+def take_model_options(kwargs: dict) -> ModelOptions:
+    """Pop the options of how a model is opened (those a command declares) out of its keyword
+    arguments."""
+    names = [f.name for f in fields(ModelOptions) if f.name in kwargs]
+    return ModelOptions(**{name: kwargs.pop(name) for name in names})
+
+
 # ------------------------------------------------------------------ run and chat
 
 
 @dataclass(frozen=True)
 class Options:
-    """The shared options of `run` and `chat`, as click parsed them; the sampling values are
-    checked on creation, so a bad one fails before the model loads."""
+    """The shared options of `run` and `chat`, as click parsed them: the model, how it is opened,
+    how every reply is sampled (checked when taken, so a bad value fails before the load) and
+    the harmony settings."""
 
     model: str
-    profile: str | None
-    context: int | None
-    device: str | None
-    budget: float | None
-    kv_cache_dtype: KVDtypes | None
-    cpu_experts: int | str | None
-    max_tokens: int | None
-    temperature: float
-    top_p: float
-    top_k: int | None
-    seed: int | None
+    opening: ModelOptions
+    sampling: Sampling
     reasoning_effort: str
     system: str | None
     developer: str | None
     tools: str | None
     show_reasoning: bool
-
-    def __post_init__(self) -> None:
-        check_sampling(
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            seed=self.seed,
-            max_new_tokens=self.max_tokens,
-        )
+    json_schema: str | None
+    json_object: bool
 
     @classmethod
     def take(cls, kwargs: dict) -> Options:
-        """Pop this class's fields out of a command's keyword arguments."""
-        return cls(**{f.name: kwargs.pop(f.name) for f in fields(cls)})
-
-    def sampling(self) -> Sampling:
-        """The sampling settings of every reply."""
-        return Sampling(self.max_tokens, self.temperature, self.top_p, self.top_k, self.seed)
+        """Pop the options of `@model_options` out of a command's keyword arguments."""
+        model, opening = kwargs.pop("model"), take_model_options(kwargs)
+        flags = {name: kwargs.pop(name) for name in SAMPLING_FLAGS}
+        sampling = Sampling(max_new_tokens=kwargs.pop("max_tokens"), **flags)
+        harmony = {f.name: kwargs.pop(f.name) for f in fields(cls) if f.name in kwargs}
+        return cls(model, opening, sampling, **harmony)
 
     def conversation(self) -> Conversation:
         """An empty conversation with these settings, tools and today's date."""
@@ -286,6 +290,20 @@ class Options:
             date=datetime.date.today().isoformat(),
             model_identity=self.system or DEFAULT_IDENTITY,
         )
+
+    def reply_format(self, conversation: Conversation) -> ReplyFormat | None:
+        """The format every reply is held to: JSON of the --json-schema file (checked now) or
+        any JSON object, calling only the conversation's tools; None without either flag."""
+        if self.json_schema and self.json_object:
+            raise GptossError("use --json-schema FILE or --json-object, not both")
+        if self.json_schema:
+            answer = check_schema(read_json(self.json_schema), strict=False)
+        elif self.json_object:
+            answer = ANY_OBJECT
+        else:
+            return None
+        tools = tuple(ToolFormat(FUNCTIONS + tool.name) for tool in conversation.tools)
+        return ReplyFormat(answer=answer, tools=tools)
 
 
 class Effort(click.ParamType):
@@ -302,7 +320,9 @@ class Effort(click.ParamType):
         return check_effort(str(value))
 
 
-# The sampling values are plain numbers here: `check_sampling` is their one check.
+# The sampling values are plain numbers here: `Sampling` is their one check. --max-tokens is its
+# max_new_tokens, the rest (SAMPLING_FLAGS) share its field names.
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "seed")
 _OPTIONS = [
     model_option("Hugging Face repo id or local checkpoint folder.", default="openai/gpt-oss-20b"),
     profile_option(),
@@ -369,6 +389,18 @@ _OPTIONS = [
         default=None,
         help="Function tools the model may call: OpenAI function-tool JSON, a list of "
         '{"type": "function", "function": {"name", "description", "parameters"}}.',
+    ),
+    click.option(
+        "--json-schema",
+        metavar="FILE",
+        default=None,
+        help="Answer with JSON valid against the JSON schema in FILE, printed alone (decoding "
+        "is constrained; the reasoning stays free).",
+    ),
+    click.option(
+        "--json-object",
+        is_flag=True,
+        help="Answer with one JSON object, printed alone (decoding is constrained).",
     ),
     click.option(
         "--show-reasoning/--hide-reasoning",

@@ -19,7 +19,6 @@ from ..config import ModelConfig
 from ..errors import GptossError
 from ..measure.vram_report import measure_memory
 from ..measure.vram_report_files import PNG_SKIPPED, REPORT_FILES, comparison_table, write_report
-from ..model.kv_quant import KVDtypes
 from ..outputs import check_outputs
 from .common import warn_kv
 from .options import (
@@ -33,6 +32,7 @@ from .options import (
     overwrite_option,
     parallel_option,
     profile_option,
+    take_model_options,
 )
 
 
@@ -42,7 +42,7 @@ from .options import (
 @geometry_option("Random weights of this preset geometry, made in memory, instead of --model.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the synthetic weights and of the random prompt.")
-@profile_option(name="profile_name")
+@profile_option()
 @context_option("Context (tokens) to size the KV cache for [default: the largest that fits].")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="Random prompt tokens to prefill (in the profile's chunks).")
@@ -59,21 +59,17 @@ from .options import (
 @kv_cache_option()
 @cpu_experts_option()
 @parallel_option(default="1")
-def profile(model: str | None, geometry: ModelConfig | None, seed: int, profile_name: str | None,
-            context: int | None, prompt_tokens: int, gen_tokens: int, device: str | None,
-            budget: float | None, enforce: bool | None, out: Path, overwrite: bool,
-            kv_cache_dtype: KVDtypes | None, cpu_experts: int | str | None,
-            parallel: int | None) -> None:
+def profile_command(model: str | None, geometry: ModelConfig | None, seed: int,
+                    prompt_tokens: int, gen_tokens: int, enforce: bool | None, out: Path,
+                    overwrite: bool, **opening) -> None:
     """Measure memory per phase (load, prefill, decode) and compare it with the plan."""
+    options = take_model_options(opening)
     if (model is None) == (geometry is None):
         raise GptossError("pass exactly one of --model PATH|HUB_ID and --geometry GEOMETRY")
     check_outputs(out, REPORT_FILES, overwrite)
     source = SyntheticCheckpoint(geometry, seed) if geometry else model
-    report = measure_memory(source, profile=profile_name, context=context,
-                            prompt_tokens=prompt_tokens, gen_tokens=gen_tokens, device=device,
-                            enforce=enforce, seed=seed, budget_gib=budget,
-                            kv_cache_dtype=kv_cache_dtype, cpu_experts=cpu_experts,
-                            parallel=parallel)
+    report = measure_memory(source, options, prompt_tokens=prompt_tokens, gen_tokens=gen_tokens,
+                            enforce=enforce, seed=seed)
     warn_kv(report.plan)
     files = write_report(report, out)
     click.echo("\n".join([report.verdict()[1], "", *comparison_table(report.rows()), ""]))

@@ -4,8 +4,11 @@ The prompt is the argument or, without one, stdin. It becomes a harmony conversa
 optional developer instructions, the user message) and the reply streams to stdout: the reasoning
 dim under "Thinking...", then the answer. `--raw` continues the text as it is and stops at
 <|endoftext|>; `--json` prints one JSON object at the end instead of streaming; `--verbose` adds
-token counts, speeds and peak memory on stderr. Ctrl-C stops the reply, keeps what was printed
-(and still prints the JSON or the numbers asked for) and exits with status 130.
+token counts, speeds and peak memory on stderr. `--json-schema FILE` and `--json-object` hold the
+answer to JSON (constrained decoding) and print that JSON alone; a reply cut by --max-tokens
+before its JSON is complete is an error line and status 1, never passed off as an answer.
+Ctrl-C stops the reply, keeps what was printed (and still prints the JSON or the numbers asked
+for) and exits with status 130.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from ..chat.reply import read_reply
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from ..engine.session import Generation, user_prompt
+from ..errors import GptossError
 from ..measure.meter import peak_memory
+from .chat import INCOMPLETE
 from .common import Model, open_model, read_prompt, stats_lines
 from .display import show_reply
 from .options import Options, model_options
@@ -56,13 +61,22 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
     options = Options.take(kwargs)
     text = read_prompt(prompt)
     conversation = options.conversation()
+    reply = options.reply_format(conversation)
+    if reply is not None and raw:
+        raise GptossError("--json-schema and --json-object hold a harmony answer: drop --raw")
 
     def encode(tokenizer: Tokenizer) -> list[int]:
         return tokenizer.encode(text) if raw else user_prompt(conversation, text.strip(), tokenizer)
 
-    model = open_model(options, prompt_of=encode)
+    model = open_model(
+        options.model,
+        options.opening,
+        max_tokens=options.sampling.max_new_tokens,
+        prompt_of=encode,
+        reply=reply,
+    )
     stop = (ENDOFTEXT,) if raw else STOP_TOKENS
-    generation = Generation(model.runner, model.prompt, options.sampling(), stop)
+    generation = Generation(model.runner, model.prompt, options.sampling, stop, model.grammar)
     tools = [tool.name for tool in conversation.tools]
     interrupted = False
     try:
@@ -75,7 +89,7 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
                 model.tokenizer,
                 harmony=not raw,
                 tools=tools,
-                show_reasoning=options.show_reasoning,
+                show_reasoning=options.show_reasoning and reply is None,  # the JSON alone
             )
     except KeyboardInterrupt:
         interrupted = True
@@ -89,6 +103,9 @@ def run(prompt: str | None, raw: bool, as_json: bool, verbose: bool, **kwargs) -
         click.echo(f"kernels: {model.runner.model.kernel_name}", err=True)
     if interrupted:
         sys.exit(130)
+    if reply is not None and generation.finish_reason == "length":
+        click.echo(f"error: {INCOMPLETE}", err=True)
+        sys.exit(1)
 
 
 def report(generation: Generation, model: Model, raw: bool, tools: Collection[str]) -> dict:

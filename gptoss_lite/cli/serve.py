@@ -11,14 +11,13 @@ cache of its own (the plan line says the context each gets); more wait in the qu
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
-from dataclasses import dataclass
 
 import click
 
 from ..errors import GptossError
-from ..model.kv_quant import KVDtypes
 from ..server.http_server import make_server
 from ..server.limits import MIB, Limits
 from ..server.service import DEFAULT_MAX_QUEUE, Service, model_name
@@ -32,21 +31,8 @@ from .options import (
     model_option,
     parallel_option,
     profile_option,
+    take_model_options,
 )
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """The model options `open_model` reads; a reply has no fixed length here."""
-
-    model: str
-    profile: str | None
-    context: int | None
-    device: str | None
-    budget: float | None
-    kv_cache_dtype: KVDtypes | None
-    cpu_experts: int | str | None
-    max_tokens: int | None = None
 
 
 @click.command()
@@ -107,13 +93,6 @@ class ServeOptions:
 )
 def serve(
     model: str,
-    profile: str | None,
-    context: int | None,
-    device: str | None,
-    budget: float | None,
-    kv_cache_dtype: KVDtypes | None,
-    cpu_experts: int | str | None,
-    parallel: int | None,
     host: str,
     port: int,
     api_key: str | None,
@@ -122,14 +101,15 @@ def serve(
     header_timeout: float,
     body_timeout: float,
     max_connections: int,
+    **opening,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API until SIGTERM or Ctrl-C.
 
     Endpoints: /v1/chat/completions, /v1/responses, /v1/completions, /v1/models, /health.
     """
+    options = take_model_options(opening)
     listener = bind(host, port)
-    choice = ServeOptions(model, profile, context, device, budget, kv_cache_dtype, cpu_experts)
-    loaded = open_model(choice, chat=True, parallel=parallel)
+    loaded = open_model(model, options, chat=True)  # a reply has no fixed length here
     service = Service(
         loaded.runner, loaded.tokenizer, model_name(model), api_key=api_key, max_queue=max_queue
     )
@@ -138,8 +118,12 @@ def serve(
     limits = Limits(header_timeout, body_timeout, max_connections, store_mib * MIB)
     server = make_server(service, limits)
     server.run(sockets=[listener])
-    if server.force_exit:
-        sys.exit(130)  # a second Ctrl-C, as for run and chat
+    status = 130 if server.force_exit else 0  # 130: a second Ctrl-C, as for run and chat
+    if server.started:  # stopped cleanly: skip the interpreter's teardown (seconds, with torch)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 def bind(host: str, port: int) -> socket.socket:

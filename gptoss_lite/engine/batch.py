@@ -9,14 +9,15 @@ of `prefill_chunk` tokens of one prompt (the one with the fewest left, so a shor
 answers while a long prompt is still prefilling), then one forward pass over the sequences that
 have a token to feed (`Transformer.decode`). So a request joins at the next step, and the stall
 a prompt adds to the decoding sequences is bounded by one chunk per step (`step_chunk`: the
-plan's chunk, on a CPU at most CPU_STEP_TOKENS). A sequence leaves when
-it samples a stop token or reaches `max_new_tokens` (its last token is never fed, as in
-`Runner.generate`), or is cancelled; its slot keeps its cache for the next request.
-Each sequence samples with its own settings and seeded generator, and its arithmetic does not
-depend on the others: its prompt is chunked from where its reused prefix ends, as
-`Runner.generate` does, and a decode row is computed as it would be alone where the kernels
-compute rows independently (the CPU kernels), so a seeded request gives the same tokens batched
-or alone. A sequence whose logits are broken (NaN) fails alone; the others go on.
+plan's chunk, on a CPU at most CPU_STEP_TOKENS). A sequence leaves when it samples a stop token
+or reaches `max_new_tokens` (its last token is never fed, as in `Runner.generate`), or is
+cancelled; its slot keeps its cache for the next request.
+Each sequence samples with its own settings, seeded generator and token mask (structured
+output, `Request.mask`), and its arithmetic does not depend on the others: its prompt is chunked
+from where its reused prefix ends, as `Runner.generate` does, and a decode row is computed as it
+would be alone where the kernels compute rows independently (the CPU kernels), so a seeded
+request gives the same tokens batched or alone. A sequence whose logits are broken (NaN) fails
+alone; the others go on.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -33,9 +34,9 @@ from ..chat.stats import ReplyStats
 from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
-from .generate import check_fits, next_token, reusable_prefix
+from .generate import TokenMask, check_fits, next_token, reusable_prefix
 from .logprobs import TokenLogprob, token_logprobs
-from .sampling import Sampling, check_sampling
+from .sampling import Sampling
 
 SIMILAR = 0.5  # a slot whose cache holds at least this share of a prompt is that prompt's own
 # On a CPU a prefill chunk of the plan's size takes seconds to minutes: with other sequences to
@@ -53,12 +54,14 @@ def step_chunk(prefill_chunk: int, sequences: int, device: torch.device) -> int:
 
 @dataclass(frozen=True)
 class Request:
-    """One generation: its prompt, how to sample it (at most `sampling.max_new_tokens`, None:
-    until the context is full) and its stop tokens (one ends it and is the last token given)."""
+    """One generation: its prompt, how its tokens are drawn (`max_new_tokens` None: until the
+    context is full), its stop tokens (one of them ends it and is the last token given), and the
+    mask that limits each step's tokens (structured output), if any."""
 
     prompt: tuple[int, ...]
-    sampling: Sampling = field(default_factory=Sampling)
+    sampling: Sampling
     stop: frozenset[int] = frozenset()
+    mask: TokenMask | None = None
 
 
 class Sequence:
@@ -92,15 +95,10 @@ class Sequence:
         return self.finish_reason is not None
 
     def _sample(self, logits: torch.Tensor) -> None:
-        s = self.request.sampling
+        s, mask = self.request.sampling, self.request.mask
         try:
-            token = next_token(
-                logits,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                top_k=s.top_k,
-                generator=self.generator,
-            )
+            allowed = None if mask is None else mask.allowed(logits)
+            token = next_token(logits, s, self.generator, allowed)
         except GptossError as exc:
             self.error, self.finish_reason = exc, "error"
             return
@@ -118,6 +116,8 @@ class Sequence:
             self.finish_reason = "stop"
         elif len(self.output) == self.max_new_tokens:
             self.finish_reason = "length"
+        elif mask is not None:
+            mask.request(token)  # the next mask is made while this token's pass runs
 
 
 class Batch:
@@ -155,17 +155,10 @@ class Batch:
         return self._tokens[slot][: self.caches[slot].length]
 
     def add(self, request: Request) -> Sequence:
-        """Start `request` in a free slot (a `GptossError` if its settings or its length are
-        refused, a `RuntimeError` if no slot is free); it runs from the next `step()`."""
-        prompt, s = list(request.prompt), request.sampling
-        check_sampling(
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
-            max_new_tokens=s.max_new_tokens,
-        )
-        most = check_fits(len(prompt), s.max_new_tokens, self.context)
+        """Start `request` in a free slot (a `GptossError` if its length is refused, a
+        `RuntimeError` if no slot is free); it runs from the next `step()`."""
+        prompt = list(request.prompt)
+        most = check_fits(len(prompt), request.sampling.max_new_tokens, self.context)
         if not self.free:
             raise RuntimeError("every slot is running a sequence")
         with self._guard():
@@ -173,6 +166,8 @@ class Batch:
             self.caches[slot].rewind(reused)
         self._tokens[slot] = prompt
         sequence = Sequence(request, most, slot, reused, self.model.device)
+        if request.mask is not None:
+            request.mask.request(None)  # made while the prompt is prefilled
         self.running.append(sequence)
         return sequence
 

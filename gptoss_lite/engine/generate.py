@@ -4,25 +4,37 @@
 context, or a `GptossError` gives the numbers (the CLI, the chat session, the memory report and
 the runner all ask it, before any forward pass). `prefill` runs the prompt through the model in
 chunks (bounded activation memory whatever the prompt length), telling `progress(done, total)`
-after each; `decode_step` feeds one token; `next_token` samples and refuses a broken model (NaN
-or infinite logits) in the same host transfer that reads the token. `reusable_prefix` is the one
-rule of how much of a cache a new prompt keeps.
+after each; `decode_step` feeds one token; `next_token` samples (among the `allowed` ids only,
+when a `TokenMask` constrains the reply) and refuses a broken model (NaN or infinite logits) in
+the same host transfer that reads the token. `reusable_prefix` is the one rule of how much of a
+cache a new prompt keeps.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
 from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
-from .sampling import sample
+from .sampling import Sampling, sample
 
 PREFILL_CHUNK = 512  # tokens per prefill step unless the memory profile says otherwise
 
 Progress = Callable[[int, int], None]  # (done, total), called as work advances
+
+
+class TokenMask(Protocol):
+    """Which tokens may come next, step by step (e.g. a grammar's): `request(token)` as the
+    forward pass of `token` starts (None before the prompt's), `allowed(logits)` once it ends,
+    in either form `next_token` takes."""
+
+    def request(self, token: int | None) -> None: ...
+
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor: ...
 
 
 def check_fits(prompt_tokens: int, new_tokens: int | None, context: int) -> int:
@@ -87,14 +99,18 @@ def decode_step(model: Transformer, cache: KVCache, token: int) -> torch.Tensor:
 
 def next_token(
     logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
+    sampling: Sampling,
     generator: torch.Generator | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> int:
-    """The next token id sampled from logits [V]; a `GptossError` if they are not finite."""
-    token = sample(logits, temperature=temperature, top_p=top_p, top_k=top_k, generator=generator)
+    """The next token id sampled from logits [V], among the ids `allowed` if given (a bool mask
+    [V], or the ids themselves [k]: then only those k logits are read); a `GptossError` if the
+    logits are not finite."""
+    if allowed is not None and allowed.dtype != torch.bool:
+        token = allowed[sample(logits[allowed], sampling, generator)]  # the same distribution
+    else:
+        scores = logits if allowed is None else torch.where(allowed, logits, float("-inf"))
+        token = sample(scores, sampling, generator)
     # One transfer for both: the token and whether the row's max is finite (NaN propagates).
     token_id, finite = torch.stack((token, logits.max().isfinite().long())).tolist()
     if not finite:

@@ -4,6 +4,9 @@
     for token in runner.generate(ids, max_new_tokens=64, temperature=0):
         ...
 
+How the model is opened is one `ModelOptions` (its fields may also be given to `load` as keyword
+arguments), how tokens are drawn one `Sampling` (likewise for `generate`).
+
 `find_model` resolves the model (local folder or Hub id: configs and tokenizer first) and reads
 its config, once; `load` plans the memory from that, then fills the model's empty parameters
 from the checkpoint straight onto the device (experts stay MXFP4) and allocates the KV cache for
@@ -35,26 +38,29 @@ from ..errors import GptossError
 from ..kernels import cpu as cpu_kernels
 from ..kernels import kernel_functions, triton_available, triton_refusal
 from ..memory.plan import Plan, plan
-from ..memory.profiles import Profile, resolve_profile, run_device
+from ..memory.profiles import resolve_profile, run_device
 from ..model.cache import KVCache, KVPool
 from ..model.kv_quant import KVDtypes
-from ..model.transformer import Transformer
+from ..model.transformer import TORCH_KERNELS, Transformer
 from .batch import Batch, step_chunk
 from .generate import (
     PREFILL_CHUNK,
     Progress,
+    TokenMask,
     check_fits,
     decode_step,
     next_token,
     prefill,
     reusable_prefix,
 )
-from .sampling import check_sampling
+from .options import ModelOptions
+from .sampling import Sampling
 
 BUSY = (
     "this Runner is already computing for another call (another thread?): it holds one KV "
     "cache, so make one call at a time, or load one Runner per thread"
 )
+GENERATE_DEFAULT = Sampling(max_new_tokens=256)  # what `generate` draws when not told otherwise
 TAKEN_OVER = (
     "this generation's KV cache was taken over by a later generate() or logits() call on the "
     "same Runner; finish (or close) one generation before starting the next"
@@ -138,37 +144,31 @@ class Runner:
     def generate(
         self,
         token_ids: Iterable[int],
+        sampling: Sampling | None = None,
         *,
-        max_new_tokens: int | None = 256,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int | None = None,
         stop: Iterable[int] = (),
         observe: Observer | None = None,
+        mask: TokenMask | None = None,
+        **settings,
     ) -> Iterator[int]:
-        """Yield new token ids one at a time, using (and reusing) the KV cache.
+        """Yield new token ids one at a time, using (and reusing) the KV cache, drawn as
+        `sampling` says (default `GENERATE_DEFAULT`) with any of its fields replaced by
+        `settings` (`max_new_tokens=64, temperature=0`). A stop token ends the reply.
 
-        `max_new_tokens` None means until the context is full; `observe(logits, token)` is told
-        each step's logits [V] and the token chosen from them, before it is yielded. The
-        settings are checked, and the cache taken from any earlier generation, when this is
-        called."""
-        check_sampling(
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            max_new_tokens=max_new_tokens,
-        )
+        `observe(logits, token)` is told each step's logits [V] (the model's, unmasked) and the
+        token chosen from them, before it is yielded; `mask` limits each step to the tokens it
+        allows. The settings are checked, and the cache taken from any earlier generation, when
+        this is called."""
+        sampling = replace(sampling or GENERATE_DEFAULT, **settings)
         tokens = self._tensor(token_ids)
-        n = check_fits(tokens.numel(), max_new_tokens, self.context)
+        n = check_fits(tokens.numel(), sampling.max_new_tokens, self.context)
         generator = torch.Generator(device=self.device)
-        generator.manual_seed(seed if seed is not None else torch.seed())
-        sampling = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+        generator.manual_seed(sampling.seed if sampling.seed is not None else torch.seed())
         with self._cache_for(None) as owner:
             pass
-        sampling |= {"generator": generator}
-        return self._generate(owner, tokens, n, set(stop), sampling, observe or _unobserved)
+        return self._generate(
+            owner, tokens, n, set(stop), sampling, generator, observe or _unobserved, mask
+        )
 
     def batch(self, prefill_chunk: int | None = None) -> Batch:
         """A `Batch` decoding sequences together in this runner's caches, one per cache, with
@@ -186,16 +186,20 @@ class Runner:
         tokens: torch.Tensor,
         n: int,
         stop: set[int],
-        sampling: dict,
+        sampling: Sampling,
+        generator: torch.Generator,
         observe: Observer,
+        mask: TokenMask | None,
     ) -> Iterator[int]:
         with self._cache_for(owner):
             new = self._reuse_prefix(tokens.tolist())
             self._history, self.prefilled = tokens.tolist(), tokens.numel() - new
+            if mask is not None:
+                mask.request(None)  # made while the prompt is prefilled
             logits = prefill(
                 self.model, self.cache, tokens[new:], self.prefill_chunk, progress=self.progress
             )[-1]
-            token = next_token(logits, **sampling)
+            token = next_token(logits, sampling, generator, _allowed(mask, logits))
             observe(logits, token)
             self._history.append(token)
         for step in range(1, n + 1):
@@ -203,8 +207,10 @@ class Runner:
             if token in stop or step == n:
                 return  # a stop token (or the last one) is never fed back
             with self._cache_for(owner):
+                if mask is not None:
+                    mask.request(token)  # the next mask is made while this token's pass runs
                 logits = decode_step(self.model, self.cache, token)[-1]
-                token = next_token(logits, **sampling)
+                token = next_token(logits, sampling, generator, _allowed(mask, logits))
                 observe(logits, token)
                 self._history.append(token)
 
@@ -241,45 +247,41 @@ class Runner:
 
 def load(
     model: str | Path | ModelSource | Checkpoint,
+    options: ModelOptions | None = None,
     *,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | str | None = None,
-    context: int | None = None,
-    profile: str | Path | Profile | None = None,
     ring_slots: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
-    kernels: str = "auto",
-    kv_cache_dtype: str | KVDtypes | None = None,
     progress: Progress | None = None,
-    cpu_experts: int | str | None = None,
-    parallel: int | None = 1,
+    **settings,
 ) -> Runner:
-    """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`.
+    """Load a gpt-oss checkpoint (local folder or Hub repo id) into a ready `Runner`, opened as
+    `options` says with any of its fields replaced by `settings` (`device="cpu", context=4096`).
 
-    The memory profile (default: detected from this machine) and the plan made from it decide
-    the context (the largest that fits, unless `context` asks for one, which must fit), the
-    prefill chunk and where the embedding table lives; the plan is made before any weight is
-    read, so a model that cannot fit fails at once. `dtype` sets the activations and the
-    attention/router/embedding weights (default bf16); the experts stay MXFP4 whatever it is.
+    The memory profile (default: detected from this machine; `budget` GiB replaces its budget)
+    and the plan made from it decide the context (the largest that fits, unless `context` asks
+    for one, which must fit), the prefill chunk and where the embedding table lives; the plan is
+    made before any weight is read, so a model that cannot fit fails at once. `dtype` sets the
+    activations and the attention/router/embedding weights (default bf16); the experts stay
+    MXFP4 whatever it is. `kernels` is "torch", "triton" (the fused GPU kernels), "cpu" (the
+    compiled CPU kernels) or "auto" (triton on CUDA when Triton is installed, cpu on the CPU when
+    a C compiler is there, else torch). `cpu_experts` (a layer count or "all"; default: the
+    profile's, else as few as the plan needs) keeps those leading layers' experts in host RAM,
+    run by the CPU kernel. `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see `kv_quant`)
+    replaces the profile's KV-cache formats.
     `ring_slots` enlarges the sliding layers' rings so the cache can rewind that far back
     (minus the window); `on_plan(plan)` is called before the weights are read, e.g. to show it;
-    `progress(done, total)` is told the bytes of weights loaded so far.
-    `kernels` is "torch", "triton" (the fused GPU kernels), "cpu" (the compiled CPU kernels) or
-    "auto" (triton on CUDA when Triton is installed, cpu on the CPU when a C compiler is there,
-    else torch). `cpu_experts` (a layer count or "all"; default: the profile's, else as few as
-    the plan needs) keeps those leading layers' experts in host RAM, run by the CPU kernel.
-    `parallel` sequences (None: as many as the plan allows, up to 4) get a KV cache of the
-    planned context each, for `Runner.batch`.
-    `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see `kv_quant`) replaces the profile's
-    KV-cache formats. `model` may also be what `find_model` found, or an opened
-    checkpoint: `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that
-    geometry made in memory, to check the fit before a download.
+    `progress(done, total)` is told the bytes of weights loaded so far. `parallel` sequences
+    (None: as many as the plan allows, up to 4) get a KV cache of the planned context each, for
+    `Runner.batch`. `model` may also be what `find_model` found, or an opened checkpoint:
+    `SyntheticCheckpoint(preset("gpt-oss-20b"))` loads random weights of that geometry made in
+    memory, to check the fit before a download.
     """
-    dtype = _dtype(dtype)
-    profile = resolve_profile(profile, device)
-    device = run_device(profile, device)  # before anything is read or downloaded
-    if kv_cache_dtype is not None:
-        kv = kv_cache_dtype
+    options = replace(options or ModelOptions(), **settings)
+    dtype = _dtype(options.dtype)
+    profile = resolve_profile(options.profile, options.device, options.budget)
+    device = run_device(profile, options.device)  # before anything is read or downloaded
+    if options.kv_cache_dtype is not None:
+        kv = options.kv_cache_dtype
         kv = kv if isinstance(kv, KVDtypes) else KVDtypes.parse(kv)
         profile = replace(profile, kv_cache_dtype=kv)
     if isinstance(model, (str, Path)):
@@ -288,10 +290,10 @@ def load(
     memory_plan = plan(
         config,
         profile,
-        context,
+        options.context,
         ring_slots=ring_slots,
-        cpu_experts=cpu_experts,
-        parallel=parallel,
+        cpu_experts=options.cpu_experts,
+        parallel=options.parallel,
     )
     if on_plan is not None:
         on_plan(memory_plan)
@@ -300,11 +302,13 @@ def load(
     if isinstance(checkpoint, FileCheckpoint) and has_dense_experts(checkpoint):
         checkpoint = QuantizingCheckpoint(checkpoint)  # a bf16 fine-tune: MXFP4 while loading
     embedding_device = device if profile.embedding_on_device else torch.device("cpu")
-    host_kernels = kernel_functions(_kernels("auto", torch.device("cpu")))
+    host_kernels = TORCH_KERNELS  # unused without experts in host RAM: nothing to build then
+    if memory_plan.cpu_experts:
+        host_kernels = kernel_functions(_kernels("auto", torch.device("cpu")))
     net = Transformer(
         config,
         dtype,
-        kernel_functions(_kernels(kernels, device)),
+        kernel_functions(_kernels(options.kernels, device)),
         memory_plan.cpu_experts,
         host_kernels,
     )
@@ -337,6 +341,10 @@ def load(
 
 def _unobserved(logits: torch.Tensor, token: int) -> None:
     """The observer of a generation nobody watches."""
+
+
+def _allowed(mask: TokenMask | None, logits: torch.Tensor) -> torch.Tensor | None:
+    return None if mask is None else mask.allowed(logits)
 
 
 def _kernels(kernels: str, device: torch.device) -> str:

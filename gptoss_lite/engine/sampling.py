@@ -1,9 +1,9 @@
 """Choosing the next token from logits: greedy, temperature, top-k and top-p (nucleus).
 
+`Sampling` holds how the tokens of a reply are chosen, for the CLI, the server and the Python API
+alike, and checks its values when it is made (a one-line `GptossError`, before anything loads).
 `sample` is a pure function of the logits and an explicit `torch.Generator`, so a seed gives the
 same tokens every time. Temperature 0 means argmax. gpt-oss recommends temperature 1, top_p 1.
-`check_sampling` is the one check of the settings, used by the CLI before loading and by
-`Runner.generate`; `Sampling` holds them for one reply.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ SEEDS = 2**64  # torch.Generator.manual_seed takes a seed in [0, 2**64)
 
 @dataclass(frozen=True)
 class Sampling:
-    """How replies are sampled; `max_new_tokens` None means until the context is full."""
+    """How the tokens of one reply are chosen, and what is kept of them; `max_new_tokens` None
+    means until the context is full, `seed` None a random one. A value the sampler cannot use is
+    a one-line `GptossError`."""
 
     max_new_tokens: int | None = None
     temperature: float = 1.0
@@ -30,26 +32,20 @@ class Sampling:
     seed: int | None = None
     logprobs: int | None = None  # None: none; k: each token's and the k likeliest (logprobs.py)
 
-
-def check_sampling(
-    *,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    seed: int | None = None,
-    max_new_tokens: int | None = None,
-) -> None:
-    """A one-line `GptossError` for a sampling setting the sampler cannot use."""
-    if not _number(temperature) or not temperature >= 0:
-        raise GptossError(f"temperature {temperature!r}: use a finite number >= 0 (0 is greedy)")
-    if not _number(top_p) or not 0 < top_p <= 1:
-        raise GptossError(f"top_p {top_p!r}: use a number in (0, 1]")
-    if top_k is not None and not (_integer(top_k) and top_k >= 1):
-        raise GptossError(f"top_k {top_k!r}: use an integer >= 1")
-    if seed is not None and not (_integer(seed) and 0 <= seed < SEEDS):
-        raise GptossError(f"seed {seed!r}: use an integer in [0, 2**64)")
-    if max_new_tokens is not None and not (_integer(max_new_tokens) and max_new_tokens >= 1):
-        raise GptossError(f"max_new_tokens {max_new_tokens!r}: use an integer >= 1")
+    def __post_init__(self) -> None:
+        t, p, k, seed, n = self.temperature, self.top_p, self.top_k, self.seed, self.max_new_tokens
+        if not _number(t) or not t >= 0:
+            raise GptossError(f"temperature {t!r}: use a finite number >= 0 (0 is greedy)")
+        if not _number(p) or not 0 < p <= 1:
+            raise GptossError(f"top_p {p!r}: use a number in (0, 1]")
+        if k is not None and not (_integer(k) and k >= 1):
+            raise GptossError(f"top_k {k!r}: use an integer >= 1")
+        if seed is not None and not (_integer(seed) and 0 <= seed < SEEDS):
+            raise GptossError(f"seed {seed!r}: use an integer in [0, 2**64)")
+        if n is not None and not (_integer(n) and n >= 1):
+            raise GptossError(f"max_new_tokens {n!r}: use an integer >= 1")
+        if self.logprobs is not None and not (_integer(self.logprobs) and self.logprobs >= 0):
+            raise GptossError(f"logprobs {self.logprobs!r}: use an integer >= 0")
 
 
 def _number(x: object) -> bool:
@@ -60,20 +56,19 @@ def _integer(x: object) -> bool:
     return isinstance(x, Integral) and not isinstance(x, bool)
 
 
+GREEDY = Sampling(temperature=0)  # argmax: what benchmarks and reports decode with
+
+
 def sample(
-    logits: torch.Tensor,
-    *,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The next token id (0-d long tensor) from logits [V] (settings as `check_sampling` allows).
+    """The next token id (0-d long tensor) from logits [V], drawn as `sampling` says.
 
     No host sync: the draw is the argmax of p / E with E ~ Exponential(1), which picks token i
     with probability p_i, like a multinomial draw. A NaN logit is drawn (argmax prefers NaN),
     so the caller can tell a broken model from the sampled token's logit.
     """
+    temperature, top_p, top_k = sampling.temperature, sampling.top_p, sampling.top_k
     if temperature == 0:
         return logits.argmax()
     # Shifted by the max and in float64, so a tiny temperature such as 1e-300 stays finite.

@@ -9,7 +9,8 @@ prompt begins with the tokens already cached, so the runner prefills only what i
 harmony drops the last reply's analysis when it re-renders it, so the cache must rewind over a
 whole reply: load the runner with `ring_slots=chat_ring_slots(config)`. A `Generation` also
 serves any other prompt, e.g. plain text stopping at <|endoftext|>, and keeps each token's
-log-probability (`logprobs`) when its `Sampling` asks for them.
+log-probability (`logprobs`) when its `Sampling` asks for them. Given a compiled `Grammar`
+(`constraint.compile_reply`), every token it makes is one the grammar allows.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..chat.tokens import STOP_TOKENS
 from ..config import ModelConfig
 from ..errors import GptossError
 from .generate import check_fits
+from .grammar import Grammar, GrammarMask
 from .logprobs import TokenLogprob, token_logprobs
 from .runner import Runner
 from .sampling import Sampling
@@ -38,8 +40,16 @@ class Generation:
     """The token ids of one reply as the runner makes them, counted and timed on the way."""
 
     def __init__(
-        self, runner: Runner, prompt: list[int], sampling: Sampling, stop: Sequence[int]
+        self,
+        runner: Runner,
+        prompt: list[int],
+        sampling: Sampling,
+        stop: Sequence[int],
+        grammar: Grammar | None = None,
+        prefix: Sequence[int] = (),
     ) -> None:
+        """`prefix`: the tokens at the end of `prompt` that already belong to the reply (a
+        forced call's header), which the grammar reads before the first generated token."""
         self.max_new_tokens = check_fits(len(prompt), sampling.max_new_tokens, runner.context)
         self.stop = tuple(stop)
         self.output: list[int] = []
@@ -48,12 +58,9 @@ class Generation:
         self._runner = runner
         self._tokens = runner.generate(
             prompt,
-            max_new_tokens=self.max_new_tokens,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            seed=sampling.seed,
+            replace(sampling, max_new_tokens=self.max_new_tokens),
             stop=self.stop,
+            mask=None if grammar is None else GrammarMask(grammar, prefix, runner.device),
             observe=None if self.logprobs is None else self._observe(sampling.logprobs),
         )
 
@@ -100,10 +107,12 @@ class ChatSession:
         tokenizer: Tokenizer,
         conversation: Conversation | None = None,
         sampling: Sampling | None = None,
+        grammar: Grammar | None = None,
     ) -> None:
         self.runner, self.tokenizer = runner, tokenizer
         self.conversation = conversation or Conversation()
         self.sampling = sampling or Sampling()
+        self.grammar = grammar  # every reply held to it
         self._pending: Message | None = None
 
     def send(self, text: str) -> Generation:
@@ -131,7 +140,7 @@ class ChatSession:
     def _reply_to(self, message: Message) -> Generation:
         self._pending = message
         prompt = next_prompt(self.conversation, message, self.tokenizer)
-        return Generation(self.runner, prompt, self.sampling, STOP_TOKENS)
+        return Generation(self.runner, prompt, self.sampling, STOP_TOKENS, self.grammar)
 
     def reset(self) -> None:
         """Forget every turn; the settings (effort, instructions, identity) stay."""

@@ -9,7 +9,8 @@ other weights, the KV cache it attends over), so `read_bandwidth` measures what 
 reads per second (a few hundred MB summed, best of a few) and the result says how far decode is
 from that bound. `bench_transformers` runs HF transformers on the same checkpoint, in a process
 of its own (`python -m gptoss_lite.measure.bench transformers ...`), so the peak memory it
-reports is its own.
+reports is its own. `bench_constrained` times decoding held to a grammar against the same
+decoding free, run after run in turn, both through the sampler (greedy) that generation uses.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from pathlib import Path
 
 import torch
 
+from ..chat.tokens import STOP_TOKENS
 from ..config import ModelConfig
-from ..engine.generate import prefill
+from ..engine.generate import next_token, prefill
+from ..engine.grammar import Grammar, GrammarMask
 from ..engine.graphs import GraphedDecodeStep
 from ..engine.runner import Runner
+from ..engine.sampling import GREEDY
 from ..errors import GptossError
 from ..memory.categories import category_of
 from ..memory.plan import decode_bytes_per_token
@@ -174,6 +178,66 @@ def bench(
         decode_runs,
         kv_slot=None if plan is None else plan.kv_slot_bytes,
     )
+
+
+def bench_constrained(
+    runner: Runner,
+    grammar: Grammar,
+    prefix: list[int],
+    prompt_tokens: int,
+    gen_tokens: int,
+    repeats: int = 3,
+    seed: int = 0,
+) -> tuple[BenchResult, BenchResult]:
+    """Decoding free, then held to `grammar` (the reply's `prefix` read first), greedy through
+    `next_token`, their timed runs taking turns; a grammar that reaches its end starts over."""
+    model, cache, device = runner.model, runner.cache, runner.device
+    held: list[GrammarMask] = []  # the constrained runs' mask; empty in the free runs
+    constrained = [False]
+
+    def restart() -> None:
+        held[:] = [GrammarMask(grammar, prefix, device)] if constrained[0] else []
+        if held:
+            held[0].request(None)
+
+    def choose(logits: torch.Tensor) -> int:
+        allowed = held[0].allowed(logits) if held else None
+        return next_token(logits, GREEDY, None, allowed)
+
+    def first(tokens: torch.Tensor) -> int:
+        cache.rewind(0)
+        restart()
+        return choose(prefill(model, cache, tokens, runner.prefill_chunk)[-1])
+
+    def step(token: int) -> int:
+        if held and token in STOP_TOKENS:
+            restart()
+        elif held:
+            held[0].request(token)
+        return choose(model(torch.tensor([token], device=device), cache, last_only=True)[-1])
+
+    prompt = random_prompt(runner.config, prompt_tokens, seed).to(device)
+    runs: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+    for _ in range(repeats):
+        for constrained[0] in (False, True):
+            prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, 1, device)
+            runs[constrained[0]][0].extend(prefill_runs)
+            runs[constrained[0]][1].extend(decode_runs)
+    kv_slot = None if runner.plan is None else runner.plan.kv_slot_bytes
+    free, held_runs = (
+        _result(
+            name,
+            runner.config,
+            device,
+            model.kernel_name,
+            prompt_tokens,
+            gen_tokens,
+            *runs[flag],
+            kv_slot=kv_slot,
+        )
+        for name, flag in (("gptoss-lite, free", False), ("gptoss-lite, constrained", True))
+    )
+    return free, held_runs
 
 
 def bench_transformers(

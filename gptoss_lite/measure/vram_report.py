@@ -16,19 +16,20 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..engine.generate import check_fits, decode_step, next_token, prefill
+from ..engine.options import ModelOptions
 from ..engine.runner import Runner, load
+from ..engine.sampling import GREEDY
 from ..errors import GptossError
 from ..memory.categories import CATEGORIES, category_of
 from ..memory.plan import Plan
 from ..memory.profiles import Profile, resolve_profile, run_device
-from ..model.kv_quant import KVDtypes
 from ..units import format_bytes
 from .meter import CpuMeter, CudaMeter, Meter, Reading, cap_memory
 
@@ -221,48 +222,33 @@ def _names(categories: dict[str, int]) -> list[str]:
 
 def measure_memory(
     model: str | Path | SyntheticCheckpoint,
+    options: ModelOptions | None = None,
     *,
-    profile: str | Path | Profile | None = None,
-    context: int | None = None,
     prompt_tokens: int = 256,
     gen_tokens: int = 4,
-    device: str | torch.device | None = None,
     enforce: bool | None = None,
     seed: int = 0,
-    budget_gib: float | None = None,
-    kv_cache_dtype: str | KVDtypes | None = None,
-    cpu_experts: int | str | None = None,
-    parallel: int | None = 1,
+    **settings,
 ) -> MemoryReport:
-    """Load `model` on `profile`, prefill `prompt_tokens` random ids, decode `gen_tokens`
-    greedily, and measure memory in each phase against the plan.
+    """Load `model` as `options` say (with any of its fields replaced by `settings`, as `load`
+    takes them), prefill `prompt_tokens` random ids, decode `gen_tokens` greedily, and measure
+    memory in each phase against the plan.
 
     `enforce` (default: on for CUDA) caps the CUDA allocator at the profile's card memory, so a
     profile for a smaller card behaves like it on a bigger one; an out-of-memory error in the
-    prefill or the decode is then reported as a failed phase instead of raised. `budget_gib`
-    replaces the profile's budget (`--budget`), `kv_cache_dtype` its KV-cache formats;
-    `cpu_experts` keeps the experts of that many leading layers (or "all") in host RAM.
-    With `parallel` sequences each gets its KV cache; the prompt goes into the first, and the
-    decode steps feed every sequence a token at once (`Transformer.decode`).
+    prefill or the decode is then reported as a failed phase instead of raised. With
+    `parallel` sequences each gets its KV cache; the prompt goes into the first, and the decode
+    steps feed every sequence a token at once (`Transformer.decode`).
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
-    prof = resolve_profile(profile, device, budget_gib)
-    dev = run_device(prof, device)
+    options = replace(options or ModelOptions(), **settings)
+    prof = resolve_profile(options.profile, options.device, options.budget)
+    dev = run_device(prof, options.device)
+    options = replace(options, profile=prof, device=dev, budget=None)  # resolved once, here
     meter = CudaMeter(dev) if dev.type == "cuda" else CpuMeter()
     with _capped(enforce, dev, prof) as cap:
-        runner, phases = _load(
-            model,
-            prof,
-            dev,
-            meter,
-            context,
-            prompt_tokens,
-            gen_tokens,
-            kv_cache_dtype,
-            cpu_experts,
-            parallel,
-        )
+        runner, phases = _load(model, options, meter, prompt_tokens, gen_tokens)
         _prefill_and_decode(runner, meter, phases, prompt_tokens, gen_tokens, seed)
     weights, host = weights_by_category(runner.model, dev)
     return MemoryReport(
@@ -285,15 +271,10 @@ def measure_memory(
 
 def _load(
     model: str | Path | SyntheticCheckpoint,
-    prof: Profile,
-    dev: torch.device,
+    options: ModelOptions,
     meter: Meter,
-    context: int | None,
     prompt_tokens: int,
     gen_tokens: int,
-    kv_cache_dtype: str | KVDtypes | None,
-    cpu_experts: int | str | None,
-    parallel: int | None,
 ) -> tuple[Runner, list[Phase]]:
     """The runner, and the measured load phase (weights and KV cache)."""
 
@@ -303,16 +284,7 @@ def _load(
     start = time.perf_counter()
     try:
         with meter.phase() as reading:
-            runner = load(
-                model,
-                device=dev,
-                profile=prof,
-                context=context,
-                on_plan=fits,
-                kv_cache_dtype=kv_cache_dtype,
-                cpu_experts=cpu_experts,
-                parallel=parallel,
-            )
+            runner = load(model, options, on_plan=fits)
             meter.hold(_tensors(runner))
     except torch.OutOfMemoryError as exc:
         raise GptossError(f"out of memory while loading: {str(exc).splitlines()[0]}") from None
@@ -330,7 +302,7 @@ def _prefill_and_decode(
         return prefill(runner.model, runner.cache, tokens, runner.prefill_chunk)
 
     def run_decode() -> list[int]:  # m forward passes: the first token comes from the prefill
-        tokens = [next_token(logits[-1], temperature=0)]
+        tokens = [next_token(logits[-1], GREEDY)]
         for _ in range(m):
             if len(runner.caches) == 1:
                 step = decode_step(runner.model, runner.cache, tokens[-1])
@@ -338,7 +310,7 @@ def _prefill_and_decode(
                 fed = torch.tensor([tokens[-1]] * len(runner.caches), device=runner.device)
                 with torch.inference_mode():
                     step = runner.model.decode(fed, runner.caches)[:1]
-            tokens.append(next_token(step[-1], temperature=0))
+            tokens.append(next_token(step[-1], GREEDY))
         return tokens
 
     logits = _phase(meter, phases, "prefill", n, run_prefill)

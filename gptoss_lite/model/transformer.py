@@ -3,7 +3,7 @@
 x = embedding[tokens]; per layer: x += attn(rmsnorm(x)); x += moe(rmsnorm(x)); logits =
 unembedding(rmsnorm(x)). RMSNorm runs in float32 with float32 gains; attention and the residual
 stream run in the activation dtype (bf16, or float32 for tests); experts stay MXFP4 (moe.py).
-Parameters are created empty on the meta device and filled by `weights.load_weights`.
+Parameters are created empty on the meta device and filled by `checkpoint.loader.load_weights`.
 The embedding table may live on another device than the rest (host RAM saves VRAM: it is only a
 row gather per token). `Kernels` is the implementation of attention and of the experts the model
 is built with: by default the functions of attention.py and moe.py (any device); the fused ones

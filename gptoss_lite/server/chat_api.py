@@ -10,7 +10,7 @@ call, arguments as a JSON string; a custom tool's call as `custom: {name, input}
 same pieces arrive as `chat.completion.chunk` deltas (a custom call whole, once its input is),
 then the finish reason, then the usage when `stream_options.include_usage` asks for it, then
 `[DONE]`. `logprobs` (and `top_logprobs`, 0-20) add the content tokens' log-probabilities to each
-choice or delta.
+choice or delta. `response_format` and strict function tools constrain the reply (`formats`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ..chat.reply import Change, Part, Reply, new_id
 from ..engine.logprobs import MAX_TOP
 from ..engine.sampling import SEEDS
 from . import conversation as conv
+from . import formats
 from .errors import ApiError, shown
 from .logprobs import entries
 from .service import DONE, Prepared, Service, changes, guarded, sse, sse_error
@@ -111,6 +112,7 @@ class ChatRequest(SamplingFields):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     stream_options: StreamOptions | None = None
+    response_format: dict[str, Any] | None = None
     logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP)
     parallel_tool_calls: bool | None = None  # gpt-oss makes one call a turn either way
@@ -136,6 +138,8 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
     service.check_model(body.model)
     instructions, turns = harmony_turns(body.messages)
     tools, forced = chat_tools(body.tools).chosen(body.tool_choice)
+    answer = formats.answer_format(body.response_format, "response_format")
+    grammar = formats.reply_grammar(service.tokenizer, answer, tools, forced)
     chat = conv.conversation(
         turns,
         instructions=instructions,
@@ -158,7 +162,7 @@ def prepare(body: ChatRequest, service: Service) -> Pending:
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, body.stops, tools=tools.names, prefix=call)
-    return Pending(body, tools, Prepared(prompt, sampling, reply))
+    return Pending(body, tools, Prepared(prompt, sampling, reply, grammar=grammar, prefix=call))
 
 
 def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]]:

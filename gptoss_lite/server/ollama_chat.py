@@ -10,8 +10,9 @@ reply streams as NDJSON (the default) or comes as one object: the analysis in `t
 answer in `content`, a call in `tool_calls` once its arguments are whole, then a last object with
 `done`, `done_reason` and the timings (nanoseconds) and token counts. `/api/generate` answers a
 `prompt` (with `system` as instructions), or continues it as plain text with `raw`. No messages or
-no prompt is the "load" request, answered at once (the model is always loaded). `format`
-(structured outputs), `images` and `suffix` (fill in the middle) are refused with a 400.
+no prompt is the "load" request, answered at once (the model is always loaded). `format` ("json"
+or a JSON schema) holds the answer to it and declared tools are the only ones a reply can call
+(`formats`; not with `raw`); `images` and `suffix` (fill in the middle) are refused with a 400.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from ..engine.logprobs import MAX_TOP
 from ..engine.sampling import SEEDS
 from . import conversation as conv
+from . import formats
 from .chat_api import CalledFunction, ChatMessage, ChatTool, ToolCallIn, harmony_turns
 from .errors import ApiError, shown
 from .logprobs import entries
 from .service import Prepared, Service, begin, changes, collect, guarded, off_loop
+from .tools import Declared
 from .worker import Done, Job
 
 NDJSON = "application/x-ndjson"
@@ -132,9 +135,12 @@ def _chat_prepared(body: ChatBody, service: Service) -> Prepared:
         turns, instructions=instructions, tools=tools, effort=_effort(body.think),
         effort_param="think",
     )  # fmt: skip
+    answer = formats.ollama_format(body.format)
+    grammar = formats.reply_grammar(service.tokenizer, answer, Declared(tools), None)
     prompt, _ = conv.render(chat, None, service, "messages")
     reply = Reply(service.tokenizer, body.options.stops, tools=[t.name for t in tools])
-    return Prepared(prompt, _sampling(service, prompt, body, "messages"), reply)
+    sampling = _sampling(service, prompt, body, "messages")
+    return Prepared(prompt, sampling, reply, grammar=grammar)
 
 
 async def generate(body: GenerateBody, service: Service, request: Request):
@@ -153,6 +159,9 @@ async def generate(body: GenerateBody, service: Service, request: Request):
 
 def _generate_prepared(body: GenerateBody, service: Service) -> Prepared:
     """The prompt rendered (or, raw, encoded as it is) and checked (off the event loop)."""
+    answer = formats.ollama_format(body.format)
+    if body.raw and answer.schema is not None:
+        raise ApiError(400, "format: a raw prompt continues plain text; drop raw", param="format")
     if body.raw:
         service.check_text(len(body.prompt.encode()), "prompt")
         prompt = service.tokenizer.encode(body.prompt)
@@ -166,7 +175,9 @@ def _generate_prepared(body: GenerateBody, service: Service) -> Prepared:
         prompt, _ = conv.render(chat, None, service, "prompt")
         reply = Reply(service.tokenizer, body.options.stops)
         stop = STOP_TOKENS
-    return Prepared(prompt, _sampling(service, prompt, body, "prompt"), reply, stop)
+    grammar = formats.reply_grammar(service.tokenizer, answer, Declared(), None)
+    sampling = _sampling(service, prompt, body, "prompt")
+    return Prepared(prompt, sampling, reply, stop, grammar=grammar)
 
 
 def known(service: Service, name: str) -> str:
@@ -197,8 +208,6 @@ async def lines(objects: Iterable[dict] | AsyncIterator[dict]) -> AsyncIterator[
 
 
 def _refuse_unsupported(body: ChatBody | GenerateBody) -> None:
-    if body.format not in (None, ""):
-        raise ApiError(400, "format: structured outputs are not supported yet", param="format")
     images = getattr(body, "images", None) or any(
         m.images for m in getattr(body, "messages", []) if m.images
     )

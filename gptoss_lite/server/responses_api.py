@@ -39,6 +39,7 @@ from ..chat.reply import Change, Part, Reply, new_id
 from ..chat.tokenizer import Tokenizer
 from ..engine.logprobs import MAX_TOP
 from . import conversation as conv
+from . import formats
 from .errors import ApiError, shown
 from .logprobs import entries
 from .service import Prepared, Service, changes, guarded, sse
@@ -67,6 +68,10 @@ class InputItem(_Body):
     call_id: str | None = None
     output: str | list[dict[str, Any]] | None = None
     summary: list[dict[str, Any]] | None = None
+
+
+class TextOptions(_Body):
+    format: dict[str, Any] | None = None
 
 
 class ReasoningOptions(_Body):
@@ -103,6 +108,7 @@ class ResponsesRequest(_Body):
     previous_response_id: str | None = None
     store: bool = True
     metadata: dict[MetadataKey, MetadataValue] | None = Field(None, max_length=16)
+    text: TextOptions | None = None
     include: list[Include] | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     prompt_cache_key: str | None = None  # the prefix cache needs no key: the runner finds it
@@ -156,6 +162,8 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
     instructions = add_input(turns, body.input)
     tools, forced = responses_tools(body.tools).chosen(body.tool_choice)
     tools.report()
+    answer = formats.answer_format(body.text.format if body.text else None, "text.format")
+    grammar = formats.reply_grammar(service.tokenizer, answer, tools, forced)
     chat = conv.conversation(
         turns.messages,
         instructions=[body.instructions or "", *instructions],
@@ -179,7 +187,8 @@ def prepare(body: ResponsesRequest, service: Service, store: ResponseStore) -> P
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
     )
     reply = Reply(service.tokenizer, tools=tools.names, prefix=call)
-    return Pending(body, turns, tools, Prepared(prompt, sampling, reply), service.tokenizer)
+    prepared = Prepared(prompt, sampling, reply, grammar=grammar, prefix=call)
+    return Pending(body, turns, tools, prepared, service.tokenizer)
 
 
 def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
@@ -299,7 +308,7 @@ def _response(pending: Pending, status: str) -> dict:
         "tool_choice": body.tool_choice or "auto",
         "tools": body.tools or [],
         "parallel_tool_calls": body.parallel_tool_calls,
-        "text": {"format": {"type": "text"}},
+        "text": {"format": (body.text and body.text.format) or {"type": "text"}},
         "truncation": body.truncation,
         "store": body.store,
         "metadata": body.metadata or {},

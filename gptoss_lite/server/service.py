@@ -33,6 +33,7 @@ from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import STOP_TOKENS
 from ..config import ModelConfig, preset
 from ..engine.generate import check_fits
+from ..engine.grammar import Grammar
 from ..engine.runner import Runner
 from ..engine.sampling import Sampling
 from ..errors import GptossError
@@ -50,12 +51,16 @@ P, R = ParamSpec("P"), TypeVar("R")
 @dataclass
 class Prepared:
     """A request made ready to generate: its prompt, how to sample it, the reply to read the
-    tokens into, and the tokens that end the generation."""
+    tokens into, the tokens that end the generation, and the grammar every token is held to
+    (read after `prefix`, the end of the prompt that is the reply's start: a forced call's
+    header)."""
 
     prompt: list[int]
     sampling: Sampling
     reply: Reply
     stop: Sequence[int] = STOP_TOKENS
+    grammar: Grammar | None = None
+    prefix: Sequence[int] = ()
 
 
 def shutting_down() -> ApiError:
@@ -151,7 +156,13 @@ class Service:
 
     def submit(self, prepared: Prepared) -> Job:
         """Queue the generation, or refuse with a 503 when the queue is full or closed."""
-        job = Job(prepared.prompt, prepared.sampling, tuple(prepared.stop))
+        job = Job(
+            prepared.prompt,
+            prepared.sampling,
+            tuple(prepared.stop),
+            prepared.grammar,
+            tuple(prepared.prefix),
+        )
         try:
             self.queue.submit(job)
         except Closed:

@@ -15,14 +15,15 @@
   runs (Codex sends `web_search` with every request).
 
 Any other type is a 400 naming it, as are a namespace without tools and a tool name declared
-twice, in any namespaces (clients tell calls apart by the tool's name).
+twice, in any namespaces (clients tell calls apart by the tool's name). A function tool with
+`"strict": true` has its arguments held to its parameters (`formats`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..chat.harmony import ToolDef, ToolNamespace, check_tool_name
@@ -50,6 +51,7 @@ class Declared:
     functions: list[ToolDef] = field(default_factory=list)
     namespaces: list[ToolNamespace] = field(default_factory=list)
     custom: set[str] = field(default_factory=set)  # names of the free-text tools
+    strict: dict[str, str] = field(default_factory=dict)  # name -> the field of its parameters
     left_out: list[str] = field(default_factory=list)
 
     @property
@@ -64,7 +66,7 @@ class Declared:
         if tool_choice == "none":
             return Declared(left_out=self.left_out), None
         functions, forced = conv.tools_for(self.functions, tool_choice, param)
-        return Declared(functions, self.namespaces, self.custom, self.left_out), forced
+        return replace(self, functions=functions), forced
 
     def report(self) -> None:
         """One warning naming the hosted tools left out, if any."""
@@ -133,6 +135,8 @@ def _tool(kind: str, spec: dict, where: str, declared: Declared, seen: dict, spa
     name = spec.get("name")
     if kind == "function":
         tool = conv.function_tool(where, name, spec.get("description"), spec.get("parameters"))
+        if spec.get("strict") is True:
+            declared.strict[f"{space}.{name}" if space else name] = f"{where}.parameters"
     else:
         tool = conv.function_tool(where, name, _custom_description(spec, where), STRING)
         declared.custom.add(f"{space}.{name}" if space else name)

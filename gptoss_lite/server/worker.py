@@ -1,14 +1,15 @@
 """The generation thread and the FIFO queue in front of it: requests decoded together.
 
 The runner decodes up to `parallel` sequences together, one per KV cache (`engine.batch.Batch`,
-from `runner.batch()`). `GenerationQueue.submit` puts a `Job` (prompt ids, sampling, stop tokens)
-at the back of the queue, or raises `QueueFull` when `max_waiting` jobs already wait for a free
-slot (`Closed` once the server shuts down). One worker thread owns the batch. Before each step it
-ends the jobs cancelled since the last (their sequences leave; the others go on) and moves jobs
-from the front of the queue into the free slots (a request joins the running ones at the next
-step); then it runs one step and hands each new token to its job's asyncio queue on the
-server's event loop. A job lands on the slot that holds the longest prefix of its prompt
-(`Batch.add`), so a client resending its history prefills only the new turn.
+from `runner.batch()`). `GenerationQueue.submit` puts a `Job` (prompt ids, sampling, stop tokens,
+the grammar its tokens are held to) at the back of the queue, or raises `QueueFull` when
+`max_waiting` jobs already wait for a free slot (`Closed` once the server shuts down). One worker
+thread owns the batch. Before each step it ends the jobs cancelled since the last (their
+sequences leave; the others go on) and moves jobs from the front of the queue into the free
+slots (a request joins the running ones at the next step); then it runs one step and hands each
+new token to its job's asyncio queue on the server's event loop. A job lands on the slot that
+holds the longest prefix of its prompt (`Batch.add`), so a client resending its history prefills
+only the new turn.
 
 Every job ends with exactly one `Done` or `Failed` event, whatever happens to it: `Job.cancel()`
 (a client gone, a stop string seen) ends a waiting job at once (`Done("interrupted")`, nothing
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from ..chat.stats import ReplyStats
 from ..engine.batch import Request
 from ..engine.batch import Sequence as Running
+from ..engine.grammar import Grammar, GrammarMask
 from ..engine.logprobs import TokenLogprob
 from ..engine.runner import Runner
 from ..engine.sampling import Sampling
@@ -73,6 +75,8 @@ class Job:
     prompt: list[int]
     sampling: Sampling
     stop: Sequence[int]
+    grammar: Grammar | None = None  # every token held to it
+    prefix: Sequence[int] = ()  # the end of the prompt that is the reply's start
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _events: asyncio.Queue = field(default_factory=asyncio.Queue)
     _begun: asyncio.Event = field(default_factory=asyncio.Event)
@@ -194,7 +198,10 @@ class GenerationQueue:
     def _start(self, job: Job) -> None:
         """Give `job` a slot (under the lock: it moves from waiting to running at once)."""
         try:
-            request = Request(tuple(job.prompt), job.sampling, frozenset(job.stop))
+            mask = None
+            if job.grammar is not None:
+                mask = GrammarMask(job.grammar, job.prefix, self.runner.device)
+            request = Request(tuple(job.prompt), job.sampling, frozenset(job.stop), mask)
             self._running[job] = self._batch.add(request)
         except Exception as exc:  # reported to its client; the worker goes on
             job._emit(Failed(exc))

@@ -1,13 +1,11 @@
 """The compiled CPU kernels: MXFP4 experts straight from the packed bytes, and bf16 decode matvecs.
 
-`mxfp4_cpu.c` is compiled on first use with the system C compiler (`$CC`, else `cc`/`gcc`) and
-cached under the user's cache folder (`$XDG_CACHE_HOME` or `~/.cache`, then
-`gptoss-lite/kernels/`), keyed by a hash of the source, the compiler and its flags; the file is
-written beside its final name and renamed, so concurrent first uses never see half a library.
-It is called through ctypes with raw pointers. The instruction set is chosen once, at the first
-use, from the CPU's features (`avx512`, `avx2`, else `portable` C); `GPTOSS_LITE_CPU_ISA` forces
-one. Where no compiler works, `available()` is False and a one-line notice on stderr says that
-the slower torch path runs and how to get this one.
+The C sources here are compiled the first time a kernel is to run on the CPU (`build`: cached, and
+one notice where it fails, after which `available()` is False and the torch path runs). It is
+called through ctypes with raw pointers, each checked first to be a contiguous CPU tensor of the
+dtype and shape the C code reads (else a `GptossError`, never a wrong read). The instruction set
+is chosen once, at the first use, from the CPU's features (`avx512`, `avx2`, else `portable` C);
+`GPTOSS_LITE_CPU_ISA` forces one.
 
 Exact mode: activations in fp32, each weight decoded to exactly the float32 `mxfp4.dequantize`
 gives, products summed in fp32 (in another order than torch: results agree to fp32 rounding).
@@ -17,24 +15,16 @@ Threads follow `torch.get_num_threads()`.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from functools import cache
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from ...errors import GptossError
 from ...model.moe import PackedExperts
+from .build import load_library
 
-SOURCE = Path(__file__).with_name("mxfp4_cpu.c")
-FLAGS = ("-O3", "-std=c11", "-fPIC", "-shared")
-OPENMP = "-fopenmp"
 ISAS = ("portable", "avx2", "avx512")  # index = the C code's isa number
 ISA_ENV = "GPTOSS_LITE_CPU_ISA"
 DECODE_ROWS = 8  # inputs per pass over a bf16 matrix (MAX_TOKENS in the C source)
@@ -52,65 +42,11 @@ _SIGNATURES = {
 }
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "gptoss-lite" / "kernels"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _compile(compiler: str, flags: tuple[str, ...]) -> Path:
-    """The cached library built with `flags`, compiling it if needed (raises CalledProcessError)."""
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, compiler.encode(), *map(str.encode, flags)]))
-    target = cache_dir() / f"mxfp4_cpu-{key.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".so.tmp")
-    os.close(fd)
-    try:
-        subprocess.run(
-            [compiler, *flags, str(SOURCE), "-o", tmp, "-lm"],
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
-
-
 @cache
 def _library() -> ctypes.CDLL | None:
-    """The loaded kernel library, or None (with the notice printed) when it cannot be built."""
-    compiler = _compiler()
-    why = "no C compiler found"
-    if compiler is not None:
-        # With OpenMP the kernel threads; without it (a compiler lacking libgomp) it runs one.
-        for flags in ((*FLAGS, OPENMP), FLAGS):
-            try:
-                lib = ctypes.CDLL(str(_compile(compiler, flags)))
-                break
-            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
-                why = f"{compiler} failed ({type(exc).__name__})"
-        else:
-            lib = None
-    else:
-        lib = None
+    """The loaded kernel library, or None (with the notice given) when it cannot be built."""
+    lib = load_library()
     if lib is None:
-        print(
-            f"gptoss-lite: {why}: MXFP4 experts run on the slow torch path on CPU; install a C "
-            "compiler (gcc or clang; set CC to choose one) for the compiled kernel",
-            file=sys.stderr,
-        )
         return None
     for name, (args, result) in _SIGNATURES.items():
         fn = getattr(lib, name)
@@ -142,16 +78,18 @@ def kernel_name() -> str:
     return f"cpu-{best_isa()}"
 
 
-def supported_isas() -> list[str]:
-    """Every instruction set this CPU can run the kernels with, narrowest first."""
-    return list(ISAS[: _library().gl_best_isa() + 1])
-
-
-def _p(t: torch.Tensor | None) -> int | None:
+def _p(t: torch.Tensor | None, dtype: torch.dtype, *shape: int) -> int | None:
+    """The address of `t`, which the C code reads as a contiguous CPU array of `dtype` and
+    `shape` (None: a null pointer); a `GptossError` for any other tensor."""
     if t is None:
         return None
     if t.device.type != "cpu" or not t.is_contiguous():
-        raise ValueError("the CPU kernels take contiguous CPU tensors")
+        raise GptossError(f"the CPU kernels take contiguous CPU tensors, not one on {t.device}")
+    if t.dtype != dtype or tuple(t.shape) != shape:
+        raise GptossError(
+            f"the CPU kernels take a {dtype} tensor of shape {list(shape)} here, "
+            f"not {t.dtype} {list(t.shape)}"
+        )
     return t.data_ptr()
 
 
@@ -166,19 +104,29 @@ def mxfp4_linear(
     bias: torch.Tensor | None = None,
     isa: str | None = None,
 ) -> torch.Tensor:
-    """x [T, K] · W^T (+ bias) in fp32, W packed MXFP4: blocks [R, K/32, 16], scales [R, K/32]."""
+    """x [T, K] · W^T (+ bias) in fp32, W packed MXFP4: blocks [R, K/32, 16], scales [R, K/32].
+
+    The experts kernel's row decoder on its own, with no SwiGLU after it: the one way to check
+    every code and scale it decodes (the tests' use; the model runs `experts_forward`)."""
     rows, groups = scales.shape
+    t = x.shape[0]
     # Every tensor a pointer is taken from stays referenced until the call returns.
     x = x.float().contiguous()
     blocks, scales = blocks.contiguous(), scales.contiguous()
     bias = None if bias is None else bias.float().contiguous()
-    scratch, y = torch.empty_like(x), torch.empty(x.shape[0], rows, dtype=torch.float32)
+    scratch, y = torch.empty_like(x), torch.empty(t, rows, dtype=torch.float32)
+    u8, f32, k = torch.uint8, torch.float32, groups * 32
     _library().gl_mxfp4_matmul(
         _isa(isa),
-        *map(_p, (blocks, scales, bias, x, scratch, y)),
+        _p(blocks, u8, rows, groups, 16),
+        _p(scales, u8, rows, groups),
+        _p(bias, f32, rows),
+        _p(x, f32, t, k),
+        _p(scratch, f32, t, k),
+        _p(y, f32, t, rows),
         rows,
         groups,
-        x.shape[0],
+        t,
         torch.get_num_threads(),
     )
     return y
@@ -200,6 +148,9 @@ def experts_forward(
     flat = expert_idx.reshape(-1)
     order = torch.argsort(flat, stable=True)  # pairs grouped by expert, tokens in order
     ids, counts = torch.unique_consecutive(flat[order], return_counts=True)
+    e, u = experts.gate_up_blocks.shape[0], ids.numel()
+    if u and not (ids[0] >= 0 and ids[-1] < e):  # sorted ids; the C code reads expert ids[i]
+        raise GptossError(f"expert ids must lie in [0, {e})")
     offsets = torch.zeros(ids.numel() + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
     tok = (order // k).contiguous()
@@ -209,17 +160,29 @@ def experts_forward(
     bias2 = experts.down_bias[ids].float().contiguous()  # (U, H)
     xd, ad = torch.empty_like(xs), torch.empty(xs.shape[0], intermediate, dtype=torch.float32)
     out = torch.zeros(t, hidden, dtype=torch.float32)
-    packed = (experts.gate_up_blocks, experts.gate_up_scales, bias1)
-    packed2 = (experts.down_blocks, experts.down_scales, bias2)
+    u8, f32, i64 = torch.uint8, torch.float32, torch.int64
+    i, h, pairs = intermediate, hidden, xs.shape[0]
     _library().gl_mxfp4_experts(
         _isa(isa),
-        ids.numel(),
-        *map(_p, (ids, offsets, xs, weights, tok, *packed, *packed2)),
+        u,
+        _p(ids, i64, u),
+        _p(offsets, i64, u + 1),
+        _p(xs, f32, pairs, h),
+        _p(weights, f32, pairs),
+        _p(tok, i64, pairs),
+        _p(experts.gate_up_blocks, u8, e, 2 * i, h // 32, 16),
+        _p(experts.gate_up_scales, u8, e, 2 * i, h // 32),
+        _p(bias1, f32, u, 2 * i),
+        _p(experts.down_blocks, u8, e, h, i // 32, 16),
+        _p(experts.down_scales, u8, e, h, i // 32),
+        _p(bias2, f32, u, h),
         hidden,
         intermediate,
         alpha,
         limit,
-        *map(_p, (xd, ad, out)),
+        _p(xd, f32, pairs, h),
+        _p(ad, f32, pairs, i),
+        _p(out, f32, t, h),
         torch.get_num_threads(),
     )
     return out.to(x.dtype)
@@ -236,10 +199,20 @@ def linear(
     if weight.dtype != torch.bfloat16:
         return torch.cat([F.linear(row, weight, bias) for row in x.split(1)])
     rows, k = weight.shape
+    t = x.shape[0]
     xf, weight = x.float().contiguous(), weight.contiguous()
     bias = None if bias is None else bias.float().contiguous()
-    y = torch.empty(x.shape[0], rows, dtype=torch.float32)
+    y = torch.empty(t, rows, dtype=torch.float32)
+    f32 = torch.float32
     _library().gl_bf16_matmul(
-        _isa(isa), *map(_p, (weight, bias, xf, y)), rows, k, x.shape[0], torch.get_num_threads()
+        _isa(isa),
+        _p(weight, torch.bfloat16, rows, k),
+        _p(bias, f32, rows),
+        _p(xf, f32, t, k),
+        _p(y, f32, t, rows),
+        rows,
+        k,
+        t,
+        torch.get_num_threads(),
     )
     return y.to(x.dtype)
