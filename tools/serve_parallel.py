@@ -12,7 +12,8 @@ sequence, so the single stream and the concurrent ones alternate on a machine wh
 drifts; the figures are medians over the rounds, and each N's ratio is to the single stream's.
 `--latency`: a prompt of about `--long-tokens` tokens is sent, and once the server says it runs
 (`/health`) and `--after` seconds have passed, a short chat request asks for one token: the
-time that request takes is its time to first token while the long prompt prefills.
+time that request takes is its time to first token while the long prompt prefills (`--rounds`
+times, each long prompt a new one).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import httpx
 WORDS = ["amber", "birch", "cedar", "delta", "ember", "fjord", "grove", "heron", "iris", "jade"]
 
 
-def chat(client: httpx.Client, model: str, text: str, max_tokens: int) -> int:
-    """One greedy chat completion; its completion tokens."""
+def chat(client: httpx.Client, model: str, text: str, max_tokens: int) -> dict:
+    """One greedy chat completion; its usage."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": text}],
@@ -37,7 +38,7 @@ def chat(client: httpx.Client, model: str, text: str, max_tokens: int) -> int:
     }
     reply = client.post("/v1/chat/completions", json=body)
     reply.raise_for_status()
-    return reply.json()["usage"]["completion_tokens"]
+    return reply.json()["usage"]
 
 
 def concurrent_rate(client: httpx.Client, model: str, streams: int, tokens: int, tag: int) -> float:
@@ -46,7 +47,7 @@ def concurrent_rate(client: httpx.Client, model: str, streams: int, tokens: int,
 
     def ask(i: int) -> None:
         text = f"{WORDS[i % len(WORDS)]} {tag} {i}: say something"
-        made[i] = chat(client, model, text, tokens)
+        made[i] = chat(client, model, text, tokens)["completion_tokens"]
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(streams)]
     start = time.perf_counter()
@@ -78,8 +79,8 @@ def throughput(client: httpx.Client, model: str, streams: list[int], tokens: int
         print(f"{n:>8} {median:>15.2f} {median / n:>11.2f} {median / single:>6.2f}  {each}")
 
 
-def latency(client: httpx.Client, model: str, long_tokens: int, after: float) -> None:
-    long_text = " ".join(WORDS[i % len(WORDS)] for i in range(long_tokens))
+def latency(client: httpx.Client, model: str, long_tokens: int, after: float, tag: int) -> None:
+    long_text = f"{tag} " + " ".join(WORDS[i % len(WORDS)] for i in range(long_tokens))
     done: dict[str, float] = {}
 
     def long_request() -> None:
@@ -93,12 +94,14 @@ def latency(client: httpx.Client, model: str, long_tokens: int, after: float) ->
         time.sleep(0.01)
     time.sleep(after)
     start = time.perf_counter()
-    chat(client, model, "Hi there", 1)
+    usage = chat(client, model, f"Hi there {tag}", 1)
     short = time.perf_counter() - start
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
     long_running = "long" not in done
     thread.join()
     print(
-        f"short request's first token: {short:.2f} s, sent {after:.1f} s after a "
+        f"short request's first token: {short:.2f} s ({usage['prompt_tokens']} prompt tokens, "
+        f"{cached} of them cached), sent {after:.1f} s after a "
         f"{long_tokens}-word prompt began (still prefilling then: {long_running}); the long "
         f"prompt's first token after {done['long']:.2f} s"
     )
@@ -118,7 +121,8 @@ def main() -> None:
     client = httpx.Client(base_url=args.url, timeout=3600)
     model = args.model or client.get("/v1/models").json()["data"][0]["id"]
     if args.latency:
-        latency(client, model, args.long_tokens, args.after)
+        for tag in range(args.rounds):
+            latency(client, model, args.long_tokens, args.after, tag)
     else:
         throughput(client, model, sorted(args.streams), args.gen_tokens, args.rounds)
 
