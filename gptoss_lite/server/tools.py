@@ -21,7 +21,6 @@ twice, in any namespaces (clients tell calls apart by the tool's name). A functi
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from ..chat.harmony import ToolDef, ToolNamespace, check_tool_name
 from ..errors import GptossError
 from . import conversation as conv
+from .body import strict_json
 from .errors import ApiError, shown
 
 HOSTED = frozenset(
@@ -107,10 +107,10 @@ def chat_tools(tools: list[Any] | None) -> Declared:
 
 def custom_input(arguments: str) -> str:
     """The input of a custom tool's call: the model declares it a string, so a JSON string is
-    decoded; any other text is the input as written."""
+    decoded; any other text (a lone surrogate escaped in it too) is the input as written."""
     try:
-        value = json.loads(arguments)
-    except ValueError:
+        value = strict_json(arguments)
+    except ApiError:
         return arguments
     return value if isinstance(value, str) else arguments
 
