@@ -262,6 +262,8 @@ def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
     tool_name or tool_call_id answers the latest call)."""
     converted, latest = [], None
     for i, message in enumerate(messages):
+        if message.tool_name is not None:
+            conv.tool_name(message.tool_name, f"messages.{i}.tool_name")
         calls = []
         for j, call in enumerate(message.tool_calls or []):
             args = call.function.arguments

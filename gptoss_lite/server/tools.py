@@ -25,8 +25,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..chat.harmony import ToolDef, ToolNamespace, check_tool_name
-from ..errors import GptossError
+from ..chat.harmony import ToolDef, ToolNamespace
 from . import conversation as conv
 from .body import strict_json
 from .errors import ApiError, shown
@@ -151,11 +150,7 @@ def _tool(kind: str, spec: dict, where: str, declared: Declared, seen: dict, spa
 
 
 def _namespace(spec: dict, where: str, declared: Declared, seen: dict) -> ToolNamespace:
-    name, tools = spec.get("name"), spec.get("tools")
-    try:
-        check_tool_name(name, where)
-    except GptossError as error:
-        raise ApiError(400, str(error), param=f"{where}.name", code="invalid_value") from None
+    name, tools = conv.tool_name(spec.get("name"), f"{where}.name"), spec.get("tools")
     if name == "functions" or any(n.name == name for n in declared.namespaces):
         raise ApiError(400, f"{where}.name: the namespace {name!r} is taken", param=f"{where}.name")
     if not isinstance(tools, list) or not tools:
