@@ -184,6 +184,19 @@ def test_bf16_linear_matches_torch(isa, tokens):
     torch.testing.assert_close(got, F.linear(x, w, bias), rtol=2**-7, atol=0)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_a_bf16_row_sums_the_same_alone_or_with_other_inputs(isa):
+    # One input goes through the four-row kernel, several through the two-row one: each row's
+    # fp32 sum must come out bit for bit the same (the decode step relies on it).
+    g = torch.Generator().manual_seed(7)
+    rows, k = 203, 2888  # rows not a whole number of fours, k not of vectors
+    w = torch.randn(rows, k, generator=g).bfloat16()
+    x = torch.randn(3, k, generator=g)
+    together = cpu.linear(x, w, isa=isa)
+    for j in range(3):
+        assert torch.equal(cpu.linear(x[j : j + 1], w, isa=isa), together[j : j + 1])
+
+
 def test_bf16_linear_leaves_larger_inputs_to_torch(monkeypatch):
     monkeypatch.setattr(cpu, "_library", lambda: pytest.fail("the kernel ran"))
     x, w = torch.randn(cpu.DECODE_ROWS + 1, 32).bfloat16(), torch.randn(5, 32).bfloat16()
@@ -362,3 +375,10 @@ def test_host_experts_split_runs_the_same_code_on_cpu(checkpoint):
     assert every.model.host_experts == 3
     with pytest.raises(GptossError, match=r"cpu_experts 4: \S+ has 3 layers; use 0\.\.3 or 'all'"):
         gptoss_lite.load(folder, device="cpu", context=64, cpu_experts=4)
+
+
+def test_the_read_probe_gives_a_rate():
+    # From 0.1 GB/s to 10 TB/s: a rate, where a broken clock or an empty pass would give 0 or
+    # an absurd figure.
+    for threads in (1, 2):
+        assert 1e8 < cpu.read_rate(threads, 64 * 1024 * 1024) < 1e13

@@ -48,14 +48,14 @@ def test_seed_reproduces_and_stop_token_ends(runner):
 
 def test_one_sampling_object_or_its_fields_as_keywords(runner):
     ids = [1, 2, 3]
-    sampling = gptoss_lite.Sampling(max_new_tokens=12, temperature=0.8, top_k=50, seed=5)
+    sampling = gptoss_lite.Sampling(max_new_tokens=6, temperature=0.8, top_k=50, seed=5)
     by_object = list(runner.generate(ids, sampling))
     assert by_object == list(
-        runner.generate(ids, max_new_tokens=12, temperature=0.8, top_k=50, seed=5)
+        runner.generate(ids, max_new_tokens=6, temperature=0.8, top_k=50, seed=5)
     )
-    assert len(by_object) == 12
+    assert len(by_object) == 6
     greedy = list(runner.generate(ids, sampling, temperature=0))  # a keyword replaces a field
-    assert greedy == list(runner.generate(ids, max_new_tokens=12, temperature=0))
+    assert greedy == list(runner.generate(ids, max_new_tokens=6, temperature=0))
     with pytest.raises(gptoss_lite.GptossError, match=r"\+ 256 new tokens exceed"):
         runner.generate(ids)  # by default 256 new tokens, more than this context holds
     with pytest.raises(TypeError, match="temprature"):

@@ -3,6 +3,7 @@
 import json
 import shutil
 import weakref
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from conftest import GEOMETRIES
 import gptoss_lite
 from gptoss_lite import GptossError
 from gptoss_lite.checkpoint.reader import open_checkpoint
+from gptoss_lite.checkpoint.synthetic import write_synthetic
+from gptoss_lite.kernels.cpu.host_memory import HUGE_PAGE
 from gptoss_lite.model import moe
 from gptoss_lite.model.mxfp4 import packed_nbytes
 
@@ -183,3 +186,50 @@ def test_every_checkpoint_kind_is_a_checkpoint(checkpoint):
     kinds = [files, QuantizingCheckpoint(files), SyntheticCheckpoint(GEOMETRIES["g1"])]
     assert all(isinstance(kind, Checkpoint) for kind in kinds)
     assert not isinstance(GEOMETRIES["g1"], Checkpoint)
+
+
+def _vma(address: int) -> tuple[str, dict[str, str]]:
+    """The /proc/self/smaps header line and fields of the mapping that holds `address`."""
+    header, fields, inside = "", {}, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            if inside:
+                break
+            start, end = (int(a, 16) for a in head.split("-"))
+            inside, header = start <= address < end, line
+        elif inside:
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+    return header, fields
+
+
+def test_the_weights_read_at_every_token_are_mapped_for_2mib_pages(checkpoint, tmp_path):
+    # A vocabulary large enough for a shard of several 2 MiB pages.
+    config = GEOMETRIES["g1"].with_(vocab_size=32768)
+    write_synthetic(tmp_path / "big", config)
+    model = gptoss_lite.load(tmp_path / "big", device="cpu", context=32).model
+    params = dict(model.named_parameters())
+    shard = str(tmp_path / "big" / "model.safetensors")
+    made = set()
+    for name, p in params.items():
+        header, fields = _vma(p.data_ptr())
+        if header.endswith(shard):  # mapped from the file: advised to use 2 MiB pages
+            assert "hg" in fields["VmFlags"].split(), name
+            assert int(header.split("-")[0], 16) % HUGE_PAGE == 0
+        else:  # made at load (norms in fp32, the fused qkv): the arena, advised the same way
+            assert name.endswith(("norm", "sinks", "qkv_weight", "qkv_bias")), name
+            assert "hg" in fields["VmFlags"].split(), name
+            made.add(header)
+    assert len(made) == 1  # one arena
+    # Read as the model holds it: no copy of the head, the experts or the output projection.
+    for name in ("unembedding", "embedding", "mlp.0.gate_up_blocks", "attn.1.out_weight"):
+        assert _vma(params[name].data_ptr())[0].endswith(shard)
+
+
+def test_weights_read_straight_from_the_file_are_those_mapped(checkpoint):
+    ckpt = open_checkpoint(checkpoint("g2", shards=3))
+    for name, info in ckpt.tensors.items():
+        out = torch.empty(info.shape, dtype=info.dtype)
+        ckpt.read_into(name, out)
+        assert torch.equal(out, ckpt.read(name)), name

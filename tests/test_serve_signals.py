@@ -181,13 +181,23 @@ def test_clients_that_left_while_queued_leave_nothing_to_wait_for(tiny_model, o2
             lines = r.iter_lines()
             while '"text": "' not in next(lines):
                 pass
-            impatient = httpx.Client(base_url=served.url, timeout=1.0)
-            for _ in range(5):
+            # Five clients queue at once and give up together after a second, so the stream
+            # needs to outlast one second only, however fast the model decodes.
+            answered = []
+
+            def impatient() -> None:
                 try:
-                    impatient.post("/v1/chat/completions", json=CHAT)
-                    raise AssertionError("a queued request was answered while the stream ran")
+                    httpx.post(f"{served.url}/v1/chat/completions", json=CHAT, timeout=1.0)
+                    answered.append(True)
                 except httpx.TimeoutException:
                     pass
+
+            clients = [threading.Thread(target=impatient) for _ in range(5)]
+            for client in clients:
+                client.start()
+            for client in clients:
+                client.join()
+            assert not answered, "a queued request was answered while the stream ran"
             served.wait_queue(1, 0)
         served.wait_queue(0, 0)
         status, seconds = served.stop(signal.SIGTERM)

@@ -5,7 +5,10 @@ are concatenated along the first axis: HF's q_proj, k_proj and v_proj become the
 model uses, which the original layout stores as is). `load_weights` first checks the whole
 checkpoint from its description alone (every parameter filled with the shape and kind the config
 implies, every checkpoint tensor used), then reads each tensor straight onto its device. The
-MXFP4 expert blocks and scales stay uint8.
+MXFP4 expert blocks and scales stay uint8. The tensors a CPU reads at every token (everything
+in host memory but the embedding) sit in 2 MiB pages (`kernels/cpu/host_memory`): mapped from
+their file and faulted in at load, or, where loading makes them (concatenated, converted),
+read into one `HostArena`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 from torch import nn
 
 from ..errors import GptossError
+from ..kernels.cpu.host_memory import HostArena, arena_bytes, mapping_of
 from .layouts import name_table
 from .protocol import Checkpoint
 
@@ -40,17 +44,43 @@ def load_weights(
             f"{sorted(set(table) ^ set(params))[0]}"
         )
     check_tensors(checkpoint, table, params)
+    places = {}
+    for param_name in table:
+        where = embedding_device if param_name == "embedding" and embedding_device else device
+        places[param_name] = torch.device("cpu" if param_name in host_parameters else where)
+    # What the CPU reads at every token sits in 2 MiB pages: mapped from its file where it is
+    # stored as the model holds it, else made in an arena. The embedding only has rows
+    # gathered: it stays mapped, read ahead into the page cache, and only rows used are read.
+    streamed = [n for n, w in places.items() if w.type == "cpu" and n != "embedding"]
+    made = [n for n in streamed if not _mapped_as_is(checkpoint, table[n], params[n])]
+    arena = HostArena(arena_bytes([(params[n].shape, params[n].dtype) for n in made]))
+    files = set()  # the mapped files read from
     for param_name, sources in table.items():
         target = params[param_name]
-        where = embedding_device if param_name == "embedding" and embedding_device else device
-        if param_name in host_parameters:
-            where = torch.device("cpu")
-        parts = [checkpoint.read(s, where) for s in sources]
-        tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if param_name in made:
+            tensor = arena.empty(tuple(target.shape), target.dtype)
+            _read_into(checkpoint, sources, tensor)
+        else:
+            parts = [checkpoint.read(s, places[param_name]) for s in sources]
+            tensor = parts[0] if len(parts) == 1 else torch.cat(parts)
+            mapped = mapping_of(tensor) if places[param_name].type == "cpu" else None
+            if mapped is not None:
+                file, offset = mapped
+                fetch = file.populate if param_name in streamed else file.prefetch
+                fetch(offset, tensor.numel() * tensor.element_size())
+                files.add(file)
         _assign(model, param_name, tensor.to(target.dtype))
         done += target.numel() * target.element_size()
         if progress is not None:
             progress(done, total)
+    for file in files:
+        file.settle()
+
+
+def _mapped_as_is(checkpoint: Checkpoint, sources: tuple[str, ...], target: torch.Tensor) -> bool:
+    """Whether the parameter is one tensor stored in a file in the parameter's dtype."""
+    info = checkpoint.tensors[sources[0]]
+    return len(sources) == 1 and info.offset is not None and info.dtype == target.dtype
 
 
 def check_tensors(
@@ -92,6 +122,21 @@ def check_tensors(
             f"checkpoint tensor {unused[0]} in {where} is not used by the model "
             f"({len(unused)} unused; does config.json match the weights?)"
         )
+
+
+def _read_into(checkpoint: Checkpoint, sources: tuple[str, ...], out: torch.Tensor) -> None:
+    """Fill `out` with the checkpoint tensors `sources` (concatenated along the first axis),
+    straight from the file where the checkpoint can and the dtypes agree."""
+    row = 0
+    for source in sources:
+        info = checkpoint.tensors[source]
+        part = out[row : row + info.shape[0]] if len(sources) > 1 else out
+        row += info.shape[0] if len(sources) > 1 else 0
+        read_into = getattr(checkpoint, "read_into", None)
+        if read_into is not None and info.dtype == out.dtype:
+            read_into(source, part)
+        else:
+            part.copy_(checkpoint.read(source, "cpu"))
 
 
 def _assign(model: nn.Module, name: str, tensor: torch.Tensor) -> None:

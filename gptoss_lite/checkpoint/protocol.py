@@ -25,6 +25,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     dtype: torch.dtype
     file: Path | None = None
+    offset: int | None = None  # where its bytes start in `file`
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ one clear error instead of a crash halfway through loading.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 
 from ..config import ModelConfig, read_config
 from ..errors import GptossError
+from ..kernels.cpu.host_memory import MappedFile
 from .protocol import TensorInfo
 from .safetensors import read_header, read_index, shard_path
 
@@ -44,8 +46,9 @@ class FileCheckpoint:
                         f"tensor {name} is in both {self.tensors[name].file} and {file}"
                     )
                 if names is None or name in names:
-                    self.tensors[name] = TensorInfo(spec.shape, spec.torch_dtype, file)
+                    self.tensors[name] = TensorInfo(spec.shape, spec.torch_dtype, file, spec.offset)
         self._open: dict[tuple[Path, str], object] = {}
+        self._mapped: dict[Path, MappedFile] = {}
 
     @property
     def layout(self) -> str:
@@ -60,19 +63,46 @@ class FileCheckpoint:
         return sum(math.prod(i.shape) * i.dtype.itemsize for i in self.tensors.values())
 
     def read(self, name: str, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Tensor `name` on `device`; on the CPU a view of the file's own mapping
+        (`kernels.cpu.host_memory.MappedFile`), read from the disk as its pages are used."""
         info = self.tensors.get(name)
         if info is None:
             raise GptossError(f"checkpoint {self.folder} has no tensor {name!r}")
-        key = (info.file, str(device))
         try:
+            if torch.device(device).type == "cpu":
+                if info.file not in self._mapped:
+                    self._mapped[info.file] = MappedFile(info.file)
+                return self._mapped[info.file].tensor(info.offset, info.shape, info.dtype)
+            key = (info.file, str(device))
             if key not in self._open:
                 self._open[key] = safe_open(str(info.file), framework="pt", device=str(device))
             return self._open[key].get_tensor(name)
-        except (OSError, SafetensorError) as exc:  # the file changed since its header was read
+        except (OSError, ValueError, SafetensorError) as exc:  # the file changed since checked
+            raise GptossError(f"cannot read tensor {name} from {info.file}: {exc}") from None
+
+    def read_into(self, name: str, out: torch.Tensor) -> None:
+        """Read tensor `name` straight from its file into the contiguous CPU tensor `out` (of its
+        dtype and size), through no memory map: only `out` holds the bytes."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise GptossError(f"checkpoint {self.folder} has no tensor {name!r}")
+        if out.dtype != info.dtype or out.numel() != math.prod(info.shape):
+            raise ValueError(f"{name} is {info.dtype} {info.shape}, not {out.dtype} {out.shape}")
+        view = memoryview(out.reshape(-1).view(torch.uint8).numpy())
+        try:
+            with open(info.file, "rb", buffering=0) as f:
+                done = 0
+                while done < len(view):
+                    got = os.preadv(f.fileno(), [view[done:]], info.offset + done)
+                    if got == 0:
+                        raise OSError("the file is shorter than its header says")
+                    done += got
+        except OSError as exc:  # the file changed since its header was read
             raise GptossError(f"cannot read tensor {name} from {info.file}: {exc}") from None
 
     def close(self) -> None:
         self._open.clear()
+        self._mapped.clear()  # a mapping lives on while tensors read from it do
 
 
 def open_checkpoint(path: str | Path, config: ModelConfig | None = None) -> FileCheckpoint:

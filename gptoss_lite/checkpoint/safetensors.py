@@ -18,7 +18,7 @@ import json
 import math
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,6 +43,7 @@ class TensorSpec:
     name: str
     dtype: str
     shape: tuple[int, ...]
+    offset: int | None = None  # where its bytes start in the file, when read from one
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -94,7 +95,7 @@ def read_header(file: Path) -> list[TensorSpec]:
         end = stop
     if end != data:
         raise GptossError(f"checkpoint file {file} has {data - end} bytes after its last tensor")
-    return [spec for spec, _, _ in specs]
+    return [replace(spec, offset=8 + length + start) for spec, start, _ in specs]
 
 
 def _entry(file: Path, name: str, entry) -> tuple[TensorSpec, int, int]:

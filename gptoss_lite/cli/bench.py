@@ -25,10 +25,11 @@ from ..checkpoint.synthetic_memory import SyntheticCheckpoint
 from ..engine.constraint import compile_reply, compiler_for
 from ..engine.runner import load
 from ..errors import GptossError
+from ..kernels.cpu.host_memory import huge_page_bytes
+from ..measure import step_profile
 from ..measure.bench import (
-    BANDWIDTH_BYTES,
-    BANDWIDTH_ROUNDS,
     BenchResult,
+    bandwidth_method,
     bench,
     bench_constrained,
     bench_transformers,
@@ -79,6 +80,12 @@ from .options import (
     is_flag=True,
     help="Decode with the step captured in a CUDA graph (Triton kernels on CUDA; untimed yet).",
 )
+@click.option(
+    "--profile-step",
+    is_flag=True,
+    help="Instead of timing runs, show where a decode step's time goes: each part's ms, the "
+    "bytes it reads and its GB/s, over --gen-tokens steps after --prompt-tokens.",
+)
 @cpu_experts_option()
 @kv_cache_option()
 @click.option(
@@ -97,6 +104,7 @@ def bench_command(
     repeats,
     compare,
     cuda_graph,
+    profile_step,
     json_schema,
     as_json,
     **opening,
@@ -126,8 +134,15 @@ def bench_command(
     runner = load(model or SyntheticCheckpoint(geometry), options, on_plan=fits)
     warn_kv(runner.plan)
     loaded = {"seconds": time.perf_counter() - start, **resident_bytes(runner)}
+    loaded["huge_page_bytes"] = huge_page_bytes() if runner.device.type == "cpu" else None
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
+    if profile_step:
+        click.echo(_describe_load(loaded))
+        click.echo(
+            step_profile.describe(step_profile.profile_step(runner, prompt_tokens, gen_tokens))
+        )
+        return
     compiled = None
     if schema is not None:
         compiled = _compile(schema, runner.folder)
@@ -170,8 +185,7 @@ def bench_command(
             "once per process)"
         )
     click.echo(
-        f"this machine reads {bandwidth / GB:,.1f} GB/s on {dev.type} "
-        f"({format_bytes(BANDWIDTH_BYTES[dev.type])} summed, best of {BANDWIDTH_ROUNDS})"
+        f"this machine reads {bandwidth / GB:,.1f} GB/s on {dev.type} ({bandwidth_method(dev)})"
     )
 
 
@@ -180,9 +194,12 @@ def _describe_load(loaded: dict) -> str:
     peak_text = (
         "unknown" if peak is None else f"{format_bytes(peak)} ({loaded['peak_memory_kind']})"
     )
+    huge = loaded["huge_page_bytes"]
+    huge_text = "" if huge is None else f", {huge / GB:.2f} GB of memory in 2 MiB pages"
     return (
         f"loaded in {loaded['seconds']:.1f} s: weights {loaded['weights'] / GB:.2f} GB resident, "
-        f"experts {loaded['experts_packed'] / GB:.2f} GB packed MXFP4; peak after load {peak_text}"
+        f"experts {loaded['experts_packed'] / GB:.2f} GB packed MXFP4{huge_text}; peak after "
+        f"load {peak_text}"
     )
 
 

@@ -63,7 +63,14 @@ def kernel_functions(name: str) -> Kernels:
             raise GptossError(
                 "the compiled CPU kernels need a C compiler (gcc or clang, or set CC)"
             )
-        return Kernels(cpu.kernel_name(), experts=cpu.experts_forward, linear=cpu.linear)
+        from .cpu.decode import decode_step
+
+        return Kernels(
+            cpu.kernel_name(),
+            experts=cpu.experts_forward,
+            linear=cpu.linear,
+            fused_step=decode_step,
+        )
     if name != "triton":
         raise GptossError(f"unknown kernels {name!r}; use auto, {' or '.join(KERNELS)}")
     from .attention_triton import attention, batch_attention

@@ -6,8 +6,9 @@ timed runs, each a prefill of the whole prompt and `gen_tokens` decode steps wit
 synchronized; results are medians with their spread, as llama-bench reports. A decode step is
 bound by the bytes it must read (`memory.plan.decode_bytes_per_token`: the routed experts, the
 other weights, the KV cache it attends over), so `read_bandwidth` measures what this machine
-reads per second (a few hundred MB summed, best of a few) and the result says how far decode is
-from that bound. `bench_transformers` runs HF transformers on the same checkpoint, in a process
+reads per second (on a CPU the compiled kernels' own read probe, with the threads decode uses;
+elsewhere a few hundred MB summed, best of a few) and the result says how far decode is from
+that bound. `bench_transformers` runs HF transformers on the same checkpoint, in a process
 of its own (`python -m gptoss_lite.measure.bench transformers ...`), so the peak memory it
 reports is its own. `bench_constrained` times decoding held to a grammar against the same
 decoding free, run after run in turn, both through the sampler (greedy) that generation uses.
@@ -35,9 +36,10 @@ from ..engine.graphs import GraphedDecodeStep
 from ..engine.runner import Runner
 from ..engine.sampling import GREEDY
 from ..errors import GptossError
+from ..kernels import cpu as cpu_kernels
 from ..memory.categories import category_of
 from ..memory.plan import decode_bytes_per_token
-from ..units import GB, MIB
+from ..units import GB, MIB, format_bytes
 from .meter import peak_memory
 
 WARMUP_PROMPT = 32  # prompt tokens of the warm-up run (then one decode step), as llama-bench
@@ -311,7 +313,11 @@ def _apart(folder: Path, *args) -> BenchResult:
 
 
 def read_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
-    """Bytes per second this device reads: the best of a few sums over a large fp32 array."""
+    """Bytes per second this device reads: on a CPU with the compiled kernels, their read probe
+    with the threads decode uses (`kernels.cpu.read_rate`); else the best of a few sums over a
+    large fp32 array."""
+    if device.type == "cpu" and cpu_kernels.available():
+        return cpu_kernels.read_rate(nbytes=nbytes or cpu_kernels.PROBE_BYTES)
     nbytes = nbytes or BANDWIDTH_BYTES[device.type]
     data = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
     data.sum()  # the first pass faults the pages in
@@ -321,6 +327,16 @@ def read_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
         data.sum()
         best = min(best, _now(device) - start)
     return nbytes / best
+
+
+def bandwidth_method(device: torch.device) -> str:
+    """How `read_bandwidth` measures on `device`, in words."""
+    if device.type == "cpu" and cpu_kernels.available():
+        return (
+            f"compiled read probe, {torch.get_num_threads()} threads, "
+            f"{format_bytes(cpu_kernels.PROBE_BYTES)} in 2 MiB pages, fastest pass"
+        )
+    return f"{format_bytes(BANDWIDTH_BYTES[device.type])} summed, best of {BANDWIDTH_ROUNDS}"
 
 
 def timed_runs(

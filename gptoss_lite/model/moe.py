@@ -1,8 +1,9 @@
 """Mixture of experts with the expert weights kept packed in MXFP4.
 
-Routing: the router's logits (bias included) pick the top-k experts per token, and the weights are
-a softmax over those k logits only. Each routed expert is dequantized once per call, used for all
-of its tokens, and dropped before the next one: the transient memory is one expert, not a layer.
+Routing: the router's logits (bias included) pick the top-k experts per token (equal logits: the
+lower expert id first), and the weights are a softmax over those k logits only. Each routed
+expert is dequantized once per call, used for all of its tokens, and dropped before the next one:
+the transient memory is one expert, not a layer.
 
 Expert math (per token, per expert): h = W1·x + b1, with gate and up INTERLEAVED along h
 (even = gate, odd = up); gate is clamped from above only, up on both sides; the activation is
@@ -44,8 +45,10 @@ def route(
     """Top-k expert ids [T, k] and their weights [T, k] (softmax over the k selected logits);
     `linear` computes the router's logits (F.linear or a kernel with its signature)."""
     logits = linear(x, weight, bias)  # (T, E)
-    top, idx = torch.topk(logits, k, dim=-1, sorted=True)
-    return idx, torch.softmax(top, dim=-1)
+    # Equal logits go in expert-id order (torch.topk leaves ties open; bf16 logits do tie), the
+    # rule every implementation of the routing follows.
+    top, idx = torch.sort(logits, dim=-1, descending=True, stable=True)
+    return idx[:, :k], torch.softmax(top[:, :k], dim=-1)
 
 
 def swiglu(h: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:

@@ -45,6 +45,9 @@ class Kernels:
     experts: Callable = experts_forward
     linear: Callable = F.linear  # the dense projections: qkv, attention output, router, lm_head
     batch_attention: Callable | None = None
+    # B tokens, token i fed to caches[i], through every layer and the head at once, or None
+    # where it does not apply: (model, x [B, H], positions [B], rope, caches) -> [B, V] | None.
+    fused_step: Callable | None = None
 
 
 TORCH_KERNELS = Kernels("torch")
@@ -200,7 +203,7 @@ class Transformer(nn.Module):
             )
             for n in range(c.num_layers)
         )
-        self.linear = kernels.linear
+        self.linear, self.fused_step = kernels.linear, kernels.fused_step
         self.norm = _empty(c.hidden_size, dtype=torch.float32)
         self.unembedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)
         self.rotary: Rotary | None = None
@@ -241,12 +244,17 @@ class Transformer(nn.Module):
         # RoPE row by row: a vectorized cos over several rows may round unlike one row alone.
         ropes = [self.rotary.cos_sin(positions[i : i + 1], x.dtype) for i in range(len(caches))]
         rope = torch.cat([r[0] for r in ropes]), torch.cat([r[1] for r in ropes])
-        for attn, mlp in zip(self.attn, self.mlp, strict=True):
-            x = mlp(attn(x, positions, rope, caches))
+        logits = (
+            None if self.fused_step is None else self.fused_step(self, x, positions, rope, caches)
+        )
+        if logits is None:
+            for attn, mlp in zip(self.attn, self.mlp, strict=True):
+                x = mlp(attn(x, positions, rope, caches))
+            x = rms_norm(x, self.norm, self.config.rms_norm_eps)
+            logits = self.linear(x, self.unembedding).float()
         for i, cache in enumerate(caches):
             cache.advance(positions[i : i + 1])
-        x = rms_norm(x, self.norm, self.config.rms_norm_eps)
-        return self.linear(x, self.unembedding).float()
+        return logits
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states [T, H] of tokens [T], on the model's device."""
@@ -261,6 +269,10 @@ class Transformer(nn.Module):
         if self.rotary is None:
             self.rotary = Rotary(self.config, self.device)
         rope = self.rotary.cos_sin(positions, x.dtype)  # the same for every layer
+        if x.shape[0] == 1 and self.fused_step is not None:
+            logits = self.fused_step(self, x, positions, rope, [cache])
+            if logits is not None:
+                return logits
         for attn, mlp in zip(self.attn, self.mlp, strict=True):
             x = attn(x, positions, rope, cache)
             x = mlp(x)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ...errors import GptossError
 from ...model.moe import PackedExperts
 from .build import load_library
+from .host_memory import HostArena
 
 ISAS = ("portable", "avx2", "avx512")  # index = the C code's isa number
 ISA_ENV = "GPTOSS_LITE_CPU_ISA"
@@ -39,7 +40,14 @@ _SIGNATURES = {
         None,
     ),
     "gl_bf16_matmul": ([_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int], None),
+    "gl_decode_work": ([_ptr, _ptr, _i64, _int], _i64),
+    "gl_decode_step": ([_ptr, _int, _i64, *[_ptr] * 7, _int], None),
+    "gl_read_probe": ([_int, _ptr, _i64, _int, _i64, _int, _int], ctypes.c_double),
 }
+PROBE_BYTES = 512 * 1024 * 1024  # 16 times this machine's last-level cache and more
+PROBE_ROUNDS = 5
+# (rows in flight per thread, bytes prefetched ahead): as the kernels read, and a plain stream.
+PROBE_PATTERNS = ((1, 0), (2, 1024), (4, 1024), (8, 512))
 
 
 @cache
@@ -212,3 +220,19 @@ def linear(
         torch.get_num_threads(),
     )
     return y.to(x.dtype)
+
+
+def read_rate(threads: int | None = None, nbytes: int = PROBE_BYTES) -> float:
+    """Bytes per second `threads` threads (default torch's) read from RAM: compiled code
+    streaming a buffer far larger than the caches from 2 MiB pages, the fastest of a few ways of
+    streaming it and of `PROBE_ROUNDS` passes each; what a decode step's reads are bound by."""
+    threads = threads or torch.get_num_threads()
+    nbytes -= nbytes % (threads * 64 * 8)
+    buffer = HostArena(nbytes).empty((nbytes,), torch.uint8)
+    buffer.fill_(1)  # faults the pages in
+    lib, isa = _library(), _isa(None)
+    seconds = min(
+        lib.gl_read_probe(isa, buffer.data_ptr(), nbytes, streams, ahead, PROBE_ROUNDS, threads)
+        for streams, ahead in PROBE_PATTERNS
+    )
+    return nbytes / seconds

@@ -16,21 +16,8 @@
    with contiguous activations: no shuffle of decoded weights in the inner loop. */
 
 #include <math.h>
-#include <stdint.h>
-#include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#if defined(__x86_64__) || defined(_M_X64)
-#define GL_X86 1
-#include <immintrin.h>
-#endif
-
-#define BLOCK 32
-#define BLOCK_BYTES 16
-#define MAX_TOKENS 8 /* tokens sharing one decoded weight block in the inner loop */
+#include "kernels.h"
 
 static const float FP4[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
                               -0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f};
@@ -42,20 +29,9 @@ static float e8m0(uint8_t s) {
     return f;
 }
 
-static float bf16_to_float(uint16_t h) {
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
 /* ------------------------------------------------------------------ row kernels
    Each computes two rows (r0, r1) of y = W x for n <= MAX_TOKENS de-interleaved inputs xd[j]
    (row length K) and stores dot products in out0[j], out1[j]. */
-
-typedef void (*mx_rows_fn)(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
-                           const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx, int n,
-                           float *out0, float *out1);
 
 static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, const uint8_t *s1,
                       int64_t groups, const float *xd, int64_t ldx, int n, float *out0,
@@ -80,44 +56,61 @@ static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, c
 }
 
 #ifdef GL_X86
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
-#define AVX2 __attribute__((target("avx2,fma")))
-#define INLINE static inline __attribute__((always_inline))
 
-/* The row kernels read two rows side by side, r and r+1 from offset i, and the next call reads
-   the next two: asking for the bytes AHEAD row pairs on keeps memory busy while this pair's
-   arithmetic runs (the hardware prefetcher alone left decode at a third of the bandwidth; any
-   distance from 1 to 16 row pairs measured the same). */
+/* The row kernels read two (or four) rows side by side, r and r+1 from offset i, and the next
+   call reads the next ones: asking for the bytes AHEAD row pairs on keeps memory busy while
+   this pair's arithmetic runs (the hardware prefetcher alone left decode at a third of the
+   bandwidth). They are asked into L2 (T1), not L1: eight bf16 rows ahead is more than L1
+   holds, and T0 there measured about a third slower, the prefetched lines and the input
+   evicting each other. */
 #define AHEAD 4
 #define PREFETCH_AHEAD(p0, p1, i, len)                                                         \
     do {                                                                                       \
-        _mm_prefetch((const char *)(p0) + (i) + 2 * AHEAD * (len), _MM_HINT_T0);               \
-        _mm_prefetch((const char *)(p1) + (i) + 2 * AHEAD * (len), _MM_HINT_T0);               \
+        _mm_prefetch((const char *)(p0) + (i) + 2 * AHEAD * (len), _MM_HINT_T1);               \
+        _mm_prefetch((const char *)(p1) + (i) + 2 * AHEAD * (len), _MM_HINT_T1);               \
     } while (0)
 
 AVX512 INLINE float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
+/* The E8M0 scales of up to 16 blocks as floats (as `e8m0`), from one vector load. */
+AVX512 INLINE __m512 e8m0x16(const uint8_t *s, int m) {
+    __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << m) - 1), s));
+    __m512i bits = _mm512_slli_epi32(v, 23);
+    __mmask16 zero = _mm512_cmpeq_epi32_mask(v, _mm512_setzero_si512());
+    return _mm512_castsi512_ps(_mm512_mask_mov_epi32(bits, zero, _mm512_set1_epi32(0x00400000)));
+}
+
+/* Each block's table is scaled once (FP4 value * scale: the product the torch decoder forms)
+   and both nibbles look their weights up in it. */
 AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
                                  const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx,
                                  const int n, float *out0, float *out1) {
     const __m512 lut = _mm512_loadu_ps(FP4);
     __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    float f0[16], f1[16];
     for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
-    for (int64_t g = 0; g < groups; g++) {
-        if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
-        __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
-        __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
-        __m512 f0 = _mm512_set1_ps(e8m0(s0[g])), f1 = _mm512_set1_ps(e8m0(s1[g]));
-        /* vpermps reads the low 4 bits of each index: the low nibble needs no mask. */
-        __m512 w0l = _mm512_mul_ps(_mm512_permutexvar_ps(c0, lut), f0);
-        __m512 w0h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), lut), f0);
-        __m512 w1l = _mm512_mul_ps(_mm512_permutexvar_ps(c1, lut), f1);
-        __m512 w1h = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), lut), f1);
-        for (int j = 0; j < n; j++) {
-            const float *x = xd + j * ldx + g * BLOCK;
-            __m512 xe = _mm512_loadu_ps(x), xo = _mm512_loadu_ps(x + 16);
-            acc0[j] = _mm512_fmadd_ps(w0h, xo, _mm512_fmadd_ps(w0l, xe, acc0[j]));
-            acc1[j] = _mm512_fmadd_ps(w1h, xo, _mm512_fmadd_ps(w1l, xe, acc1[j]));
+    for (int64_t g0 = 0; g0 < groups; g0 += 16) {
+        int m = groups - g0 < 16 ? (int)(groups - g0) : 16;
+        _mm512_storeu_ps(f0, e8m0x16(s0 + g0, m));
+        _mm512_storeu_ps(f1, e8m0x16(s1 + g0, m));
+        for (int i = 0; i < m; i++) {
+            int64_t g = g0 + i;
+            if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
+            __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
+            __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
+            __m512 l0 = _mm512_mul_ps(lut, _mm512_set1_ps(f0[i]));
+            __m512 l1 = _mm512_mul_ps(lut, _mm512_set1_ps(f1[i]));
+            /* vpermps reads the low 4 bits of each index: the low nibble needs no mask. */
+            __m512 w0l = _mm512_permutexvar_ps(c0, l0);
+            __m512 w0h = _mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), l0);
+            __m512 w1l = _mm512_permutexvar_ps(c1, l1);
+            __m512 w1h = _mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), l1);
+            for (int j = 0; j < n; j++) {
+                const float *x = xd + j * ldx + g * BLOCK;
+                __m512 xe = _mm512_loadu_ps(x), xo = _mm512_loadu_ps(x + 16);
+                acc0[j] = _mm512_fmadd_ps(w0h, xo, _mm512_fmadd_ps(w0l, xe, acc0[j]));
+                acc1[j] = _mm512_fmadd_ps(w1h, xo, _mm512_fmadd_ps(w1l, xe, acc1[j]));
+            }
         }
     }
     for (int j = 0; j < n; j++) out0[j] = hsum512(acc0[j]), out1[j] = hsum512(acc1[j]);
@@ -164,14 +157,16 @@ AVX2 INLINE void mx_rows_256_n(const uint8_t *b0, const uint8_t *s0, const uint8
     for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
-        __m256 f0 = _mm256_set1_ps(e8m0(s0[g])), f1 = _mm256_set1_ps(e8m0(s1[g]));
+        /* the magnitudes scaled once per block; the sign then flips the scaled value */
+        __m256 m0 = _mm256_mul_ps(mag, _mm256_set1_ps(e8m0(s0[g])));
+        __m256 m1 = _mm256_mul_ps(mag, _mm256_set1_ps(e8m0(s1[g])));
         for (int half = 0; half < 2; half++) { /* bytes 0-7, then 8-15 */
             __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b0 + g * 16 + 8 * half)));
             __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b1 + g * 16 + 8 * half)));
-            __m256 w0l = _mm256_mul_ps(fp4_256(_mm256_and_si256(c0, low), mag), f0);
-            __m256 w0h = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(c0, 4), mag), f0);
-            __m256 w1l = _mm256_mul_ps(fp4_256(_mm256_and_si256(c1, low), mag), f1);
-            __m256 w1h = _mm256_mul_ps(fp4_256(_mm256_srli_epi32(c1, 4), mag), f1);
+            __m256 w0l = fp4_256(_mm256_and_si256(c0, low), m0);
+            __m256 w0h = fp4_256(_mm256_srli_epi32(c0, 4), m0);
+            __m256 w1l = fp4_256(_mm256_and_si256(c1, low), m1);
+            __m256 w1h = fp4_256(_mm256_srli_epi32(c1, 4), m1);
             for (int j = 0; j < n; j++) {
                 const float *x = xd + j * ldx + g * BLOCK + 8 * half;
                 __m256 xe = _mm256_loadu_ps(x), xo = _mm256_loadu_ps(x + 16);
@@ -185,7 +180,7 @@ AVX2 INLINE void mx_rows_256_n(const uint8_t *b0, const uint8_t *s0, const uint8
 MX_SPECIALISE(mx_rows_256, mx_rows_256_n, AVX2)
 #endif
 
-static mx_rows_fn mx_rows_for(int isa) {
+mx_rows_fn gl_mx_rows_for(int isa) {
 #ifdef GL_X86
     if (isa == 2) return mx_rows_512;
     if (isa == 1) return mx_rows_256;
@@ -197,9 +192,6 @@ static mx_rows_fn mx_rows_for(int isa) {
 /* ------------------------------------------------------------------ bf16 rows
    Two rows of a bf16 matrix [R, K] against n <= MAX_TOKENS fp32 inputs x[j] (row length K):
    each weight widened to fp32 exactly, products summed in fp32. */
-
-typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x,
-                           int n, float *out0, float *out1);
 
 static void bf_rows_c(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x, int n,
                       float *out0, float *out1) {
@@ -288,15 +280,78 @@ AVX2 INLINE void bf_rows_256_n(const uint16_t *w0, const uint16_t *w1, int64_t k
     }
 BF_SPECIALISE(bf_rows_512, bf_rows_512_n, AVX512)
 BF_SPECIALISE(bf_rows_256, bf_rows_256_n, AVX2)
+
+/* Four rows, one input: the two-row kernels' arithmetic for n = 1, row by row, with four
+   streams in flight instead of two. */
+AVX512 static void bf_rows4_512(const uint16_t *w, int64_t k, const float *x, float *out) {
+    const uint16_t *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16) {
+        if (i % 32 == 0) {
+            PREFETCH_AHEAD(w0, w1, 2 * i, 2 * k);
+            PREFETCH_AHEAD(w2, w3, 2 * i, 2 * k);
+        }
+        __m512 xv = _mm512_loadu_ps(x + i);
+        a0 = _mm512_fmadd_ps(bf16x16(w0 + i), xv, a0);
+        a1 = _mm512_fmadd_ps(bf16x16(w1 + i), xv, a1);
+        a2 = _mm512_fmadd_ps(bf16x16(w2 + i), xv, a2);
+        a3 = _mm512_fmadd_ps(bf16x16(w3 + i), xv, a3);
+    }
+    float s[4] = {hsum512(a0), hsum512(a1), hsum512(a2), hsum512(a3)};
+    for (int r = 0; r < 4; r++) {
+        for (int64_t t = i; t < k; t++) s[r] += bf16_to_float(w[r * k + t]) * x[t];
+        out[r] = s[r];
+    }
+}
+
+AVX2 static void bf_rows4_256(const uint16_t *w, int64_t k, const float *x, float *out) {
+    const uint16_t *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+        if (i % 32 == 0) {
+            PREFETCH_AHEAD(w0, w1, 2 * i, 2 * k);
+            PREFETCH_AHEAD(w2, w3, 2 * i, 2 * k);
+        }
+        __m256 xv = _mm256_loadu_ps(x + i);
+        a0 = _mm256_fmadd_ps(bf16x8(w0 + i), xv, a0);
+        a1 = _mm256_fmadd_ps(bf16x8(w1 + i), xv, a1);
+        a2 = _mm256_fmadd_ps(bf16x8(w2 + i), xv, a2);
+        a3 = _mm256_fmadd_ps(bf16x8(w3 + i), xv, a3);
+    }
+    float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
+    for (int r = 0; r < 4; r++) {
+        for (int64_t t = i; t < k; t++) s[r] += bf16_to_float(w[r * k + t]) * x[t];
+        out[r] = s[r];
+    }
+}
 #endif
 
-static bf_rows_fn bf_rows_for(int isa) {
+static void bf_rows4_c(const uint16_t *w, int64_t k, const float *x, float *out) {
+    for (int r = 0; r < 4; r++) {
+        float a = 0;
+        for (int64_t i = 0; i < k; i++) a += bf16_to_float(w[r * k + i]) * x[i];
+        out[r] = a;
+    }
+}
+
+bf_rows_fn gl_bf_rows_for(int isa) {
 #ifdef GL_X86
     if (isa == 2) return bf_rows_512;
     if (isa == 1) return bf_rows_256;
 #endif
     (void)isa;
     return bf_rows_c;
+}
+
+bf_rows4_fn gl_bf_rows4_for(int isa) {
+#ifdef GL_X86
+    if (isa == 2) return bf_rows4_512;
+    if (isa == 1) return bf_rows4_256;
+#endif
+    (void)isa;
+    return bf_rows4_c;
 }
 
 /* ------------------------------------------------------------------ dispatch */
@@ -315,7 +370,7 @@ int gl_best_isa(void) {
 /* ------------------------------------------------------------------ shared pieces */
 
 /* The rows [begin, end) of `rows` (even-aligned) that thread `tid` of `nth` computes. */
-static void split_rows(int64_t rows, int tid, int nth, int64_t *begin, int64_t *end) {
+void gl_split_rows(int64_t rows, int tid, int nth, int64_t *begin, int64_t *end) {
     int64_t pairs = (rows + 1) / 2;
     *begin = 2 * (pairs * tid / nth);
     *end = 2 * (pairs * (tid + 1) / nth);
@@ -323,29 +378,13 @@ static void split_rows(int64_t rows, int tid, int nth, int64_t *begin, int64_t *
 }
 
 /* Position of element k of a row in its de-interleaved copy. */
-static int64_t deinterleaved(int64_t k) {
+int64_t gl_deinterleaved(int64_t k) {
     int64_t i = k % BLOCK;
     return k - i + (i & 1 ? 16 + i / 2 : i / 2);
 }
 
-static void deinterleave(const float *x, float *xd, int64_t len) {
-    for (int64_t k = 0; k < len; k++) xd[deinterleaved(k)] = x[k];
-}
-
-static int thread_id(void) {
-#ifdef _OPENMP
-    return omp_get_thread_num();
-#else
-    return 0;
-#endif
-}
-
-static int thread_count(void) {
-#ifdef _OPENMP
-    return omp_get_num_threads();
-#else
-    return 1;
-#endif
+void gl_deinterleave(const float *x, float *xd, int64_t len) {
+    for (int64_t k = 0; k < len; k++) xd[gl_deinterleaved(k)] = x[k];
 }
 
 /* y[j, r] = W[r] . x[j] + bias[r] for rows [r0, r1) and n tokens of de-interleaved xd. */
@@ -376,15 +415,15 @@ static void mx_matmul_rows(mx_rows_fn rows_fn, const uint8_t *blocks, const uint
 void gl_mxfp4_matmul(int isa, const uint8_t *blocks, const uint8_t *scales, const float *bias,
                      const float *x, float *xd, float *y, int64_t rows, int64_t groups, int64_t n,
                      int nthreads) {
-    mx_rows_fn rows_fn = mx_rows_for(isa);
+    mx_rows_fn rows_fn = gl_mx_rows_for(isa);
     int64_t k = groups * BLOCK;
 #pragma omp parallel num_threads(nthreads)
     {
         int tid = thread_id(), nth = thread_count();
-        for (int64_t j = tid; j < n; j += nth) deinterleave(x + j * k, xd + j * k, k);
+        for (int64_t j = tid; j < n; j += nth) gl_deinterleave(x + j * k, xd + j * k, k);
 #pragma omp barrier
         int64_t r0, r1;
-        split_rows(rows, tid, nth, &r0, &r1);
+        gl_split_rows(rows, tid, nth, &r0, &r1);
         mx_matmul_rows(rows_fn, blocks, scales, bias, groups, xd, (int)n, y, rows, r0, r1);
     }
 }
@@ -400,17 +439,17 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
                       const uint8_t *scales2, const float *bias2, int64_t hidden,
                       int64_t intermediate, float alpha, float limit, float *xd, float *ad,
                       float *out, int nthreads) {
-    mx_rows_fn rows_fn = mx_rows_for(isa);
+    mx_rows_fn rows_fn = gl_mx_rows_for(isa);
     int64_t g1 = hidden / BLOCK, g2 = intermediate / BLOCK, rows1 = 2 * intermediate;
     int64_t npairs = offsets[n_used];
 #pragma omp parallel num_threads(nthreads)
     {
         int tid = thread_id(), nth = thread_count();
-        for (int64_t p = tid; p < npairs; p += nth) deinterleave(xs + p * hidden, xd + p * hidden, hidden);
+        for (int64_t p = tid; p < npairs; p += nth) gl_deinterleave(xs + p * hidden, xd + p * hidden, hidden);
 #pragma omp barrier
         /* gate_up and SwiGLU: rows 2i (gate) and 2i+1 (up) give activation i. */
         int64_t r0, r1;
-        split_rows(rows1, tid, nth, &r0, &r1);
+        gl_split_rows(rows1, tid, nth, &r0, &r1);
         for (int64_t u = 0; u < n_used; u++) {
             int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
             const uint8_t *b = blocks1 + e * rows1 * g1 * BLOCK_BYTES;
@@ -427,14 +466,14 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
                         gv = fminf(gv, limit); /* the gate is clamped from above only */
                         uv = fminf(fmaxf(uv, -limit), limit);
                         float a = gv / (1.0f + expf(-alpha * gv)) * (uv + 1.0f);
-                        ad[(p0 + j0 + j) * intermediate + deinterleaved(r / 2)] = a;
+                        ad[(p0 + j0 + j) * intermediate + gl_deinterleaved(r / 2)] = a;
                     }
                 }
             }
         }
 #pragma omp barrier
         /* down, weighted and summed into the token's output row. */
-        split_rows(hidden, tid, nth, &r0, &r1);
+        gl_split_rows(hidden, tid, nth, &r0, &r1);
         float y[MAX_TOKENS * 2];
         for (int64_t u = 0; u < n_used; u++) {
             int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
@@ -462,11 +501,17 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
 /* y[n, rows] = x[n, K] W^T + bias (bias may be NULL) for a bf16 matrix W [rows, K]. */
 void gl_bf16_matmul(int isa, const uint16_t *w, const float *bias, const float *x, float *y,
                     int64_t rows, int64_t k, int64_t n, int nthreads) {
-    bf_rows_fn rows_fn = bf_rows_for(isa);
+    bf_rows_fn rows_fn = gl_bf_rows_for(isa);
+    bf_rows4_fn rows4 = gl_bf_rows4_for(isa);
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t r0, r1;
-        split_rows(rows, thread_id(), thread_count(), &r0, &r1);
+        gl_split_rows(rows, thread_id(), thread_count(), &r0, &r1);
+        for (; n == 1 && r0 + 4 <= r1; r0 += 4) { /* one input: four rows at a time */
+            float o[4];
+            rows4(w + r0 * k, k, x, o);
+            for (int j = 0; j < 4; j++) y[r0 + j] = o[j] + (bias ? bias[r0 + j] : 0.0f);
+        }
         for (int64_t r = r0; r < r1; r += 2) {
             int64_t q = r + 1 < r1 ? r + 1 : r;
             for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {

@@ -1,0 +1,85 @@
+/* What the CPU kernel sources share: the MXFP4 and bf16 layouts, the row kernels' types, the
+   conversions, and the thread helpers. The row kernels live in mxfp4_cpu.c, which also holds the
+   per-call entry points; decode_step.c runs a whole decode step on them; read_probe.c measures
+   the read bandwidth they are bound by. Only `gl_*` entry points are visible outside the
+   library. */
+
+#ifndef GL_KERNELS_H
+#define GL_KERNELS_H
+
+#include <stdint.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define GL_X86 1
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+#define INTERNAL __attribute__((visibility("hidden")))
+
+#define BLOCK 32
+#define BLOCK_BYTES 16
+#define MAX_TOKENS 8 /* tokens sharing one decoded weight block in the inner loop */
+
+/* Two rows (r0, r1) of an MXFP4 matrix against n <= MAX_TOKENS de-interleaved inputs xd[j]
+   (row length groups*32, stride ldx): dot products into out0[j], out1[j]. */
+typedef void (*mx_rows_fn)(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
+                           const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx, int n,
+                           float *out0, float *out1);
+
+/* Two rows of a bf16 matrix [R, K] against n <= MAX_TOKENS fp32 inputs x[j] (row length K). */
+typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x,
+                           int n, float *out0, float *out1);
+
+/* Four rows of a bf16 matrix against one input: out[i] = w_i . x, each row summed in exactly
+   the order the two-row kernel sums it (so a row's result does not depend on its neighbours). */
+typedef void (*bf_rows4_fn)(const uint16_t *w, int64_t k, const float *x, float *out);
+
+INTERNAL mx_rows_fn gl_mx_rows_for(int isa);
+INTERNAL bf_rows_fn gl_bf_rows_for(int isa);
+INTERNAL bf_rows4_fn gl_bf_rows4_for(int isa);
+
+INTERNAL void gl_split_rows(int64_t rows, int tid, int nth, int64_t *begin, int64_t *end);
+INTERNAL int64_t gl_deinterleaved(int64_t k);
+INTERNAL void gl_deinterleave(const float *x, float *xd, int64_t len);
+
+INLINE float bf16_to_float(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Round to the nearest bf16, ties to even, as torch converts (any NaN to torch's 0x7fc0). */
+INLINE uint16_t float_to_bf16(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
+    bits += 0x7fffu + ((bits >> 16) & 1);
+    return (uint16_t)(bits >> 16);
+}
+
+INLINE int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+INLINE int thread_count(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
+#endif
