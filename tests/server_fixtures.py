@@ -6,9 +6,10 @@ only). `ScriptedRunner` stands in for a `Runner`: each `generate` call records i
 sampling and yields the tokens of a harmony completion (written as text with markup, tokenized
 with the real o200k vocabulary) up to the first stop token or `max_new_tokens`, optionally
 waiting on a gate before the first token or pausing after each one, so a test can hold the
-queue. `scripted_service` builds a `Service` around one; `serve_http` serves a service for one
-test, `serve_module` for one module (a real model loaded once); `serve` gives the `openai` client
-of a scripted server.
+queue; its `batch()` (what the server's worker drives) runs each request through `generate`,
+a token per sequence a step. `scripted_service` builds a `Service` around one; `serve_http`
+serves a service for one test, `serve_module` for one module (a real model loaded once); `serve`
+gives the `openai` client of a scripted server.
 """
 
 from __future__ import annotations
@@ -18,13 +19,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import openai
 import pytest
 import torch
 
+from gptoss_lite.chat.stats import ReplyStats
 from gptoss_lite.config import ModelConfig, preset
+from gptoss_lite.engine.batch import Request
+from gptoss_lite.engine.generate import check_fits
 from gptoss_lite.engine.sampling import Sampling
 from gptoss_lite.server.http_server import make_server
 from gptoss_lite.server.limits import Limits
@@ -58,12 +62,19 @@ def running(service: Service, limits: Limits | None = None) -> Iterator[str]:
 class ScriptedRunner:
     """Looks like a `Runner` to the server; generates a fixed harmony completion."""
 
-    def __init__(self, tokenizer, context: int = 4096, config: ModelConfig | None = None) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        context: int = 4096,
+        config: ModelConfig | None = None,
+        parallel: int = 1,
+    ) -> None:
         self.tokenizer = tokenizer
         self.context = context
         self.config = config or preset("tiny")
         self.prefilled = 0
         self.device = torch.device("cpu")  # where a grammar's masks would go (it takes none)
+        self.caches = [None] * parallel  # sequences at once, as a runner loaded with parallel
         self.prompts: list[list[int]] = []
         self.reply: list[int] = []
         self.gate: threading.Event | None = None  # the first token waits for it when set
@@ -90,6 +101,63 @@ class ScriptedRunner:
             if token in stop:
                 return
             time.sleep(self.pause_s)
+
+    def batch(self) -> ScriptedBatch:
+        return ScriptedBatch(self)
+
+
+class ScriptedSequence:
+    """What the worker reads of an `engine.batch.Sequence`, fed by a `generate` iterator."""
+
+    def __init__(self, request: Request, tokens: Iterator[int], most: int) -> None:
+        self.request, self.tokens, self.max_new_tokens = request, tokens, most
+        self.output: list[int] = []
+        self.finish_reason: str | None = None
+        self.error = self.logprobs = None
+        self.stats = ReplyStats(prompt_tokens=len(request.prompt))
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class ScriptedBatch:
+    """`engine.batch.Batch` as the worker uses it, over `ScriptedRunner.generate`: a step takes
+    the next token of every running sequence (a gate or a pause holds the whole step, as a
+    forward pass would); a `generate` that ends without a stop token or the limit is
+    "interrupted", and one that raises fails the step."""
+
+    def __init__(self, runner: ScriptedRunner) -> None:
+        self.runner, self.running = runner, []
+
+    def add(self, request: Request) -> ScriptedSequence:
+        most = check_fits(len(request.prompt), request.sampling.max_new_tokens, self.runner.context)
+        sampling = replace(request.sampling, max_new_tokens=most)
+        tokens = self.runner.generate(
+            list(request.prompt), sampling, stop=tuple(request.stop), mask=request.mask
+        )
+        self.running.append(ScriptedSequence(request, tokens, most))
+        return self.running[-1]
+
+    def cancel(self, sequence: ScriptedSequence) -> None:
+        if sequence in self.running:
+            sequence.finish_reason = "interrupted"
+            self.running.remove(sequence)
+
+    def step(self) -> list[ScriptedSequence]:
+        for sequence in self.running:
+            token = next(sequence.tokens, None)
+            if token is None:
+                sequence.finish_reason = "interrupted"
+                continue
+            sequence.output.append(token)
+            sequence.stats.generated_tokens += 1
+            if token in sequence.request.stop:
+                sequence.finish_reason = "stop"
+            elif len(sequence.output) == sequence.max_new_tokens:
+                sequence.finish_reason = "length"
+        changed, self.running = self.running, [s for s in self.running if not s.finished]
+        return changed
 
 
 @pytest.fixture
@@ -138,12 +206,12 @@ def serve(scripted_service, serve_http):
 
 @pytest.fixture
 def scripted_service(o200k_tokenizer) -> Iterator[Callable[..., Service]]:
-    """`scripted_service(text, context=4096, **service_options)` → a `Service` whose runner
-    (`service.runner`, a `ScriptedRunner`) replies `text`; stopped after the test."""
+    """`scripted_service(text, context=4096, parallel=1, **service_options)` → a `Service` whose
+    runner (`service.runner`, a `ScriptedRunner`) replies `text`; stopped after the test."""
     made: list[Service] = []
 
-    def make(text: str = "", context: int = 4096, **options) -> Service:
-        runner = ScriptedRunner(o200k_tokenizer, context)
+    def make(text: str = "", context: int = 4096, parallel: int = 1, **options) -> Service:
+        runner = ScriptedRunner(o200k_tokenizer, context, parallel=parallel)
         runner.script(text)
         made.append(Service(runner, o200k_tokenizer, "gpt-oss-test", **options))
         return made[-1]

@@ -1,7 +1,7 @@
 """Continuous batching at the Python API: each sequence of a batch gets exactly the tokens it gets
 alone, whatever joins, leaves or is cancelled beside it; slots, chunking and the KV pool.
 
-Exact mode is the compiled CPU kernels in bf16 (the default dtype): they compute each row of a
+Exact mode is the compiled CPU kernels (bf16, the default, or fp32): they compute each row of a
 projection or of the experts on its own, so a row's bits do not depend on the rows beside it."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import gptoss_lite
 from gptoss_lite.engine.batch import Request
 from gptoss_lite.engine.generate import prefill
 from gptoss_lite.engine.sampling import Sampling
-from gptoss_lite.kernels import cpu
+from gptoss_lite.engine.session import Generation
 from gptoss_lite.model.cache import KVCache, KVPool
 
 CHUNK = 8  # prefill chunk: the test prompts span several
@@ -24,9 +24,8 @@ CONTEXT = 160
 @pytest.fixture(scope="module")
 def runner(checkpoint):
     """A bf16 runner with four sequences on the compiled CPU kernels."""
-    if not cpu.available():
-        pytest.skip("exact mode needs the compiled CPU kernels (a C compiler)")
-    loaded = gptoss_lite.load(checkpoint("g1"), device="cpu", context=CONTEXT, parallel=4)
+    folder = checkpoint("g1")
+    loaded = gptoss_lite.load(folder, device="cpu", context=CONTEXT, parallel=4, kernels="cpu")
     loaded.prefill_chunk = CHUNK
     return loaded
 
@@ -76,10 +75,14 @@ def test_decode_rows_are_computed_as_alone(runner):
     assert [c.length for c in caches] == [n + 3 for n in lengths]
 
 
-def test_decode_rows_in_fp32_match_to_rounding(checkpoint):
-    """In fp32 the dense projections are torch's matmuls, which round a row differently with
-    other rows beside it: the rows agree to fp32 rounding, not bit for bit."""
-    runner = gptoss_lite.load(checkpoint("g1"), device="cpu", dtype=torch.float32, context=64)
+@pytest.mark.parametrize("kernels", ["cpu", "torch"])
+def test_decode_rows_in_fp32(checkpoint, kernels):
+    """fp32: the CPU kernels keep each row's bits (a few rows of an fp32 projection go one at a
+    time); on the torch path they agree to fp32 rounding only, as torch rounds a row of a small
+    matmul differently with other rows beside it."""
+    runner = gptoss_lite.load(
+        checkpoint("g1"), device="cpu", dtype=torch.float32, context=64, kernels=kernels
+    )
     config, model = runner.config, runner.model
     caches = KVPool(config, 2, 64, dtype=torch.float32).caches()
     alone = [KVCache(config, 64, dtype=torch.float32) for _ in range(2)]
@@ -89,8 +92,10 @@ def test_decode_rows_in_fp32_match_to_rounding(checkpoint):
     with torch.inference_mode():
         batched = model.decode(torch.tensor([7, 7]), caches)
         rows = torch.cat([model(torch.tensor([7]), c, True) for c in alone])
-    # fp32 sums of 64..96 products: a different order moves the result by a few ulps.
-    torch.testing.assert_close(batched, rows, rtol=0, atol=1e-5)
+    if kernels == "cpu":
+        assert torch.equal(batched, rows)
+    else:  # fp32 sums of 64..96 products: another order moves the result by a few ulps
+        torch.testing.assert_close(batched, rows, rtol=0, atol=1e-5)
 
 
 def test_greedy_streams_joining_and_leaving_get_their_tokens_alone(runner):
@@ -128,6 +133,49 @@ def test_seeded_sampling_stop_tokens_and_settings_are_per_request(runner):
     assert [s.finish_reason for s in got] == ["stop", "length", "length"]
 
 
+def test_logprobs_are_those_of_the_request_alone(runner):
+    sampling = Sampling(max_new_tokens=6, temperature=0, logprobs=2)
+    requests = [Request(_prompt(90 + i, 5 + 6 * i), sampling) for i in (0, 1)]
+    alone = []
+    for r in requests:
+        generation = Generation(runner, list(r.prompt), r.sampling, ())
+        list(generation)
+        alone.append(generation.logprobs)
+    got = _run(runner.batch(), {0: requests})
+    assert [s.logprobs for s in got] == alone
+    assert all(len(lp[0].top) == 2 for lp in alone)
+
+
+class EvenTokens:
+    """A token mask that allows the even ids only, and records what it was told."""
+
+    def __init__(self) -> None:
+        self.requested: list[int | None] = []
+
+    def request(self, token: int | None) -> None:
+        self.requested.append(token)
+
+    def allowed(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.arange(logits.shape[-1]) % 2 == 0
+
+
+def test_a_token_mask_holds_its_own_sequence_only(runner):
+    """A masked request beside an unmasked one: each gets the tokens it gets alone, the mask is
+    told the prompt then each token fed, as `Runner.generate` tells it."""
+    sampling = Sampling(max_new_tokens=8, temperature=0)
+    masked, free = (
+        Request(_prompt(95, 7), sampling, mask=EvenTokens()),
+        Request(_prompt(96, 9), sampling),
+    )
+    alone_mask = EvenTokens()
+    alone = list(runner.generate(masked.prompt, sampling, mask=alone_mask))
+    expected = [alone, _alone(runner, free)]
+    got = _run(runner.batch(), {0: [masked, free]})
+    assert [s.output for s in got] == expected
+    assert all(token % 2 == 0 for token in got[0].output) and any(t % 2 for t in got[1].output)
+    assert masked.mask.requested == alone_mask.requested == [None, *alone[:-1]]
+
+
 def test_a_cancelled_sequence_leaves_and_the_others_go_on(runner):
     requests = [
         Request(_prompt(9 + i, 6 + 4 * i), Sampling(max_new_tokens=10, temperature=0))
@@ -153,7 +201,7 @@ def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
     history = (*first[1].request.prompt, *first[1].output)
     again = batch.add(Request((*history, 5, 6), Sampling(max_new_tokens=3, temperature=0)))
     assert again.slot == first[1].slot
-    assert again.cached_tokens == len(history) - 1  # its last token was never fed
+    assert again.stats.cached_tokens == len(history) - 1  # its last token was never fed
     unrelated = batch.add(Request(_prompt(40, 10), Sampling(max_new_tokens=3, temperature=0)))
     assert unrelated.slot == 3  # the never-used slot before any other's cache is overwritten
     while batch.running:
@@ -165,12 +213,13 @@ def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
 def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkeypatch):
     """Each step feeds one chunk of one prompt, the shortest left: the stall per step is one
     chunk, and a short request's first token does not wait for a long prompt's prefill."""
-    fed = []
+    fed, heads = [], []
     forward = type(runner.model).forward
 
-    def counted(model, tokens, cache, last_only=False):
+    def counted(model, tokens, cache, last_only=False, logits=True):
         fed.append(tokens.numel())
-        return forward(model, tokens, cache, last_only)
+        heads.append(logits)
+        return forward(model, tokens, cache, last_only, logits)
 
     monkeypatch.setattr(type(runner.model), "forward", counted)
     batch = runner.batch()
@@ -185,6 +234,7 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
     while batch.running:
         batch.step()
     assert max(fed) == CHUNK and sum(fed) == 100 + 6
+    assert heads.count(True) == 2  # logits for each prompt's last chunk only
 
 
 def test_requests_that_cannot_run_are_refused(runner):

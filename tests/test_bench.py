@@ -136,3 +136,34 @@ def test_medians_spreads_and_the_bound_are_computed_from_the_runs():
     assert r.bound_ms_per_token == 150.0  # 3 GB at 20 GB/s
     assert r.bound_pct == 75.0
     assert BenchResult.from_dict(r.to_dict()) == r
+
+
+def test_bench_parallel_alternates_rounds_and_reports_the_ratio(checkpoint, monkeypatch):
+    """`--parallel 3`: a warm-up round of 1 and of 3 streams, then per repeat one of each; the
+    aggregate counts every stream's tokens after the last first token."""
+    from gptoss_lite.engine.batch import Batch
+
+    rounds = []
+    add = Batch.add
+
+    def counted(batch, request):
+        rounds.append(len(batch.running) + 1)
+        return add(batch, request)
+
+    monkeypatch.setattr(Batch, "add", counted)
+    folder = checkpoint("g1")
+    args = ["bench", "--model", str(folder), "--device", "cpu", "--prompt-tokens", "6",
+            "--gen-tokens", "4", "-r", "2", "--parallel", "3", "--json"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)["parallel"]
+    assert rounds == [1, 1, 2, 3] * 3  # rounds of 1 and 3 streams, each added at once
+    assert report["streams"] == 3 and len(report["solo_runs"]) == len(report["batch_runs"]) == 2
+    assert report["speedup"] == report["batch_tok_s"] / report["solo_tok_s"]
+    assert report["solo_tok_s"] == statistics.median(report["solo_runs"]) > 0
+
+
+def test_bench_parallel_refuses_what_it_does_not_measure(checkpoint):
+    args = ["bench", "--model", str(checkpoint("g1")), "--parallel", "2", "--cuda-graph"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "drop --compare, --cuda-graph" in result.output

@@ -107,17 +107,24 @@ def test_limits_reach_the_server(cli, monkeypatch):
         service.close()
         return Stopped()
 
-    runner = SimpleNamespace(context=64, config=preset("tiny"))
+    runner = SimpleNamespace(context=64, config=preset("tiny"), caches=[None], batch=lambda: None)
     loaded = SimpleNamespace(runner=runner, tokenizer=None)
+    opened = []
     monkeypatch.setattr(
         serve, "bind", lambda host, port: SimpleNamespace(getsockname=lambda: (host, port))
     )
-    monkeypatch.setattr(serve, "open_model", lambda model, options, **_: loaded)
+    monkeypatch.setattr(
+        serve, "open_model", lambda model, options, **_: opened.append(options) or loaded
+    )
     monkeypatch.setattr(serve, "make_server", make_server)
     flags = ["--store-mib", "8", "--header-timeout", "5", "--body-timeout", "7"]
     result = cli("serve", *flags, "--max-connections", "9")
     assert result.exit_code == 0, result.output
     assert cli("serve").exit_code == 0
     assert made == [Limits(5.0, 7.0, 9, 8 * MIB), Limits()]
+    assert [o.parallel for o in opened] == [None, None]  # auto: the planner's count
+    assert cli("serve", "--parallel", "3").exit_code == 0
+    assert cli("serve", env={"GPTOSS_LITE_PARALLEL": "2"}).exit_code == 0
+    assert [o.parallel for o in opened[2:]] == [3, 2]
     shown = cli("serve", "--help").output
     assert "--store-mib" in shown and "--header-timeout" in shown and "--max-connections" in shown

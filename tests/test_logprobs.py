@@ -46,14 +46,16 @@ def _runner(model):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model, o200k_tokenizer, serve_module):
-    runner = _runner(tiny_model)
-    return serve_module(Service(runner, o200k_tokenizer, "tiny")), runner
+    """The served model's URL, and the same weights loaded apart: the server's batch holds the
+    served runner's caches, so the expected values come from the other."""
+    served = Service(_runner(tiny_model), o200k_tokenizer, "tiny")
+    return serve_module(served), _runner(tiny_model)
 
 
 @pytest.fixture(scope="module")
 def scripted(scripted_model, o200k_tokenizer, serve_module):
-    runner = _runner(scripted_model)
-    return serve_module(Service(runner, o200k_tokenizer, "scripted")), runner
+    served = Service(_runner(scripted_model), o200k_tokenizer, "scripted")
+    return serve_module(served), _runner(scripted_model)
 
 
 def _expected(runner, prompt: list[int], reply: list[int]) -> torch.Tensor:

@@ -497,3 +497,48 @@ def test_cli_bad_kv_cache_dtype_is_one_line():
     result = run_cli("--profile", "rtx4090", "--kv-cache-dtype", "q4")
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert result.output.startswith("error: unknown KV-cache dtype 'q4' for K; use bf16, q8, fp8")
+
+
+# ------------------------------------------------------------------ parallel sequences
+
+
+def test_parallel_sequences_split_the_kv_budget():
+    one, four = plan(GPT20, RTX4090), plan(GPT20, RTX4090, parallel=4)
+    ring = 12 * 128 * 2048
+    assert four.parallel == 4 and four.kv_ring_bytes == one.kv_ring_bytes == ring
+    # What one sequence's growth could use, less the rings of the three more.
+    growth = one.budget_bytes - (one.total_bytes - one.kv_bytes_per_token * one.context) - 3 * ring
+    assert four.context == growth // (4 * 24_576) // CONTEXT_GRANULE * CONTEXT_GRANULE == 11_520
+    assert four.kv_sequence_bytes == ring + 11_520 * 24_576
+    assert four.kv_bytes == 4 * four.kv_sequence_bytes
+    assert four.total_bytes <= four.budget_bytes
+    with pytest.raises(GptossError, match="for each of 4 sequences.*fewer --parallel"):
+        plan(GPT20, RTX4090, four.context + CONTEXT_GRANULE, parallel=4)
+    assert plan(GPT20, RTX4090, four.context, parallel=4).kv_bytes == four.kv_bytes
+
+
+def test_the_default_parallel_leaves_each_sequence_enough_context():
+    # 14 GiB hold 2 sequences of 23,552 tokens; 3 would get fewer than MIN_SEQUENCE_CONTEXT.
+    auto = plan(GPT20, RTX4090, parallel=None)
+    assert (auto.parallel, auto.context) == (2, 23_552)
+    assert planner.MIN_SEQUENCE_CONTEXT == 16_384
+    assert plan(GPT20, cpu_profile(32 * GIB), parallel=None).parallel == 4  # the most by default
+    # A requested context: the most sequences that each hold it.
+    assert plan(GPT20, RTX4090, 10_000, parallel=None).parallel == 4
+    assert plan(GPT20, RTX4090, 20_000, parallel=None).parallel == 2
+    assert plan(GPT20, RTX4090, 40_000, parallel=None).parallel == 1
+    with pytest.raises(GptossError, match="parallel must be"):
+        plan(GPT20, RTX4090, parallel=0)
+
+
+def test_cli_prints_each_sequences_context():
+    result = run_cli("-p", "rtx4090", "--parallel", "4")
+    assert result.exit_code == 0, result.output
+    assert "KV cache (11,520 tokens x 4)" in result.output
+    assert "context: 11,520 tokens for each of 4 sequences" in result.output
+    assert f"each with a KV cache of {12 * 128 * 2048 + 11_520 * 24_576:,} B" in result.output
+    data = json.loads(run_cli("-p", "rtx4090", "--parallel", "auto", "--json").output)
+    assert (data["parallel"], data["context"]) == (2, 23_552)
+    assert data["kv_bytes"] == 2 * data["kv_sequence_bytes"]
+    bad = run_cli("--parallel", "0")
+    assert bad.exit_code == 2 and "not a number of sequences" in bad.output

@@ -33,11 +33,13 @@ CHAT = {"model": "ckpt", "messages": [{"role": "user", "content": "Hi"}], "max_t
 
 
 class Served:
-    """A `serve` subprocess on the tiny model, its base URL and its stderr lines."""
+    """A `serve` subprocess on the tiny model, its base URL and its stderr lines; one sequence
+    at a time (`--parallel 1`), so that a second request waits in the queue."""
 
     def __init__(self, tiny_model, *args: str) -> None:
         command = "from gptoss_lite.cli import main; main()"
-        argv = ["serve", "-m", str(tiny_model), "--device", "cpu", "--port", "0", *args]
+        argv = ["serve", "-m", str(tiny_model), "--device", "cpu", "--port", "0", "--parallel", "1"]
+        argv += args
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         self.process = subprocess.Popen(
             [sys.executable, "-c", command, *argv], stderr=subprocess.PIPE, text=True, env=env

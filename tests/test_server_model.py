@@ -20,6 +20,7 @@ from gptoss_lite.chat.harmony import Conversation, Message, render_prompt
 from gptoss_lite.chat.reply import read_reply
 from gptoss_lite.chat.tokens import ENDOFTEXT, STOP_TOKENS
 from gptoss_lite.config import read_config
+from gptoss_lite.engine.batch import Batch
 from gptoss_lite.engine.runner import load
 from gptoss_lite.engine.session import chat_ring_slots
 from gptoss_lite.server.service import Service
@@ -36,19 +37,27 @@ def runner(tiny_model):
     return load(tiny_model, device="cpu", dtype="fp32", context=1024, ring_slots=ring)
 
 
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+    """The same model loaded apart, for the tokens expected: the server's batch holds the
+    served runner's caches."""
+    ring = chat_ring_slots(read_config(tiny_model))
+    return load(tiny_model, device="cpu", dtype="fp32", context=1024, ring_slots=ring)
+
+
 @pytest.fixture
 def served(runner, o200k_tokenizer, serve_http, monkeypatch):
     """(openai client, service, generated) on the tiny model; `generated` counts every token
-    the runner yields, across requests."""
+    the server's batch makes, across requests."""
     generated = [0]
-    real = type(runner).generate
+    real = Batch.step
 
-    def counting(token_ids, *args, **kwargs):
-        for token in real(runner, token_ids, *args, **kwargs):
-            generated[0] += 1
-            yield token
+    def counting(batch):
+        changed = real(batch)
+        generated[0] += sum(1 for s in changed if s.finish_reason != "error")
+        return changed
 
-    monkeypatch.setattr(runner, "generate", counting)
+    monkeypatch.setattr(Batch, "step", counting)
     service = Service(runner, o200k_tokenizer, "tiny", max_queue=8)
     url = serve_http(service)
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=WAIT_S)
@@ -74,10 +83,10 @@ def _prompt(text: str, tokenizer) -> list[int]:
     return render_prompt(Conversation([Message.user(text)], date=today), tokenizer)
 
 
-def test_greedy_requests_give_the_runners_tokens(served, runner, o200k_tokenizer):
+def test_greedy_requests_give_the_runners_tokens(served, reference, o200k_tokenizer):
     client, _, _ = served
     raw = o200k_tokenizer.encode("Once upon a time")
-    direct = list(runner.generate(raw, max_new_tokens=10, temperature=0, stop=(ENDOFTEXT,)))
+    direct = list(reference.generate(raw, max_new_tokens=10, temperature=0, stop=(ENDOFTEXT,)))
     reply = client.completions.create(
         model="tiny", prompt="Once upon a time", max_tokens=10, temperature=0
     )
@@ -86,7 +95,7 @@ def test_greedy_requests_give_the_runners_tokens(served, runner, o200k_tokenizer
     assert reply.usage.completion_tokens == len(direct)
 
     prompt = _prompt("Hello", o200k_tokenizer)
-    direct = list(runner.generate(prompt, max_new_tokens=10, temperature=0, stop=STOP_TOKENS))
+    direct = list(reference.generate(prompt, max_new_tokens=10, temperature=0, stop=STOP_TOKENS))
     expected = read_reply(direct, o200k_tokenizer)
     streamed = client.chat.completions.create(
         model="tiny",

@@ -391,3 +391,20 @@ def test_all_sliding_model_runs_at_the_context_its_caps_allow(tmp_path):
     result = CliRunner().invoke(main, args, env={"GPTOSS_LITE_BUDGET": "8"})
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "report.json").read_text())["plan"]["budget_bytes"] == 8 << 30
+
+
+def test_parallel_sequences_each_hold_their_planned_kv_cache():
+    """Three sequences: each one's KV cache is the plan's to the byte, and the decode steps of
+    all three together stay within the planned activations."""
+    r = measure_memory(
+        SyntheticCheckpoint(G1, seed=3), profile=cpu(32), context=256, prompt_tokens=40,
+        gen_tokens=3, parallel=3,
+    )  # fmt: skip
+    held, line = r.verdict()
+    assert held, line
+    per_sequence = r.plan.kv_sequence_bytes
+    assert r.sequence_bytes == [per_sequence] * 3 and r.cache_bytes == 3 * per_sequence
+    rows = [row for row in r.rows() if row.name.startswith("KV cache, sequence")]
+    assert [row.name for row in rows] == [f"KV cache, sequence {i} of 3" for i in (1, 2, 3)]
+    assert all(row.plan == row.measured == per_sequence for row in rows)
+    assert r.phase("decode").tokens == 3 and r.phase("decode").error is None

@@ -6,6 +6,8 @@ achieved against the read bandwidth measured here, the kernels that ran and the 
 `--compare transformers` runs HF transformers on the same checkpoint in a process of its own.
 `--json-schema FILE` times decoding held to that schema (its final answer) against free decoding,
 runs taking turns, and prints the ratio and the schema's compile time, cold and cached.
+`--parallel N` measures instead the aggregate decode speed of N streams decoded together against
+one alone (`measure.bench_parallel`), their rounds alternated.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import gc
 import importlib.util
 import json
 import time
+from dataclasses import replace
 
 import click
 
@@ -36,6 +39,7 @@ from ..measure.bench import (
     read_bandwidth,
     resident_bytes,
 )
+from ..measure.bench_parallel import ParallelResult, bench_parallel
 from ..measure.meter import peak_memory
 from ..memory.plan import Plan
 from ..units import GB, format_bytes
@@ -95,6 +99,14 @@ from .options import (
     help="Time decoding held to this JSON schema against free decoding (runs taking turns) "
     "and the schema's compile time.",
 )
+@click.option(
+    "--parallel",
+    "streams",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Measure N streams decoded together (each a fresh prompt) against one alone, rounds "
+    "alternated: their aggregate decode tok/s and its ratio.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 def bench_command(
     model,
@@ -106,6 +118,7 @@ def bench_command(
     cuda_graph,
     profile_step,
     json_schema,
+    streams,
     as_json,
     **opening,
 ):
@@ -121,6 +134,12 @@ def bench_command(
         raise GptossError("--prompt-tokens, --gen-tokens and --repeats must be at least 1")
     if json_schema and (compare or cuda_graph):
         raise GptossError("--json-schema is measured alone: drop --compare and --cuda-graph")
+    if streams and (compare or cuda_graph or json_schema):
+        raise GptossError(
+            "--parallel measures the batched decode alone: drop --compare, --cuda-graph and "
+            "--json-schema"
+        )
+    options = replace(options, parallel=streams or 1)
     schema = check_schema(read_json(json_schema), strict=False) if json_schema else None
 
     def fits(plan: Plan) -> None:  # before any weight is read
@@ -137,6 +156,14 @@ def bench_command(
     loaded["huge_page_bytes"] = huge_page_bytes() if runner.device.type == "cpu" else None
     peak = peak_memory(runner.device)
     loaded["peak_memory_bytes"], loaded["peak_memory_kind"] = peak or (None, "unknown")
+    if streams:
+        together = bench_parallel(runner, streams, prompt_tokens, gen_tokens, repeats)
+        if as_json:
+            click.echo(json.dumps({"load": loaded, "parallel": together.to_dict()}, indent=2))
+        else:
+            click.echo(_describe_load(loaded))
+            click.echo(_describe_parallel(together))
+        return
     if profile_step:
         click.echo(_describe_load(loaded))
         click.echo(
@@ -219,6 +246,20 @@ def _describe(r: BenchResult) -> str:
             f"  {r.bound_pct:.1f} % of the bandwidth bound ({r.bound_ms_per_token:,.1f} ms/token "
             f"at {r.read_bytes_per_s / GB:,.1f} GB/s)",
             f"  peak memory {peak}",
+        ]
+    )
+
+
+def _describe_parallel(r: ParallelResult) -> str:
+    rounds = f"medians of {len(r.solo_runs)} rounds each, alternated"
+    return "\n".join(
+        [
+            f"gptoss-lite (kernels: {r.kernels}), {r.gen_tokens} tokens after a {r.prompt_tokens}-"
+            f"token prompt per stream, {rounds}:",
+            f"  {r.streams} streams together: {r.batch_tok_s:,.2f} tok/s in all "
+            f"({r.batch_tok_s / r.streams:,.2f} per stream)",
+            f"  1 stream alone: {r.solo_tok_s:,.2f} tok/s",
+            f"  aggregate / single: {r.speedup:.2f}x",
         ]
     )
 

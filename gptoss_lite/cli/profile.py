@@ -2,7 +2,8 @@
 
 A thin shell over `gptoss_lite.measure.vram_report`: `--model` loads a real checkpoint (folder
 or Hub id), `--geometry GEOMETRY` random weights of a preset geometry made in memory (check the
-fit before a 13 GB download). It prints the verdict and the plan-vs-measured table, and writes
+fit before a 13 GB download); `--parallel N` gives N sequences a KV cache each, checked one by
+one, and decodes them together. It prints the verdict and the plan-vs-measured table, and writes
 report.md, report.json and report.png into `--out` (an earlier report there is replaced whole,
 or kept).
 """
@@ -29,6 +30,7 @@ from .options import (
     kv_cache_option,
     model_option,
     overwrite_option,
+    parallel_option,
     profile_option,
     take_model_options,
 )
@@ -56,6 +58,7 @@ from .options import (
 @overwrite_option("an earlier report in --out")
 @kv_cache_option()
 @cpu_experts_option()
+@parallel_option(default="1")
 def profile_command(model: str | None, geometry: ModelConfig | None, seed: int,
                     prompt_tokens: int, gen_tokens: int, enforce: bool | None, out: Path,
                     overwrite: bool, **opening) -> None:

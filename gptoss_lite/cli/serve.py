@@ -5,7 +5,8 @@ a conversation's cache can rewind over a reply, as in `chat`), binds the address
 one error line), prints the URL and serves Chat Completions, Responses and Completions until
 SIGTERM or Ctrl-C: then running streams end with "interrupted", queued requests get a 503 and
 the command exits 0 within a few seconds (130 after a second Ctrl-C). Every option can also come
-from its GPTOSS_LITE_* variable.
+from its GPTOSS_LITE_* variable. `--parallel N` requests are decoded together, each with a KV
+cache of its own (the plan line says the context each gets); more wait in the queue.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .options import (
     device_option,
     kv_cache_option,
     model_option,
+    parallel_option,
     profile_option,
     take_model_options,
 )
@@ -41,6 +43,7 @@ from .options import (
 @budget_option()
 @kv_cache_option()
 @cpu_experts_option()
+@parallel_option(default="auto")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
     "--port",
@@ -57,7 +60,7 @@ from .options import (
     type=click.IntRange(min=0),
     default=DEFAULT_MAX_QUEUE,
     show_default=True,
-    help="Requests that may wait behind the one generating; more get 503.",
+    help="Requests that may wait for a free slot (see --parallel); more get 503.",
 )
 @click.option(
     "--store-mib",

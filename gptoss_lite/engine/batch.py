@@ -8,14 +8,16 @@ prefix with the slot's cache is reused. `step()` advances every sequence once: a
 of `prefill_chunk` tokens of one prompt (the one with the fewest left, so a short request
 answers while a long prompt is still prefilling), then one forward pass over the sequences that
 have a token to feed (`Transformer.decode`). So a request joins at the next step, and the stall
-a prompt adds to the decoding sequences is bounded by one chunk per step. A sequence leaves when
-it samples a stop token or reaches `max_new_tokens` (its last token is never fed, as in
-`Runner.generate`), or is cancelled; its slot keeps its cache for the next request.
-Each sequence samples with its own settings and seeded generator, and its arithmetic does not
-depend on the others: its prompt is chunked from where its reused prefix ends, as
-`Runner.generate` does, and a decode row is computed as it would be alone where the kernels
-compute rows independently (the CPU kernels), so a seeded request gives the same tokens batched
-or alone. A sequence whose logits are broken (NaN) fails alone; the others go on.
+a prompt adds to the decoding sequences is bounded by one chunk per step (`step_chunk`: the
+plan's chunk, on a CPU at most CPU_STEP_TOKENS). A sequence leaves when it samples a stop token
+or reaches `max_new_tokens` (its last token is never fed, as in `Runner.generate`), or is
+cancelled; its slot keeps its cache for the next request.
+Each sequence samples with its own settings, seeded generator and token mask (structured
+output, `Request.mask`), and its arithmetic does not depend on the others: its prompt is chunked
+from where its reused prefix ends, as `Runner.generate` does, and a decode row is computed as it
+would be alone where the kernels compute rows independently (the CPU kernels), so a seeded
+request gives the same tokens batched or alone. A sequence whose logits are broken (NaN) fails
+alone; the others go on.
 """
 
 from __future__ import annotations
@@ -28,41 +30,59 @@ from dataclasses import dataclass
 
 import torch
 
+from ..chat.stats import ReplyStats
 from ..errors import GptossError
 from ..model.cache import KVCache
 from ..model.transformer import Transformer
-from .generate import check_fits, next_token, reusable_prefix
+from .generate import TokenMask, check_fits, next_token, reusable_prefix
+from .logprobs import TokenLogprob, token_logprobs
 from .sampling import Sampling
 
 SIMILAR = 0.5  # a slot whose cache holds at least this share of a prompt is that prompt's own
+# On a CPU a prefill chunk of the plan's size takes seconds to minutes: with other sequences to
+# decode, a step feeds at most this many prompt tokens (about 0.35 s on the 4-layer 20b geometry).
+CPU_STEP_TOKENS = 64
+
+
+def step_chunk(prefill_chunk: int, sequences: int, device: torch.device) -> int:
+    """The prompt tokens a step of a batch of `sequences` feeds: the plan's `prefill_chunk`, but
+    on a CPU no more than CPU_STEP_TOKENS when other sequences may be waiting to decode."""
+    if sequences == 1 or device.type != "cpu":
+        return prefill_chunk
+    return min(prefill_chunk, CPU_STEP_TOKENS)
 
 
 @dataclass(frozen=True)
 class Request:
     """One generation: its prompt, how its tokens are drawn (`max_new_tokens` None: until the
-    context is full), and its stop tokens (one of them ends it and is the last token given)."""
+    context is full), its stop tokens (one of them ends it and is the last token given), and the
+    mask that limits each step's tokens (structured output), if any."""
 
     prompt: tuple[int, ...]
     sampling: Sampling
     stop: frozenset[int] = frozenset()
+    mask: TokenMask | None = None
 
 
 class Sequence:
-    """A request running in a slot: its progress, its tokens and its numbers."""
+    """A request running in a slot: its progress, its tokens and its numbers (`stats`: the
+    prefill time is the wait from `add` to the first token)."""
 
     def __init__(
-        self, request: Request, slot: int, reused: int, limit: int, device: torch.device
+        self, request: Request, max_new_tokens: int, slot: int, reused: int, device: torch.device
     ) -> None:
-        self.request, self.slot = request, slot
-        self.max_new_tokens = limit  # the request's, or all the room its context leaves
-        self.fed = self.cached_tokens = reused  # prompt tokens in the cache, then at the start
+        self.request, self.max_new_tokens, self.slot = request, max_new_tokens, slot
+        self.fed = reused  # prompt tokens in the cache
         self.output: list[int] = []
         self.finish_reason: str | None = None  # "stop", "length", "interrupted" or "error"
         self.error: GptossError | None = None
-        self.prefill_seconds = 0.0  # from `add` to the first token
-        self.decode_seconds = 0.0  # from the first token to the last
-        self.generator = torch.Generator(device=device)
+        self.stats = ReplyStats(prompt_tokens=len(request.prompt), cached_tokens=reused)
+        # Each token's log-probability, when the request asks for them (`Sampling.logprobs`).
+        self.logprobs: list[TokenLogprob] | None = None
+        if request.sampling.logprobs is not None:
+            self.logprobs = []
         seed = request.sampling.seed
+        self.generator = torch.Generator(device=device)
         self.generator.manual_seed(torch.seed() if seed is None else seed)
         self._started = self._last = time.perf_counter()
 
@@ -75,22 +95,29 @@ class Sequence:
         return self.finish_reason is not None
 
     def _sample(self, logits: torch.Tensor) -> None:
+        s, mask = self.request.sampling, self.request.mask
         try:
-            token = next_token(logits, self.request.sampling, self.generator)
+            allowed = None if mask is None else mask.allowed(logits)
+            token = next_token(logits, s, self.generator, allowed)
         except GptossError as exc:
             self.error, self.finish_reason = exc, "error"
             return
         now = time.perf_counter()
         if self.output:
-            self.decode_seconds += now - self._last
+            self.stats.decode_seconds += now - self._last
         else:
-            self.prefill_seconds = now - self._started
+            self.stats.prefill_seconds = now - self._started
         self._last = now
         self.output.append(token)
+        self.stats.generated_tokens += 1
+        if self.logprobs is not None:
+            self.logprobs.append(token_logprobs(logits, token, s.logprobs))
         if token in self.request.stop:
             self.finish_reason = "stop"
         elif len(self.output) == self.max_new_tokens:
             self.finish_reason = "length"
+        elif mask is not None:
+            mask.request(token)  # the next mask is made while this token's pass runs
 
 
 class Batch:
@@ -130,15 +157,17 @@ class Batch:
     def add(self, request: Request) -> Sequence:
         """Start `request` in a free slot (a `GptossError` if its length is refused, a
         `RuntimeError` if no slot is free); it runs from the next `step()`."""
-        r = request
-        limit = check_fits(len(r.prompt), r.sampling.max_new_tokens, self.context)
+        prompt = list(request.prompt)
+        most = check_fits(len(prompt), request.sampling.max_new_tokens, self.context)
         if not self.free:
             raise RuntimeError("every slot is running a sequence")
         with self._guard():
-            slot, reused = self._slot_for(list(r.prompt))
+            slot, reused = self._slot_for(prompt)
             self.caches[slot].rewind(reused)
-        self._tokens[slot] = list(r.prompt)
-        sequence = Sequence(r, slot, reused, limit, self.model.device)
+        self._tokens[slot] = prompt
+        sequence = Sequence(request, most, slot, reused, self.model.device)
+        if request.mask is not None:
+            request.mask.request(None)  # made while the prompt is prefilled
         self.running.append(sequence)
         return sequence
 
@@ -179,9 +208,10 @@ class Batch:
         first token is sampled)."""
         prompt, start = sequence.request.prompt, sequence.fed
         part = torch.tensor(prompt[start : start + self.prefill_chunk], device=self.model.device)
-        logits = self.model(part, self.caches[sequence.slot], last_only=True)
+        last = start + part.numel() == len(prompt)
+        logits = self.model(part, self.caches[sequence.slot], last_only=True, logits=last)
         sequence.fed += part.numel()
-        if sequence.prefilling:
+        if not last:
             return False
         sequence._sample(logits[-1])
         return True

@@ -83,8 +83,8 @@ def prefill(
     for start in range(0, total, chunk):
         part = tokens[start : start + chunk]
         last = start + chunk >= total
-        logits = model(part, cache, last_only=not all_logits)
-        if all_logits or last:
+        logits = model(part, cache, last_only=not all_logits, logits=all_logits or last)
+        if logits is not None:
             outputs.append(logits)
         if progress is not None:
             progress(min(start + chunk, total), total)

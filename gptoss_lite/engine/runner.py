@@ -42,7 +42,7 @@ from ..memory.profiles import resolve_profile, run_device
 from ..model.cache import KVCache, KVPool
 from ..model.kv_quant import KVDtypes
 from ..model.transformer import TORCH_KERNELS, Transformer
-from .batch import Batch
+from .batch import Batch, step_chunk
 from .generate import (
     PREFILL_CHUNK,
     Progress,
@@ -172,17 +172,13 @@ class Runner:
 
     def batch(self, prefill_chunk: int | None = None) -> Batch:
         """A `Batch` decoding sequences together in this runner's caches, one per cache, with
-        prompts fed `prefill_chunk` tokens a step (default: the runner's). It takes the caches
-        over as a `generate` call does: a later call takes them back, and the batch's next step
-        or `add` raises."""
+        prompts fed `prefill_chunk` tokens a step (default: `batch.step_chunk` of the runner's).
+        It takes the caches over as a `generate` call does: a later call takes them back, and
+        the batch's next step or `add` raises."""
         with self._cache_for(None) as owner:
             self._history = []  # the batch will fill the caches: nothing cached is ours now
-        return Batch(
-            self.model,
-            self.caches,
-            prefill_chunk or self.prefill_chunk,
-            guard=lambda: self._cache_for(owner),
-        )
+        chunk = prefill_chunk or step_chunk(self.prefill_chunk, len(self.caches), self.device)
+        return Batch(self.model, self.caches, chunk, guard=lambda: self._cache_for(owner))
 
     def _generate(
         self,

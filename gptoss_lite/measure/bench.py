@@ -166,7 +166,7 @@ def bench(
         logits = forward(token) if forward else model(token, cache, last_only=True)
         return logits[-1].argmax().view(1)
 
-    prompt = _prompt(runner.config, prompt_tokens, seed).to(runner.device)
+    prompt = random_prompt(runner.config, prompt_tokens, seed).to(runner.device)
     prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, repeats, runner.device)
     plan = runner.plan
     return _result(
@@ -218,7 +218,7 @@ def bench_constrained(
             held[0].request(token)
         return choose(model(torch.tensor([token], device=device), cache, last_only=True)[-1])
 
-    prompt = _prompt(runner.config, prompt_tokens, seed).to(device)
+    prompt = random_prompt(runner.config, prompt_tokens, seed).to(device)
     runs: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
     for _ in range(repeats):
         for constrained[0] in (False, True):
@@ -283,7 +283,7 @@ def bench_transformers(
         return out.logits[:, -1].argmax(-1, keepdim=True)
 
     ours = ModelConfig.from_hf(config.to_dict())
-    prompt = _prompt(ours, prompt_tokens, seed).to(device)
+    prompt = random_prompt(ours, prompt_tokens, seed).to(device)
     prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, repeats, device)
     kernels = "transformers, experts dequantized to bf16" if dense else "transformers, MXFP4"
     return _result(
@@ -323,9 +323,9 @@ def read_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
     data.sum()  # the first pass faults the pages in
     best = float("inf")
     for _ in range(BANDWIDTH_ROUNDS):
-        start = _now(device)
+        start = clock(device)
         data.sum()
-        best = min(best, _now(device) - start)
+        best = min(best, clock(device) - start)
     return nbytes / best
 
 
@@ -353,13 +353,13 @@ def timed_runs(
         step(first(prompt[:WARMUP_PROMPT]))
         _reset_peak(device)
         for _ in range(repeats):
-            start = _now(device)
+            start = clock(device)
             token = first(prompt)
-            middle = _now(device)
+            middle = clock(device)
             for _ in range(gen_tokens):
                 token = step(token)
             prefill_runs.append(middle - start)
-            decode_runs.append(_now(device) - middle)
+            decode_runs.append(clock(device) - middle)
     return prefill_runs, decode_runs
 
 
@@ -394,7 +394,8 @@ def _result(
     )
 
 
-def _prompt(config: ModelConfig, tokens: int, seed: int) -> torch.Tensor:
+def random_prompt(config: ModelConfig, tokens: int, seed: int) -> torch.Tensor:
+    """`tokens` token ids drawn uniformly from the vocabulary by a generator seeded `seed`."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(0, config.vocab_size, (tokens,), generator=generator)
 
@@ -403,7 +404,8 @@ def _stdev(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _now(device: torch.device) -> float:
+def clock(device: torch.device) -> float:
+    """Seconds of `time.perf_counter`, once the device has finished what was queued on it."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()

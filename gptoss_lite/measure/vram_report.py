@@ -93,6 +93,7 @@ class MemoryReport:
     host_weights: dict[str, int]  # categories kept in host memory (embedding on a GPU run)
     cache_bytes: int
     phases: list[Phase]
+    sequence_bytes: list[int]  # each sequence's KV cache (one unless `--parallel`)
     prompt_tokens: int
     gen_tokens: int
     cap_bytes: int | None  # the allocator cap of --enforce (CUDA)
@@ -126,6 +127,16 @@ class MemoryReport:
             for c in _names(host)
         ]
 
+    def sequence_rows(self) -> list[Row]:
+        """Plan vs measured KV cache of each sequence, when several are decoded together."""
+        if len(self.sequence_bytes) == 1:
+            return []
+        n, planned = len(self.sequence_bytes), self.plan.kv_sequence_bytes
+        return [
+            Row(f"KV cache, sequence {i + 1} of {n}", planned, nbytes)
+            for i, nbytes in enumerate(self.sequence_bytes)
+        ]
+
     def total_rows(self) -> dict[str, Row]:
         """Plan vs measured totals: weights, KV cache, activations, tensor peak, resident peak."""
         p = self.plan
@@ -141,7 +152,7 @@ class MemoryReport:
         }
 
     def rows(self) -> list[Row]:
-        return self.weight_rows() + list(self.total_rows().values())
+        return self.weight_rows() + self.sequence_rows() + list(self.total_rows().values())
 
     @property
     def resident_label(self) -> str:
@@ -151,7 +162,7 @@ class MemoryReport:
         """(held, one line). Held: weights and KV cache equal the plan to the byte, activations
         and the tensor peak stay within it, the resident peak within the budget, no phase failed."""
         totals = self.total_rows()
-        exact = [*self.weight_rows(), totals["kv"]]
+        exact = [*self.weight_rows(), *self.sequence_rows(), totals["kv"]]
         bounded = [totals[k] for k in ("activations", "tensors", "resident")]
         problems = [f"{p.name} failed: {p.error}" for p in self.phases if p.error]
         for r in exact:
@@ -194,6 +205,7 @@ class MemoryReport:
             "plan": json.loads(self.plan.to_json()),
             "weights": {"device": self.weights, "host": self.host_weights},
             "cache_bytes": self.cache_bytes,
+            "sequence_bytes": self.sequence_bytes,
             "phases": [p.to_dict() for p in self.phases],
             "comparison": [asdict(r) | {"diff_pct": r.diff_pct} for r in self.rows()],
             "verdict": {"held": held, "line": line},
@@ -224,7 +236,9 @@ def measure_memory(
 
     `enforce` (default: on for CUDA) caps the CUDA allocator at the profile's card memory, so a
     profile for a smaller card behaves like it on a bigger one; an out-of-memory error in the
-    prefill or the decode is then reported as a failed phase instead of raised.
+    prefill or the decode is then reported as a failed phase instead of raised. With
+    `parallel` sequences each gets its KV cache; the prompt goes into the first, and the decode
+    steps feed every sequence a token at once (`Transformer.decode`).
     """
     if prompt_tokens < 1 or gen_tokens < 0:
         raise GptossError("the prompt needs at least 1 token and gen tokens cannot be negative")
@@ -244,8 +258,9 @@ def measure_memory(
         budget_bytes=prof.budget_bytes,
         weights=weights,
         host_weights=host,
-        cache_bytes=runner.cache.nbytes,
+        cache_bytes=runner.cache.pool.nbytes,
         phases=phases,
+        sequence_bytes=[cache.nbytes for cache in runner.caches],
         prompt_tokens=prompt_tokens,
         gen_tokens=gen_tokens,
         cap_bytes=cap,
@@ -289,7 +304,12 @@ def _prefill_and_decode(
     def run_decode() -> list[int]:  # m forward passes: the first token comes from the prefill
         tokens = [next_token(logits[-1], GREEDY)]
         for _ in range(m):
-            step = decode_step(runner.model, runner.cache, tokens[-1])
+            if len(runner.caches) == 1:
+                step = decode_step(runner.model, runner.cache, tokens[-1])
+            else:  # the same token for every sequence: the memory is the batch's, not its tokens'
+                fed = torch.tensor([tokens[-1]] * len(runner.caches), device=runner.device)
+                with torch.inference_mode():
+                    step = runner.model.decode(fed, runner.caches)[:1]
             tokens.append(next_token(step[-1], GREEDY))
         return tokens
 

@@ -219,17 +219,18 @@ class Transformer(nn.Module):
         return {f"mlp.{n}.{name}" for n in range(self.host_experts) for name in names}
 
     def forward(
-        self, tokens: torch.Tensor, cache: KVCache, last_only: bool = False
-    ) -> torch.Tensor:
+        self, tokens: torch.Tensor, cache: KVCache, last_only: bool = False, logits: bool = True
+    ) -> torch.Tensor | None:
         """Logits (float32) for tokens [T] that follow the cache's contents; updates the cache.
 
-        With `last_only`, only the last position's logits are computed ([1, V]).
+        With `last_only`, only the last position's logits are computed ([1, V]); without
+        `logits`, none (a prompt's chunk before its last: None).
         """
         cache.reserve(tokens.shape[0])
         positions = torch.arange(cache.length, cache.length + tokens.shape[0], device=self.device)
-        logits = self.layers_forward(self.embed(tokens), positions, cache, last_only)
+        out = self.layers_forward(self.embed(tokens), positions, cache, last_only, logits)
         cache.advance(positions)
-        return logits
+        return out
 
     def decode(self, tokens: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
         """Logits [B, V] (float32) for tokens [B], token i following the contents of caches[i]
@@ -250,8 +251,7 @@ class Transformer(nn.Module):
         if logits is None:
             for attn, mlp in zip(self.attn, self.mlp, strict=True):
                 x = mlp(attn(x, positions, rope, caches))
-            x = rms_norm(x, self.norm, self.config.rms_norm_eps)
-            logits = self.linear(x, self.unembedding).float()
+            logits = self.head(x)
         for i, cache in enumerate(caches):
             cache.advance(positions[i : i + 1])
         return logits
@@ -261,22 +261,32 @@ class Transformer(nn.Module):
         return F.embedding(tokens.to(self.embedding.device), self.embedding).to(self.device)
 
     def layers_forward(
-        self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, last_only: bool = False
-    ) -> torch.Tensor:
-        """Logits for hidden states x [T, H] at `positions` [T]: every layer, then the head.
-        Writes the new keys and values but leaves the cache's bookkeeping to the caller; tensor
-        work only, so a CUDA graph can capture it (see `engine/graphs.py`)."""
+        self,
+        x: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        last_only: bool = False,
+        logits: bool = True,
+    ) -> torch.Tensor | None:
+        """Logits for hidden states x [T, H] at `positions` [T]: every layer, then the head
+        (None without `logits`). Writes the new keys and values but leaves the cache's
+        bookkeeping to the caller; tensor work only, so a CUDA graph can capture it (see
+        `engine/graphs.py`)."""
         if self.rotary is None:
             self.rotary = Rotary(self.config, self.device)
         rope = self.rotary.cos_sin(positions, x.dtype)  # the same for every layer
         if x.shape[0] == 1 and self.fused_step is not None:
-            logits = self.fused_step(self, x, positions, rope, [cache])
-            if logits is not None:
-                return logits
+            fused = self.fused_step(self, x, positions, rope, [cache])
+            if fused is not None:
+                return fused
         for attn, mlp in zip(self.attn, self.mlp, strict=True):
             x = attn(x, positions, rope, cache)
             x = mlp(x)
-        if last_only:
-            x = x[-1:]
+        if not logits:
+            return None
+        return self.head(x[-1:] if last_only else x)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) of hidden states x [T, H] after the last layer."""
         x = rms_norm(x, self.norm, self.config.rms_norm_eps)
         return self.linear(x, self.unembedding).float()

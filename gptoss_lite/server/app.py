@@ -67,7 +67,12 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict:
         running, waiting = service.queue.counts()
-        queue = {"running": running, "waiting": waiting, "max_waiting": service.queue.max_waiting}
+        queue = {
+            "running": running,
+            "waiting": waiting,
+            "max_waiting": service.queue.max_waiting,
+            "parallel": service.queue.parallel,
+        }
         return {"status": "ok", "model": service.model_id, "queue": queue}
 
     @app.get("/v1/models")

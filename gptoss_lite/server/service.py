@@ -178,7 +178,7 @@ class Service:
         return job
 
     def shutdown(self) -> None:
-        """Refuse new jobs, answer the waiting ones with a 503 and interrupt the running one."""
+        """Refuse new jobs, answer the waiting ones with a 503 and interrupt the running ones."""
         self.queue.close(shutting_down())
 
     def close(self) -> None:

@@ -1,24 +1,23 @@
-"""The one generation thread and the FIFO queue in front of it.
+"""The generation thread and the FIFO queue in front of it: requests decoded together.
 
-The runner holds one KV cache, so requests take turns: `GenerationQueue.submit` puts a `Job`
-(prompt ids, sampling, stop tokens) at the back of the queue, or raises `QueueFull` when
-`max_waiting` jobs already wait behind the one running (`Closed` once the server shuts down). A
-single worker thread takes jobs from the front and runs each through `engine.session.Generation`,
-so the runner's prefix reuse applies across requests (a client resending its history prefills
-only the new turn). Every token is handed to the job's asyncio queue on the server's event loop
-as it is made.
+The runner decodes up to `parallel` sequences together, one per KV cache (`engine.batch.Batch`,
+from `runner.batch()`). `GenerationQueue.submit` puts a `Job` (prompt ids, sampling, stop tokens,
+the grammar its tokens are held to) at the back of the queue, or raises `QueueFull` when
+`max_waiting` jobs already wait for a free slot (`Closed` once the server shuts down). One worker
+thread owns the batch. Before each step it ends the jobs cancelled since the last (their
+sequences leave; the others go on) and moves jobs from the front of the queue into the free
+slots (a request joins the running ones at the next step); then it runs one step and hands each
+new token to its job's asyncio queue on the server's event loop. A job lands on the slot that
+holds the longest prefix of its prompt (`Batch.add`), so a client resending its history prefills
+only the new turn.
 
 Every job ends with exactly one `Done` or `Failed` event, whatever happens to it: `Job.cancel()`
 (a client gone, a stop string seen) ends a waiting job at once (`Done("interrupted")`, nothing
-generated) and stops a running one before its next decode step. `close(refusal)` (shutdown)
-refuses new jobs, ends every waiting one with `Failed(refusal)` and stops the running one;
-`Job.begun()` returns once the worker has taken the job or it has ended, so a handler can wait
-to start its response until the job runs.
-
-Batching later: the submission side (`submit`, a job's `events()`, `begun()`, `cancel()`) does
-not depend on one job running at a time. A batching worker would take up to B jobs from the front
-of `_waiting`, run one forward pass over their current tokens with a per-row cache, and route row
-i's token to job i's events; a finished or cancelled row leaves the batch and ends its job.
+generated) and stops a running one before the next step. `close(refusal)` (shutdown) refuses
+new jobs, ends every waiting one with `Failed(refusal)` and stops the running ones;
+`Job.begun()` returns once the worker has taken the job into a slot or it has ended, so a
+handler can wait to start its response until the job runs. A sequence whose logits break (NaN)
+fails alone; a step that raises fails every running job, and the batch starts afresh.
 """
 
 from __future__ import annotations
@@ -30,15 +29,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from ..chat.stats import ReplyStats
-from ..engine.grammar import Grammar
+from ..engine.batch import Request
+from ..engine.batch import Sequence as Running
+from ..engine.grammar import Grammar, GrammarMask
 from ..engine.logprobs import TokenLogprob
 from ..engine.runner import Runner
 from ..engine.sampling import Sampling
-from ..engine.session import Generation
 
 
 class QueueFull(Exception):
-    """`max_waiting` jobs are already waiting."""
+    """`max_waiting` jobs are already waiting for a slot."""
 
 
 class Closed(Exception):
@@ -82,6 +82,7 @@ class Job:
     _begun: asyncio.Event = field(default_factory=asyncio.Event)
     _cancelled: threading.Event = field(default_factory=threading.Event)
     _queue: GenerationQueue | None = None  # the queue it was submitted to
+    _sent: int = 0  # tokens handed to the event loop
     refusal: BaseException | None = None  # why the queue ended it before it ran
 
     def cancel(self) -> None:
@@ -121,13 +122,15 @@ class Job:
 
 
 class GenerationQueue:
-    """A FIFO of jobs served one at a time by a worker thread that owns the runner."""
+    """A FIFO of jobs in front of a worker thread that decodes up to `parallel` together."""
 
     def __init__(self, runner: Runner, max_waiting: int) -> None:
         self.runner = runner
         self.max_waiting = max_waiting
+        self.parallel = len(runner.caches)
+        self._batch = runner.batch()
         self._waiting: deque[Job] = deque()
-        self._running: Job | None = None
+        self._running: dict[Job, Running] = {}
         self._lock = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._work, name="gptoss-lite-generate", daemon=True)
@@ -138,7 +141,7 @@ class GenerationQueue:
         with self._lock:
             if self._closed:
                 raise Closed
-            if len(self._waiting) + (self._running is not None) > self.max_waiting:
+            if len(self._waiting) + len(self._running) >= self.max_waiting + self.parallel:
                 raise QueueFull
             job._queue = self
             self._waiting.append(job)
@@ -147,16 +150,16 @@ class GenerationQueue:
     def counts(self) -> tuple[int, int]:
         """(jobs running, jobs waiting)."""
         with self._lock:
-            return int(self._running is not None), len(self._waiting)
+            return len(self._running), len(self._waiting)
 
     def close(self, refusal: BaseException) -> None:
         """Take no more jobs, end the waiting ones with `Failed(refusal)` and stop the running
-        one before its next step; returns at once (`join` waits for the worker)."""
+        ones before the next step; returns at once (`join` waits for the worker)."""
         with self._lock:
             self._closed = True
             waiting, self._waiting = list(self._waiting), deque()
-            if self._running is not None:
-                self._running._cancelled.set()
+            for job in self._running:
+                job._cancelled.set()
             self._lock.notify()
         for job in waiting:
             job.refusal = refusal
@@ -179,37 +182,55 @@ class GenerationQueue:
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._waiting and not self._closed:
+                while not self._waiting and not self._running and not self._closed:
                     self._lock.wait()
-                if self._closed:
+                if self._closed and not self._running:
                     return
-                job = self._running = self._waiting.popleft()
-            try:
-                job._begin()
-                self._run(job)
-            finally:
-                with self._lock:
-                    self._running = None
+                while self._waiting and len(self._running) < self.parallel:
+                    self._start(self._waiting.popleft())
+            for job, sequence in list(self._running.items()):
+                if job.cancelled:
+                    self._batch.cancel(sequence)
+                    self._end(job, sequence)
+            if self._running:
+                self._step()
 
-    def _run(self, job: Job) -> None:
+    def _start(self, job: Job) -> None:
+        """Give `job` a slot (under the lock: it moves from waiting to running at once)."""
         try:
-            generation = Generation(
-                self.runner, job.prompt, job.sampling, job.stop, job.grammar, job.prefix
-            )
+            mask = None
+            if job.grammar is not None:
+                mask = GrammarMask(job.grammar, job.prefix, self.runner.device)
+            request = Request(tuple(job.prompt), job.sampling, frozenset(job.stop), mask)
+            self._running[job] = self._batch.add(request)
         except Exception as exc:  # reported to its client; the worker goes on
             job._emit(Failed(exc))
-            return
-        tokens = iter(generation)
+        job._begin()
+
+    def _step(self) -> None:
         try:
-            while not job.cancelled:
-                token = next(tokens, None)
-                if token is None:
-                    break
-                logprob = None if generation.logprobs is None else generation.logprobs[-1]
-                job._emit(Token(token, logprob))
-        except Exception as exc:
-            job._emit(Failed(exc))
+            changed = self._batch.step()
+        except Exception as exc:  # every running job gets the error; a fresh batch goes on
+            with self._lock:
+                failed, self._running = list(self._running), {}
+            for job in failed:
+                job._emit(Failed(exc))
+            self._batch = self.runner.batch()
             return
-        finally:
-            generation.close()
-        job._emit(Done(generation.finish_reason, generation.stats))
+        jobs = {sequence: job for job, sequence in self._running.items()}
+        for sequence in changed:
+            job = jobs[sequence]
+            for i in range(job._sent, len(sequence.output)):  # one token a step, or none
+                logprob = None if sequence.logprobs is None else sequence.logprobs[i]
+                job._emit(Token(sequence.output[i], logprob))
+            job._sent = len(sequence.output)
+            if sequence.finished:
+                self._end(job, sequence)
+
+    def _end(self, job: Job, sequence: Running) -> None:
+        with self._lock:
+            del self._running[job]
+        if sequence.error is not None:
+            job._emit(Failed(sequence.error))
+        else:
+            job._emit(Done(sequence.finish_reason, sequence.stats))

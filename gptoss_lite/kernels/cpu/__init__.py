@@ -199,9 +199,13 @@ def experts_forward(
 def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, isa: str | None = None
 ) -> torch.Tensor:
-    """F.linear, with a few rows times a bf16 matrix done here (torch's bf16 matvec is slow)."""
-    if x.shape[0] > DECODE_ROWS or weight.dtype != torch.bfloat16 or x.device.type != "cpu":
+    """F.linear, with a few rows times a bf16 matrix done here (torch's bf16 matvec is slow).
+    A few rows of another dtype go through F.linear one at a time: torch rounds a row of a small
+    matmul differently with other rows beside it, and a decode step's rows must not."""
+    if x.shape[0] > DECODE_ROWS or x.device.type != "cpu":
         return F.linear(x, weight, bias)
+    if weight.dtype != torch.bfloat16:
+        return torch.cat([F.linear(row, weight, bias) for row in x.split(1)])
     rows, k = weight.shape
     t = x.shape[0]
     xf, weight = x.float().contiguous(), weight.contiguous()
