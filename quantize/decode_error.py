@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 
-from gptoss_lite.chat.tokenizer import N_TEXT
 from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
 from gptoss_lite.engine.options import ModelOptions
 from gptoss_lite.engine.runner import load
@@ -25,7 +24,7 @@ from gptoss_lite.errors import GptossError
 from gptoss_lite.kernels import kernel_functions
 
 from .divergence import Positions, compare_positions, summarize_kld, summarize_rate
-from .kld import cut, text_ids, token_summary
+from .kld import cut, model_name, scored_ids, token_summary
 
 EXACT = "cpu"
 
@@ -50,12 +49,7 @@ def decode_error_report(
     if fast is None:
         raise GptossError(f"kernels {kernels!r} have no decode step of their own to measure")
     config, net, cache = runner.config, runner.model, runner.cache
-    if prompts is None:
-        generator = torch.Generator().manual_seed(seed)
-        ids = torch.randint(0, min(config.vocab_size, N_TEXT), (tokens,), generator=generator)
-    else:
-        ids = text_ids(runner.folder, prompts, config.vocab_size)[:tokens]
-    sequences = cut(ids, context)
+    sequences = cut(scored_ids(runner.folder, config.vocab_size, tokens, prompts, seed), context)
     steps = {EXACT: runner.model.fused_step, kernels: fast}
     seconds = dict.fromkeys(steps, 0.0)
     log(f"{kernels} against the exact decode step on {sequences.shape[0]} sequence(s) of "
@@ -83,7 +77,7 @@ def decode_error_report(
     }
     return {
         "mode": "decode",
-        "model": _model_name(model),
+        "model": model_name(model),
         "kernels": kernels,
         "tokens": token_summary(tokens, prompts, seed, sequences),
         "kld": summarize_kld(p.kld),
@@ -91,13 +85,6 @@ def decode_error_report(
         "ref_top1_in_top5": summarize_rate(p.ref_top1_in_top5),
         "ms_per_token": per_token,
     }
-
-
-def _model_name(model: str | Path | SyntheticCheckpoint) -> str:
-    if isinstance(model, SyntheticCheckpoint):
-        c = model.config
-        return f"{c.name} geometry, {c.num_layers} layers, random weights (seed {model.seed})"
-    return str(model)
 
 
 def render_decode_markdown(report: dict) -> str:
