@@ -55,7 +55,9 @@ def test_bench_command_on_a_tiny_checkpoint(checkpoint, compare):
         )
         assert len(r["prefill_runs"]) == len(r["decode_runs"]) == r["repeats"] == 2
         assert r["decode_seconds"] == statistics.median(r["decode_runs"])
-        assert r["read_bytes_per_s"] == payload["read_bytes_per_s"] > 0
+        # the read rate is probed after each run; the bound is the fastest probe
+        assert len(r["read_runs"]) == 2 and min(r["read_runs"]) > 0
+        assert r["read_bytes_per_s"] == max(r["read_runs"])
         assert r["bound_ms_per_token"] == pytest.approx(
             1000 * r["decode_bytes_per_token"] / r["read_bytes_per_s"]
         )
@@ -109,10 +111,15 @@ def test_warm_up_then_each_run_is_a_whole_prefill_and_the_decode_steps():
         calls.append(("step",))
         return token
 
-    prefill_runs, decode_runs = timed_runs(first, step, torch.arange(40), 3, 2, torch.device("cpu"))
+    def between():
+        calls.append(("between",))
+
+    cpu = torch.device("cpu")
+    prefill_runs, decode_runs = timed_runs(first, step, torch.arange(40), 3, 2, cpu, between)
     assert len(prefill_runs) == len(decode_runs) == 2
     warm_up = [("first", WARMUP_PROMPT), ("step",)]
-    assert calls == warm_up + 2 * [("first", 40), ("step",), ("step",), ("step",)]
+    run = [("first", 40), ("step",), ("step",), ("step",), ("between",)]
+    assert calls == warm_up + 2 * run
 
 
 def test_medians_spreads_and_the_bound_are_computed_from_the_runs():
@@ -127,12 +134,13 @@ def test_medians_spreads_and_the_bound_are_computed_from_the_runs():
         decode_bytes_per_token=3 * 10**9,
         peak_memory_bytes=None,
         peak_memory_kind="unknown",
-        read_bytes_per_s=20e9,
+        read_runs=[15e9, 20e9, 17e9],
     )
     assert (r.prefill_seconds, r.decode_seconds, r.repeats) == (2.0, 2.0, 3)
     assert (r.prefill_tok_s, r.decode_tok_s, r.ms_per_token) == (50.0, 5.0, 200.0)
     assert r.decode_tok_s_stdev == pytest.approx(statistics.stdev([5.0, 10.0, 2.0]))
     assert r.decode_gb_s == 15.0  # 3 GB per token at 5 tok/s
+    assert r.read_bytes_per_s == 20e9  # the fastest probe
     assert r.bound_ms_per_token == 150.0  # 3 GB at 20 GB/s
     assert r.bound_pct == 75.0
     assert BenchResult.from_dict(r.to_dict()) == r

@@ -36,7 +36,6 @@ from ..measure.bench import (
     bench,
     bench_constrained,
     bench_transformers,
-    read_bandwidth,
     resident_bytes,
 )
 from ..measure.bench_parallel import ParallelResult, bench_parallel
@@ -187,15 +186,8 @@ def bench_command(
         del runner
         gc.collect()
         results.append(bench_transformers(folder, prompt_tokens, gen_tokens, dev, repeats))
-    bandwidth = read_bandwidth(dev)  # last: its buffer must not count in the peaks above
-    for r in results:
-        r.read_bytes_per_s = bandwidth
     if as_json:
-        payload = {
-            "load": loaded,
-            "read_bytes_per_s": bandwidth,
-            "results": [r.to_dict() for r in results],
-        }
+        payload = {"load": loaded, "results": [r.to_dict() for r in results]}
         if compiled is not None:
             payload["constrained"] = {**compiled, "ratio": _ratio(results[::-1])}
         click.echo(json.dumps(payload, indent=2))
@@ -213,9 +205,7 @@ def bench_command(
             f"the cache (the vocabulary's grammar tables took {compiled['tokenizer_s']:.1f} s, "
             "once per process)"
         )
-    click.echo(
-        f"this machine reads {bandwidth / GB:,.1f} GB/s on {dev.type} ({bandwidth_method(dev)})"
-    )
+    click.echo(f"read rate probed after each run: {bandwidth_method(dev)}")
 
 
 def _describe_load(loaded: dict) -> str:
@@ -246,7 +236,8 @@ def _describe(r: BenchResult) -> str:
             f"{r.decode_tok_s_stdev:,.2f} tok/s: {r.ms_per_token:,.1f} ms/token, "
             f"{r.decode_bytes_per_token / GB:.2f} GB/token read at {r.decode_gb_s:,.2f} GB/s",
             f"  {r.bound_pct:.1f} % of the bandwidth bound ({r.bound_ms_per_token:,.1f} ms/token "
-            f"at {r.read_bytes_per_s / GB:,.1f} GB/s)",
+            f"at {r.read_bytes_per_s / GB:,.1f} GB/s, the fastest of {len(r.read_runs)} probes "
+            f"between the runs; the slowest {min(r.read_runs) / GB:,.1f})",
             f"  peak memory {peak}",
         ]
     )

@@ -7,8 +7,11 @@ synchronized; results are medians with their spread, as llama-bench reports. A d
 bound by the bytes it must read (`memory.plan.decode_bytes_per_token`: the routed experts, the
 other weights, the KV cache it attends over), so `read_bandwidth` measures what this machine
 reads per second (on a CPU the compiled kernels' own read probe, with the threads decode uses;
-elsewhere a few hundred MB summed, best of a few) and the result says how far decode is from
-that bound. `bench_transformers` runs HF transformers on the same checkpoint, in a process
+elsewhere a few hundred MB summed, best of a few) after each timed run, and the result says how
+far decode is from the fastest of those: on a shared machine the rate moves from minute to
+minute, so a probe taken once, at another moment than the runs, could put decode above its own
+bound; the fastest probe between the runs only ever overstates the bound, and the slowest says
+how much it moved. `bench_transformers` runs HF transformers on the same checkpoint, in a process
 of its own (`python -m gptoss_lite.measure.bench transformers ...`), so the peak memory it
 reports is its own. `bench_constrained` times decoding held to a grammar against the same
 decoding free, run after run in turn, both through the sampler (greedy) that generation uses.
@@ -23,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -59,7 +62,7 @@ class BenchResult:
     decode_bytes_per_token: int
     peak_memory_bytes: int | None
     peak_memory_kind: str
-    read_bytes_per_s: float | None = None  # this machine's measured read bandwidth
+    read_runs: list[float] = field(default_factory=list)  # bytes/s read, probed after each run
 
     @property
     def repeats(self) -> int:
@@ -98,6 +101,11 @@ class BenchResult:
         return self.decode_bytes_per_token * self.decode_tok_s / GB
 
     @property
+    def read_bytes_per_s(self) -> float | None:
+        """The fastest read rate probed between the runs: the bound decode is measured against."""
+        return max(self.read_runs, default=None)
+
+    @property
     def bound_ms_per_token(self) -> float | None:
         """The fastest a decode step can be: its bytes at this machine's read bandwidth."""
         if self.read_bytes_per_s is None:
@@ -122,6 +130,7 @@ class BenchResult:
             "decode_tok_s_stdev",
             "ms_per_token",
             "decode_gb_s",
+            "read_bytes_per_s",
             "bound_ms_per_token",
             "bound_pct",
         ):
@@ -167,7 +176,8 @@ def bench(
         return logits[-1].argmax().view(1)
 
     prompt = random_prompt(runner.config, prompt_tokens, seed).to(runner.device)
-    prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, repeats, runner.device)
+    probe = ReadProbe(runner.device)
+    runs = timed_runs(first, step, prompt, gen_tokens, repeats, runner.device, between=probe)
     plan = runner.plan
     return _result(
         "gptoss-lite",
@@ -176,8 +186,8 @@ def bench(
         model.kernel_name,
         prompt_tokens,
         gen_tokens,
-        prefill_runs,
-        decode_runs,
+        *runs,
+        probe,
         kv_slot=None if plan is None else plan.kv_slot_bytes,
     )
 
@@ -220,11 +230,13 @@ def bench_constrained(
 
     prompt = random_prompt(runner.config, prompt_tokens, seed).to(device)
     runs: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
+    probe = ReadProbe(device)
     for _ in range(repeats):
         for constrained[0] in (False, True):
             prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, 1, device)
             runs[constrained[0]][0].extend(prefill_runs)
             runs[constrained[0]][1].extend(decode_runs)
+        probe()  # after a pair: the first free and constrained runs both count in the peak
     kv_slot = None if runner.plan is None else runner.plan.kv_slot_bytes
     free, held_runs = (
         _result(
@@ -235,6 +247,7 @@ def bench_constrained(
             prompt_tokens,
             gen_tokens,
             *runs[flag],
+            probe,
             kv_slot=kv_slot,
         )
         for name, flag in (("gptoss-lite, free", False), ("gptoss-lite, constrained", True))
@@ -284,7 +297,8 @@ def bench_transformers(
 
     ours = ModelConfig.from_hf(config.to_dict())
     prompt = random_prompt(ours, prompt_tokens, seed).to(device)
-    prefill_runs, decode_runs = timed_runs(first, step, prompt, gen_tokens, repeats, device)
+    probe = ReadProbe(device)
+    runs = timed_runs(first, step, prompt, gen_tokens, repeats, device, between=probe)
     kernels = "transformers, experts dequantized to bf16" if dense else "transformers, MXFP4"
     return _result(
         "transformers",
@@ -293,8 +307,8 @@ def bench_transformers(
         kernels,
         prompt_tokens,
         gen_tokens,
-        prefill_runs,
-        decode_runs,
+        *runs,
+        probe,
         dense_experts=dense,
     )
 
@@ -329,12 +343,28 @@ def read_bandwidth(device: torch.device, nbytes: int | None = None) -> float:
     return nbytes / best
 
 
+class ReadProbe:
+    """Called after each timed run: this machine's read rate then (`read_bandwidth`), the peak
+    memory taken first, before the probe's buffer can count in it."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.rates: list[float] = []
+        self.peak: tuple[int, str] | None = None
+
+    def __call__(self) -> None:
+        if not self.rates:  # later runs repeat the first's allocations (same prompt, rewound cache)
+            self.peak = peak_memory(self.device)
+        self.rates.append(read_bandwidth(self.device))
+
+
 def bandwidth_method(device: torch.device) -> str:
     """How `read_bandwidth` measures on `device`, in words."""
     if device.type == "cpu" and cpu_kernels.available():
         return (
             f"compiled read probe, {torch.get_num_threads()} threads, "
-            f"{format_bytes(cpu_kernels.PROBE_BYTES)} in 2 MiB pages, fastest pass"
+            f"{format_bytes(cpu_kernels.PROBE_BYTES)} in 2 MiB pages, the fastest of "
+            f"{len(cpu_kernels.PROBE_PATTERNS)} ways x {cpu_kernels.PROBE_ROUNDS} passes"
         )
     return f"{format_bytes(BANDWIDTH_BYTES[device.type])} summed, best of {BANDWIDTH_ROUNDS}"
 
@@ -346,8 +376,10 @@ def timed_runs(
     gen_tokens: int,
     repeats: int,
     device: torch.device,
+    between: Callable[[], None] | None = None,
 ) -> tuple[list[float], list[float]]:
-    """A warm-up, then per run the seconds of `first(prompt)` and of `gen_tokens` `step`s."""
+    """A warm-up, then per run the seconds of `first(prompt)` and of `gen_tokens` `step`s;
+    `between()`, untimed, after each run."""
     prefill_runs, decode_runs = [], []
     with torch.inference_mode():
         step(first(prompt[:WARMUP_PROMPT]))
@@ -360,6 +392,8 @@ def timed_runs(
                 token = step(token)
             prefill_runs.append(middle - start)
             decode_runs.append(clock(device) - middle)
+            if between is not None:
+                between()
     return prefill_runs, decode_runs
 
 
@@ -372,10 +406,11 @@ def _result(
     gen_tokens: int,
     prefill_runs: list[float],
     decode_runs: list[float],
+    probe: ReadProbe,
     kv_slot: int | None = None,
     dense_experts: bool = False,
 ) -> BenchResult:
-    peak = peak_memory(device)
+    peak = probe.peak
     # the cache holds the prompt plus, on average, half the generated tokens
     context = prompt_tokens + gen_tokens // 2
     return BenchResult(
@@ -391,6 +426,7 @@ def _result(
         ),
         peak_memory_bytes=peak[0] if peak else None,
         peak_memory_kind=peak[1] if peak else "unknown",
+        read_runs=list(probe.rates),
     )
 
 
