@@ -11,9 +11,10 @@ from conftest import GEOMETRIES
 
 import gptoss_lite
 from gptoss_lite import GptossError
+from gptoss_lite.checkpoint.layouts import name_table
 from gptoss_lite.checkpoint.reader import open_checkpoint
 from gptoss_lite.checkpoint.synthetic import write_synthetic
-from gptoss_lite.kernels.cpu.host_memory import HUGE_PAGE
+from gptoss_lite.kernels.cpu.host_memory import HUGE_PAGE, MappedFile
 from gptoss_lite.model import moe
 from gptoss_lite.model.mxfp4 import packed_nbytes
 
@@ -204,7 +205,9 @@ def _vma(address: int) -> tuple[str, dict[str, str]]:
     return header, fields
 
 
-def test_the_weights_read_at_every_token_are_mapped_for_2mib_pages(checkpoint, tmp_path):
+def test_the_weights_read_at_every_token_are_mapped_for_2mib_pages(tmp_path, monkeypatch):
+    # Where the file's pages did map as 2 MiB pages (a tiny file's cannot: say they did).
+    monkeypatch.setattr(MappedFile, "in_huge_pages", lambda self: True)
     # A vocabulary large enough for a shard of several 2 MiB pages.
     config = GEOMETRIES["g1"].with_(vocab_size=32768)
     write_synthetic(tmp_path / "big", config)
@@ -233,3 +236,31 @@ def test_weights_read_straight_from_the_file_are_those_mapped(checkpoint):
         out = torch.empty(info.shape, dtype=info.dtype)
         ckpt.read_into(name, out)
         assert torch.equal(out, ckpt.read(name)), name
+
+
+def test_weights_whose_file_did_not_map_in_2mib_pages_move_to_an_arena(tmp_path, monkeypatch):
+    monkeypatch.setattr(MappedFile, "in_huge_pages", lambda self: False)
+    # the head (4 MiB) moves in several chunks
+    monkeypatch.setattr("gptoss_lite.kernels.cpu.host_memory.MOVE_CHUNK", 1 << 20)
+    config = GEOMETRIES["g1"].with_(vocab_size=32768)
+    folder = write_synthetic(tmp_path / "big", config)
+    model = gptoss_lite.load(folder, device="cpu", context=32).model
+    params = dict(model.named_parameters())
+    ckpt = open_checkpoint(folder)
+    table = name_table(config.num_layers, ckpt.layout)
+    shard = str(folder / "model.safetensors")
+    homes, moved = set(), 0
+    for name in ("unembedding", "mlp.0.gate_up_blocks", "mlp.1.down_scales", "attn.1.out_weight"):
+        header, fields = _vma(params[name].data_ptr())
+        assert not header.endswith(shard) and "hg" in fields["VmFlags"].split(), name
+        assert int(header.split("-")[0], 16) % HUGE_PAGE == 0
+        homes.add(header)
+        assert torch.equal(params[name], ckpt.read(table[name][0])), name
+        moved += params[name].nbytes
+    assert len(homes) == 1  # one arena for the moved tensors
+    # the embedding (rows gathered, not streamed) stays mapped; the moved tensors' pages were
+    # released as they were copied, so the mapping holds a small part of their bytes at most
+    # (a fault maps up to 64 KiB of cached pages around it: some beside each chunk come back)
+    header, fields = _vma(params["embedding"].data_ptr())
+    assert header.endswith(shard)
+    assert int(fields["Rss"].split()[0]) * 1024 < moved / 4

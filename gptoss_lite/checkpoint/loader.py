@@ -8,7 +8,8 @@ implies, every checkpoint tensor used), then reads each tensor straight onto its
 MXFP4 expert blocks and scales stay uint8. The tensors a CPU reads at every token (everything
 in host memory but the embedding) sit in 2 MiB pages (`kernels/cpu/host_memory`): mapped from
 their file and faulted in at load, or, where loading makes them (concatenated, converted),
-read into one `HostArena`.
+read into one `HostArena`; a file whose pages did not map as 2 MiB pages has its tensors moved
+into another.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def load_weights(
     streamed = [n for n, w in places.items() if w.type == "cpu" and n != "embedding"]
     made = [n for n in streamed if not _mapped_as_is(checkpoint, table[n], params[n])]
     arena = HostArena(arena_bytes([(params[n].shape, params[n].dtype) for n in made]))
-    files = set()  # the mapped files read from
+    mapped_params = {}  # streamed parameter -> (its file, offset, tensor) where it stays mapped
     for param_name, sources in table.items():
         target = params[param_name]
         if param_name in made:
@@ -68,13 +69,29 @@ def load_weights(
                 file, offset = mapped
                 fetch = file.populate if param_name in streamed else file.prefetch
                 fetch(offset, tensor.numel() * tensor.element_size())
-                files.add(file)
+                if param_name in streamed:
+                    mapped_params[param_name] = (file, offset, tensor)
         _assign(model, param_name, tensor.to(target.dtype))
         done += target.numel() * target.element_size()
         if progress is not None:
             progress(done, total)
-    for file in files:
-        file.settle()
+    arena.collapse()
+    _move_from_small_pages(model, mapped_params)
+
+
+def _move_from_small_pages(model: nn.Module, mapped_params: dict) -> None:
+    """Move the parameters mapped from a file whose pages did not map as 2 MiB pages into a
+    `HostArena` (decode reads them about a fifth faster there)."""
+    small = {file for file, _, _ in mapped_params.values() if not file.in_huge_pages()}
+    moving = {n: m for n, m in mapped_params.items() if m[0] in small}
+    if not moving:
+        return
+    arena = HostArena(arena_bytes([(t.shape, t.dtype) for _, _, t in moving.values()]))
+    for param_name, (file, offset, tensor) in moving.items():
+        out = arena.empty(tuple(tensor.shape), tensor.dtype)
+        file.move(offset, tensor, out)
+        _assign(model, param_name, out)
+    arena.collapse()
 
 
 def _mapped_as_is(checkpoint: Checkpoint, sources: tuple[str, ...], target: torch.Tensor) -> bool:

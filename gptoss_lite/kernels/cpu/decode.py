@@ -152,7 +152,9 @@ def _q8_forms(model: Transformer) -> dict[torch.Tensor, tuple[torch.Tensor, torc
     weights = [w for a in model.attn for w in (a.qkv_weight, a.out_weight)]
     weights.append(model.unembedding)
     arena = HostArena(arena_bytes([s for w in weights for s in _q8_shapes(w)]))
-    return {w: q8_form(w, *(arena.empty(*s) for s in _q8_shapes(w))) for w in weights}
+    forms = {w: q8_form(w, *(arena.empty(*s) for s in _q8_shapes(w))) for w in weights}
+    arena.collapse()
+    return forms
 
 
 def _q8_shapes(w: torch.Tensor) -> list[tuple[tuple[int, ...], torch.dtype]]:

@@ -7,11 +7,16 @@ and in 4 KiB pages a TLB miss every 4 KiB holds the kernels well under the machi
 - `MappedFile`: a checkpoint shard mapped whole (privately: a write copies, the file never
   changes) at a 2 MiB boundary and advised MADV_HUGEPAGE, so the page cache reads it in 2 MiB
   folios that map as single 2 MiB pages; the weights stay shared with the page cache (no copy, a
-  second load finds them in RAM). `populate` faults a tensor's pages in at load; `settle` checks
-  that they did map as 2 MiB pages, and where the page cache already held the file in 4 KiB
-  pages (read earlier without the advice), drops those and reads the file again.
+  second load finds them in RAM). `populate` faults a tensor's pages in at load; `in_huge_pages`
+  says whether they did map as 2 MiB pages. They do not where the page cache already held the
+  file in 4 KiB pages (read earlier without the advice) or found no free 2 MiB page (a busy,
+  fragmented machine: it does not compact memory for the page cache); the loader then `move`s
+  the tensors into a `HostArena`, releasing the mapping's pages as it goes.
 - `HostArena`: anonymous memory, 2 MiB-aligned and advised MADV_HUGEPAGE, for weights that are
-  made at load rather than mapped (a concatenation, a dtype conversion, random weights).
+  made at load rather than mapped (a concatenation, a dtype conversion, random weights) or
+  moved there. A fault there compacts memory to find a 2 MiB page (THP "defrag" is "madvise"
+  by default), and `collapse` (MADV_COLLAPSE, Linux 6.1) gathers whatever still came in 4 KiB
+  pages; the kernel cannot do that for a mapped ext4 file (CONFIG_READ_ONLY_THP_FOR_FS).
 
 Linux backs both with transparent huge pages when /sys/kernel/mm/transparent_hugepage/enabled
 is "madvise" or "always"; elsewhere they are ordinary pages, the same bytes.
@@ -20,6 +25,7 @@ is "madvise" or "always"; elsewhere they are ordinary pages, the same bytes.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import mmap
 import os
@@ -32,7 +38,9 @@ HUGE_PAGE = 2 * 1024 * 1024
 PAGE = mmap.PAGESIZE
 ALIGN = 64  # a cache line: every tensor starts on one
 MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)  # Linux 5.14
-SETTLED = 0.9  # the share of a file's populated bytes in 2 MiB pages that needs no re-read
+MADV_COLLAPSE = getattr(mmap, "MADV_COLLAPSE", 25)  # Linux 6.1
+SETTLED = 0.95  # the share of a file's populated bytes in 2 MiB pages that it may stay mapped with
+MOVE_CHUNK = 64 * 1024 * 1024  # bytes `move` copies before it releases their mapped pages
 
 _mapped: weakref.WeakSet[MappedFile] = weakref.WeakSet()
 
@@ -47,7 +55,6 @@ class MappedFile:
         self.bytes = torch.frombuffer(self._map, dtype=torch.uint8)  # the whole file
         if hasattr(mmap, "MADV_HUGEPAGE"):
             self._map.madvise(mmap.MADV_HUGEPAGE)
-        self._populated: list[tuple[int, int]] = []
         _mapped.add(self)
 
     def tensor(self, offset: int, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -64,7 +71,6 @@ class MappedFile:
         """Fault the pages of [offset, offset + length) in now (from the page cache, or the
         disk), rather than at the first decode step."""
         start = offset - offset % PAGE
-        self._populated.append((start, offset + length - start))
         try:
             self._map.madvise(MADV_POPULATE_READ, start, offset + length - start)
         except OSError:  # a kernel before 5.14: read a byte of every page
@@ -82,18 +88,20 @@ class MappedFile:
         rss = _kib(fields.get("Rss"))
         return _kib(fields.get("FilePmdMapped")) / rss if rss else 1.0
 
-    def settle(self) -> None:
-        """Re-read the populated ranges if the page cache held them in small pages: drop this
-        mapping's pages and the file's unmapped cached pages, then populate again (the advice
-        then makes the page cache read 2 MiB folios). Pages another process maps stay."""
-        if not self._populated or self.huge_share() >= SETTLED or not hasattr(os, "posix_fadvise"):
-            return
-        self._map.madvise(mmap.MADV_DONTNEED)
-        with open(self.path, "rb") as f:
-            os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        ranges, self._populated = self._populated, []
-        for start, length in ranges:
-            self.populate(start, length)
+    def in_huge_pages(self) -> bool:
+        """Whether (nearly) all the pages populated so far are mapped as 2 MiB pages."""
+        return self.huge_share() >= SETTLED
+
+    def move(self, offset: int, tensor: torch.Tensor, out: torch.Tensor) -> None:
+        """Copy `tensor`, whose bytes start at `offset` in this file, into `out`, a chunk at a
+        time, each chunk's mapped pages released once copied (so the resident bytes stay flat;
+        the mapping is never written, so a page read again comes back from the file)."""
+        source, target = tensor.view(-1).view(torch.uint8), out.view(-1).view(torch.uint8)
+        for begin in range(0, source.numel(), MOVE_CHUNK):
+            end = min(begin + MOVE_CHUNK, source.numel())
+            target[begin:end].copy_(source[begin:end])
+            first = (offset + begin) // PAGE * PAGE
+            self._map.madvise(mmap.MADV_DONTNEED, first, -(-(offset + end) // PAGE) * PAGE - first)
 
 
 def mapping_of(tensor: torch.Tensor) -> tuple[MappedFile, int] | None:
@@ -115,7 +123,7 @@ class HostArena:
         start = -torch.frombuffer(self._map, dtype=torch.uint8, count=1).data_ptr() % HUGE_PAGE
         if hasattr(mmap, "MADV_HUGEPAGE"):
             self._map.madvise(mmap.MADV_HUGEPAGE, start, size)
-        self._next, self._end = start, start + nbytes
+        self._start, self._next, self._end = start, start, start + nbytes
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """An uninitialised tensor of `shape` and `dtype` from the arena: a storage of its own
@@ -129,6 +137,14 @@ class HostArena:
         out = torch.frombuffer(self._map, dtype=dtype, count=count, offset=self._next)
         self._next += -(-nbytes // ALIGN) * ALIGN
         return out.view(shape)
+
+    def collapse(self) -> None:
+        """Gather the arena's pages that came in 4 KiB into 2 MiB pages where the kernel can
+        (MADV_COLLAPSE: synchronous, compacting memory); where it cannot, they stay as they are."""
+        size = -(-(self._end - self._start) // HUGE_PAGE) * HUGE_PAGE
+        # before Linux 6.1, without THP, or with no 2 MiB page to be had: small pages stay
+        with contextlib.suppress(OSError):
+            self._map.madvise(MADV_COLLAPSE, self._start, size)
 
 
 def arena_bytes(shapes: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
