@@ -20,6 +20,7 @@ import torch
 
 from gptoss_lite.chat.tokenizer import load_tokenizer
 from gptoss_lite.chat.tokens import N_TEXT
+from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
 from gptoss_lite.config import ModelConfig
 from gptoss_lite.engine.runner import load
 from gptoss_lite.errors import GptossError
@@ -60,12 +61,7 @@ def model_error_report(
     source = dense_source(src)
     folder = source.folder
     config = ModelConfig.from_hf(source.config, folder.name)
-    if prompts is None:
-        generator = torch.Generator().manual_seed(seed)
-        ids = torch.randint(0, min(config.vocab_size, N_TEXT), (tokens,), generator=generator)
-    else:
-        ids = text_ids(folder, prompts, config.vocab_size)[:tokens]
-    sequences = cut(ids, context)
+    sequences = cut(scored_ids(folder, config.vocab_size, tokens, prompts, seed), context)
     targets = sequences[:, 1:] if prompts is not None else None
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     log(f"reference: {DESCRIPTION}, on {where}")
@@ -105,6 +101,14 @@ def token_summary(
     }
 
 
+def model_name(model: str | Path | SyntheticCheckpoint) -> str:
+    """The measured model in words: a checkpoint's path, or random weights of a geometry."""
+    if isinstance(model, SyntheticCheckpoint):
+        c = model.config
+        return f"{c.name} geometry, {c.num_layers} layers, random weights (seed {model.seed})"
+    return str(model)
+
+
 def dense_source(src: str) -> Source:
     """SRC checked to hold dense experts, with its config (a one-line `GptossError` if not)."""
     method = _quant_method(Path(src).expanduser() / "config.json")
@@ -138,6 +142,17 @@ def text_ids(folder: Path, prompts: Path, vocab_size: int) -> torch.Tensor:
             f"{vocab_size}; use random tokens (leave out --prompts)"
         )
     return ids
+
+
+def scored_ids(
+    folder: Path | None, vocab_size: int, tokens: int, prompts: Path | None, seed: int
+) -> torch.Tensor:
+    """`tokens` ids to score: drawn at random from the text vocabulary (generator seeded `seed`),
+    or the first of the text file `prompts` read with the tokenizer of `folder`."""
+    if prompts is None:
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randint(0, min(vocab_size, N_TEXT), (tokens,), generator=generator)
+    return text_ids(folder, prompts, vocab_size)[:tokens]
 
 
 def cut(ids: torch.Tensor, context: int) -> torch.Tensor:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from gptoss_lite.chat.tokenizer import N_TEXT
 from gptoss_lite.checkpoint.synthetic_memory import SyntheticCheckpoint
 from gptoss_lite.config import ModelConfig
 from gptoss_lite.engine.runner import load
@@ -30,7 +29,7 @@ from gptoss_lite.model.cache import KVCache
 from gptoss_lite.model.kv_quant import UNQUANTIZED, KVDtypes
 
 from .divergence import Positions, compare_positions, summarize_kld, summarize_rate
-from .kld import DTYPES, cut, text_ids, token_summary
+from .kld import DTYPES, cut, model_name, scored_ids, token_summary
 
 PAIRS = tuple(
     KVDtypes.parse(p) for p in ("q8", "bf16,q8", "q8,bf16", "fp8", "bf16,fp8", "fp8,bf16")
@@ -62,12 +61,7 @@ def kv_error_report(
     where = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     runner = load(model, device=where, dtype=DTYPES[dtype], context=context)
     config = runner.config
-    if prompts is None:
-        generator = torch.Generator().manual_seed(seed)
-        ids = torch.randint(0, min(config.vocab_size, N_TEXT), (tokens,), generator=generator)
-    else:
-        ids = text_ids(runner.folder, prompts, config.vocab_size)[:tokens]
-    sequences = cut(ids, context)
+    sequences = cut(scored_ids(runner.folder, config.vocab_size, tokens, prompts, seed), context)
     caches = {
         kv: KVCache(config, sequences.shape[1], device=where, dtype=DTYPES[dtype], kv_dtypes=kv)
         for kv in (UNQUANTIZED, *pairs)
@@ -85,7 +79,7 @@ def kv_error_report(
     rows += [_row(kv, Positions.concat(measured[kv]), contexts) for kv in pairs]
     return {
         "mode": "kv",
-        "model": _model_name(model),
+        "model": model_name(model),
         "device": str(where),
         "dtype": dtype,
         "profile": profile,
@@ -125,13 +119,6 @@ def _row(kv: KVDtypes, p: Positions | None, contexts: dict) -> dict:
         "plan": fit,
         "context_vs_bf16": gain,
     }
-
-
-def _model_name(model: str | Path | SyntheticCheckpoint) -> str:
-    if isinstance(model, SyntheticCheckpoint):
-        c = model.config
-        return f"{c.name} geometry, {c.num_layers} layers, random weights (seed {model.seed})"
-    return str(model)
 
 
 # ---------------------------------------------------------------------------- report.md

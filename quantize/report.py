@@ -20,6 +20,7 @@ import torch
 from gptoss_lite.config import ModelConfig
 
 from .compare import compare_formats
+from .decode_error import render_decode_markdown
 from .kld_report import render_model_markdown
 from .kv_sweep import render_kv_markdown
 
@@ -70,6 +71,8 @@ def render_markdown(report: dict) -> str:
         return render_model_markdown(report)
     if report["mode"] == "kv":
         return render_kv_markdown(report)
+    if report["mode"] == "decode":
+        return render_decode_markdown(report)
     return _render_tensors(report)
 
 

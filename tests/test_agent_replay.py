@@ -1,15 +1,16 @@
 """Real client traffic replayed against `serve` on the scripted checkpoint.
 
 tests/fixtures/agents/ holds the requests Codex CLI (an answer, a tool loop, `exec resume`, both
-sandbox modes, `--oss`), the OpenAI Agents SDK and LangChain sent to a live server, recorded with
-tools/record_requests.py (the README beside them says how, with which versions). Each fixture is
-sent again, request by request and byte for byte, to a server whose model is the scripted
-checkpoint, and each answer is read with the `openai` client's own types (strictly validated,
-streamed events one by one) or the `ollama` client's for Ollama's endpoints. The reply must be
-the one the script gives that request: the call (with the arguments as streamed) where the user
-asked with TRIGGER and no call was made yet, or a tool choice forces it, else the answer, after
-the reasoning (as the summary when one is asked for). A tool loop's follow-up request must come
-mostly from the prefix cache.
+sandbox modes, `--oss`, `--output-schema`), the OpenAI Agents SDK and LangChain sent to a live
+server, recorded with tools/record_requests.py (the README beside them says how, with which
+versions). Each fixture is sent again, request by request and byte for byte, to a server whose
+model is the scripted checkpoint, and each answer is read with the `openai` client's own types
+(strictly validated, streamed events one by one) or the `ollama` client's for Ollama's
+endpoints. The reply must be the one the script gives that request: the call (with the
+arguments as streamed) where the user asked with TRIGGER and no call was made yet, or a tool
+choice forces it, else the answer, after the reasoning (as the summary when one is asked for);
+an answer held to a schema must be JSON valid for it (`jsonschema`). A tool loop's follow-up
+request must come mostly from the prefix cache.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import json
 from pathlib import Path
 
 import httpx
+import jsonschema
 import ollama
 import pytest
 from openai.types import Model
@@ -103,8 +105,10 @@ def _check_response(body: dict, answer: httpx.Response) -> None:
             e.delta for e in events if e.type == "response.function_call_arguments.delta"
         )
         texts = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-        streamed = arguments if _expects_call(body) else texts
-        assert streamed == (ARGS if _expects_call(body) else ANSWER)
+        if _expects_call(body):
+            assert arguments == ARGS
+        else:
+            _check_answer(body, texts)
     else:
         response = Response.model_validate(answer.json())
     *reasoning, last = response.output
@@ -116,8 +120,18 @@ def _check_response(body: dict, answer: httpx.Response) -> None:
             "function_call", "exec_command", json.loads(ARGS)
         )  # fmt: skip
     else:
-        assert response.output_text == ANSWER
+        _check_answer(body, response.output_text)
     assert response.parallel_tool_calls is body.get("parallel_tool_calls", True)
+
+
+def _check_answer(body: dict, text: str) -> None:
+    """The script's answer, or under an answer format (Codex's `--output-schema`) JSON valid
+    for its schema: the grammar then holds the scripted model to it."""
+    form = (body.get("text") or {}).get("format") or {"type": "text"}
+    if form["type"] == "json_schema":
+        jsonschema.validate(json.loads(text), form["schema"])
+    else:
+        assert text == ANSWER
 
 
 def _check_chat(body: dict, answer: httpx.Response) -> None:

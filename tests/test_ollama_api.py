@@ -239,10 +239,39 @@ def test_bad_requests_get_ollamas_error_shape(serve, path, body, status, words):
     assert service.runner.prompts == []
 
 
-def test_arguments_that_are_no_object_end_the_stream_with_an_error(serve):
-    client, _, _ = serve(CALL.replace(json.dumps(ARGS), '["not", "an", "object"]'))
-    with pytest.raises(ollama.ResponseError, match="not a JSON object"):
-        list(client.chat(model="gpt-oss-test", messages=USER, tools=TOOLS, stream=True))
+PREAMBLE = "<|start|>assistant<|channel|>commentary<|message|>Let me look.<|end|>"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    "arguments", ['["not", "an", "object"]', '{"cmd": "ls"', '{"cmd": NaN}', '"\\ud800"']
+)
+def test_arguments_that_are_no_object_come_as_content(serve, arguments, stream):
+    # Ollama's arguments are an object: these cannot be a call (was a 500, or an error line)
+    client, _, _ = serve(CALL.replace("<|start|>", PREAMBLE + "<|start|>").replace(
+        json.dumps(ARGS), arguments
+    ))  # fmt: skip
+    reply = client.chat(model="gpt-oss-test", messages=USER, tools=TOOLS, stream=stream)
+    chunks = list(reply) if stream else [reply]
+    assert not [c for c in chunks if c.message.tool_calls]
+    assert "".join(c.message.content or "" for c in chunks) == f"Let me look.\n\n{arguments}"
+    assert chunks[-1].done and chunks[-1].done_reason == "stop"
+
+
+def test_a_call_cut_short_comes_as_content_and_says_length(serve):
+    client, service, _ = serve(CALL)
+    header = CALL[: CALL.index(json.dumps(ARGS))]
+    limit = len(service.tokenizer.encode(header, allow_special=True)) + 3
+    for stream in (False, True):
+        reply = client.chat(
+            model="gpt-oss-test", messages=USER, tools=TOOLS, stream=stream,
+            options={"num_predict": limit},
+        )  # fmt: skip
+        chunks = list(reply) if stream else [reply]
+        content = "".join(c.message.content or "" for c in chunks)
+        assert content and json.dumps(ARGS).startswith(content)
+        assert not [c for c in chunks if c.message.tool_calls]
+        assert chunks[-1].done_reason == "length"
 
 
 def test_the_api_key_guards_all_but_the_version(serve):

@@ -105,6 +105,7 @@ def test_malformed_bodies(http, body, param):
     assert service.runner.prompts == []
 
 
+_F = {"type": "function", "name": "f"}
 _NS_A = {"type": "namespace", "name": "ns_a", "tools": [{"type": "function", "name": "f"}]}
 
 
@@ -181,6 +182,23 @@ _NS_A = {"type": "namespace", "name": "ns_a", "tools": [{"type": "function", "na
 def test_requests_the_server_cannot_honour(http, path, body, param):
     client, service = http()
     assert _error(client.post(path, json=body), 400)["param"] == param
+    assert service.runner.prompts == []
+
+
+@pytest.mark.parametrize(
+    ("path", "tools", "param"),
+    [
+        ("/v1/responses", [_F, {"type": "teleport"}], "tools.1.type"),
+        ("/v1/responses", [{**_NS_A, "tools": [{"type": "teleport"}]}], "tools.0.tools.0.type"),
+        ("/v1/chat/completions", [{"type": "teleport"}], "tools.0.type"),
+    ],
+)
+def test_an_unknown_tool_type_is_named_in_the_error(http, path, tools, param):
+    client, service = http()
+    asked = CHAT if "chat" in path else {"model": "gpt-oss-test", "input": "x"}
+    error = _error(client.post(path, json={**asked, "tools": tools}), 400)
+    assert (error["param"], error["type"]) == (param, "invalid_request_error")
+    assert "'teleport'" in error["message"]
     assert service.runner.prompts == []
 
 

@@ -50,6 +50,7 @@ from .options import (
     cpu_experts_option,
     device_option,
     geometry_option,
+    kernels_option,
     kv_cache_option,
     model_option,
     profile_option,
@@ -92,6 +93,7 @@ from .options import (
 )
 @cpu_experts_option()
 @kv_cache_option()
+@kernels_option()
 @click.option(
     "--json-schema",
     metavar="FILE",

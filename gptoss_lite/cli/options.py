@@ -34,6 +34,7 @@ from ..config import ModelConfig, preset, preset_names
 from ..engine.options import ModelOptions
 from ..engine.sampling import Sampling
 from ..errors import GptossError
+from ..kernels import KERNELS
 from ..memory.plan import MAX_DEFAULT_PARALLEL, MIN_SEQUENCE_CONTEXT
 from ..memory.profiles import check_device
 from ..model.kv_quant import KV_FORMATS, KVDtypes
@@ -177,6 +178,20 @@ def kv_cache_option() -> Callable:
         default=None,
         help=f"KV-cache storage, K then V ({', '.join(KV_FORMATS)}; e.g. q8 or bf16,q8) "
         "[default: the profile's, bf16].",
+    )
+
+
+def kernels_option(help: str | None = None) -> Callable:
+    """--kernels NAME: which implementation runs (`kernels.kernel_functions`)."""
+    return click.option(
+        "--kernels",
+        type=click.Choice(["auto", *KERNELS]),
+        default="auto",
+        show_default=True,
+        help=help
+        or "The kernels: auto (the compiled ones where they run), torch, triton, cpu, or "
+        "cpu-q8: the compiled CPU kernels with decode reading the attention projections and the "
+        "head in int8 (half their bytes; not exact: `quant-error --kernels cpu-q8` measures it).",
     )
 
 

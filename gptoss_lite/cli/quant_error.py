@@ -1,12 +1,13 @@
 """`gptoss-lite quant-error`: measure quantization error and write report.md + report.json.
 
-Three modes, exactly one per run: `--tensors`, the per-tensor error of MXFP4 and the bitsandbytes
+Four modes, exactly one per run: `--tensors`, the per-tensor error of MXFP4 and the bitsandbytes
 4-bit formats on a random expert of a preset geometry (`quantize/report.py`); `--model SRC`,
 the KL divergence and top-1 agreement of this runner with MXFP4 experts against a float32
 transformers reference on a checkpoint with dense bf16 experts (`quantize/kld.py`); and `--kv`,
 the same measures for each K/V cache format against the bf16 cache, on `--model SRC` (any
 checkpoint) or random weights of `--geometry` (`--layers` of them), with the context each buys
-on `--profile` (`quantize/kv_sweep.py`).
+on `--profile` (`quantize/kv_sweep.py`); and `--kernels NAME`, the same measures for a decode
+mode that is not exact (cpu-q8) against the exact CPU decode step (`quantize/decode_error.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from quantize.decode_error import decode_error_report
 from quantize.kld import DTYPES, model_error_report
 from quantize.kv_sweep import PAIRS, kv_error_report
 from quantize.report import render_markdown, tensor_error_report, write_report
@@ -28,6 +30,7 @@ from .options import (
     context_option,
     device_option,
     geometry_option,
+    kernels_option,
     overwrite_option,
 )
 
@@ -52,6 +55,11 @@ from .options import (
     is_flag=True,
     help="KV-cache formats: each K,V pair against the bf16 cache (KL, top-1, context bought), "
     "on --model SRC or random weights of --geometry.",
+)
+@kernels_option(
+    "Decode with these kernels (cpu-q8) one token at a time against the exact CPU decode step: "
+    "KL divergence, top-1 agreement and ms/token, on --model SRC or random weights of "
+    "--geometry (--layers of them)."
 )
 @geometry_option(
     "Architecture preset whose expert shapes are used (--tensors), or whose random weights are "
@@ -127,6 +135,7 @@ def quant_error(
     tensors: bool,
     src: str | None,
     kv: bool,
+    kernels: str,
     geometry: ModelConfig,
     layers: int | None,
     pairs: tuple[KVDtypes, ...],
@@ -141,13 +150,25 @@ def quant_error(
     overwrite: bool,
 ) -> None:
     """Measure how much quantization changes a model, and write a report."""
-    if tensors + kv + (src is not None and not kv) != 1:
+    decode = kernels != "auto"
+    if tensors + kv + decode + (src is not None and not (kv or decode)) != 1:
         raise click.UsageError(
-            "say what to measure: --tensors or --model SRC, or --kv (one of them)"
+            "say what to measure: --tensors or --model SRC, or --kv, or --kernels (one of them)"
         )
     check_outputs(out, ("report.md", "report.json"), overwrite)
     if tensors:
         report = tensor_error_report(geometry, seed)
+    elif decode:
+        report = decode_error_report(
+            src
+            or SyntheticCheckpoint(geometry.with_(num_layers=layers or geometry.num_layers), seed),
+            kernels=kernels,
+            tokens=tokens,
+            context=context,
+            prompts=prompts,
+            seed=seed,
+            log=lambda message: click.echo(message, err=True),
+        )
     elif kv:
         layers = layers or geometry.num_layers
         report = kv_error_report(

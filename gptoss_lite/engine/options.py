@@ -29,5 +29,5 @@ class ModelOptions:
     kv_cache_dtype: str | KVDtypes | None = None  # "q8", "bf16,q8", ...: K then V
     cpu_experts: int | str | None = None  # leading layers (or "all") with experts in host RAM
     dtype: torch.dtype | str | None = None  # activations and non-expert weights; default bf16
-    kernels: str = "auto"  # "torch", "triton", "cpu" or "auto"
+    kernels: str = "auto"  # "torch", "triton", "cpu", "cpu-q8" (not exact) or "auto"
     parallel: int | None = 1  # sequences with a KV cache each (None: as many as fit, up to 4)

@@ -263,8 +263,9 @@ def load(
     made before any weight is read, so a model that cannot fit fails at once. `dtype` sets the
     activations and the attention/router/embedding weights (default bf16); the experts stay
     MXFP4 whatever it is. `kernels` is "torch", "triton" (the fused GPU kernels), "cpu" (the
-    compiled CPU kernels) or "auto" (triton on CUDA when Triton is installed, cpu on the CPU when
-    a C compiler is there, else torch). `cpu_experts` (a layer count or "all"; default: the
+    compiled CPU kernels), "cpu-q8" (those with decode reading the dense matrices in int8: not
+    exact, never chosen for you) or "auto" (triton on CUDA when Triton is installed, cpu on the
+    CPU when a C compiler is there, else torch). `cpu_experts` (a layer count or "all"; default: the
     profile's, else as few as the plan needs) keeps those leading layers' experts in host RAM,
     run by the CPU kernel. `kv_cache_dtype` ("q8", "bf16,q8", ...: K then V, see `kv_quant`)
     replaces the profile's KV-cache formats.

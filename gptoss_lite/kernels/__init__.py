@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from functools import partial
 
 import torch
 
 from ..errors import GptossError
 from ..model.transformer import TORCH_KERNELS, Kernels
 
-KERNELS = ("torch", "triton", "cpu")  # what `kernel_functions` knows
+KERNELS = ("torch", "triton", "cpu", "cpu-q8")  # what `kernel_functions` knows
 
 _TRUE = ("1", "true", "on", "yes")  # the spellings Triton itself accepts
 MIN_CAPABILITY = (8, 0)  # bf16 `tl.dot` (tensor cores for bf16) needs sm_80: Ampere or newer
@@ -52,11 +53,12 @@ def triton_refusal(device: torch.device) -> str | None:
 
 def kernel_functions(name: str) -> Kernels:
     """The implementation `name` names: "torch" (the model's own functions, any device),
-    "triton" (the fused kernels, CUDA or the interpreter) or "cpu" (the compiled CPU kernels of
-    `kernels/cpu`); else a one-line `GptossError`."""
+    "triton" (the fused kernels, CUDA or the interpreter), "cpu" (the compiled CPU kernels of
+    `kernels/cpu`) or "cpu-q8" (the same, but decode reads the attention projections and the
+    head in their int8 form: half their bytes, not exact); else a one-line `GptossError`."""
     if name == "torch":
         return TORCH_KERNELS
-    if name == "cpu":
+    if name in ("cpu", "cpu-q8"):
         from . import cpu
 
         if not cpu.available():
@@ -65,11 +67,13 @@ def kernel_functions(name: str) -> Kernels:
             )
         from .cpu.decode import decode_step
 
+        # cpu-q8, never the default: decode reads the dense matrices in int8 (not exact).
+        dense = "q8" if name == "cpu-q8" else "bf16"
         return Kernels(
-            cpu.kernel_name(),
+            cpu.kernel_name() + (", q8 decode" if dense == "q8" else ""),
             experts=cpu.experts_forward,
             linear=cpu.linear,
-            fused_step=decode_step,
+            fused_step=partial(decode_step, dense=dense),
         )
     if name != "triton":
         raise GptossError(f"unknown kernels {name!r}; use auto, {' or '.join(KERNELS)}")

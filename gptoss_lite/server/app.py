@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from ..chat.reply import Reply
 from . import chat_api, completions_api, responses_api
 from .body import read_body
 from .errors import ApiError, install_handlers
@@ -28,6 +29,7 @@ from .limits import Limits
 from .ollama_api import ollama_app
 from .service import Service, begin, collect, off_loop
 from .store import ResponseStore
+from .worker import Done, Job
 
 MAX_BYTES_PER_TOKEN = 64  # a token is a few bytes of text, at most ~6x more once JSON-escaped
 BODY_SLACK = 1 << 20  # room for tool schemas and the JSON around the text
@@ -91,38 +93,60 @@ def create_app(service: Service, limits: Limits | None = None) -> FastAPI:
         body = await read_body(request, chat_api.ChatRequest)
         pending = await off_loop(chat_api.prepare, body, service)
         pending.job = service.submit(pending.prepared)
-        if body.stream:
-            await begin(pending.job, request)
-            events = chat_api.stream(pending, service)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await collect(pending.job, pending.reply, request)
-        return chat_api.completion(pending, done, service)
+        return await answer(
+            request,
+            body.stream,
+            pending.job,
+            pending.reply,
+            lambda: chat_api.stream(pending, service),
+            lambda done: chat_api.completion(pending, done, service),
+        )
 
     @app.post("/v1/responses")
     async def responses(request: Request):
         body = await read_body(request, responses_api.ResponsesRequest)
         pending = await off_loop(responses_api.prepare, body, service, store)
         pending.job = service.submit(pending.prepared)
-        if body.stream:
-            await begin(pending.job, request)
-            events = responses_api.stream(pending, store)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await collect(pending.job, pending.reply, request)
-        return responses_api.finish(pending, done, store)
+        return await answer(
+            request,
+            body.stream,
+            pending.job,
+            pending.reply,
+            lambda: responses_api.stream(pending, store),
+            lambda done: responses_api.finish(pending, done, store),
+        )
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         body = await read_body(request, completions_api.CompletionRequest)
         prepared = await off_loop(completions_api.prepare, body, service)
         job = service.submit(prepared)
-        if body.stream:
-            await begin(job, request)
-            events = completions_api.stream(body, job, prepared.reply, service)
-            return StreamingResponse(events, media_type="text/event-stream", headers=SSE_HEADERS)
-        done = await collect(job, prepared.reply, request)
-        return completions_api.completion(body, prepared.reply, done, service)
+        return await answer(
+            request,
+            body.stream,
+            job,
+            prepared.reply,
+            lambda: completions_api.stream(body, job, prepared.reply, service),
+            lambda done: completions_api.completion(body, prepared.reply, done, service),
+        )
 
     return app
+
+
+async def answer(
+    request: Request,
+    stream: bool,
+    job: Job,
+    reply: Reply,
+    events: Callable[[], AsyncIterator[str]],
+    whole: Callable[[Done], dict],
+):
+    """A submitted job's answer: its `events` as an SSE stream once the worker has taken it (a job
+    refused meanwhile is an error response, not a broken stream), else `whole` of its end."""
+    if stream:
+        await begin(job, request)
+        return StreamingResponse(events(), media_type="text/event-stream", headers=SSE_HEADERS)
+    return whole(await collect(job, reply, request))
 
 
 class KeyCheck:

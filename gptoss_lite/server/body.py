@@ -34,19 +34,26 @@ async def read_body(request: Request, schema: type[Schema]) -> Schema:
 
 def parse_body(raw: bytes, schema: type[Schema]) -> Schema:
     """`raw` as a `schema` object, or a 400 naming what is wrong."""
+    data = strict_json(raw)
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False)) from None
+
+
+def strict_json(raw: str | bytes) -> Any:
+    """`raw` parsed as JSON to the letter (see above), or a 400 naming what is wrong. Also the
+    test of JSON a model writes (a call's arguments) before it is sent on as a value."""
     try:
         data = json.loads(raw)
     except RecursionError:
         raise _invalid(f"the body is nested more than {MAX_DEPTH} levels deep", None) from None
     except ValueError as exc:  # JSONDecodeError, bad UTF-8, an integer of too many digits
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object", code="invalid_json")
     check_values(data)
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc.errors(include_url=False)) from None
+    return data
 
 
 def check_values(data: Any) -> None:

@@ -188,7 +188,9 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
                 turns.append(_earlier_call(call, f"messages.{i}.tool_calls.{j}"))
                 names[call.id] = (call.function or call.custom).name
         else:
-            name = names.get(message.tool_call_id or "") or message.name
+            name = names.get(message.tool_call_id or "")
+            if not name and message.name:
+                name = conv.tool_name(message.name, f"messages.{i}.name")
             if not name:
                 raise ApiError(
                     400,
@@ -202,9 +204,11 @@ def harmony_turns(messages: list[ChatMessage]) -> tuple[list[str], list[Message]
 
 def _earlier_call(call: ToolCallIn, where: str) -> Message:
     if call.type == "custom" and call.custom is not None:
-        return conv.custom_call(call.custom.name, call.custom.input)
+        name = conv.tool_name(call.custom.name, f"{where}.custom.name")
+        return conv.custom_call(name, call.custom.input)
     if call.type == "function" and call.function is not None:
-        return conv.tool_call(call.function.name, call.function.arguments)
+        name = conv.tool_name(call.function.name, f"{where}.function.name")
+        return conv.tool_call(name, call.function.arguments)
     param = f"{where}.{call.type}"
     raise ApiError(
         400, f"{param}: a {call.type} tool call needs its {call.type} object", param=param

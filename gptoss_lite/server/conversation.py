@@ -120,15 +120,22 @@ def tool_output(name: str, output: str) -> Message:
     return Message.tool_result(tool_recipient(name), output)
 
 
+def tool_name(name: Any, param: str) -> str:
+    """`name` if it follows the one rule for tool names (`harmony.check_tool_name`), else a 400
+    naming `param`: a declared tool's name, or one in the history, which goes into a message
+    header where spaces, newlines or markup would rewrite it."""
+    try:
+        return check_tool_name(name, param)
+    except GptossError as error:
+        raise ApiError(400, str(error), param=param, code="invalid_value") from None
+
+
 def function_tool(
     where: str, name: str | None, description: str | None, parameters: Any
 ) -> ToolDef:
     """The function tool declared at `where` (e.g. "tools.0"): its name must follow the one
     rule for tool names, its parameters be a JSON-schema object if given."""
-    try:
-        check_tool_name(name, where)
-    except GptossError as error:
-        raise ApiError(400, str(error), param=f"{where}.name", code="invalid_value") from None
+    tool_name(name, f"{where}.name")
     if parameters is not None and not isinstance(parameters, dict):
         param = f"{where}.parameters"
         raise ApiError(400, f"{param}: must be a JSON schema object", param=param)

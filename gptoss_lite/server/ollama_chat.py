@@ -8,7 +8,10 @@ the reasoning effort; `options` give temperature, top_p, top_k, seed, num_predic
 `logprobs` and `top_logprobs` add the answer tokens' log-probabilities to the pieces. The
 reply streams as NDJSON (the default) or comes as one object: the analysis in `thinking`, the
 answer in `content`, a call in `tool_calls` once its arguments are whole, then a last object with
-`done`, `done_reason` and the timings (nanoseconds) and token counts. `/api/generate` answers a
+`done`, `done_reason` and the timings (nanoseconds) and token counts. Ollama gives a call's
+arguments as an object: a call whose arguments are not a JSON object (a slip of the model, or a
+reply cut off by `num_predict`) comes as content, the text the model wrote, as a call to a tool
+nobody declared does: never an error, since the request was sound. `/api/generate` answers a
 `prompt` (with `system` as instructions), or continues it as plain text with `raw`. No messages or
 no prompt is the "load" request, answered at once (the model is always loaded). `format` ("json"
 or a JSON schema) holds the answer to it and declared tools are the only ones a reply can call
@@ -28,13 +31,14 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..chat.harmony import Message
-from ..chat.reply import Change, Part, Reply
+from ..chat.reply import SEPARATOR, Change, Part, Reply
 from ..chat.tokenizer import Tokenizer
 from ..chat.tokens import ENDOFTEXT, STOP_TOKENS
 from ..engine.logprobs import MAX_TOP
 from ..engine.sampling import SEEDS
 from . import conversation as conv
 from . import formats
+from .body import strict_json
 from .chat_api import CalledFunction, ChatMessage, ChatTool, ToolCallIn, harmony_turns
 from .errors import ApiError, shown
 from .logprobs import entries
@@ -201,10 +205,14 @@ async def lines(objects: Iterable[dict] | AsyncIterator[dict]) -> AsyncIterator[
     """NDJSON: one JSON object a line."""
     if isinstance(objects, AsyncIterator):
         async for item in objects:
-            yield json.dumps(item, ensure_ascii=False) + "\n"
+            yield _line(item)
     else:
         for item in objects:
-            yield json.dumps(item, ensure_ascii=False) + "\n"
+            yield _line(item)
+
+
+def _line(item: dict) -> str:
+    return json.dumps(item, ensure_ascii=False, allow_nan=False) + "\n"  # NaN is not JSON
 
 
 def _refuse_unsupported(body: ChatBody | GenerateBody) -> None:
@@ -254,6 +262,8 @@ def _chat_messages(messages: list[OllamaMessage]) -> list[ChatMessage]:
     tool_name or tool_call_id answers the latest call)."""
     converted, latest = [], None
     for i, message in enumerate(messages):
+        if message.tool_name is not None:
+            conv.tool_name(message.tool_name, f"messages.{i}.tool_name")
         calls = []
         for j, call in enumerate(message.tool_calls or []):
             args = call.function.arguments
@@ -289,25 +299,45 @@ class _Shape:
 
 
 class _ChatShape(_Shape):
-    """How `/api/chat` writes a reply: pieces of `message`."""
+    """How `/api/chat` writes a reply: pieces of `message`. A call whose arguments are not a
+    JSON object is content, as the model wrote it (`_call`)."""
+
+    def __init__(self, name: str, reply: Reply, tokenizer: Tokenizer | None) -> None:
+        super().__init__(name, reply, tokenizer)
+        self._content: Part | None = None  # the part whose text the content shows last
 
     def piece(self, change: Change) -> dict | None:
         part = change.part
         if part.kind == "tool_call":
-            done = change.kind == "close"
-            return _message(tool_calls=[_call(part, self.reply)]) if done else None
+            if change.kind != "close":
+                return None
+            call = _call(part, self.reply)
+            return _message(tool_calls=[call]) if call else self._shown_as_content(part, part.text)
         if change.kind != "delta":
             return None
-        key = "thinking" if part.kind == "reasoning" else "content"
-        return {**_message(**{key: change.lead + change.text}), **self.logprobs(change.logprobs)}
+        if part.kind == "reasoning":
+            piece = _message(thinking=change.lead + change.text)
+        else:
+            piece = self._shown_as_content(part, change.text)
+        return {**piece, **self.logprobs(change.logprobs)}
 
     def whole(self) -> dict:
         reply = self.reply
-        thinking, calls = reply.text("reasoning"), [_call(p, reply) for p in reply.tool_calls]
+        calls = [c for p in reply.tool_calls if (c := _call(p, reply))]
+        content = [p.text for p in reply.parts if p.kind == "text" or _is_text_call(p)]
+        thinking = reply.text("reasoning")
         extra = {"thinking": thinking} if thinking else {}
         if calls:
             extra["tool_calls"] = calls
-        return {**_message(content=reply.text("text"), **extra), **self.logprobs(self.shown())}
+        message = _message(content=SEPARATOR.join(content), **extra)
+        return {**message, **self.logprobs(self.shown())}
+
+    def _shown_as_content(self, part: Part, text: str) -> dict:
+        """`text` of `part` as a piece of content, after a blank line if it opens a part and
+        other content came before."""
+        lead = SEPARATOR if self._content not in (None, part) else ""
+        self._content = part
+        return _message(content=lead + text)
 
     def last(self) -> dict:
         return _message()
@@ -338,21 +368,29 @@ def _message(**fields: Any) -> dict:
     return {"message": {"role": "assistant", "content": "", **fields}}
 
 
-def _call(part: Part, reply: Reply) -> dict:
-    """A finished call as Ollama gives it: arguments as an object."""
-    try:
-        arguments = json.loads(part.text or "{}")
-    except ValueError:
-        arguments = None
-    if not isinstance(arguments, dict):
-        raise ApiError(
-            500,
-            f"the model called {part.name} with arguments that are not a JSON object: "
-            f"{part.text!r}",
-            type="server_error",
-        )
-    function = {"index": reply.tool_calls.index(part), "name": part.name, "arguments": arguments}
+def _call(part: Part, reply: Reply) -> dict | None:
+    """A finished call as Ollama gives it, arguments as an object (`index` counting such calls);
+    None when the model wrote no JSON object (a slip, or a reply cut short), which Ollama's
+    arguments cannot carry."""
+    calls = [p for p in reply.tool_calls if not _is_text_call(p)]
+    if part not in calls:
+        return None
+    arguments = _arguments(part)
+    function = {"index": calls.index(part), "name": part.name, "arguments": arguments}
     return {"id": part.call_id, "function": function}
+
+
+def _is_text_call(part: Part) -> bool:
+    return part.kind == "tool_call" and _arguments(part) is None
+
+
+def _arguments(part: Part) -> dict | None:
+    """A call's arguments as an object (none written: empty), or None if they are not one."""
+    try:
+        arguments = strict_json(part.text or "{}")
+    except ApiError:
+        return None
+    return arguments if isinstance(arguments, dict) else None
 
 
 async def _answer(
@@ -401,4 +439,4 @@ def _ns(seconds: float) -> int:
 
 
 def _error_line(error: ApiError) -> str:
-    return json.dumps({"error": error.message}, ensure_ascii=False) + "\n"
+    return _line({"error": error.message})

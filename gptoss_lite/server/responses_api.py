@@ -210,11 +210,13 @@ def add_input(turns: Turns, input: str | list[InputItem]) -> list[str]:
             if thought:
                 turns.messages.append(conv.reasoning(thought))
         elif item.type == "function_call" and item.name and item.call_id:
-            name = f"{item.namespace}.{item.name}" if item.namespace else item.name
+            name = conv.tool_name(item.name, f"{where}.name")
+            if item.namespace:
+                name = f"{conv.tool_name(item.namespace, f'{where}.namespace')}.{name}"
             turns.names[item.call_id] = name
             turns.messages.append(conv.tool_call(name, item.arguments or ""))
         elif item.type == "custom_tool_call" and item.name and item.call_id:
-            turns.names[item.call_id] = item.name
+            turns.names[item.call_id] = conv.tool_name(item.name, f"{where}.name")
             turns.messages.append(conv.custom_call(item.name, item.input or ""))
         elif item.type in OUTPUTS and item.call_id in turns.names:
             output = _text(item.output, where)

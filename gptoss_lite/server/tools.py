@@ -21,14 +21,13 @@ twice, in any namespaces (clients tell calls apart by the tool's name). A functi
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ..chat.harmony import ToolDef, ToolNamespace, check_tool_name
-from ..errors import GptossError
+from ..chat.harmony import ToolDef, ToolNamespace
 from . import conversation as conv
+from .body import strict_json
 from .errors import ApiError, shown
 
 HOSTED = frozenset(
@@ -107,10 +106,10 @@ def chat_tools(tools: list[Any] | None) -> Declared:
 
 def custom_input(arguments: str) -> str:
     """The input of a custom tool's call: the model declares it a string, so a JSON string is
-    decoded; any other text is the input as written."""
+    decoded; any other text (a lone surrogate escaped in it too) is the input as written."""
     try:
-        value = json.loads(arguments)
-    except ValueError:
+        value = strict_json(arguments)
+    except ApiError:
         return arguments
     return value if isinstance(value, str) else arguments
 
@@ -151,11 +150,7 @@ def _tool(kind: str, spec: dict, where: str, declared: Declared, seen: dict, spa
 
 
 def _namespace(spec: dict, where: str, declared: Declared, seen: dict) -> ToolNamespace:
-    name, tools = spec.get("name"), spec.get("tools")
-    try:
-        check_tool_name(name, where)
-    except GptossError as error:
-        raise ApiError(400, str(error), param=f"{where}.name", code="invalid_value") from None
+    name, tools = conv.tool_name(spec.get("name"), f"{where}.name"), spec.get("tools")
     if name == "functions" or any(n.name == name for n in declared.namespaces):
         raise ApiError(400, f"{where}.name: the namespace {name!r} is taken", param=f"{where}.name")
     if not isinstance(tools, list) or not tools:

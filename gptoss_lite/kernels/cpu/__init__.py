@@ -43,6 +43,7 @@ _SIGNATURES = {
     "gl_decode_work": ([_ptr, _ptr, _i64, _int], _i64),
     "gl_decode_step": ([_ptr, _int, _i64, *[_ptr] * 7, _int], None),
     "gl_read_probe": ([_int, _ptr, _i64, _int, _i64, _int, _int], ctypes.c_double),
+    "gl_quantize_q8": ([_ptr, _int, _i64, _i64, _ptr, _ptr, _int], None),
 }
 PROBE_BYTES = 512 * 1024 * 1024  # 16 times this machine's last-level cache and more
 PROBE_ROUNDS = 5

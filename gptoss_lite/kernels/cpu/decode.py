@@ -22,21 +22,23 @@ import torch
 
 from ...model.cache import KVCache
 from ...model.transformer import Transformer
+from .host_memory import HostArena, arena_bytes
 
 # The parts decode_step.c times, in the order of its PH_* constants.
 PHASES = ("norms", "qkv", "attention", "out", "router", "gate_up", "down", "head", "wait", "all")
 _ACT = {torch.float32: 0, torch.bfloat16: 1}  # decode_step.c's ACT_* values
 
 _ptr, _i64, _float = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-_POINTERS = ("attn_norm", "sinks", "mlp_norm", "qkv_w", "qkv_b", "out_w", "out_b", "router_w")
-_POINTERS += ("router_b", "gu_blocks", "gu_scales", "dn_blocks", "dn_scales", "gu_bias")
-_POINTERS += ("dn_bias",)
+_WEIGHTS = ("attn_norm", "sinks", "mlp_norm", "qkv_w", "qkv_b", "out_w", "out_b", "router_w")
+_WEIGHTS += ("router_b", "gu_blocks", "gu_scales", "dn_blocks", "dn_scales", "gu_bias", "dn_bias")
+_Q8 = ("qkv_q", "out_q", "qkv_s", "out_s")  # the q8 forms, NULL where there are none
+DENSE = ("bf16", "q8")  # the forms the dense decode matrices are read in
 _SIZES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "experts", "top_k")
 _SIZES += ("intermediate", "vocab")
 
 
 class _Layer(ctypes.Structure):  # gl_layer
-    _fields_ = [*((name, _ptr) for name in _POINTERS), ("window", _i64)]
+    _fields_ = [*((name, _ptr) for name in _WEIGHTS + _Q8), ("window", _i64)]
 
 
 class _Model(ctypes.Structure):  # gl_model
@@ -44,7 +46,7 @@ class _Model(ctypes.Structure):  # gl_model
         *((name, _i64) for name in _SIZES),
         *((name, _float) for name in ("eps", "alpha", "limit")),
         ("act", ctypes.c_int32),
-        *((name, _ptr) for name in ("final_norm", "unembedding")),
+        *((name, _ptr) for name in ("final_norm", "unembedding", "head_q", "head_s")),
         ("layer", ctypes.POINTER(_Layer)),
     ]
 
@@ -54,7 +56,7 @@ class _Cache(ctypes.Structure):  # gl_cache
 
 
 def _layer_tensors(model: Transformer, n: int) -> tuple[torch.Tensor, ...]:
-    """Layer n's weights in the order of `_POINTERS`."""
+    """Layer n's weights in the order of `_WEIGHTS`."""
     attn, mlp = model.attn[n], model.mlp[n]
     e = mlp.experts
     return (
@@ -82,29 +84,79 @@ def _check(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 class _ModelPlan:
-    """The C structures for a model's weights, with the tensors they point into."""
+    """The C structures for a model's weights, with the tensors they point into; with `dense`
+    "q8", also the q8 forms of the attention projections and the head, made here."""
 
-    def __init__(self, model: Transformer):
+    def __init__(self, model: Transformer, dense: str = "bf16"):
         c = model.config
         self.tensors = _check(_model_tensors(model))
         self.layers = (_Layer * c.num_layers)()
+        q8 = _q8_forms(model) if dense == "q8" else {}
         for n, layer in enumerate(self.layers):
-            for name, t in zip(_POINTERS, _layer_tensors(model, n), strict=True):
+            for name, t in zip(_WEIGHTS, _layer_tensors(model, n), strict=True):
                 setattr(layer, name, t.data_ptr())
+            for name, weight in (
+                ("qkv", model.attn[n].qkv_weight),
+                ("out", model.attn[n].out_weight),
+            ):
+                if weight in q8:
+                    codes, scales = q8[weight]
+                    setattr(layer, f"{name}_q", codes.data_ptr())
+                    setattr(layer, f"{name}_s", scales.data_ptr())
             layer.window = c.sliding_window if c.is_sliding(n) else 0
         sizes = (c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim)
         sizes += (c.num_experts, c.experts_per_token, c.intermediate_size, c.vocab_size)
         self.struct = _Model(
             *sizes,
-            c.rms_norm_eps,
-            c.swiglu_alpha,
-            c.swiglu_limit,
-            _ACT[model.dtype],
-            model.norm.data_ptr(),
-            model.unembedding.data_ptr(),
-            self.layers,
+            eps=c.rms_norm_eps,
+            alpha=c.swiglu_alpha,
+            limit=c.swiglu_limit,
+            act=_ACT[model.dtype],
+            final_norm=model.norm.data_ptr(),
+            unembedding=model.unembedding.data_ptr(),
+            layer=self.layers,
         )
+        if model.unembedding in q8:
+            codes, scales = q8[model.unembedding]
+            self.struct.head_q, self.struct.head_s = codes.data_ptr(), scales.data_ptr()
+        self.q8 = q8  # keeps the q8 forms alive
         self.work = torch.empty(0)
+
+
+def q8_form(
+    w: torch.Tensor, codes: torch.Tensor | None = None, scales: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The q8 form of a bf16 or fp32 matrix W [R, K]: int8 codes [R, K] and fp32 scales [R],
+    scale = max|row| / 127 and code = the nearest integer to w · (127 / max|row|), ties to even
+    (`codes`, `scales`: where to write them)."""
+    from . import _library
+
+    if w.dtype not in _ACT or w.dim() != 2 or not w.is_contiguous() or w.device.type != "cpu":
+        raise ValueError("q8_form takes a contiguous bf16 or fp32 CPU matrix")
+    codes = torch.empty(w.shape, dtype=torch.int8) if codes is None else codes
+    scales = torch.empty(w.shape[0], dtype=torch.float32) if scales is None else scales
+    _library().gl_quantize_q8(
+        w.data_ptr(),
+        _ACT[w.dtype],
+        *w.shape,
+        codes.data_ptr(),
+        scales.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return codes, scales
+
+
+def _q8_forms(model: Transformer) -> dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Each attention projection and the head in q8 form, in one arena: {weight: (codes,
+    scales)}."""
+    weights = [w for a in model.attn for w in (a.qkv_weight, a.out_weight)]
+    weights.append(model.unembedding)
+    arena = HostArena(arena_bytes([s for w in weights for s in _q8_shapes(w)]))
+    return {w: q8_form(w, *(arena.empty(*s) for s in _q8_shapes(w))) for w in weights}
+
+
+def _q8_shapes(w: torch.Tensor) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    return [(tuple(w.shape), torch.int8), ((w.shape[0],), torch.float32)]
 
 
 class _CachePlan:
@@ -125,7 +177,9 @@ class _CachePlan:
         )
 
 
-_models: weakref.WeakKeyDictionary[Transformer, _ModelPlan] = weakref.WeakKeyDictionary()
+_models: dict[str, weakref.WeakKeyDictionary[Transformer, _ModelPlan]] = {
+    dense: weakref.WeakKeyDictionary() for dense in DENSE
+}
 _caches: weakref.WeakKeyDictionary[KVCache, _CachePlan] = weakref.WeakKeyDictionary()
 _phases: list[ctypes.Array] = []  # the open `phase_times` accumulators
 
@@ -136,14 +190,17 @@ def decode_step(
     positions: torch.Tensor,
     rope: tuple[torch.Tensor, torch.Tensor],
     caches: Sequence[KVCache],
+    dense: str = "bf16",
 ) -> torch.Tensor | None:
     """Logits [B, V] of tokens x [B, H] at `positions` [B], token i fed to caches[i] (distinct
-    caches), or None where the compiled step does not apply (then nothing was written)."""
+    caches), or None where the compiled step does not apply (then nothing was written). With
+    `dense` "q8" the attention projections and the head are read in their q8 form (made at the
+    first step, kept with the model): half their bytes, not exact."""
     from . import _isa, _library
 
     if x.device.type != "cpu" or not _supported(model, caches):
         return None
-    plan = _plan(_models, model, _ModelPlan, _model_tensors)
+    plan = _plan(_models[dense], model, lambda m: _ModelPlan(m, dense), _model_tensors)
     seqs = [_plan(_caches, cache, _CachePlan, _cache_tensors) for cache in caches]
     for seq, pos in zip(seqs, positions.tolist(), strict=True):
         seq.struct.pos = pos

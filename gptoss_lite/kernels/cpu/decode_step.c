@@ -35,7 +35,9 @@ typedef struct {
     const void *qkv_w, *qkv_b, *out_w, *out_b, *router_w, *router_b;
     const uint8_t *gu_blocks, *gu_scales, *dn_blocks, *dn_scales;
     const void *gu_bias, *dn_bias;
-    int64_t window; /* the sliding window; 0 for full attention */
+    const int8_t *qkv_q, *out_q; /* the q8 forms of qkv_w and out_w, or NULL (exact) */
+    const float *qkv_s, *out_s;  /* their row scales */
+    int64_t window;              /* the sliding window; 0 for full attention */
 } gl_layer;
 
 typedef struct {
@@ -44,6 +46,8 @@ typedef struct {
     int32_t act;
     const float *final_norm;
     const void *unembedding;
+    const int8_t *head_q; /* the q8 form of the unembedding, or NULL (exact) */
+    const float *head_s;
     const gl_layer *layer;
 } gl_model;
 
@@ -107,11 +111,23 @@ static void rms_norm(const gl_model *m, const float *x, const float *scale, floa
 }
 
 /* y[j, r] = round(W[r] . x[j] + b[r]) for rows [r0, r1) of W [R, k] in the activation dtype
-   and n inputs x[j] (stride k); y's rows have stride ldy. */
-static void dense_rows(const gl_model *m, int isa, const void *w, const void *b, int64_t k,
-                       const float *x, int64_t n, int64_t r0, int64_t r1, float *y, int64_t ldy) {
+   and n inputs x[j] (stride k); y's rows have stride ldy. With its q8 form (wq, ws) given, W
+   is read from that. */
+static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *wq,
+                       const float *ws, const void *b, int64_t k, const float *x, int64_t n,
+                       int64_t r0, int64_t r1, float *y, int64_t ldy) {
     int act = m->act;
     int64_t r = r0;
+    if (wq != NULL) {
+        q8_rows_fn q8 = gl_q8_rows_for(isa);
+        float o[n];
+        for (; r < r1; r++) {
+            q8(wq + r * k, k, x, n, k, o);
+            for (int64_t j = 0; j < n; j++)
+                y[j * ldy + r] = act_round(act, o[j] * ws[r] + (b ? act_load(act, b, r) : 0.0f));
+        }
+        return;
+    }
     if (act == ACT_BF16) {
         const uint16_t *wb = w;
         bf_rows4_fn rows4 = gl_bf_rows4_for(isa);
@@ -361,7 +377,8 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             for (int64_t t = 0; t < n; t++) rms_norm(m, x + t * h, L->attn_norm, xn + t * h);
             lap(&clk, PH_NORM);
             gl_split_rows(qkv_rows, tid, nth, &r0, &r1);
-            dense_rows(m, isa, L->qkv_w, L->qkv_b, h, xn, n, r0, r1, qkv, qkv_rows);
+            dense_rows(m, isa, L->qkv_w, L->qkv_q, L->qkv_s, L->qkv_b, h, xn, n, r0, r1, qkv,
+                       qkv_rows);
             lap(&clk, PH_QKV);
             wait_all(&clk);
             for (int64_t w = tid; w < n * m->kv_heads; w += nth) {
@@ -373,7 +390,8 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             lap(&clk, PH_ATTN);
             wait_all(&clk);
             gl_split_rows(h, tid, nth, &r0, &r1);
-            dense_rows(m, isa, L->out_w, L->out_b, m->heads * d, o, n, r0, r1, moe, h);
+            dense_rows(m, isa, L->out_w, L->out_q, L->out_s, L->out_b, m->heads * d, o, n, r0, r1,
+                       moe, h);
             for (int64_t t = 0; t < n; t++)
                 for (int64_t r = r0; r < r1; r++)
                     x[t * h + r] = act_round(act, x[t * h + r] + moe[t * h + r]);
@@ -383,7 +401,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             for (int64_t t = 0; t < n; t++) rms_norm(m, x + t * h, L->mlp_norm, xn + t * h);
             lap(&clk, PH_NORM);
             gl_split_rows(E, tid, nth, &r0, &r1);
-            dense_rows(m, isa, L->router_w, L->router_b, h, xn, n, r0, r1, rl, E);
+            dense_rows(m, isa, L->router_w, NULL, NULL, L->router_b, h, xn, n, r0, r1, rl, E);
             lap(&clk, PH_ROUTER);
             wait_all(&clk);
             for (int64_t t = 0; t < n; t++) route(m, rl + t * E, ids[t], wt[t]);
@@ -455,7 +473,8 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
         for (int64_t t = 0; t < n; t++) rms_norm(m, x + t * h, m->final_norm, xn + t * h);
         lap(&clk, PH_NORM);
         gl_split_rows(m->vocab, tid, nth, &r0, &r1);
-        dense_rows(m, isa, m->unembedding, NULL, h, xn, n, r0, r1, logits, m->vocab);
+        dense_rows(m, isa, m->unembedding, m->head_q, m->head_s, NULL, h, xn, n, r0, r1, logits,
+                   m->vocab);
         lap(&clk, PH_HEAD);
         wait_all(&clk);
     }

@@ -1,6 +1,7 @@
 /* What the CPU kernel sources share: the MXFP4 and bf16 layouts, the row kernels' types, the
    conversions, and the thread helpers. The row kernels live in mxfp4_cpu.c, which also holds the
-   per-call entry points; decode_step.c runs a whole decode step on them; read_probe.c measures
+   per-call entry points; dense_q8.c the optional int8 form of the dense decode matrices;
+   decode_step.c runs a whole decode step on them; read_probe.c measures
    the read bandwidth they are bound by. Only `gl_*` entry points are visible outside the
    library. */
 
@@ -42,7 +43,13 @@ typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, co
    the order the two-row kernel sums it (so a row's result does not depend on its neighbours). */
 typedef void (*bf_rows4_fn)(const uint16_t *w, int64_t k, const float *x, float *out);
 
+/* One int8 row (the q8 form of a dense matrix) against n fp32 inputs x[j] (stride ldx): the
+   sums in out[j], before the row's scale. */
+typedef void (*q8_rows_fn)(const int8_t *w, int64_t k, const float *x, int64_t n, int64_t ldx,
+                           float *out);
+
 INTERNAL mx_rows_fn gl_mx_rows_for(int isa);
+INTERNAL q8_rows_fn gl_q8_rows_for(int isa);
 INTERNAL bf_rows_fn gl_bf_rows_for(int isa);
 INTERNAL bf_rows4_fn gl_bf_rows4_for(int isa);
 
