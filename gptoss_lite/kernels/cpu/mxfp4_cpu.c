@@ -29,6 +29,16 @@ static float e8m0(uint8_t s) {
     return f;
 }
 
+/* SCALED[s][c] = FP4[c] * e8m0(s), every weight a block can hold, formed once when the library
+   loads: the row kernels are bound by their arithmetic, and a load in place of each block's
+   multiply leaves it one operation fewer (the products are the same floats). */
+static float SCALED[256][16] __attribute__((aligned(64)));
+
+__attribute__((constructor)) static void scale_tables(void) {
+    for (int s = 0; s < 256; s++)
+        for (int c = 0; c < 16; c++) SCALED[s][c] = FP4[c] * e8m0((uint8_t)s);
+}
+
 /* ------------------------------------------------------------------ row kernels
    Each computes two rows (r0, r1) of y = W x for n <= MAX_TOKENS de-interleaved inputs xd[j]
    (row length K) and stores dot products in out0[j], out1[j]. */
@@ -39,11 +49,11 @@ static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, c
     float acc0[MAX_TOKENS] = {0}, acc1[MAX_TOKENS] = {0};
     for (int64_t g = 0; g < groups; g++) {
         float w0[BLOCK], w1[BLOCK];
-        float f0 = e8m0(s0[g]), f1 = e8m0(s1[g]);
+        const float *t0 = SCALED[s0[g]], *t1 = SCALED[s1[g]];
         for (int i = 0; i < BLOCK_BYTES; i++) {
             uint8_t c0 = b0[g * BLOCK_BYTES + i], c1 = b1[g * BLOCK_BYTES + i];
-            w0[i] = FP4[c0 & 15] * f0, w0[16 + i] = FP4[c0 >> 4] * f0;
-            w1[i] = FP4[c1 & 15] * f1, w1[16 + i] = FP4[c1 >> 4] * f1;
+            w0[i] = t0[c0 & 15], w0[16 + i] = t0[c0 >> 4];
+            w1[i] = t1[c1 & 15], w1[16 + i] = t1[c1 >> 4];
         }
         for (int j = 0; j < n; j++) {
             const float *x = xd + j * ldx + g * BLOCK;
@@ -72,45 +82,28 @@ static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, c
 
 AVX512 INLINE float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
 
-/* The E8M0 scales of up to 16 blocks as floats (as `e8m0`), from one vector load. */
-AVX512 INLINE __m512 e8m0x16(const uint8_t *s, int m) {
-    __m512i v = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8((__mmask16)((1u << m) - 1), s));
-    __m512i bits = _mm512_slli_epi32(v, 23);
-    __mmask16 zero = _mm512_cmpeq_epi32_mask(v, _mm512_setzero_si512());
-    return _mm512_castsi512_ps(_mm512_mask_mov_epi32(bits, zero, _mm512_set1_epi32(0x00400000)));
-}
-
-/* Each block's table is scaled once (FP4 value * scale: the product the torch decoder forms)
-   and both nibbles look their weights up in it. */
+/* Each block's weights are looked up in its scale's table (FP4 value * scale: the product
+   the torch decoder forms) by both nibbles. */
 AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
                                  const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx,
                                  const int n, float *out0, float *out1) {
-    const __m512 lut = _mm512_loadu_ps(FP4);
     __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
-    float f0[16], f1[16];
     for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
-    for (int64_t g0 = 0; g0 < groups; g0 += 16) {
-        int m = groups - g0 < 16 ? (int)(groups - g0) : 16;
-        _mm512_storeu_ps(f0, e8m0x16(s0 + g0, m));
-        _mm512_storeu_ps(f1, e8m0x16(s1 + g0, m));
-        for (int i = 0; i < m; i++) {
-            int64_t g = g0 + i;
-            if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
-            __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
-            __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
-            __m512 l0 = _mm512_mul_ps(lut, _mm512_set1_ps(f0[i]));
-            __m512 l1 = _mm512_mul_ps(lut, _mm512_set1_ps(f1[i]));
-            /* vpermps reads the low 4 bits of each index: the low nibble needs no mask. */
-            __m512 w0l = _mm512_permutexvar_ps(c0, l0);
-            __m512 w0h = _mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), l0);
-            __m512 w1l = _mm512_permutexvar_ps(c1, l1);
-            __m512 w1h = _mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), l1);
-            for (int j = 0; j < n; j++) {
-                const float *x = xd + j * ldx + g * BLOCK;
-                __m512 xe = _mm512_loadu_ps(x), xo = _mm512_loadu_ps(x + 16);
-                acc0[j] = _mm512_fmadd_ps(w0h, xo, _mm512_fmadd_ps(w0l, xe, acc0[j]));
-                acc1[j] = _mm512_fmadd_ps(w1h, xo, _mm512_fmadd_ps(w1l, xe, acc1[j]));
-            }
+    for (int64_t g = 0; g < groups; g++) {
+        if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
+        __m512i c0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b0 + g * 16)));
+        __m512i c1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b1 + g * 16)));
+        __m512 l0 = _mm512_load_ps(SCALED[s0[g]]), l1 = _mm512_load_ps(SCALED[s1[g]]);
+        /* vpermps reads the low 4 bits of each index: the low nibble needs no mask. */
+        __m512 w0l = _mm512_permutexvar_ps(c0, l0);
+        __m512 w0h = _mm512_permutexvar_ps(_mm512_srli_epi32(c0, 4), l0);
+        __m512 w1l = _mm512_permutexvar_ps(c1, l1);
+        __m512 w1h = _mm512_permutexvar_ps(_mm512_srli_epi32(c1, 4), l1);
+        for (int j = 0; j < n; j++) {
+            const float *x = xd + j * ldx + g * BLOCK;
+            __m512 xe = _mm512_loadu_ps(x), xo = _mm512_loadu_ps(x + 16);
+            acc0[j] = _mm512_fmadd_ps(w0h, xo, _mm512_fmadd_ps(w0l, xe, acc0[j]));
+            acc1[j] = _mm512_fmadd_ps(w1h, xo, _mm512_fmadd_ps(w1l, xe, acc1[j]));
         }
     }
     for (int j = 0; j < n; j++) out0[j] = hsum512(acc0[j]), out1[j] = hsum512(acc1[j]);
@@ -151,15 +144,13 @@ AVX2 INLINE __m256 fp4_256(__m256i codes, __m256 mag) {
 AVX2 INLINE void mx_rows_256_n(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
                                const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx,
                                const int n, float *out0, float *out1) {
-    const __m256 mag = _mm256_loadu_ps(FP4);
     const __m256i low = _mm256_set1_epi32(15);
     __m256 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
     for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
         if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
-        /* the magnitudes scaled once per block; the sign then flips the scaled value */
-        __m256 m0 = _mm256_mul_ps(mag, _mm256_set1_ps(e8m0(s0[g])));
-        __m256 m1 = _mm256_mul_ps(mag, _mm256_set1_ps(e8m0(s1[g])));
+        /* the scaled magnitudes (codes 0-7); the sign then flips the scaled value */
+        __m256 m0 = _mm256_load_ps(SCALED[s0[g]]), m1 = _mm256_load_ps(SCALED[s1[g]]);
         for (int half = 0; half < 2; half++) { /* bytes 0-7, then 8-15 */
             __m256i c0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b0 + g * 16 + 8 * half)));
             __m256i c1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b1 + g * 16 + 8 * half)));
