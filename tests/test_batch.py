@@ -211,8 +211,9 @@ def test_a_resent_history_lands_on_the_slot_that_holds_it(runner):
 
 
 def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkeypatch):
-    """Each step feeds one chunk of one prompt, the shortest left: the stall per step is one
-    chunk, and a short request's first token does not wait for a long prompt's prefill."""
+    """A step feeds at most one chunk's tokens of prompts, the shortest left first: the stall
+    per step is one chunk, and a short request's first token does not wait for a long prompt's
+    prefill (its 6 tokens and the long prompt's next 8 do not fit in one chunk together)."""
     fed, heads = [], []
     forward = type(runner.model).forward
 
@@ -235,6 +236,35 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
         batch.step()
     assert max(fed) == CHUNK and sum(fed) == 100 + 6
     assert heads.count(True) == 2  # logits for each prompt's last chunk only
+
+
+def test_short_prompts_arriving_together_are_prefilled_in_one_step(runner, monkeypatch):
+    """Prompts whose chunks fit in one chunk's tokens together all start in the next step, each
+    fed in its own chunks (as alone) and getting the tokens it gets alone."""
+    fed = []
+    forward = type(runner.model).forward
+
+    def counted(model, tokens, cache, last_only=False, logits=True):
+        fed.append(tokens.numel())
+        return forward(model, tokens, cache, last_only, logits)
+
+    requests = [
+        Request(_prompt(60 + i, n), Sampling(max_new_tokens=3, temperature=0))
+        for i, n in enumerate((3, 2, 12))
+    ]
+    batch = runner.batch()
+    monkeypatch.setattr(type(runner.model), "forward", counted)
+    sequences = [batch.add(r) for r in requests]
+    batch.step()
+    # the 2- and 3-token prompts fit together in 8 tokens; the 12-token one's first 8 do not
+    assert fed == [2, 3] and [bool(s.output) for s in sequences] == [True, True, False]
+    batch.step()
+    assert fed == [2, 3, 8]  # the next step: one full chunk of the long prompt alone
+    while batch.running:
+        batch.step()
+    assert fed == [2, 3, 8, 4]
+    monkeypatch.undo()
+    assert [s.output for s in sequences] == [_alone(runner, r) for r in requests]
 
 
 def test_requests_that_cannot_run_are_refused(runner):

@@ -4,14 +4,16 @@ A `Batch` runs one sequence per cache of a `KVPool`. `add(request)` gives a requ
 the one whose cached tokens share the longest prefix with its prompt when that covers at least
 half of it (a client resending its history; llama.cpp picks its slots by the same 0.5 prompt
 similarity), else the slot left longest ago, never used first; either way the prompt's common
-prefix with the slot's cache is reused. `step()` advances every sequence once: at most one chunk
-of `prefill_chunk` tokens of one prompt (the one with the fewest left, so a short request
-answers while a long prompt is still prefilling), then one forward pass over the sequences that
-have a token to feed (`Transformer.decode`). So a request joins at the next step, and the stall
-a prompt adds to the decoding sequences is bounded by one chunk per step (`step_chunk`: the
-plan's chunk, on a CPU at most CPU_STEP_TOKENS). A sequence leaves when it samples a stop token
-or reaches `max_new_tokens` (its last token is never fed, as in `Runner.generate`), or is
-cancelled; its slot keeps its cache for the next request.
+prefix with the slot's cache is reused. `step()` advances every sequence once: the next chunk
+(`prefill_chunk` tokens, or what is left) of the prompts with the fewest tokens left, as many as
+fit in `prefill_chunk` tokens together (at least one), so a short request answers while a long
+prompt is still prefilling and requests arriving together all start at the next step; then one
+forward pass over the sequences that have a token to feed (`Transformer.decode`). So a request
+joins at the next step, and the stall prompts add to the decoding sequences is bounded by one
+chunk's tokens per step (`step_chunk`: the plan's chunk, on a CPU at most CPU_STEP_TOKENS).
+A sequence leaves when it samples a stop token or reaches `max_new_tokens` (its last token is
+never fed, as in `Runner.generate`), or is cancelled; its slot keeps its cache for the next
+request.
 Each sequence samples with its own settings, seeded generator and token mask (structured
 output, `Request.mask`), and its arithmetic does not depend on the others: its prompt is chunked
 from where its reused prefix ends, as `Runner.generate` does, and a decode row is computed as it
@@ -187,9 +189,13 @@ class Batch:
         self._steps += 1
         decoding = [s for s in self.running if not s.prefilling]
         prefilling = [s for s in self.running if s.prefilling]
-        changed = []
-        if prefilling:
-            sequence = min(prefilling, key=lambda s: len(s.request.prompt) - s.fed)
+        changed, budget = [], self.prefill_chunk
+        # A prompt's chunks keep their bounds (a full chunk or its rest), as it would alone.
+        for sequence in sorted(prefilling, key=lambda s: len(s.request.prompt) - s.fed):
+            size = min(self.prefill_chunk, len(sequence.request.prompt) - sequence.fed)
+            if size > budget:  # never the first: a chunk is at most prefill_chunk
+                break
+            budget -= size
             if self._prefill_chunk(sequence):
                 changed.append(sequence)
         if decoding:
