@@ -76,6 +76,40 @@ def test_matmul_matches_dequantize_and_linear(isa, tokens):
     assert ((got - ref).abs() <= bound).all()
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_an_mxfp4_row_sums_the_same_alone_or_with_other_inputs(isa):
+    # One input goes through the four-row kernel, several through the two-row one: each row's
+    # sum must come out bit for bit the same, every code and scale included (inf and NaN too).
+    g = torch.Generator().manual_seed(5)
+    rows, groups = 257, 3  # rows not a whole number of fours
+    blocks = (torch.arange(rows * groups * 16) % 256).to(torch.uint8).view(rows, groups, 16)
+    scales = torch.cat([torch.arange(256), torch.tensor([127])]).to(torch.uint8)
+    scales = scales[:, None].expand(rows, groups).contiguous()
+    x = torch.randn(3, groups * 32, generator=g)
+    bias = torch.randn(rows, generator=g)
+    together = cpu.mxfp4_linear(x, blocks, scales, bias, isa=isa)
+    for j in range(3):
+        alone = cpu.mxfp4_linear(x[j : j + 1], blocks, scales, bias, isa=isa)
+        torch.testing.assert_close(alone, together[j : j + 1], rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_an_expert_sums_a_token_the_same_alone_or_with_others(isa):
+    # A token alone in its experts takes the four-row kernels, tokens sharing them the two-row
+    # ones: its output must not change by a bit.
+    g = torch.Generator().manual_seed(9)
+    packed = random_experts(4, 96, 160, g)
+    x = torch.randn(3, 96, generator=g)
+    idx = torch.tensor([[2, 0]] * 3)
+    weight = torch.rand(3, 2, generator=g)
+    together = cpu.experts_forward(x, idx, weight, packed, ALPHA, LIMIT, isa=isa)
+    for t in range(3):
+        alone = cpu.experts_forward(
+            x[t : t + 1], idx[t : t + 1], weight[t : t + 1], packed, ALPHA, LIMIT, isa=isa
+        )
+        assert torch.equal(alone, together[t : t + 1])
+
+
 # ------------------------------------------------------------------ experts
 
 

@@ -358,6 +358,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
     float *a = rl + n * E, *moe = a + npairs * ni, *own = moe + n * h;
     for (int64_t i = 0; i < n * h; i++) x[i] = act_load(act, x_in, i);
     mx_rows_fn mx_rows = gl_mx_rows_for(isa);
+    mx_rows4_fn mx_rows4 = gl_mx_rows4_for(isa);
     attend_fn attend = attend_for(isa);
     double start = seconds();
 #ifdef _OPENMP
@@ -422,21 +423,28 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                 int64_t p0 = first[e], c = first[e + 1] - p0;
                 const uint8_t *b = L->gu_blocks + e * 2 * ni * g1 * BLOCK_BYTES;
                 const uint8_t *s = L->gu_scales + e * 2 * ni * g1;
-                for (int64_t r = r0; c && r < r1; r += 2) { /* rows 2i (gate), 2i+1 (up) */
+                int64_t r = r0, bu = e * 2 * ni; /* rows 2i (gate), 2i+1 (up) */
+                for (; c == 1 && r + 4 <= r1; r += 4) { /* one token: two activations at a time */
+                    float o[4];
+                    mx_rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, xd + p0 * h, o);
+                    for (int i = 0; i < 4; i += 2)
+                        a[p0 * ni + gl_deinterleaved((r + i) / 2)] =
+                            gl_swiglu(o[i] + act_load(act, L->gu_bias, bu + r + i),
+                                      o[i + 1] + act_load(act, L->gu_bias, bu + r + i + 1),
+                                      m->alpha, m->limit);
+                }
+                for (; c && r < r1; r += 2) {
                     for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
                         int cj = c - j0 < MAX_TOKENS ? (int)(c - j0) : MAX_TOKENS;
                         float gate[MAX_TOKENS], up[MAX_TOKENS];
                         mx_rows(b + r * g1 * BLOCK_BYTES, s + r * g1,
                                 b + (r + 1) * g1 * BLOCK_BYTES, s + (r + 1) * g1, g1,
                                 xd + (p0 + j0) * h, h, cj, gate, up);
-                        for (int j = 0; j < cj; j++) {
-                            float gv = gate[j] + act_load(act, L->gu_bias, e * 2 * ni + r);
-                            float uv = up[j] + act_load(act, L->gu_bias, e * 2 * ni + r + 1);
-                            gv = fminf(gv, m->limit); /* the gate is clamped from above only */
-                            uv = fminf(fmaxf(uv, -m->limit), m->limit);
+                        for (int j = 0; j < cj; j++)
                             a[(p0 + j0 + j) * ni + gl_deinterleaved(r / 2)] =
-                                gv / (1.0f + expf(-m->alpha * gv)) * (uv + 1.0f);
-                        }
+                                gl_swiglu(gate[j] + act_load(act, L->gu_bias, bu + r),
+                                          up[j] + act_load(act, L->gu_bias, bu + r + 1),
+                                          m->alpha, m->limit);
                     }
                 }
             }
@@ -449,7 +457,14 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                 int64_t p0 = first[e], c = first[e + 1] - p0;
                 const uint8_t *b = L->dn_blocks + e * h * g2 * BLOCK_BYTES;
                 const uint8_t *s = L->dn_scales + e * h * g2;
-                for (int64_t r = r0; c && r < r1; r += 2) {
+                int64_t r = r0;
+                for (; c == 1 && r + 4 <= r1; r += 4) { /* one token: four rows at a time */
+                    float y[4], *out = moe + ptok[p0] * h, w = pw[p0];
+                    mx_rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, a + p0 * ni, y);
+                    for (int i = 0; i < 4; i++)
+                        out[r + i] += w * (y[i] + act_load(act, L->dn_bias, e * h + r + i));
+                }
+                for (; c && r < r1; r += 2) {
                     int64_t q = r + 1 < r1 ? r + 1 : r;
                     for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
                         int cj = c - j0 < MAX_TOKENS ? (int)(c - j0) : MAX_TOKENS;

@@ -8,6 +8,7 @@
 #ifndef GL_KERNELS_H
 #define GL_KERNELS_H
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -35,6 +36,12 @@ typedef void (*mx_rows_fn)(const uint8_t *b0, const uint8_t *s0, const uint8_t *
                            const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx, int n,
                            float *out0, float *out1);
 
+/* Four consecutive rows of an MXFP4 matrix (b, s: the first row's blocks and scales) against
+   one de-interleaved input: out[i] = row i . x, each summed exactly as the two-row kernel sums
+   it for n = 1 (so a row's result does not depend on what shares its step). */
+typedef void (*mx_rows4_fn)(const uint8_t *b, const uint8_t *s, int64_t groups, const float *xd,
+                            float *out);
+
 /* Two rows of a bf16 matrix [R, K] against n <= MAX_TOKENS fp32 inputs x[j] (row length K). */
 typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x,
                            int n, float *out0, float *out1);
@@ -49,6 +56,7 @@ typedef void (*q8_rows_fn)(const int8_t *w, int64_t k, const float *x, int64_t n
                            float *out);
 
 INTERNAL mx_rows_fn gl_mx_rows_for(int isa);
+INTERNAL mx_rows4_fn gl_mx_rows4_for(int isa);
 INTERNAL q8_rows_fn gl_q8_rows_for(int isa);
 INTERNAL bf_rows_fn gl_bf_rows_for(int isa);
 INTERNAL bf_rows4_fn gl_bf_rows4_for(int isa);
@@ -71,6 +79,14 @@ INLINE uint16_t float_to_bf16(float f) {
     if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
     bits += 0x7fffu + ((bits >> 16) & 1);
     return (uint16_t)(bits >> 16);
+}
+
+/* The experts' activation from a gate and an up projection (biases added): the gate clamped
+   from above only, the up from both sides, then gate * sigmoid(alpha * gate) * (up + 1). */
+INLINE float gl_swiglu(float gate, float up, float alpha, float limit) {
+    gate = fminf(gate, limit);
+    up = fminf(fmaxf(up, -limit), limit);
+    return gate / (1.0f + expf(-alpha * gate)) * (up + 1.0f);
 }
 
 INLINE int thread_id(void) {

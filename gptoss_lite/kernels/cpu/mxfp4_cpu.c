@@ -15,8 +15,6 @@
    (the 16 even elements, then the 16 odd ones) so the low and the high nibbles of 16 bytes pair
    with contiguous activations: no shuffle of decoded weights in the inner loop. */
 
-#include <math.h>
-
 #include "kernels.h"
 
 static const float FP4[16] = {+0.0f, +0.5f, +1.0f, +1.5f, +2.0f, +3.0f, +4.0f, +6.0f,
@@ -63,6 +61,14 @@ static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, c
         }
     }
     for (int j = 0; j < n; j++) out0[j] = acc0[j], out1[j] = acc1[j];
+}
+
+static void mx_rows4_c(const uint8_t *b, const uint8_t *s, int64_t groups, const float *xd,
+                       float *out) {
+    int64_t rb = groups * BLOCK_BYTES;
+    mx_rows_c(b, s, b + rb, s + groups, groups, xd, 0, 1, out, out + 1);
+    mx_rows_c(b + 2 * rb, s + 2 * groups, b + 3 * rb, s + 3 * groups, groups, xd, 0, 1, out + 2,
+              out + 3);
 }
 
 #ifdef GL_X86
@@ -127,6 +133,31 @@ AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uin
     }
 MX_SPECIALISE(mx_rows_512, mx_rows_512_n, AVX512)
 
+/* Four rows, one input: the two-row kernel's arithmetic for n = 1, row by row. A row's sum is
+   one chain of dependent FMAs, so two rows left the FMA unit waiting on its latency; four keep
+   it busy. */
+AVX512 static void mx_rows4_512(const uint8_t *b, const uint8_t *s, int64_t groups,
+                                const float *xd, float *out) {
+    int64_t rb = groups * BLOCK_BYTES;
+    __m512 acc[4];
+    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        if (g % 4 == 0) {
+            PREFETCH_AHEAD(b, b + rb, g * BLOCK_BYTES, 2 * rb);
+            PREFETCH_AHEAD(b + 2 * rb, b + 3 * rb, g * BLOCK_BYTES, 2 * rb);
+        }
+        __m512 xe = _mm512_loadu_ps(xd + g * BLOCK), xo = _mm512_loadu_ps(xd + g * BLOCK + 16);
+        for (int i = 0; i < 4; i++) {
+            __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i * rb + g * 16)));
+            __m512 t = _mm512_load_ps(SCALED[s[i * groups + g]]);
+            __m512 wl = _mm512_permutexvar_ps(c, t);
+            __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t);
+            acc[i] = _mm512_fmadd_ps(wh, xo, _mm512_fmadd_ps(wl, xe, acc[i]));
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = hsum512(acc[i]);
+}
+
 AVX2 INLINE float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -169,6 +200,34 @@ AVX2 INLINE void mx_rows_256_n(const uint8_t *b0, const uint8_t *s0, const uint8
     for (int j = 0; j < n; j++) out0[j] = hsum256(acc0[j]), out1[j] = hsum256(acc1[j]);
 }
 MX_SPECIALISE(mx_rows_256, mx_rows_256_n, AVX2)
+
+AVX2 static void mx_rows4_256(const uint8_t *b, const uint8_t *s, int64_t groups,
+                              const float *xd, float *out) {
+    const __m256i low = _mm256_set1_epi32(15);
+    int64_t rb = groups * BLOCK_BYTES;
+    __m256 acc[4];
+    for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        if (g % 4 == 0) {
+            PREFETCH_AHEAD(b, b + rb, g * BLOCK_BYTES, 2 * rb);
+            PREFETCH_AHEAD(b + 2 * rb, b + 3 * rb, g * BLOCK_BYTES, 2 * rb);
+        }
+        __m256 m[4];
+        for (int i = 0; i < 4; i++) m[i] = _mm256_load_ps(SCALED[s[i * groups + g]]);
+        for (int half = 0; half < 2; half++) {
+            const float *x = xd + g * BLOCK + 8 * half;
+            __m256 xe = _mm256_loadu_ps(x), xo = _mm256_loadu_ps(x + 16);
+            for (int i = 0; i < 4; i++) {
+                const uint8_t *p = b + i * rb + g * 16 + 8 * half;
+                __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)p));
+                __m256 wl = fp4_256(_mm256_and_si256(c, low), m[i]);
+                __m256 wh = fp4_256(_mm256_srli_epi32(c, 4), m[i]);
+                acc[i] = _mm256_fmadd_ps(wh, xo, _mm256_fmadd_ps(wl, xe, acc[i]));
+            }
+        }
+    }
+    for (int i = 0; i < 4; i++) out[i] = hsum256(acc[i]);
+}
 #endif
 
 mx_rows_fn gl_mx_rows_for(int isa) {
@@ -178,6 +237,15 @@ mx_rows_fn gl_mx_rows_for(int isa) {
 #endif
     (void)isa;
     return mx_rows_c;
+}
+
+mx_rows4_fn gl_mx_rows4_for(int isa) {
+#ifdef GL_X86
+    if (isa == 2) return mx_rows4_512;
+    if (isa == 1) return mx_rows4_256;
+#endif
+    (void)isa;
+    return mx_rows4_c;
 }
 
 /* ------------------------------------------------------------------ bf16 rows
@@ -379,10 +447,16 @@ void gl_deinterleave(const float *x, float *xd, int64_t len) {
 }
 
 /* y[j, r] = W[r] . x[j] + bias[r] for rows [r0, r1) and n tokens of de-interleaved xd. */
-static void mx_matmul_rows(mx_rows_fn rows_fn, const uint8_t *blocks, const uint8_t *scales,
-                           const float *bias, int64_t groups, const float *xd, int n, float *y,
-                           int64_t ldy, int64_t r0, int64_t r1) {
+static void mx_matmul_rows(mx_rows_fn rows_fn, mx_rows4_fn rows4, const uint8_t *blocks,
+                           const uint8_t *scales, const float *bias, int64_t groups,
+                           const float *xd, int n, float *y, int64_t ldy, int64_t r0,
+                           int64_t r1) {
     int64_t k = groups * BLOCK;
+    for (; n == 1 && r0 + 4 <= r1; r0 += 4) { /* one input: four rows at a time */
+        float o[4];
+        rows4(blocks + r0 * groups * BLOCK_BYTES, scales + r0 * groups, groups, xd, o);
+        for (int i = 0; i < 4; i++) y[r0 + i] = o[i] + (bias ? bias[r0 + i] : 0.0f);
+    }
     for (int64_t r = r0; r < r1; r += 2) {
         int64_t q = r + 1 < r1 ? r + 1 : r; /* an odd last row is computed twice, stored once */
         for (int j0 = 0; j0 < n; j0 += MAX_TOKENS) {
@@ -407,6 +481,7 @@ void gl_mxfp4_matmul(int isa, const uint8_t *blocks, const uint8_t *scales, cons
                      const float *x, float *xd, float *y, int64_t rows, int64_t groups, int64_t n,
                      int nthreads) {
     mx_rows_fn rows_fn = gl_mx_rows_for(isa);
+    mx_rows4_fn rows4 = gl_mx_rows4_for(isa);
     int64_t k = groups * BLOCK;
 #pragma omp parallel num_threads(nthreads)
     {
@@ -415,7 +490,7 @@ void gl_mxfp4_matmul(int isa, const uint8_t *blocks, const uint8_t *scales, cons
 #pragma omp barrier
         int64_t r0, r1;
         gl_split_rows(rows, tid, nth, &r0, &r1);
-        mx_matmul_rows(rows_fn, blocks, scales, bias, groups, xd, (int)n, y, rows, r0, r1);
+        mx_matmul_rows(rows_fn, rows4, blocks, scales, bias, groups, xd, (int)n, y, rows, r0, r1);
     }
 }
 
@@ -431,6 +506,7 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
                       int64_t intermediate, float alpha, float limit, float *xd, float *ad,
                       float *out, int nthreads) {
     mx_rows_fn rows_fn = gl_mx_rows_for(isa);
+    mx_rows4_fn rows4 = gl_mx_rows4_for(isa);
     int64_t g1 = hidden / BLOCK, g2 = intermediate / BLOCK, rows1 = 2 * intermediate;
     int64_t npairs = offsets[n_used];
 #pragma omp parallel num_threads(nthreads)
@@ -445,20 +521,24 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
             int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
             const uint8_t *b = blocks1 + e * rows1 * g1 * BLOCK_BYTES;
             const uint8_t *s = scales1 + e * rows1 * g1;
-            for (int64_t r = r0; r < r1; r += 2) {
+            const float *bu = bias1 + u * rows1;
+            int64_t r = r0;
+            for (; n == 1 && r + 4 <= r1; r += 4) { /* one input: two activations at a time */
+                float o[4];
+                rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, xd + p0 * hidden, o);
+                for (int i = 0; i < 4; i += 2)
+                    ad[p0 * intermediate + gl_deinterleaved((r + i) / 2)] =
+                        gl_swiglu(o[i] + bu[r + i], o[i + 1] + bu[r + i + 1], alpha, limit);
+            }
+            for (; r < r1; r += 2) {
                 for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
                     int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
                     float gate[MAX_TOKENS], up[MAX_TOKENS];
                     rows_fn(b + r * g1 * BLOCK_BYTES, s + r * g1, b + (r + 1) * g1 * BLOCK_BYTES,
                             s + (r + 1) * g1, g1, xd + (p0 + j0) * hidden, hidden, m, gate, up);
-                    for (int j = 0; j < m; j++) {
-                        float gv = gate[j] + bias1[u * rows1 + r];
-                        float uv = up[j] + bias1[u * rows1 + r + 1];
-                        gv = fminf(gv, limit); /* the gate is clamped from above only */
-                        uv = fminf(fmaxf(uv, -limit), limit);
-                        float a = gv / (1.0f + expf(-alpha * gv)) * (uv + 1.0f);
-                        ad[(p0 + j0 + j) * intermediate + gl_deinterleaved(r / 2)] = a;
-                    }
+                    for (int j = 0; j < m; j++)
+                        ad[(p0 + j0 + j) * intermediate + gl_deinterleaved(r / 2)] =
+                            gl_swiglu(gate[j] + bu[r], up[j] + bu[r + 1], alpha, limit);
                 }
             }
         }
@@ -470,7 +550,13 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
             int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
             const uint8_t *b = blocks2 + e * hidden * g2 * BLOCK_BYTES;
             const uint8_t *s = scales2 + e * hidden * g2;
-            for (int64_t r = r0; r < r1; r += 2) {
+            int64_t r = r0;
+            for (; n == 1 && r + 4 <= r1; r += 4) { /* one input: four rows at a time */
+                float o[4], *to = out + tok[p0] * hidden;
+                rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, ad + p0 * intermediate, o);
+                for (int i = 0; i < 4; i++) to[r + i] += wt[p0] * (o[i] + bias2[u * hidden + r + i]);
+            }
+            for (; r < r1; r += 2) {
                 int64_t q = r + 1 < r1 ? r + 1 : r;
                 for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
                     int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
