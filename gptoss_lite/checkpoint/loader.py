@@ -82,7 +82,8 @@ def load_weights(
 def _move_from_small_pages(model: nn.Module, mapped_params: dict) -> None:
     """Move the parameters mapped from a file whose pages did not map as 2 MiB pages into a
     `HostArena` (decode reads them about a fifth faster there)."""
-    small = {file for file, _, _ in mapped_params.values() if not file.in_huge_pages()}
+    files = {file for file, _, _ in mapped_params.values()}
+    small = {file for file in files if not file.in_huge_pages()}  # reads /proc: once a file
     moving = {n: m for n, m in mapped_params.items() if m[0] in small}
     if not moving:
         return
