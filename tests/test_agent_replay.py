@@ -2,7 +2,7 @@
 
 tests/fixtures/agents/ holds the requests Codex CLI (an answer, a tool loop, `exec resume`, both
 sandbox modes, `--oss`, `--output-schema`), the OpenAI Agents SDK and LangChain sent to a live
-server, recorded with tools/record_requests.py (the README beside them says how, with which
+server, recorded with scripts/record_requests.py (the README beside them says how, with which
 versions). Each fixture is sent again, request by request and byte for byte, to a server whose
 model is the scripted checkpoint, and each answer is read with the `openai` client's own types
 (strictly validated, streamed events one by one) or the `ollama` client's for Ollama's

@@ -7,7 +7,7 @@ logs that it cancels tasks). A second Ctrl-C cuts a shutdown still waiting on a 
 status 130. Clients that left while queued leave nothing behind to wait for. The tiny model
 decodes a few to a few dozen tokens a second here, so a 1,500-token stream is surely still
 running when the signal comes. Exit times are bounded loosely (a loaded machine takes seconds
-to tear down torch); the times measured on a quiet one are in tools/serve_hostile.py's notes.
+to tear down torch); the times measured on a quiet one are in scripts/serve_hostile.py's notes.
 """
 
 from __future__ import annotations

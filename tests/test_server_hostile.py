@@ -4,7 +4,7 @@ sockets on a scripted model.
 A scripted model held on a gate makes "one running, N waiting" a state the test controls; raw
 sockets do what the `openai` client cannot (idle, send a byte at a time, half-close). Every wait
 is bounded; no assertion is on speed, only on what happens (measured figures are in
-tools/serve_hostile.py).
+scripts/serve_hostile.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Run against a server already listening (e.g. `gptoss-lite serve -m ./tiny --device cpu`):
 
-    python tools/serve_speed.py --url http://127.0.0.1:8000 --gen-tokens 128 --repeats 3
+    python scripts/serve_speed.py --url http://127.0.0.1:8000 --gen-tokens 128 --repeats 3
 
 Decode: a streamed `/v1/completions` request of `--gen-tokens` greedy tokens after a prompt of
 `--prompt-tokens` tokens; the rate is the tokens after the first over the time from the first

@@ -3,7 +3,7 @@
 Two steps. `proxy` listens on 127.0.0.1:PORT, forwards every request to the server at UPSTREAM
 (streams included) and appends each request, with the status of its answer, to a JSONL file:
 
-    python tools/record_requests.py proxy --upstream http://127.0.0.1:8000 --port 8001 rec.jsonl
+    python scripts/record_requests.py proxy --upstream http://127.0.0.1:8000 --port 8001 rec.jsonl
     CODEX_HOME=... codex exec "..."      # configured with base_url http://127.0.0.1:8001/v1
 
 `fixture` turns such a file into a fixture of tests/fixtures/agents/: the requests in order
@@ -12,7 +12,7 @@ prose the client's authors wrote (its system and developer messages, tool and pa
 descriptions, grammars) is replaced by a note of its length: those texts belong to the client's
 project, and the replay needs only their shape.
 
-    python tools/record_requests.py fixture rec.jsonl tests/fixtures/agents/codex-answer.json \\
+    python scripts/record_requests.py fixture rec.jsonl tests/fixtures/agents/codex-answer.json \\
         --client "codex-cli 0.171.0" --command 'codex exec "Say hi"' --left-out
 """
 

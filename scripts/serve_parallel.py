@@ -2,7 +2,7 @@
 
 Run against a server already listening (e.g. `gptoss-lite serve -m CKPT -p cpu --parallel 8`):
 
-    python tools/serve_parallel.py --url http://127.0.0.1:8000 --streams 1 2 4 8 --rounds 3
+    python scripts/serve_parallel.py --url http://127.0.0.1:8000 --streams 1 2 4 8 --rounds 3
 
 Throughput: a round sends, for each N of `--streams` in turn, N concurrent greedy Chat
 Completions of `--gen-tokens` tokens each (a short message that no other request shares, so

@@ -3,7 +3,7 @@
 Run against a server already listening on this machine (its pid is needed to read its memory and
 open descriptors from /proc), e.g. `gptoss-lite serve -m ./tiny --device cpu -c 2048`:
 
-    python tools/serve_hostile.py --url http://127.0.0.1:8000 --server-pid PID queued bodies
+    python scripts/serve_hostile.py --url http://127.0.0.1:8000 --server-pid PID queued bodies
 
 Cases (any of them, in order):
 - `queued`: one long stream holds the queue; `--clients` non-streamed requests wait behind it
