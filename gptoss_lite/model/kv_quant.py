@@ -17,6 +17,8 @@ Attention dequantizes it one key block at a time.
 
 from __future__ import annotations
 
+import math
+import mmap
 from dataclasses import dataclass
 
 import torch
@@ -145,12 +147,25 @@ def empty(kind: str, *shape: int, device, dtype) -> torch.Tensor | Quantized:
     """A zeroed cache buffer of `shape` (..., tokens, heads, head_dim); `dtype` is that of the
     unquantized kind."""
     if kind == "bf16":
-        return torch.zeros(shape, device=device, dtype=dtype)
+        return _zeros(shape, device, dtype)
     blocks = shape[-1] // block_size(kind, shape[-1])
     return Quantized(
-        torch.zeros(shape, device=device, dtype=_CODES[kind]),
-        torch.zeros(*shape[:-1], blocks, device=device, dtype=SCALE_DTYPE),
+        _zeros(shape, device, _CODES[kind]),
+        _zeros((*shape[:-1], blocks), device, SCALE_DTYPE),
     )
+
+
+def _zeros(shape: tuple[int, ...], device, dtype: torch.dtype) -> torch.Tensor:
+    """A zeroed tensor. On the CPU its memory comes fresh from the OS, zero until written and
+    resident only once written, so a cache planned for the whole context takes RAM as tokens
+    fill it (`torch.zeros` writes, and so holds, every page at once)."""
+    if torch.device(device).type != "cpu" or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return torch.zeros(shape, device=device, dtype=dtype)
+    count = math.prod(shape)
+    if count == 0:
+        return torch.zeros(shape, dtype=dtype)
+    pages = mmap.mmap(-1, count * dtype.itemsize, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return torch.frombuffer(pages, dtype=dtype, count=count).view(shape)
 
 
 def cat(a: torch.Tensor | Quantized, b: torch.Tensor | Quantized) -> torch.Tensor | Quantized:
