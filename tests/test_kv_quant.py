@@ -13,6 +13,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from gguf.quants import quantize as gguf_quantize
 
 import gptoss_lite
+from gptoss_lite.measure.meter import rss
 from gptoss_lite.model import kv_quant
 from gptoss_lite.model.attention import attention
 from gptoss_lite.model.cache import KVCache
@@ -103,11 +104,6 @@ def test_cache_holds_codes_and_scales_and_counts_them():
     assert cache.nbytes == per_token_layer * (100 * full + config.sliding_window * sliding)
 
 
-def _resident_bytes() -> int:
-    lines = Path("/proc/self/status").read_text().splitlines()
-    return int(next(line for line in lines if line.startswith("VmRSS:")).split()[1]) * 1024
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmRSS from Linux /proc")
 @pytest.mark.parametrize("kind", ["bf16", "q8", "fp8"])
 def test_cpu_cache_memory_is_resident_only_as_tokens_fill_it(kind):
@@ -115,7 +111,7 @@ def test_cpu_cache_memory_is_resident_only_as_tokens_fill_it(kind):
     half = rows(tokens // 2, 8, 512, seed=0).bfloat16()
     value = half if kind == "bf16" else quantize(half, kind)
     torch.empty_like(half).copy_(half)  # the first large copy starts the threads (their stacks)
-    before = _resident_bytes()
+    before = rss()[0]
     buffer = kv_quant.empty(kind, tokens, 8, 512, device="cpu", dtype=torch.bfloat16)
     parts = kv_quant.storage(buffer)
     # fresh zero pages: allocating and reading them takes no RAM; 2 MiB of slack for torch's
@@ -123,10 +119,10 @@ def test_cpu_cache_memory_is_resident_only_as_tokens_fill_it(kind):
     # (fp8) to 64 MiB (bf16) the whole buffer would hold
     slack = 2 << 20
     assert all(not t.any() for t in parts)
-    assert _resident_bytes() - before < slack
+    assert rss()[0] - before < slack
     buffer[: tokens // 2] = value
     written = sum(t[: tokens // 2].numel() * t.element_size() for t in parts)
-    assert written <= _resident_bytes() - before < written + slack
+    assert written <= rss()[0] - before < written + slack
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ class CpuMeter:
             mode.sweep()
             reading.allocated = self.held + mode.now
             reading.peak = self.held + mode.peak if counting else None
-            reading.resident, reading.resident_peak = _rss()
+            reading.resident, reading.resident_peak = rss()
 
 
 class _LiveTensors(TorchDispatchMode):
@@ -168,7 +168,7 @@ def _reset_rss_peak() -> bool:
     return True
 
 
-def _rss() -> tuple[int | None, int | None]:
+def rss() -> tuple[int | None, int | None]:
     """(current RSS, peak RSS) of this process in bytes."""
     try:
         lines = Path("/proc/self/status").read_text().splitlines()

@@ -188,9 +188,7 @@ INLINE float dot_lanes(const float *a, const float *b, int64_t n) {
     int64_t i = 0;
     for (; i + LANES <= n; i += LANES)
         for (int l = 0; l < LANES; l++) lane[l] = fmaf(a[i + l], b[i + l], lane[l]);
-    for (int w = LANES / 2; w > 0; w /= 2)
-        for (int l = 0; l < w; l++) lane[l] += lane[l + w];
-    float s = lane[0];
+    float s = gl_lanes_sum(lane);
     for (; i < n; i++) s = fmaf(a[i], b[i], s);
     return s;
 }

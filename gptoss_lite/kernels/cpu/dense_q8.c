@@ -10,6 +10,11 @@
 
 #define Q8_MAX 127.0f
 
+/* Element i of W (bf16, else fp32) as a float. */
+INLINE float element(const void *w, int bf16, int64_t i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
 /* q[r], scale[r] for rows [r0, r1) of W [rows, k] (bf16, else fp32): scale =
    max|row| / 127, q = the nearest integer to w / scale (ties to even). */
 static void quantize_rows(const void *w, int bf16, int64_t k, int64_t r0, int64_t r1, int8_t *q,
@@ -17,17 +22,14 @@ static void quantize_rows(const void *w, int bf16, int64_t k, int64_t r0, int64_
     for (int64_t r = r0; r < r1; r++) {
         float most = 0;
         for (int64_t i = 0; i < k; i++) {
-            float v = bf16 ? bf16_to_float(((const uint16_t *)w)[r * k + i])
-                           : ((const float *)w)[r * k + i];
+            float v = element(w, bf16, r * k + i);
             most = fabsf(v) > most ? fabsf(v) : most;
         }
         float s = most / Q8_MAX, inv = most > 0 ? Q8_MAX / most : 0;
         scale[r] = s;
-        for (int64_t i = 0; i < k; i++) {
-            float v = bf16 ? bf16_to_float(((const uint16_t *)w)[r * k + i])
-                           : ((const float *)w)[r * k + i];
-            q[r * k + i] = (int8_t)nearbyintf(fminf(fmaxf(v * inv, -Q8_MAX), Q8_MAX));
-        }
+        for (int64_t i = 0; i < k; i++)
+            q[r * k + i] =
+                (int8_t)nearbyintf(fminf(fmaxf(element(w, bf16, r * k + i) * inv, -Q8_MAX), Q8_MAX));
     }
 }
 
@@ -46,21 +48,15 @@ void gl_quantize_q8(const void *w, int bf16, int64_t rows, int64_t k, int8_t *q,
 }
 
 /* ------------------------------------------------------------------ row kernels
-   Sum of q[i] * x[i] in fp32, sixteen lanes then the lanes as a fixed tree (the AVX2 kernel
-   keeps the sixteen lanes as two vectors): the same sum on every ISA. */
-
-INLINE float lanes_sum(float *lane) {
-    for (int w = 8; w > 0; w /= 2)
-        for (int l = 0; l < w; l++) lane[l] += lane[l + w];
-    return lane[0];
-}
+   Sum of q[i] * x[i] in fp32, sixteen lanes then the lanes as a fixed tree (`gl_lanes_sum`; the
+   AVX2 kernel keeps the sixteen lanes as two vectors): the same sum on every ISA. */
 
 static void q8_rows_c(const int8_t *w, int64_t k, const float *x, int64_t n, int64_t ldx,
                       float *out) {
     for (int64_t j = 0; j < n; j++) {
         float lane[16] = {0};
         for (int64_t i = 0; i < k; i++) lane[i % 16] = fmaf((float)w[i], x[j * ldx + i], lane[i % 16]);
-        out[j] = lanes_sum(lane);
+        out[j] = gl_lanes_sum(lane);
     }
 }
 
@@ -80,7 +76,7 @@ AVX512 static void q8_rows_512(const int8_t *w, int64_t k, const float *x, int64
         float lane[16];
         _mm512_storeu_ps(lane, acc);
         for (; i < k; i++) lane[i % 16] = fmaf((float)w[i], x[j * ldx + i], lane[i % 16]);
-        out[j] = lanes_sum(lane);
+        out[j] = gl_lanes_sum(lane);
     }
 }
 
@@ -100,7 +96,7 @@ AVX2 static void q8_rows_256(const int8_t *w, int64_t k, const float *x, int64_t
         float lane[16];
         _mm256_storeu_ps(lane, lo), _mm256_storeu_ps(lane + 8, hi);
         for (; i < k; i++) lane[i % 16] = fmaf((float)w[i], x[j * ldx + i], lane[i % 16]);
-        out[j] = lanes_sum(lane);
+        out[j] = gl_lanes_sum(lane);
     }
 }
 #endif

@@ -81,6 +81,14 @@ INLINE uint16_t float_to_bf16(float f) {
     return (uint16_t)(bits >> 16);
 }
 
+/* The sum of 16 lanes as a fixed tree (lane l += lane l + w for w = 8, 4, 2, 1): the order
+   every ISA's kernels that keep sixteen lanes finish in, so their sums agree bit for bit. */
+INLINE float gl_lanes_sum(float *lane) {
+    for (int w = 8; w > 0; w /= 2)
+        for (int l = 0; l < w; l++) lane[l] += lane[l + w];
+    return lane[0];
+}
+
 /* The experts' activation from a gate and an up projection (biases added): the gate clamped
    from above only, the up from both sides, then gate * sigmoid(alpha * gate) * (up + 1). */
 INLINE float gl_swiglu(float gate, float up, float alpha, float limit) {
