@@ -106,6 +106,20 @@ def test_bf16_step_gives_the_per_operation_logits(checkpoint):
     assert (ours - ref).abs().max().item() <= 2**-8 * ref.abs().max().item()
 
 
+@pytest.mark.skipif("avx512bf16" not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI")
+def test_bf16_step_gives_the_same_bits_where_the_cpu_multiplies_bf16_pairs(checkpoint, monkeypatch):
+    # The experts' gate_up reads bf16 inputs with the bf16 pair product on that instruction
+    # set: the same sums as the fp32 kernels of plain AVX-512, so the same logits, bit for bit.
+    runner = gptoss_lite.load(checkpoint("g1"), device="cpu", dtype=torch.bfloat16, context=64)
+    ids = prompt("g1")
+    tokens = greedy(runner, ids, 20)
+    logits = []
+    for isa in ("avx512", "avx512bf16"):
+        monkeypatch.setattr(cpu, "best_isa", lambda isa=isa: isa)
+        logits.append(step_logits(runner, ids, tokens, fused=True))
+    assert torch.equal(*logits)
+
+
 def test_equal_router_logits_pick_the_lower_expert_ids(checkpoint):
     logits = torch.tensor([[1.0, 3.0, 3.0, 0.5, 3.0]])
     ids, weights = route(logits, torch.eye(5), torch.zeros(5), 2)  # the router is the identity

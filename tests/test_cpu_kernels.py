@@ -27,6 +27,7 @@ from gptoss_lite.model.mxfp4 import dequantize
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler for the CPU kernels")
 # Every instruction set this CPU runs, narrowest first.
 ISAS = cpu.ISAS[: cpu.ISAS.index(cpu.best_isa()) + 1] if cpu.available() else ()
+BF16_ISA = "avx512bf16"  # the instruction set whose MXFP4 rows read bf16 inputs as bf16
 U = 2.0**-24  # fp32 unit roundoff
 TINY = 2.0**-149  # smallest fp32 subnormal: the absolute error of a product that underflows
 SLOPE = 1.1  # Lipschitz constant of g·sigmoid(alpha·g) in g (its derivative peaks at 1.0998)
@@ -60,6 +61,41 @@ def test_every_code_and_scale_decodes_exactly(isa):
     assert not got[:, ~finite][~ref[:, ~finite].isfinite()].isfinite().any()
 
 
+@pytest.mark.skipif(BF16_ISA not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI")
+def test_the_bf16_input_kernels_decode_every_code_and_scale_exactly():
+    # As above, with bf16 inputs, which the bf16 pair product reads: every weight comes out
+    # exactly, except those below 2**-126 (scale 0, and code 0.5 at scale 1), which that
+    # instruction counts as zero.
+    rows, groups = 257, 3
+    blocks = (torch.arange(rows * groups * 16) % 256).to(torch.uint8).view(rows, groups, 16)
+    scales = torch.cat([torch.arange(256), torch.tensor([127])]).to(torch.uint8)
+    scales = scales[:, None].expand(rows, groups).contiguous()
+    eye = torch.eye(groups * 32, dtype=torch.bfloat16)
+    got = cpu.mxfp4_linear(eye, blocks, scales, isa=BF16_ISA)
+    ref = dequantize(blocks, scales, torch.float32).T
+    ref = torch.where(ref.abs() < 2.0**-126, torch.zeros_like(ref), ref)
+    assert (ref[:, :2] == 0).any() and (ref[:, 1] != 0).any()  # the flush is exercised
+    finite = ref.isfinite().all(dim=0)  # non-finite weights: as the fp32 kernels (above)
+    assert finite.sum() == rows - 3 and torch.equal(got[:, finite], ref[:, finite])
+    assert not got[:, ~finite][~ref[:, ~finite].isfinite()].isfinite().any()
+
+
+@pytest.mark.skipif(BF16_ISA not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI")
+@pytest.mark.parametrize("tokens", [1, 3, 11])
+def test_bf16_inputs_sum_bit_for_bit_as_the_fp32_kernel_sums_them(tokens):
+    # The bf16 pair product adds a lane's two exact products in the order of the fp32 kernel's
+    # two fused multiply-adds, each rounded: the same floats wherever nothing falls below
+    # 2**-126 (normal scales, inputs near 1).
+    g = torch.Generator().manual_seed(tokens)
+    rows, groups = 45, 5
+    blocks = torch.randint(0, 256, (rows, groups, 16), dtype=torch.uint8, generator=g)
+    scales = torch.randint(100, 150, (rows, groups), dtype=torch.uint8, generator=g)
+    x = torch.randn(tokens, groups * 32, generator=g).bfloat16()
+    bias = torch.randn(rows, generator=g)
+    ours = cpu.mxfp4_linear(x, blocks, scales, bias, isa=BF16_ISA)
+    assert torch.equal(ours, cpu.mxfp4_linear(x.float(), blocks, scales, bias, isa="avx512"))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("tokens", [1, 3, 11])
 def test_matmul_matches_dequantize_and_linear(isa, tokens):
@@ -77,15 +113,17 @@ def test_matmul_matches_dequantize_and_linear(isa, tokens):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_an_mxfp4_row_sums_the_same_alone_or_with_other_inputs(isa):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_mxfp4_row_sums_the_same_alone_or_with_other_inputs(isa, dtype):
     # One input goes through the four-row kernel, several through the two-row one: each row's
-    # sum must come out bit for bit the same, every code and scale included (inf and NaN too).
+    # sum must come out bit for bit the same, every code and scale included (inf and NaN too),
+    # for fp32 inputs and for bf16 ones (which some instruction sets read as bf16).
     g = torch.Generator().manual_seed(5)
     rows, groups = 257, 3  # rows not a whole number of fours
     blocks = (torch.arange(rows * groups * 16) % 256).to(torch.uint8).view(rows, groups, 16)
     scales = torch.cat([torch.arange(256), torch.tensor([127])]).to(torch.uint8)
     scales = scales[:, None].expand(rows, groups).contiguous()
-    x = torch.randn(3, groups * 32, generator=g)
+    x = torch.randn(3, groups * 32, generator=g).to(dtype)
     bias = torch.randn(rows, generator=g)
     together = cpu.mxfp4_linear(x, blocks, scales, bias, isa=isa)
     for j in range(3):
@@ -94,12 +132,13 @@ def test_an_mxfp4_row_sums_the_same_alone_or_with_other_inputs(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-def test_an_expert_sums_a_token_the_same_alone_or_with_others(isa):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_expert_sums_a_token_the_same_alone_or_with_others(isa, dtype):
     # A token alone in its experts takes the four-row kernels, tokens sharing them the two-row
     # ones: its output must not change by a bit.
     g = torch.Generator().manual_seed(9)
     packed = random_experts(4, 96, 160, g)
-    x = torch.randn(3, 96, generator=g)
+    x = torch.randn(3, 96, generator=g).to(dtype)
     idx = torch.tensor([[2, 0]] * 3)
     weight = torch.rand(3, 2, generator=g)
     together = cpu.experts_forward(x, idx, weight, packed, ALPHA, LIMIT, isa=isa)
@@ -229,6 +268,43 @@ def test_a_bf16_row_sums_the_same_alone_or_with_other_inputs(isa):
     together = cpu.linear(x, w, isa=isa)
     for j in range(3):
         assert torch.equal(cpu.linear(x[j : j + 1], w, isa=isa), together[j : j + 1])
+
+
+def bf16_rows(x: torch.Tensor, w: torch.Tensor, isa: str) -> torch.Tensor:
+    """x [T, K] · w^T by the bf16 row kernels of `isa`, in fp32 as they sum it (`linear`
+    rounds to x's dtype); bf16 x goes to the kernels for bf16 values."""
+    t, (rows, k) = x.shape[0], w.shape
+    xf, y, scratch = x.float().contiguous(), torch.empty(t, rows), torch.empty(t, k)
+    f32 = torch.float32
+    cpu._library().gl_bf16_matmul(
+        cpu.ISAS.index(isa),
+        cpu._p(w, torch.bfloat16, rows, k),
+        None,
+        cpu._p(xf, f32, t, k),
+        x.dtype == torch.bfloat16,
+        cpu._p(scratch, f32, t, k),
+        cpu._p(y, f32, t, rows),
+        rows,
+        k,
+        t,
+        1,
+    )
+    return y
+
+
+@pytest.mark.skipif(BF16_ISA not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI")
+def test_bf16_inputs_sum_bit_for_bit_as_the_fp32_bf16_rows_sum_them():
+    # The pair kernels put a lane's elements l and 16 + l in one pair, the first where the
+    # instruction adds first: the fp32 kernel's lane order, so the same floats, alone (four
+    # rows a pass) and together (two rows a pass).
+    g = torch.Generator().manual_seed(3)
+    rows, k = 203, 2880
+    w = torch.randn(rows, k, generator=g).bfloat16()
+    x = torch.randn(3, k, generator=g).bfloat16()
+    together = bf16_rows(x, w, BF16_ISA)
+    assert torch.equal(together, bf16_rows(x.float(), w, "avx512"))
+    for j in range(3):
+        assert torch.equal(bf16_rows(x[j : j + 1], w, BF16_ISA), together[j : j + 1])
 
 
 def test_bf16_linear_leaves_larger_inputs_to_torch(monkeypatch):

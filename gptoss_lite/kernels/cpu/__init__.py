@@ -4,11 +4,14 @@ The C sources here are compiled the first time a kernel is to run on the CPU (`b
 one notice where it fails, after which `available()` is False and the torch path runs). It is
 called through ctypes with raw pointers, each checked first to be a contiguous CPU tensor of the
 dtype and shape the C code reads (else a `GptossError`, never a wrong read). The instruction set
-is chosen once, at the first use, from the CPU's features (`avx512`, `avx2`, else `portable` C);
-`GPTOSS_LITE_CPU_ISA` forces one.
+is chosen once, at the first use, from the CPU's features (`avx512bf16`: AVX-512 with VBMI and
+BF16, `avx512`, `avx2`, else `portable` C); `GPTOSS_LITE_CPU_ISA` forces one.
 
 Exact mode: activations in fp32, each weight decoded to exactly the float32 `mxfp4.dequantize`
 gives, products summed in fp32 (in another order than torch: results agree to fp32 rounding).
+Inputs that are bf16 values (a bf16 model's) are multiplied by `avx512bf16`'s bf16 pair product
+where it gives the same sums as `avx512`'s fp32 arithmetic (anything below 2**-126 aside, which
+it counts as zero).
 Threads follow `torch.get_num_threads()`.
 """
 
@@ -26,7 +29,7 @@ from ...model.moe import PackedExperts
 from .build import load_library
 from .host_memory import HostArena
 
-ISAS = ("portable", "avx2", "avx512")  # index = the C code's isa number
+ISAS = ("portable", "avx2", "avx512", "avx512bf16")  # index = the C code's isa number
 ISA_ENV = "GPTOSS_LITE_CPU_ISA"
 DECODE_ROWS = 8  # inputs per pass over a bf16 matrix (MAX_TOKENS in the C source)
 
@@ -34,12 +37,15 @@ _i64, _int, _float = ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _ptr = ctypes.c_void_p
 _SIGNATURES = {
     "gl_best_isa": ([], _int),
-    "gl_mxfp4_matmul": ([_int, _ptr, _ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int], None),
-    "gl_mxfp4_experts": (
-        [_int, _i64, *[_ptr] * 11, _i64, _i64, _float, _float, _ptr, _ptr, _ptr, _int],
+    "gl_mxfp4_matmul": (
+        [_int, _ptr, _ptr, _ptr, _ptr, _int, _ptr, _ptr, _i64, _i64, _i64, _int],
         None,
     ),
-    "gl_bf16_matmul": ([_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _i64, _int], None),
+    "gl_mxfp4_experts": (
+        [_int, _i64, *[_ptr] * 3, _int, *[_ptr] * 8, _i64, _i64, _float, _float, *[_ptr] * 3, _int],
+        None,
+    ),
+    "gl_bf16_matmul": ([_int, _ptr, _ptr, _ptr, _int, _ptr, _ptr, _i64, _i64, _i64, _int], None),
     "gl_decode_work": ([_ptr, _ptr, _i64, _int], _i64),
     "gl_decode_step": ([_ptr, _int, _i64, *[_ptr] * 7, _int], None),
     "gl_read_probe": ([_int, _ptr, _i64, _int, _i64, _int, _int], ctypes.c_double),
@@ -83,7 +89,7 @@ def best_isa() -> str:
 
 
 def kernel_name() -> str:
-    """The expert kernel that runs on this CPU: "cpu-avx512", "cpu-avx2", "cpu-portable"."""
+    """The kernels that run on this CPU: "cpu-avx512bf16", "cpu-avx512", "cpu-avx2", ..."""
     return f"cpu-{best_isa()}"
 
 
@@ -113,14 +119,15 @@ def mxfp4_linear(
     bias: torch.Tensor | None = None,
     isa: str | None = None,
 ) -> torch.Tensor:
-    """x [T, K] · W^T (+ bias) in fp32, W packed MXFP4: blocks [R, K/32, 16], scales [R, K/32].
+    """x [T, K] · W^T (+ bias) in fp32, W packed MXFP4: blocks [R, K/32, 16], scales [R, K/32];
+    bf16 inputs go to the kernels for bf16 values (as the experts' gate_up of a bf16 model).
 
     The experts kernel's row decoder on its own, with no SwiGLU after it: the one way to check
     every code and scale it decodes (the tests' use; the model runs `experts_forward`)."""
     rows, groups = scales.shape
     t = x.shape[0]
     # Every tensor a pointer is taken from stays referenced until the call returns.
-    x = x.float().contiguous()
+    bf16, x = x.dtype == torch.bfloat16, x.float().contiguous()
     blocks, scales = blocks.contiguous(), scales.contiguous()
     bias = None if bias is None else bias.float().contiguous()
     scratch, y = torch.empty_like(x), torch.empty(t, rows, dtype=torch.float32)
@@ -131,6 +138,7 @@ def mxfp4_linear(
         _p(scales, u8, rows, groups),
         _p(bias, f32, rows),
         _p(x, f32, t, k),
+        bf16,
         _p(scratch, f32, t, k),
         _p(y, f32, t, rows),
         rows,
@@ -177,6 +185,7 @@ def experts_forward(
         _p(ids, i64, u),
         _p(offsets, i64, u + 1),
         _p(xs, f32, pairs, h),
+        x.dtype == torch.bfloat16,  # then xs holds bf16 values, which the kernels may read as such
         _p(weights, f32, pairs),
         _p(tok, i64, pairs),
         _p(experts.gate_up_blocks, u8, e, 2 * i, h // 32, 16),
@@ -211,13 +220,15 @@ def linear(
     t = x.shape[0]
     xf, weight = x.float().contiguous(), weight.contiguous()
     bias = None if bias is None else bias.float().contiguous()
-    y = torch.empty(t, rows, dtype=torch.float32)
+    y, scratch = torch.empty(t, rows, dtype=torch.float32), torch.empty_like(xf)
     f32 = torch.float32
     _library().gl_bf16_matmul(
         _isa(isa),
         _p(weight, torch.bfloat16, rows, k),
         _p(bias, f32, rows),
         _p(xf, f32, t, k),
+        x.dtype == torch.bfloat16,  # then xf holds bf16 values, which the kernels may read as such
+        _p(scratch, f32, t, k),
         _p(y, f32, t, rows),
         rows,
         k,

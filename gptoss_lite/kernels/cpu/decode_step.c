@@ -112,10 +112,11 @@ static void rms_norm(const gl_model *m, const float *x, const float *scale, floa
 
 /* y[j, r] = round(W[r] . x[j] + b[r]) for rows [r0, r1) of W [R, k] in the activation dtype
    and n inputs x[j] (stride k); y's rows have stride ldy. With its q8 form (wq, ws) given, W
-   is read from that. */
+   is read from that. `scratch` (the calling thread's, n * k floats) takes the inputs in the
+   form the kernels read, where that is not x itself. */
 static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *wq,
                        const float *ws, const void *b, int64_t k, const float *x, int64_t n,
-                       int64_t r0, int64_t r1, float *y, int64_t ldy) {
+                       int64_t r0, int64_t r1, float *y, int64_t ldy, void *scratch) {
     int act = m->act;
     int64_t r = r0;
     if (wq != NULL) {
@@ -130,11 +131,15 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *
     }
     if (act == ACT_BF16) {
         const uint16_t *wb = w;
-        bf_rows4_fn rows4 = gl_bf_rows4_for(isa);
-        bf_rows_fn rows2 = gl_bf_rows_for(isa);
+        bf_kernels kern = gl_bf_kernels(isa, 1, k); /* the inputs are bf16 values */
+        const char *xk = (const char *)x;
+        if (kern.prepare != NULL) {
+            for (int64_t j = 0; j < n; j++) kern.prepare(x + j * k, (char *)scratch + j * k * kern.size, k);
+            xk = scratch;
+        }
         for (; n == 1 && r + 4 <= r1; r += 4) {
             float o[4];
-            rows4(wb + r * k, k, x, o);
+            kern.rows4(wb + r * k, k, xk, o);
             for (int j = 0; j < 4; j++)
                 y[r + j] = act_round(act, o[j] + (b ? act_load(act, b, r + j) : 0.0f));
         }
@@ -143,7 +148,7 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *
             for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
                 int c = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
                 float o0[MAX_TOKENS], o1[MAX_TOKENS];
-                rows2(wb + r * k, wb + q * k, k, x + j0 * k, c, o0, o1);
+                kern.rows(wb + r * k, wb + q * k, k, xk + j0 * k * kern.size, c, o0, o1);
                 for (int j = 0; j < c; j++) {
                     float *yj = y + (j0 + j) * ldy;
                     yj[r] = act_round(act, o0[j] + (b ? act_load(act, b, r) : 0.0f));
@@ -183,6 +188,8 @@ INLINE void rope(int act, const float *in, const void *cos, const void *sin, int
 
 #define LANES 16
 
+typedef float (*dot_fn)(const float *a, const float *b, int64_t n);
+
 INLINE float dot_lanes(const float *a, const float *b, int64_t n) {
     float lane[LANES] = {0};
     int64_t i = 0;
@@ -192,6 +199,24 @@ INLINE float dot_lanes(const float *a, const float *b, int64_t n) {
     for (; i < n; i++) s = fmaf(a[i], b[i], s);
     return s;
 }
+
+#ifdef GL_X86
+/* The same arithmetic with the sixteen lanes in one register (the compiler kept them in
+   memory and multiplied one lane at a time): gl_lanes_sum's tree, halves first. */
+AVX512 INLINE float dot_lanes_512(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+    __m256 s8 = _mm256_add_ps(_mm512_castps512_ps256(acc), hi);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    float s = _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+    for (; i < n; i++) s = fmaf(a[i], b[i], s);
+    return s;
+}
+#endif
 
 /* The slot of position p in a layer's cache for the query at pos, or -1 when p is not
    visible (a ring slot holding another position). */
@@ -212,12 +237,23 @@ INLINE void load_row(int act, const void *cache, int64_t row, int64_t d, float *
     }
 }
 
+/* A kv head's rows of successive positions lie a whole position's heads apart, so each is
+   in another line and every fourth in another page, where the hardware prefetcher stops:
+   without asking for the rows ahead, attention waited on memory for each one. */
+#define AHEAD_ROWS 8
+
+INLINE void prefetch_row(int act, const void *cache, int64_t row, int64_t d) {
+    const char *p = (const char *)cache + row * d * (act == ACT_BF16 ? 2 : 4);
+    for (int64_t b = 0; b < d * (act == ACT_BF16 ? 2 : 4); b += 64) __builtin_prefetch(p + b);
+}
+
 /* The query heads of kv head g of one token (qkv, its RoPE cos/sin) over layer l of its cache
    c, into o. `scores` holds group * stride floats, `slots` stride slot numbers (int32: a
    context holds fewer than 2**31 tokens). */
 INLINE void attend_group_body(const gl_model *m, int64_t l, const gl_cache *c, int64_t g,
                               const float *qkv, const void *cos, const void *sin, float *scores,
-                              int32_t *slots, int64_t stride, float *o, const int act) {
+                              int32_t *slots, int64_t stride, float *o, const int act,
+                              const dot_fn dot) {
     const gl_layer *L = m->layer + l;
     int64_t d = m->head_dim, hkv = m->kv_heads, group = m->heads / hkv, pos = c->pos;
     const float *qs = qkv, *ks = qkv + m->heads * d, *vs = ks + hkv * d;
@@ -242,8 +278,9 @@ INLINE void attend_group_body(const gl_model *m, int64_t l, const gl_cache *c, i
         if (s >= 0) slots[n++] = (int32_t)s;
     }
     for (int64_t j = 0; j < n; j++) {
+        if (j + AHEAD_ROWS < n) prefetch_row(act, kc, slots[j + AHEAD_ROWS] * hkv + g, d);
         load_row(act, kc, slots[j] * hkv + g, d, row);
-        for (int64_t h = 0; h < group; h++) scores[h * stride + j] = dot_lanes(q[h], row, d);
+        for (int64_t h = 0; h < group; h++) scores[h * stride + j] = dot(q[h], row, d);
     }
     float denom[group];
     for (int64_t h = 0; h < group; h++) { /* scores become softmax numerators */
@@ -254,6 +291,7 @@ INLINE void attend_group_body(const gl_model *m, int64_t l, const gl_cache *c, i
         for (int64_t i = 0; i < d; i++) acc[h][i] = 0;
     }
     for (int64_t j = 0; j < n; j++) {
+        if (j + AHEAD_ROWS < n) prefetch_row(act, vc, slots[j + AHEAD_ROWS] * hkv + g, d);
         load_row(act, vc, slots[j] * hkv + g, d, row);
         for (int64_t h = 0; h < group; h++) {
             float w = scores[h * stride + j];
@@ -268,24 +306,26 @@ INLINE void attend_group_body(const gl_model *m, int64_t l, const gl_cache *c, i
 typedef void (*attend_fn)(const gl_model *, int64_t, const gl_cache *, int64_t, const float *,
                           const void *, const void *, float *, int32_t *, int64_t, float *);
 
-#define ATTEND(NAME, ATTR)                                                                     \
+#define ATTEND(NAME, ATTR, DOT)                                                                \
     ATTR static void NAME(const gl_model *m, int64_t l, const gl_cache *c, int64_t g,          \
                           const float *qkv, const void *cos, const void *sin, float *scores,   \
                           int32_t *slots, int64_t stride, float *o) {                          \
         if (m->act == ACT_BF16)                                                                \
-            attend_group_body(m, l, c, g, qkv, cos, sin, scores, slots, stride, o, ACT_BF16);  \
+            attend_group_body(m, l, c, g, qkv, cos, sin, scores, slots, stride, o, ACT_BF16,   \
+                              DOT);                                                            \
         else                                                                                   \
-            attend_group_body(m, l, c, g, qkv, cos, sin, scores, slots, stride, o, ACT_F32);   \
+            attend_group_body(m, l, c, g, qkv, cos, sin, scores, slots, stride, o, ACT_F32,    \
+                              DOT);                                                            \
     }
-ATTEND(attend_c, )
+ATTEND(attend_c, , dot_lanes)
 #ifdef GL_X86
-ATTEND(attend_512, AVX512)
-ATTEND(attend_256, AVX2)
+ATTEND(attend_512, AVX512, dot_lanes_512)
+ATTEND(attend_256, AVX2, dot_lanes)
 #endif
 
 static attend_fn attend_for(int isa) {
 #ifdef GL_X86
-    if (isa == 2) return attend_512;
+    if (isa >= 2) return attend_512;
     if (isa == 1) return attend_256;
 #endif
     (void)isa;
@@ -330,12 +370,19 @@ static int64_t max_slots(const gl_model *m, const gl_cache *const *caches, int64
 }
 
 /* Floats of scratch `gl_decode_step` needs for n tokens of these caches and nthreads threads. */
+/* Floats of a thread's scratch for the inputs in the kernels' form: the experts' n * top_k
+   rows of the hidden size, or n rows of a dense product's input. */
+static int64_t input_scratch(const gl_model *m, int64_t n) {
+    int64_t experts = m->top_k * m->hidden, dense = m->heads * m->head_dim;
+    return n * (experts > dense ? experts : dense);
+}
+
 int64_t gl_decode_work(const gl_model *m, const gl_cache *const *caches, int64_t n,
                        int nthreads) {
     int64_t h = m->hidden, d = m->head_dim, k = m->top_k, group = m->heads / m->kv_heads;
     int64_t qkv = (m->heads + 2 * m->kv_heads) * d;
     int64_t shared = n * (2 * h + qkv + m->heads * d + m->experts + k * m->intermediate);
-    int64_t own = n * h + n * k * h + (group + 1) * max_slots(m, caches, n);
+    int64_t own = n * h + input_scratch(m, n) + (group + 1) * max_slots(m, caches, n);
     return shared + nthreads * own;
 }
 
@@ -355,8 +402,9 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
     float *x = work, *qkv = x + n * h, *o = qkv + n * qkv_rows, *rl = o + n * m->heads * d;
     float *a = rl + n * E, *moe = a + npairs * ni, *own = moe + n * h;
     for (int64_t i = 0; i < n * h; i++) x[i] = act_load(act, x_in, i);
-    mx_rows_fn mx_rows = gl_mx_rows_for(isa);
-    mx_rows4_fn mx_rows4 = gl_mx_rows4_for(isa);
+    /* the experts' gate_up reads the norm's output, bf16 values in bf16; down reads fp32 */
+    mx_kernels k1 = gl_mx_kernels(isa, act == ACT_BF16), k2 = gl_mx_kernels(isa, 0);
+    int64_t xrow = h * k1.size;
     attend_fn attend = attend_for(isa);
     double start = seconds();
 #ifdef _OPENMP
@@ -364,8 +412,8 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
 #endif
     {
         int tid = thread_id(), nth = thread_count();
-        float *xn = own + tid * (n * h + npairs * h + (group + 1) * stride), *xd = xn + n * h;
-        float *scores = xd + npairs * h;
+        float *xn = own + tid * (n * h + input_scratch(m, n) + (group + 1) * stride);
+        float *xd = xn + n * h, *scores = xd + input_scratch(m, n);
         int32_t *slots = (int32_t *)(scores + group * stride);
         part_clock clk = {phase, seconds(), phase != NULL && tid == 0};
         int64_t r0, r1, ids[n][k], ptok[npairs], first[E + 1];
@@ -377,7 +425,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             lap(&clk, PH_NORM);
             gl_split_rows(qkv_rows, tid, nth, &r0, &r1);
             dense_rows(m, isa, L->qkv_w, L->qkv_q, L->qkv_s, L->qkv_b, h, xn, n, r0, r1, qkv,
-                       qkv_rows);
+                       qkv_rows, xd);
             lap(&clk, PH_QKV);
             wait_all(&clk);
             for (int64_t w = tid; w < n * m->kv_heads; w += nth) {
@@ -390,7 +438,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             wait_all(&clk);
             gl_split_rows(h, tid, nth, &r0, &r1);
             dense_rows(m, isa, L->out_w, L->out_q, L->out_s, L->out_b, m->heads * d, o, n, r0, r1,
-                       moe, h);
+                       moe, h, xd);
             for (int64_t t = 0; t < n; t++)
                 for (int64_t r = r0; r < r1; r++)
                     x[t * h + r] = act_round(act, x[t * h + r] + moe[t * h + r]);
@@ -400,7 +448,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             for (int64_t t = 0; t < n; t++) rms_norm(m, x + t * h, L->mlp_norm, xn + t * h);
             lap(&clk, PH_NORM);
             gl_split_rows(E, tid, nth, &r0, &r1);
-            dense_rows(m, isa, L->router_w, NULL, NULL, L->router_b, h, xn, n, r0, r1, rl, E);
+            dense_rows(m, isa, L->router_w, NULL, NULL, L->router_b, h, xn, n, r0, r1, rl, E, xd);
             lap(&clk, PH_ROUTER);
             wait_all(&clk);
             for (int64_t t = 0; t < n; t++) route(m, rl + t * E, ids[t], wt[t]);
@@ -410,7 +458,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                 for (int64_t t = 0; t < n; t++)
                     for (int64_t j = 0; j < k; j++)
                         if (ids[t][j] == e) {
-                            gl_deinterleave(xn + t * h, xd + p * h, h);
+                            k1.prepare(xn + t * h, (char *)xd + p * xrow, h);
                             ptok[p] = t, pw[p++] = wt[t][j];
                         }
             }
@@ -424,7 +472,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                 int64_t r = r0, bu = e * 2 * ni; /* rows 2i (gate), 2i+1 (up) */
                 for (; c == 1 && r + 4 <= r1; r += 4) { /* one token: two activations at a time */
                     float o[4];
-                    mx_rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, xd + p0 * h, o);
+                    k1.rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, (char *)xd + p0 * xrow, o);
                     for (int i = 0; i < 4; i += 2)
                         a[p0 * ni + gl_deinterleaved((r + i) / 2)] =
                             gl_swiglu(o[i] + act_load(act, L->gu_bias, bu + r + i),
@@ -435,9 +483,9 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                     for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
                         int cj = c - j0 < MAX_TOKENS ? (int)(c - j0) : MAX_TOKENS;
                         float gate[MAX_TOKENS], up[MAX_TOKENS];
-                        mx_rows(b + r * g1 * BLOCK_BYTES, s + r * g1,
+                        k1.rows(b + r * g1 * BLOCK_BYTES, s + r * g1,
                                 b + (r + 1) * g1 * BLOCK_BYTES, s + (r + 1) * g1, g1,
-                                xd + (p0 + j0) * h, h, cj, gate, up);
+                                (char *)xd + (p0 + j0) * xrow, h, cj, gate, up);
                         for (int j = 0; j < cj; j++)
                             a[(p0 + j0 + j) * ni + gl_deinterleaved(r / 2)] =
                                 gl_swiglu(gate[j] + act_load(act, L->gu_bias, bu + r),
@@ -458,7 +506,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                 int64_t r = r0;
                 for (; c == 1 && r + 4 <= r1; r += 4) { /* one token: four rows at a time */
                     float y[4], *out = moe + ptok[p0] * h, w = pw[p0];
-                    mx_rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, a + p0 * ni, y);
+                    k2.rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, a + p0 * ni, y);
                     for (int i = 0; i < 4; i++)
                         out[r + i] += w * (y[i] + act_load(act, L->dn_bias, e * h + r + i));
                 }
@@ -467,7 +515,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                     for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
                         int cj = c - j0 < MAX_TOKENS ? (int)(c - j0) : MAX_TOKENS;
                         float y0[MAX_TOKENS], y1[MAX_TOKENS];
-                        mx_rows(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
+                        k2.rows(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
                                 s + q * g2, g2, a + (p0 + j0) * ni, ni, cj, y0, y1);
                         for (int j = 0; j < cj; j++) {
                             float *out = moe + ptok[p0 + j0 + j] * h, w = pw[p0 + j0 + j];
@@ -487,7 +535,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
         lap(&clk, PH_NORM);
         gl_split_rows(m->vocab, tid, nth, &r0, &r1);
         dense_rows(m, isa, m->unembedding, m->head_q, m->head_s, NULL, h, xn, n, r0, r1, logits,
-                   m->vocab);
+                   m->vocab, xd);
         lap(&clk, PH_HEAD);
         wait_all(&clk);
     }

@@ -103,7 +103,7 @@ AVX2 static void q8_rows_256(const int8_t *w, int64_t k, const float *x, int64_t
 
 q8_rows_fn gl_q8_rows_for(int isa) {
 #ifdef GL_X86
-    if (isa == 2) return q8_rows_512;
+    if (isa >= 2) return q8_rows_512;
     if (isa == 1) return q8_rows_256;
 #endif
     (void)isa;

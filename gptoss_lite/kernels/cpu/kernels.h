@@ -20,6 +20,7 @@
 #define GL_X86 1
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,fma")))
+#define AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16,fma")))
 #define AVX2 __attribute__((target("avx2,fma")))
 #endif
 
@@ -30,40 +31,61 @@
 #define BLOCK_BYTES 16
 #define MAX_TOKENS 8 /* tokens sharing one decoded weight block in the inner loop */
 
-/* Two rows (r0, r1) of an MXFP4 matrix against n <= MAX_TOKENS de-interleaved inputs xd[j]
-   (row length groups*32, stride ldx): dot products into out0[j], out1[j]. */
+/* Two rows (r0, r1) of an MXFP4 matrix against n <= MAX_TOKENS inputs x[j] in the form the
+   kernel reads (see mx_kernels; row length groups*32, stride ldx elements): dot products into
+   out0[j], out1[j]. */
 typedef void (*mx_rows_fn)(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
-                           const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx, int n,
+                           const uint8_t *s1, int64_t groups, const void *x, int64_t ldx, int n,
                            float *out0, float *out1);
 
 /* Four consecutive rows of an MXFP4 matrix (b, s: the first row's blocks and scales) against
-   one de-interleaved input: out[i] = row i . x, each summed exactly as the two-row kernel sums
-   it for n = 1 (so a row's result does not depend on what shares its step). */
-typedef void (*mx_rows4_fn)(const uint8_t *b, const uint8_t *s, int64_t groups, const float *xd,
+   one input: out[i] = row i . x, each summed exactly as the two-row kernel sums it for n = 1
+   (so a row's result does not depend on what shares its step). */
+typedef void (*mx_rows4_fn)(const uint8_t *b, const uint8_t *s, int64_t groups, const void *x,
                             float *out);
 
-/* Two rows of a bf16 matrix [R, K] against n <= MAX_TOKENS fp32 inputs x[j] (row length K). */
-typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x,
+/* The MXFP4 row kernels for one instruction set and kind of input, and the form they read
+   their inputs in: `prepare` writes one input row (len fp32 values) in that form, `size`
+   bytes an element. Inputs that are bf16 values (`bf16_inputs`) are read as bf16 where the
+   CPU multiplies bf16 pairs (mxfp4_cpu.c says when the sums differ: only below 2^-126). */
+typedef struct {
+    mx_rows_fn rows;
+    mx_rows4_fn rows4;
+    void (*prepare)(const float *x, void *out, int64_t len);
+    int64_t size;
+} mx_kernels;
+
+/* Two rows of a bf16 matrix [R, K] against n <= MAX_TOKENS inputs x[j] (row length K) in the
+   form the kernel reads (see bf_kernels). */
+typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, const void *x,
                            int n, float *out0, float *out1);
 
 /* Four rows of a bf16 matrix against one input: out[i] = w_i . x, each row summed in exactly
-   the order the two-row kernel sums it (so a row's result does not depend on its neighbours). */
-typedef void (*bf_rows4_fn)(const uint16_t *w, int64_t k, const float *x, float *out);
+   the order the two-row kernels sum it (so a row's result does not depend on its neighbours). */
+typedef void (*bf_rows4_fn)(const uint16_t *w, int64_t k, const void *x, float *out);
+
+/* The bf16 row kernels for one instruction set, kind of input and row length k, as
+   mx_kernels: fp32 inputs as given (`prepare` NULL), or bf16 values rearranged by `prepare`
+   for the bf16 pair product, with the same sums. */
+typedef struct {
+    bf_rows_fn rows;
+    bf_rows4_fn rows4;
+    void (*prepare)(const float *x, void *out, int64_t len);
+    int64_t size;
+} bf_kernels;
 
 /* One int8 row (the q8 form of a dense matrix) against n fp32 inputs x[j] (stride ldx): the
    sums in out[j], before the row's scale. */
 typedef void (*q8_rows_fn)(const int8_t *w, int64_t k, const float *x, int64_t n, int64_t ldx,
                            float *out);
 
-INTERNAL mx_rows_fn gl_mx_rows_for(int isa);
-INTERNAL mx_rows4_fn gl_mx_rows4_for(int isa);
+INTERNAL mx_kernels gl_mx_kernels(int isa, int bf16_inputs);
 INTERNAL q8_rows_fn gl_q8_rows_for(int isa);
-INTERNAL bf_rows_fn gl_bf_rows_for(int isa);
-INTERNAL bf_rows4_fn gl_bf_rows4_for(int isa);
+INTERNAL bf_kernels gl_bf_kernels(int isa, int bf16_inputs, int64_t k);
 
 INTERNAL void gl_split_rows(int64_t rows, int tid, int nth, int64_t *begin, int64_t *end);
 INTERNAL int64_t gl_deinterleaved(int64_t k);
-INTERNAL void gl_deinterleave(const float *x, float *xd, int64_t len);
+INTERNAL void gl_deinterleave(const float *x, void *xd, int64_t len);
 
 INLINE float bf16_to_float(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;

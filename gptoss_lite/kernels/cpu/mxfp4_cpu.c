@@ -1,7 +1,8 @@
 /* MXFP4 experts and bf16 matrix-vector products on the CPU, straight from the stored bytes.
 
    Called through ctypes with raw pointers (no torch headers). Every entry point takes an `isa`
-   argument: 2 = AVX-512 (F, BW, VL), 1 = AVX2 + FMA, 0 = portable C. The SIMD bodies are compiled
+   argument: 3 = AVX-512 with VBMI and BF16 (the MXFP4 rows for bf16 inputs; the rest as 2),
+   2 = AVX-512 (F, BW, VL), 1 = AVX2 + FMA, 0 = portable C. The SIMD bodies are compiled
    with per-function target attributes, so one shared object runs on any x86-64 (or other) CPU
    and `gl_best_isa()` picks the widest the CPU has. Threads (OpenMP, the runtime torch already
    loaded) split output rows; each row is computed by one thread, so results do not depend on the
@@ -32,9 +33,18 @@ static float e8m0(uint8_t s) {
    multiply leaves it one operation fewer (the products are the same floats). */
 static float SCALED[256][16] __attribute__((aligned(64)));
 
+/* The same weights as bf16 (each is exact there: two significant bits), the 16 codes twice
+   over, so a lookup by the low five bits of an index finds a code's weight. */
+static uint16_t SCALED_BF16[256][32] __attribute__((aligned(64)));
+
 __attribute__((constructor)) static void scale_tables(void) {
     for (int s = 0; s < 256; s++)
-        for (int c = 0; c < 16; c++) SCALED[s][c] = FP4[c] * e8m0((uint8_t)s);
+        for (int c = 0; c < 16; c++) {
+            SCALED[s][c] = FP4[c] * e8m0((uint8_t)s);
+            uint32_t bits;
+            memcpy(&bits, &SCALED[s][c], sizeof bits);
+            SCALED_BF16[s][c] = SCALED_BF16[s][c + 16] = (uint16_t)(bits >> 16);
+        }
 }
 
 /* ------------------------------------------------------------------ row kernels
@@ -42,8 +52,9 @@ __attribute__((constructor)) static void scale_tables(void) {
    (row length K) and stores dot products in out0[j], out1[j]. */
 
 static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, const uint8_t *s1,
-                      int64_t groups, const float *xd, int64_t ldx, int n, float *out0,
+                      int64_t groups, const void *x_in, int64_t ldx, int n, float *out0,
                       float *out1) {
+    const float *xd = x_in;
     float acc0[MAX_TOKENS] = {0}, acc1[MAX_TOKENS] = {0};
     for (int64_t g = 0; g < groups; g++) {
         float w0[BLOCK], w1[BLOCK];
@@ -63,7 +74,7 @@ static void mx_rows_c(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1, c
     for (int j = 0; j < n; j++) out0[j] = acc0[j], out1[j] = acc1[j];
 }
 
-static void mx_rows4_c(const uint8_t *b, const uint8_t *s, int64_t groups, const float *xd,
+static void mx_rows4_c(const uint8_t *b, const uint8_t *s, int64_t groups, const void *xd,
                        float *out) {
     int64_t rb = groups * BLOCK_BYTES;
     mx_rows_c(b, s, b + rb, s + groups, groups, xd, 0, 1, out, out + 1);
@@ -84,6 +95,13 @@ static void mx_rows4_c(const uint8_t *b, const uint8_t *s, int64_t groups, const
     do {                                                                                       \
         _mm_prefetch((const char *)(p0) + (i) + 2 * AHEAD * (len), _MM_HINT_T1);               \
         _mm_prefetch((const char *)(p1) + (i) + 2 * AHEAD * (len), _MM_HINT_T1);               \
+    } while (0)
+
+/* The same for four rows of `len` bytes from b, as the four-row kernels read them. */
+#define PREFETCH_ROWS4(b, len, i)                                                              \
+    do {                                                                                       \
+        PREFETCH_AHEAD(b, (b) + (len), i, 2 * (len));                                          \
+        PREFETCH_AHEAD((b) + 2 * (len), (b) + 3 * (len), i, 2 * (len));                        \
     } while (0)
 
 AVX512 INLINE float hsum512(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -118,7 +136,7 @@ AVX512 INLINE void mx_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uin
 /* One specialisation per token count keeps the accumulators in registers. */
 #define MX_SPECIALISE(NAME, BODY, ATTR)                                                        \
     ATTR static void NAME(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,            \
-                          const uint8_t *s1, int64_t groups, const float *xd, int64_t ldx, int n, \
+                          const uint8_t *s1, int64_t groups, const void *xd, int64_t ldx, int n, \
                           float *o0, float *o1) {                                              \
         switch (n) {                                                                           \
         case 1: BODY(b0, s0, b1, s1, groups, xd, ldx, 1, o0, o1); break;                       \
@@ -137,15 +155,13 @@ MX_SPECIALISE(mx_rows_512, mx_rows_512_n, AVX512)
    one chain of dependent FMAs, so two rows left the FMA unit waiting on its latency; four keep
    it busy. */
 AVX512 static void mx_rows4_512(const uint8_t *b, const uint8_t *s, int64_t groups,
-                                const float *xd, float *out) {
+                                const void *x, float *out) {
+    const float *xd = x;
     int64_t rb = groups * BLOCK_BYTES;
     __m512 acc[4];
     for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
-        if (g % 4 == 0) {
-            PREFETCH_AHEAD(b, b + rb, g * BLOCK_BYTES, 2 * rb);
-            PREFETCH_AHEAD(b + 2 * rb, b + 3 * rb, g * BLOCK_BYTES, 2 * rb);
-        }
+        if (g % 4 == 0) PREFETCH_ROWS4(b, rb, g * BLOCK_BYTES);
         __m512 xe = _mm512_loadu_ps(xd + g * BLOCK), xo = _mm512_loadu_ps(xd + g * BLOCK + 16);
         for (int i = 0; i < 4; i++) {
             __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + i * rb + g * 16)));
@@ -154,6 +170,57 @@ AVX512 static void mx_rows4_512(const uint8_t *b, const uint8_t *s, int64_t grou
             __m512 wh = _mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), t);
             acc[i] = _mm512_fmadd_ps(wh, xo, _mm512_fmadd_ps(wl, xe, acc[i]));
         }
+    }
+    for (int i = 0; i < 4; i++) out[i] = hsum512(acc[i]);
+}
+
+/* The same rows for inputs that are bf16 values, with the bf16 pair product (vdpbf16ps): each
+   16-byte block becomes its 32 weights as bf16 words, word 2i+1 the low nibble of byte i and
+   word 2i the high one, and the inputs come as bf16 in the same order (pairs swapped, see
+   bf16_pairs). The instruction adds word 2i+1's exact product to lane i, rounds, then word
+   2i's and rounds: the two fused multiply-adds the fp32 kernel does in that lane, so the sums
+   are bit for bit the same, except that it counts any weight, input or lane sum below 2^-126
+   in magnitude as zero (subnormal scales, which trained checkpoints do not hold; an input or
+   a partial sum that small is a cancellation to within 2^-126 of values near 1). Each block
+   costs a widening, a nibble pick (vpmultishiftqb), one lookup and one product instruction,
+   where the fp32 kernel spends a widening, a shift, two lookups and two FMAs. */
+#define NIBBLE_PICK 0x0008000C00000004LL /* bytes 2i: bits 4-11 (high nibble), 2i+1: bits 0-7 */
+
+AVX512BF16 INLINE __m512bh mx_bf16_block(const uint8_t *blocks, uint8_t scale) {
+    __m512i pairs = _mm512_cvtepu16_epi64(_mm_loadu_si128((const __m128i *)blocks));
+    __m512i codes = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(NIBBLE_PICK), pairs);
+    return (__m512bh)_mm512_permutexvar_epi16(codes, _mm512_load_si512(SCALED_BF16[scale]));
+}
+
+AVX512BF16 INLINE void mxb_rows_512_n(const uint8_t *b0, const uint8_t *s0, const uint8_t *b1,
+                                      const uint8_t *s1, int64_t groups, const uint16_t *xb,
+                                      int64_t ldx, const int n, float *out0, float *out1) {
+    __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        if (g % 4 == 0) PREFETCH_AHEAD(b0, b1, g * BLOCK_BYTES, groups * BLOCK_BYTES);
+        __m512bh w0 = mx_bf16_block(b0 + g * 16, s0[g]), w1 = mx_bf16_block(b1 + g * 16, s1[g]);
+        for (int j = 0; j < n; j++) {
+            __m512bh x = (__m512bh)_mm512_loadu_si512(xb + j * ldx + g * BLOCK);
+            acc0[j] = _mm512_dpbf16_ps(acc0[j], w0, x);
+            acc1[j] = _mm512_dpbf16_ps(acc1[j], w1, x);
+        }
+    }
+    for (int j = 0; j < n; j++) out0[j] = hsum512(acc0[j]), out1[j] = hsum512(acc1[j]);
+}
+MX_SPECIALISE(mxb_rows_512, mxb_rows_512_n, AVX512BF16)
+
+AVX512BF16 static void mxb_rows4_512(const uint8_t *b, const uint8_t *s, int64_t groups,
+                                     const void *x, float *out) {
+    const uint16_t *xb = x;
+    int64_t rb = groups * BLOCK_BYTES;
+    __m512 acc[4];
+    for (int i = 0; i < 4; i++) acc[i] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; g++) {
+        if (g % 4 == 0) PREFETCH_ROWS4(b, rb, g * BLOCK_BYTES);
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + g * BLOCK);
+        for (int i = 0; i < 4; i++)
+            acc[i] = _mm512_dpbf16_ps(acc[i], mx_bf16_block(b + i * rb + g * 16, s[i * groups + g]), xv);
     }
     for (int i = 0; i < 4; i++) out[i] = hsum512(acc[i]);
 }
@@ -202,16 +269,14 @@ AVX2 INLINE void mx_rows_256_n(const uint8_t *b0, const uint8_t *s0, const uint8
 MX_SPECIALISE(mx_rows_256, mx_rows_256_n, AVX2)
 
 AVX2 static void mx_rows4_256(const uint8_t *b, const uint8_t *s, int64_t groups,
-                              const float *xd, float *out) {
+                              const void *x_in, float *out) {
+    const float *xd = x_in;
     const __m256i low = _mm256_set1_epi32(15);
     int64_t rb = groups * BLOCK_BYTES;
     __m256 acc[4];
     for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < groups; g++) {
-        if (g % 4 == 0) {
-            PREFETCH_AHEAD(b, b + rb, g * BLOCK_BYTES, 2 * rb);
-            PREFETCH_AHEAD(b + 2 * rb, b + 3 * rb, g * BLOCK_BYTES, 2 * rb);
-        }
+        if (g % 4 == 0) PREFETCH_ROWS4(b, rb, g * BLOCK_BYTES);
         __m256 m[4];
         for (int i = 0; i < 4; i++) m[i] = _mm256_load_ps(SCALED[s[i * groups + g]]);
         for (int half = 0; half < 2; half++) {
@@ -230,30 +295,31 @@ AVX2 static void mx_rows4_256(const uint8_t *b, const uint8_t *s, int64_t groups
 }
 #endif
 
-mx_rows_fn gl_mx_rows_for(int isa) {
-#ifdef GL_X86
-    if (isa == 2) return mx_rows_512;
-    if (isa == 1) return mx_rows_256;
-#endif
-    (void)isa;
-    return mx_rows_c;
+/* Inputs as the bf16 kernels read them: each value's bf16 (exact: the callers pass bf16
+   values), adjacent pairs swapped. */
+static void bf16_pairs(const float *x, void *out, int64_t len) {
+    uint16_t *xb = out;
+    for (int64_t k = 0; k < len; k++) xb[k ^ 1] = float_to_bf16(x[k]);
 }
 
-mx_rows4_fn gl_mx_rows4_for(int isa) {
+mx_kernels gl_mx_kernels(int isa, int bf16_inputs) {
+    mx_kernels k = {mx_rows_c, mx_rows4_c, gl_deinterleave, sizeof(float)};
 #ifdef GL_X86
-    if (isa == 2) return mx_rows4_512;
-    if (isa == 1) return mx_rows4_256;
+    if (isa == 3 && bf16_inputs) return (mx_kernels){mxb_rows_512, mxb_rows4_512, bf16_pairs, 2};
+    if (isa >= 2) k.rows = mx_rows_512, k.rows4 = mx_rows4_512;
+    if (isa == 1) k.rows = mx_rows_256, k.rows4 = mx_rows4_256;
 #endif
-    (void)isa;
-    return mx_rows4_c;
+    (void)isa, (void)bf16_inputs;
+    return k;
 }
 
 /* ------------------------------------------------------------------ bf16 rows
    Two rows of a bf16 matrix [R, K] against n <= MAX_TOKENS fp32 inputs x[j] (row length K):
    each weight widened to fp32 exactly, products summed in fp32. */
 
-static void bf_rows_c(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x, int n,
+static void bf_rows_c(const uint16_t *w0, const uint16_t *w1, int64_t k, const void *x_in, int n,
                       float *out0, float *out1) {
+    const float *x = x_in;
     for (int j = 0; j < n; j++) {
         float a0 = 0, a1 = 0;
         for (int64_t i = 0; i < k; i++) {
@@ -324,7 +390,7 @@ AVX2 INLINE void bf_rows_256_n(const uint16_t *w0, const uint16_t *w1, int64_t k
 }
 
 #define BF_SPECIALISE(NAME, BODY, ATTR)                                                        \
-    ATTR static void NAME(const uint16_t *w0, const uint16_t *w1, int64_t k, const float *x,   \
+    ATTR static void NAME(const uint16_t *w0, const uint16_t *w1, int64_t k, const void *x,    \
                           int n, float *o0, float *o1) {                                       \
         switch (n) {                                                                           \
         case 1: BODY(w0, w1, k, x, 1, o0, o1); break;                                          \
@@ -342,7 +408,8 @@ BF_SPECIALISE(bf_rows_256, bf_rows_256_n, AVX2)
 
 /* Four rows, one input: the two-row kernels' arithmetic for n = 1, row by row, with four
    streams in flight instead of two. */
-AVX512 static void bf_rows4_512(const uint16_t *w, int64_t k, const float *x, float *out) {
+AVX512 static void bf_rows4_512(const uint16_t *w, int64_t k, const void *x_in, float *out) {
+    const float *x = x_in;
     const uint16_t *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
@@ -364,7 +431,8 @@ AVX512 static void bf_rows4_512(const uint16_t *w, int64_t k, const float *x, fl
     }
 }
 
-AVX2 static void bf_rows4_256(const uint16_t *w, int64_t k, const float *x, float *out) {
+AVX2 static void bf_rows4_256(const uint16_t *w, int64_t k, const void *x_in, float *out) {
+    const float *x = x_in;
     const uint16_t *w0 = w, *w1 = w + k, *w2 = w + 2 * k, *w3 = w + 3 * k;
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int64_t i = 0;
@@ -385,9 +453,57 @@ AVX2 static void bf_rows4_256(const uint16_t *w, int64_t k, const float *x, floa
         out[r] = s[r];
     }
 }
+
+/* The same rows for inputs that are bf16 values, with the bf16 pair product: a lane of the fp32
+   kernels sums elements l, 16 + l, 32 + l, ... of a row in turn, so each 32 weights are
+   reordered (one vpermw) to put elements l and 16 + l in the lane's pair, the first where the
+   instruction adds first; the inputs come in that order (bf16_pair_order). Same sums, with
+   the flush below 2^-126 of the MXFP4 pair kernels; rows a whole number of 32s long. */
+AVX512BF16 INLINE __m512i pair_order(void) {
+    uint16_t idx[BLOCK];
+    for (int l = 0; l < 16; l++) idx[2 * l + 1] = (uint16_t)l, idx[2 * l] = (uint16_t)(16 + l);
+    return _mm512_loadu_si512(idx);
+}
+
+AVX512BF16 INLINE __m512bh bf_pairs(const uint16_t *w, __m512i order) {
+    return (__m512bh)_mm512_permutexvar_epi16(order, _mm512_loadu_si512(w));
+}
+
+AVX512BF16 INLINE void bfp_rows_512_n(const uint16_t *w0, const uint16_t *w1, int64_t k,
+                                      const uint16_t *xp, const int n, float *out0, float *out1) {
+    const __m512i order = pair_order();
+    __m512 acc0[MAX_TOKENS], acc1[MAX_TOKENS];
+    for (int j = 0; j < n; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += BLOCK) {
+        PREFETCH_AHEAD(w0, w1, 2 * i, 2 * k);
+        __m512bh a = bf_pairs(w0 + i, order), b = bf_pairs(w1 + i, order);
+        for (int j = 0; j < n; j++) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512(xp + j * k + i);
+            acc0[j] = _mm512_dpbf16_ps(acc0[j], a, xv);
+            acc1[j] = _mm512_dpbf16_ps(acc1[j], b, xv);
+        }
+    }
+    for (int j = 0; j < n; j++) out0[j] = hsum512(acc0[j]), out1[j] = hsum512(acc1[j]);
+}
+BF_SPECIALISE(bfp_rows_512, bfp_rows_512_n, AVX512BF16)
+
+AVX512BF16 static void bfp_rows4_512(const uint16_t *w, int64_t k, const void *x, float *out) {
+    const __m512i order = pair_order();
+    const uint16_t *xp = x;
+    __m512 acc[4];
+    for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += BLOCK) {
+        PREFETCH_AHEAD(w, w + k, 2 * i, 2 * k);
+        PREFETCH_AHEAD(w + 2 * k, w + 3 * k, 2 * i, 2 * k);
+        __m512bh xv = (__m512bh)_mm512_loadu_si512(xp + i);
+        for (int r = 0; r < 4; r++) acc[r] = _mm512_dpbf16_ps(acc[r], bf_pairs(w + r * k + i, order), xv);
+    }
+    for (int r = 0; r < 4; r++) out[r] = hsum512(acc[r]);
+}
 #endif
 
-static void bf_rows4_c(const uint16_t *w, int64_t k, const float *x, float *out) {
+static void bf_rows4_c(const uint16_t *w, int64_t k, const void *x_in, float *out) {
+    const float *x = x_in;
     for (int r = 0; r < 4; r++) {
         float a = 0;
         for (int64_t i = 0; i < k; i++) a += bf16_to_float(w[r * k + i]) * x[i];
@@ -395,22 +511,27 @@ static void bf_rows4_c(const uint16_t *w, int64_t k, const float *x, float *out)
     }
 }
 
-bf_rows_fn gl_bf_rows_for(int isa) {
-#ifdef GL_X86
-    if (isa == 2) return bf_rows_512;
-    if (isa == 1) return bf_rows_256;
-#endif
-    (void)isa;
-    return bf_rows_c;
+/* Inputs as the bf16 pair kernels read them: each 32 values' bf16 (exact: the callers pass bf16
+   values), value l and 16 + l side by side, the first in the odd word. */
+static void bf16_pair_order(const float *x, void *out, int64_t len) {
+    uint16_t *xp = out;
+    for (int64_t i = 0; i < len; i += BLOCK)
+        for (int l = 0; l < 16; l++) {
+            xp[i + 2 * l + 1] = float_to_bf16(x[i + l]);
+            xp[i + 2 * l] = float_to_bf16(x[i + 16 + l]);
+        }
 }
 
-bf_rows4_fn gl_bf_rows4_for(int isa) {
+bf_kernels gl_bf_kernels(int isa, int bf16_inputs, int64_t k) {
+    bf_kernels kern = {bf_rows_c, bf_rows4_c, NULL, sizeof(float)};
 #ifdef GL_X86
-    if (isa == 2) return bf_rows4_512;
-    if (isa == 1) return bf_rows4_256;
+    if (isa == 3 && bf16_inputs && k % BLOCK == 0)
+        return (bf_kernels){bfp_rows_512, bfp_rows4_512, bf16_pair_order, 2};
+    if (isa >= 2) kern.rows = bf_rows_512, kern.rows4 = bf_rows4_512;
+    if (isa == 1) kern.rows = bf_rows_256, kern.rows4 = bf_rows4_256;
 #endif
-    (void)isa;
-    return bf_rows4_c;
+    (void)isa, (void)bf16_inputs, (void)k;
+    return kern;
 }
 
 /* ------------------------------------------------------------------ dispatch */
@@ -420,7 +541,7 @@ int gl_best_isa(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl"))
-        return 2;
+        return __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512bf16") ? 3 : 2;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
 #endif
     return 0;
@@ -442,19 +563,19 @@ int64_t gl_deinterleaved(int64_t k) {
     return k - i + (i & 1 ? 16 + i / 2 : i / 2);
 }
 
-void gl_deinterleave(const float *x, float *xd, int64_t len) {
+void gl_deinterleave(const float *x, void *out, int64_t len) {
+    float *xd = out;
     for (int64_t k = 0; k < len; k++) xd[gl_deinterleaved(k)] = x[k];
 }
 
-/* y[j, r] = W[r] . x[j] + bias[r] for rows [r0, r1) and n tokens of de-interleaved xd. */
-static void mx_matmul_rows(mx_rows_fn rows_fn, mx_rows4_fn rows4, const uint8_t *blocks,
-                           const uint8_t *scales, const float *bias, int64_t groups,
-                           const float *xd, int n, float *y, int64_t ldy, int64_t r0,
-                           int64_t r1) {
+/* y[j, r] = W[r] . x[j] + bias[r] for rows [r0, r1) and n inputs x in kern's form. */
+static void mx_matmul_rows(mx_kernels kern, const uint8_t *blocks, const uint8_t *scales,
+                           const float *bias, int64_t groups, const char *x, int n, float *y,
+                           int64_t ldy, int64_t r0, int64_t r1) {
     int64_t k = groups * BLOCK;
     for (; n == 1 && r0 + 4 <= r1; r0 += 4) { /* one input: four rows at a time */
         float o[4];
-        rows4(blocks + r0 * groups * BLOCK_BYTES, scales + r0 * groups, groups, xd, o);
+        kern.rows4(blocks + r0 * groups * BLOCK_BYTES, scales + r0 * groups, groups, x, o);
         for (int i = 0; i < 4; i++) y[r0 + i] = o[i] + (bias ? bias[r0 + i] : 0.0f);
     }
     for (int64_t r = r0; r < r1; r += 2) {
@@ -462,9 +583,9 @@ static void mx_matmul_rows(mx_rows_fn rows_fn, mx_rows4_fn rows4, const uint8_t 
         for (int j0 = 0; j0 < n; j0 += MAX_TOKENS) {
             int m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
             float o0[MAX_TOKENS], o1[MAX_TOKENS];
-            rows_fn(blocks + r * groups * BLOCK_BYTES, scales + r * groups,
-                    blocks + q * groups * BLOCK_BYTES, scales + q * groups, groups, xd + j0 * k, k,
-                    m, o0, o1);
+            kern.rows(blocks + r * groups * BLOCK_BYTES, scales + r * groups,
+                      blocks + q * groups * BLOCK_BYTES, scales + q * groups, groups,
+                      x + j0 * k * kern.size, k, m, o0, o1);
             for (int j = 0; j < m; j++) {
                 y[(j0 + j) * ldy + r] = o0[j] + (bias ? bias[r] : 0.0f);
                 if (q != r) y[(j0 + j) * ldy + q] = o1[j] + (bias ? bias[q] : 0.0f);
@@ -475,44 +596,44 @@ static void mx_matmul_rows(mx_rows_fn rows_fn, mx_rows4_fn rows4, const uint8_t 
 
 /* ------------------------------------------------------------------ entry points */
 
-/* y[n, rows] = x[n, K] W^T + bias (bias may be NULL), W packed MXFP4 [rows, K]. `xd` is scratch
-   for n*K floats. */
+/* y[n, rows] = x[n, K] W^T + bias (bias may be NULL), W packed MXFP4 [rows, K]; x holds bf16
+   values when `x_bf16`. `xd` is scratch for n*K floats. */
 void gl_mxfp4_matmul(int isa, const uint8_t *blocks, const uint8_t *scales, const float *bias,
-                     const float *x, float *xd, float *y, int64_t rows, int64_t groups, int64_t n,
-                     int nthreads) {
-    mx_rows_fn rows_fn = gl_mx_rows_for(isa);
-    mx_rows4_fn rows4 = gl_mx_rows4_for(isa);
+                     const float *x, int x_bf16, float *xd, float *y, int64_t rows,
+                     int64_t groups, int64_t n, int nthreads) {
+    mx_kernels kern = gl_mx_kernels(isa, x_bf16);
     int64_t k = groups * BLOCK;
 #pragma omp parallel num_threads(nthreads)
     {
         int tid = thread_id(), nth = thread_count();
-        for (int64_t j = tid; j < n; j += nth) gl_deinterleave(x + j * k, xd + j * k, k);
+        for (int64_t j = tid; j < n; j += nth) kern.prepare(x + j * k, (char *)xd + j * k * kern.size, k);
 #pragma omp barrier
         int64_t r0, r1;
         gl_split_rows(rows, tid, nth, &r0, &r1);
-        mx_matmul_rows(rows_fn, rows4, blocks, scales, bias, groups, xd, (int)n, y, rows, r0, r1);
+        mx_matmul_rows(kern, blocks, scales, bias, groups, (const char *)xd, (int)n, y, rows, r0, r1);
     }
 }
 
 /* One layer's routed experts: out[t] += Σ w_p (W2_e swiglu(W1_e x_t + b1_e) + b2_e) over the
    (token, expert) pairs p, which come sorted by expert: pairs offsets[u] .. offsets[u+1]-1 use
-   expert ids[u]. xs[P, H] are the pairs' input rows; wt[P] their routing weights, tok[P] their
-   token; bias1[U, 2I] and bias2[U, H] the used experts' biases in fp32. Scratch: xd[P, H] and
-   ad[P, I] floats. out[T, H] is accumulated into, in the order of the pairs. */
+   expert ids[u]. xs[P, H] are the pairs' input rows (bf16 values when `xs_bf16`); wt[P] their
+   routing weights, tok[P] their token; bias1[U, 2I] and bias2[U, H] the used experts' biases
+   in fp32. Scratch: xd[P, H] and ad[P, I] floats. out[T, H] is accumulated into, in the order
+   of the pairs. */
 void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t *offsets,
-                      const float *xs, const float *wt, const int64_t *tok, const uint8_t *blocks1,
+                      const float *xs, int xs_bf16, const float *wt, const int64_t *tok,
+                      const uint8_t *blocks1,
                       const uint8_t *scales1, const float *bias1, const uint8_t *blocks2,
                       const uint8_t *scales2, const float *bias2, int64_t hidden,
                       int64_t intermediate, float alpha, float limit, float *xd, float *ad,
                       float *out, int nthreads) {
-    mx_rows_fn rows_fn = gl_mx_rows_for(isa);
-    mx_rows4_fn rows4 = gl_mx_rows4_for(isa);
+    mx_kernels k1 = gl_mx_kernels(isa, xs_bf16), k2 = gl_mx_kernels(isa, 0);
     int64_t g1 = hidden / BLOCK, g2 = intermediate / BLOCK, rows1 = 2 * intermediate;
-    int64_t npairs = offsets[n_used];
+    int64_t npairs = offsets[n_used], xrow = hidden * k1.size;
 #pragma omp parallel num_threads(nthreads)
     {
         int tid = thread_id(), nth = thread_count();
-        for (int64_t p = tid; p < npairs; p += nth) gl_deinterleave(xs + p * hidden, xd + p * hidden, hidden);
+        for (int64_t p = tid; p < npairs; p += nth) k1.prepare(xs + p * hidden, (char *)xd + p * xrow, hidden);
 #pragma omp barrier
         /* gate_up and SwiGLU: rows 2i (gate) and 2i+1 (up) give activation i. */
         int64_t r0, r1;
@@ -525,7 +646,7 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
             int64_t r = r0;
             for (; n == 1 && r + 4 <= r1; r += 4) { /* one input: two activations at a time */
                 float o[4];
-                rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, xd + p0 * hidden, o);
+                k1.rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, (char *)xd + p0 * xrow, o);
                 for (int i = 0; i < 4; i += 2)
                     ad[p0 * intermediate + gl_deinterleaved((r + i) / 2)] =
                         gl_swiglu(o[i] + bu[r + i], o[i + 1] + bu[r + i + 1], alpha, limit);
@@ -534,8 +655,9 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
                 for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
                     int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
                     float gate[MAX_TOKENS], up[MAX_TOKENS];
-                    rows_fn(b + r * g1 * BLOCK_BYTES, s + r * g1, b + (r + 1) * g1 * BLOCK_BYTES,
-                            s + (r + 1) * g1, g1, xd + (p0 + j0) * hidden, hidden, m, gate, up);
+                    k1.rows(b + r * g1 * BLOCK_BYTES, s + r * g1, b + (r + 1) * g1 * BLOCK_BYTES,
+                            s + (r + 1) * g1, g1, (char *)xd + (p0 + j0) * xrow, hidden, m, gate,
+                            up);
                     for (int j = 0; j < m; j++)
                         ad[(p0 + j0 + j) * intermediate + gl_deinterleaved(r / 2)] =
                             gl_swiglu(gate[j] + bu[r], up[j] + bu[r + 1], alpha, limit);
@@ -553,14 +675,14 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
             int64_t r = r0;
             for (; n == 1 && r + 4 <= r1; r += 4) { /* one input: four rows at a time */
                 float o[4], *to = out + tok[p0] * hidden;
-                rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, ad + p0 * intermediate, o);
+                k2.rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, ad + p0 * intermediate, o);
                 for (int i = 0; i < 4; i++) to[r + i] += wt[p0] * (o[i] + bias2[u * hidden + r + i]);
             }
             for (; r < r1; r += 2) {
                 int64_t q = r + 1 < r1 ? r + 1 : r;
                 for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
                     int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
-                    rows_fn(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
+                    k2.rows(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
                             s + q * g2, g2, ad + (p0 + j0) * intermediate, intermediate, m, y,
                             y + MAX_TOKENS);
                     for (int j = 0; j < m; j++) {
@@ -575,18 +697,22 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
     }
 }
 
-/* y[n, rows] = x[n, K] W^T + bias (bias may be NULL) for a bf16 matrix W [rows, K]. */
-void gl_bf16_matmul(int isa, const uint16_t *w, const float *bias, const float *x, float *y,
-                    int64_t rows, int64_t k, int64_t n, int nthreads) {
-    bf_rows_fn rows_fn = gl_bf_rows_for(isa);
-    bf_rows4_fn rows4 = gl_bf_rows4_for(isa);
+/* y[n, rows] = x[n, K] W^T + bias (bias may be NULL) for a bf16 matrix W [rows, K]; x holds
+   bf16 values when `x_bf16`. `xk` is scratch for n*K floats. */
+void gl_bf16_matmul(int isa, const uint16_t *w, const float *bias, const float *x, int x_bf16,
+                    float *xk, float *y, int64_t rows, int64_t k, int64_t n, int nthreads) {
+    bf_kernels kern = gl_bf_kernels(isa, x_bf16, k);
+    if (kern.prepare != NULL) {
+        for (int64_t j = 0; j < n; j++) kern.prepare(x + j * k, (char *)xk + j * k * kern.size, k);
+        x = xk;
+    }
 #pragma omp parallel num_threads(nthreads)
     {
         int64_t r0, r1;
         gl_split_rows(rows, thread_id(), thread_count(), &r0, &r1);
         for (; n == 1 && r0 + 4 <= r1; r0 += 4) { /* one input: four rows at a time */
             float o[4];
-            rows4(w + r0 * k, k, x, o);
+            kern.rows4(w + r0 * k, k, x, o);
             for (int j = 0; j < 4; j++) y[r0 + j] = o[j] + (bias ? bias[r0 + j] : 0.0f);
         }
         for (int64_t r = r0; r < r1; r += 2) {
@@ -594,7 +720,7 @@ void gl_bf16_matmul(int isa, const uint16_t *w, const float *bias, const float *
             for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
                 int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
                 float o0[MAX_TOKENS], o1[MAX_TOKENS];
-                rows_fn(w + r * k, w + q * k, k, x + j0 * k, m, o0, o1);
+                kern.rows(w + r * k, w + q * k, k, (const char *)x + j0 * k * kern.size, m, o0, o1);
                 for (int j = 0; j < m; j++) {
                     y[(j0 + j) * rows + r] = o0[j] + (bias ? bias[r] : 0.0f);
                     if (q != r) y[(j0 + j) * rows + q] = o1[j] + (bias ? bias[q] : 0.0f);

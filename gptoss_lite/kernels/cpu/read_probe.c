@@ -64,7 +64,7 @@ double gl_read_probe(int isa, const uint8_t *buf, int64_t nbytes, int streams, i
                      int rounds, int nthreads) {
     uint64_t (*read)(const uint8_t *, int64_t, int, int64_t) = read_c;
 #ifdef GL_X86
-    if (isa == 2) read = read_512;
+    if (isa >= 2) read = read_512;
     if (isa == 1) read = read_256;
 #endif
     double best = 1e30;
