@@ -296,14 +296,15 @@ def bf16_rows(x: torch.Tensor, w: torch.Tensor, isa: str) -> torch.Tensor:
 def test_bf16_inputs_sum_bit_for_bit_as_the_fp32_bf16_rows_sum_them():
     # The pair kernels put a lane's elements l and 16 + l in one pair, the first where the
     # instruction adds first: the fp32 kernel's lane order, so the same floats, alone (four
-    # rows a pass) and together (two rows a pass).
+    # rows a pass), with up to three others (four rows a pass) and with more (two rows a pass).
     g = torch.Generator().manual_seed(3)
     rows, k = 203, 2880
     w = torch.randn(rows, k, generator=g).bfloat16()
-    x = torch.randn(3, k, generator=g).bfloat16()
+    x = torch.randn(6, k, generator=g).bfloat16()
     together = bf16_rows(x, w, BF16_ISA)
     assert torch.equal(together, bf16_rows(x.float(), w, "avx512"))
-    for j in range(3):
+    assert torch.equal(bf16_rows(x[:3], w, BF16_ISA), together[:3])
+    for j in range(6):
         assert torch.equal(bf16_rows(x[j : j + 1], w, BF16_ISA), together[j : j + 1])
 
 

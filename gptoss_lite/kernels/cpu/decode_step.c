@@ -143,6 +143,14 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *
             for (int j = 0; j < 4; j++)
                 y[r + j] = act_round(act, o[j] + (b ? act_load(act, b, r + j) : 0.0f));
         }
+        for (; kern.rows4n != NULL && n <= 4 && r + 4 <= r1; r += 4) {
+            float o[16];
+            kern.rows4n(wb + r * k, k, xk, (int)n, o);
+            for (int64_t j = 0; j < n; j++)
+                for (int i = 0; i < 4; i++)
+                    y[j * ldy + r + i] =
+                        act_round(act, o[4 * j + i] + (b ? act_load(act, b, r + i) : 0.0f));
+        }
         for (; r < r1; r += 2) {
             int64_t q = r + 1 < r1 ? r + 1 : r;
             for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {

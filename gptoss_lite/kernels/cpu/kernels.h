@@ -64,12 +64,17 @@ typedef void (*bf_rows_fn)(const uint16_t *w0, const uint16_t *w1, int64_t k, co
    the order the two-row kernels sum it (so a row's result does not depend on its neighbours). */
 typedef void (*bf_rows4_fn)(const uint16_t *w, int64_t k, const void *x, float *out);
 
+/* Four rows of a bf16 matrix against n <= 4 inputs x[j] (stride k): out[4 * j + i] = w_i . x[j],
+   each summed as the kernels above sum it. */
+typedef void (*bf_rows4n_fn)(const uint16_t *w, int64_t k, const void *x, int n, float *out);
+
 /* The bf16 row kernels for one instruction set, kind of input and row length k, as
    mx_kernels: fp32 inputs as given (`prepare` NULL), or bf16 values rearranged by `prepare`
-   for the bf16 pair product, with the same sums. */
+   for the bf16 pair product, with the same sums (and then `rows4n`, else NULL). */
 typedef struct {
     bf_rows_fn rows;
     bf_rows4_fn rows4;
+    bf_rows4n_fn rows4n;
     void (*prepare)(const float *x, void *out, int64_t len);
     int64_t size;
 } bf_kernels;

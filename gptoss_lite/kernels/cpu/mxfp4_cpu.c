@@ -487,18 +487,40 @@ AVX512BF16 INLINE void bfp_rows_512_n(const uint16_t *w0, const uint16_t *w1, in
 }
 BF_SPECIALISE(bfp_rows_512, bfp_rows_512_n, AVX512BF16)
 
-AVX512BF16 static void bfp_rows4_512(const uint16_t *w, int64_t k, const void *x, float *out) {
+/* Four rows against up to four inputs (a few sequences decoded together): four rows stream
+   at once, and each 32 weights reordered once serve every input. */
+AVX512BF16 INLINE void bfp_rows4_512_n(const uint16_t *w, int64_t k, const uint16_t *xp,
+                                       const int n, float *out) {
     const __m512i order = pair_order();
-    const uint16_t *xp = x;
-    __m512 acc[4];
-    for (int r = 0; r < 4; r++) acc[r] = _mm512_setzero_ps();
+    __m512 acc[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int j = 0; j < n; j++) acc[r][j] = _mm512_setzero_ps();
     for (int64_t i = 0; i < k; i += BLOCK) {
         PREFETCH_AHEAD(w, w + k, 2 * i, 2 * k);
         PREFETCH_AHEAD(w + 2 * k, w + 3 * k, 2 * i, 2 * k);
-        __m512bh xv = (__m512bh)_mm512_loadu_si512(xp + i);
-        for (int r = 0; r < 4; r++) acc[r] = _mm512_dpbf16_ps(acc[r], bf_pairs(w + r * k + i, order), xv);
+        __m512bh wr[4];
+        for (int r = 0; r < 4; r++) wr[r] = bf_pairs(w + r * k + i, order);
+        for (int j = 0; j < n; j++) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512(xp + j * k + i);
+            for (int r = 0; r < 4; r++) acc[r][j] = _mm512_dpbf16_ps(acc[r][j], wr[r], xv);
+        }
     }
-    for (int r = 0; r < 4; r++) out[r] = hsum512(acc[r]);
+    for (int j = 0; j < n; j++)
+        for (int r = 0; r < 4; r++) out[4 * j + r] = hsum512(acc[r][j]);
+}
+
+AVX512BF16 static void bfp_rows4n_512(const uint16_t *w, int64_t k, const void *x, int n,
+                                      float *out) {
+    switch (n) {
+    case 1: bfp_rows4_512_n(w, k, x, 1, out); break;
+    case 2: bfp_rows4_512_n(w, k, x, 2, out); break;
+    case 3: bfp_rows4_512_n(w, k, x, 3, out); break;
+    default: bfp_rows4_512_n(w, k, x, 4, out); break;
+    }
+}
+
+AVX512BF16 static void bfp_rows4_512(const uint16_t *w, int64_t k, const void *x, float *out) {
+    bfp_rows4_512_n(w, k, x, 1, out);
 }
 #endif
 
@@ -523,10 +545,10 @@ static void bf16_pair_order(const float *x, void *out, int64_t len) {
 }
 
 bf_kernels gl_bf_kernels(int isa, int bf16_inputs, int64_t k) {
-    bf_kernels kern = {bf_rows_c, bf_rows4_c, NULL, sizeof(float)};
+    bf_kernels kern = {bf_rows_c, bf_rows4_c, NULL, NULL, sizeof(float)};
 #ifdef GL_X86
     if (isa == 3 && bf16_inputs && k % BLOCK == 0)
-        return (bf_kernels){bfp_rows_512, bfp_rows4_512, bf16_pair_order, 2};
+        return (bf_kernels){bfp_rows_512, bfp_rows4_512, bfp_rows4n_512, bf16_pair_order, 2};
     if (isa >= 2) kern.rows = bf_rows_512, kern.rows4 = bf_rows4_512;
     if (isa == 1) kern.rows = bf_rows_256, kern.rows4 = bf_rows4_256;
 #endif
@@ -714,6 +736,13 @@ void gl_bf16_matmul(int isa, const uint16_t *w, const float *bias, const float *
             float o[4];
             kern.rows4(w + r0 * k, k, x, o);
             for (int j = 0; j < 4; j++) y[r0 + j] = o[j] + (bias ? bias[r0 + j] : 0.0f);
+        }
+        for (; kern.rows4n != NULL && n <= 4 && r0 + 4 <= r1; r0 += 4) {
+            float o[16];
+            kern.rows4n(w + r0 * k, k, x, (int)n, o);
+            for (int64_t j = 0; j < n; j++)
+                for (int i = 0; i < 4; i++)
+                    y[j * rows + r0 + i] = o[4 * j + i] + (bias ? bias[r0 + i] : 0.0f);
         }
         for (int64_t r = r0; r < r1; r += 2) {
             int64_t q = r + 1 < r1 ? r + 1 : r;
