@@ -28,6 +28,9 @@ pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler for t
 # Every instruction set this CPU runs, narrowest first.
 ISAS = cpu.ISAS[: cpu.ISAS.index(cpu.best_isa()) + 1] if cpu.available() else ()
 BF16_ISA = "avx512bf16"  # the instruction set whose MXFP4 rows read bf16 inputs as bf16
+needs_bf16 = pytest.mark.skipif(
+    BF16_ISA not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI"
+)
 U = 2.0**-24  # fp32 unit roundoff
 TINY = 2.0**-149  # smallest fp32 subnormal: the absolute error of a product that underflows
 SLOPE = 1.1  # Lipschitz constant of g·sigmoid(alpha·g) in g (its derivative peaks at 1.0998)
@@ -61,7 +64,7 @@ def test_every_code_and_scale_decodes_exactly(isa):
     assert not got[:, ~finite][~ref[:, ~finite].isfinite()].isfinite().any()
 
 
-@pytest.mark.skipif(BF16_ISA not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI")
+@needs_bf16
 def test_the_bf16_input_kernels_decode_every_code_and_scale_exactly():
     # As above, with bf16 inputs, which the bf16 pair product reads: every weight comes out
     # exactly, except those below 2**-126 (scale 0, and code 0.5 at scale 1), which that
@@ -80,7 +83,7 @@ def test_the_bf16_input_kernels_decode_every_code_and_scale_exactly():
     assert not got[:, ~finite][~ref[:, ~finite].isfinite()].isfinite().any()
 
 
-@pytest.mark.skipif(BF16_ISA not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI")
+@needs_bf16
 @pytest.mark.parametrize("tokens", [1, 3, 11])
 def test_bf16_inputs_sum_bit_for_bit_as_the_fp32_kernel_sums_them(tokens):
     # The bf16 pair product adds a lane's two exact products in the order of the fp32 kernel's
@@ -292,7 +295,7 @@ def bf16_rows(x: torch.Tensor, w: torch.Tensor, isa: str) -> torch.Tensor:
     return y
 
 
-@pytest.mark.skipif(BF16_ISA not in ISAS, reason="this CPU has no AVX-512 BF16 and VBMI")
+@needs_bf16
 def test_bf16_inputs_sum_bit_for_bit_as_the_fp32_bf16_rows_sum_them():
     # The pair kernels put a lane's elements l and 16 + l in one pair, the first where the
     # instruction adds first: the fp32 kernel's lane order, so the same floats, alone (four
