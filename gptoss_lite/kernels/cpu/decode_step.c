@@ -130,40 +130,16 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *
         return;
     }
     if (act == ACT_BF16) {
-        const uint16_t *wb = w;
         bf_kernels kern = gl_bf_kernels(isa, 1, k); /* the inputs are bf16 values */
-        const char *xk = (const char *)x;
+        const void *xk = x;
         if (kern.prepare != NULL) {
             for (int64_t j = 0; j < n; j++) kern.prepare(x + j * k, (char *)scratch + j * k * kern.size, k);
             xk = scratch;
         }
-        for (; n == 1 && r + 4 <= r1; r += 4) {
-            float o[4];
-            kern.rows4(wb + r * k, k, xk, o);
-            for (int j = 0; j < 4; j++)
-                y[r + j] = act_round(act, o[j] + (b ? act_load(act, b, r + j) : 0.0f));
-        }
-        for (; kern.rows4n != NULL && n <= 4 && r + 4 <= r1; r += 4) {
-            float o[16];
-            kern.rows4n(wb + r * k, k, xk, (int)n, o);
-            for (int64_t j = 0; j < n; j++)
-                for (int i = 0; i < 4; i++)
-                    y[j * ldy + r + i] =
-                        act_round(act, o[4 * j + i] + (b ? act_load(act, b, r + i) : 0.0f));
-        }
-        for (; r < r1; r += 2) {
-            int64_t q = r + 1 < r1 ? r + 1 : r;
-            for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
-                int c = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
-                float o0[MAX_TOKENS], o1[MAX_TOKENS];
-                kern.rows(wb + r * k, wb + q * k, k, xk + j0 * k * kern.size, c, o0, o1);
-                for (int j = 0; j < c; j++) {
-                    float *yj = y + (j0 + j) * ldy;
-                    yj[r] = act_round(act, o0[j] + (b ? act_load(act, b, r) : 0.0f));
-                    if (q != r) yj[q] = act_round(act, o1[j] + (b ? act_load(act, b, q) : 0.0f));
-                }
-            }
-        }
+        gl_bf_rows_range(kern, w, k, xk, n, r0, r1, y, ldy);
+        for (int64_t j = 0; j < n; j++)
+            for (r = r0; r < r1; r++)
+                y[j * ldy + r] = act_round(act, y[j * ldy + r] + (b ? act_load(act, b, r) : 0.0f));
         return;
     }
     for (; r < r1; r++) {

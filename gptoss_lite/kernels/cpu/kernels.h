@@ -87,6 +87,8 @@ typedef void (*q8_rows_fn)(const int8_t *w, int64_t k, const float *x, int64_t n
 INTERNAL mx_kernels gl_mx_kernels(int isa, int bf16_inputs);
 INTERNAL q8_rows_fn gl_q8_rows_for(int isa);
 INTERNAL bf_kernels gl_bf_kernels(int isa, int bf16_inputs, int64_t k);
+INTERNAL void gl_bf_rows_range(bf_kernels kern, const uint16_t *w, int64_t k, const void *x,
+                               int64_t n, int64_t r0, int64_t r1, float *out, int64_t ldo);
 
 INTERNAL void gl_split_rows(int64_t rows, int tid, int nth, int64_t *begin, int64_t *end);
 INTERNAL int64_t gl_deinterleaved(int64_t k);

@@ -616,6 +616,33 @@ static void mx_matmul_rows(mx_kernels kern, const uint8_t *blocks, const uint8_t
     }
 }
 
+/* out[j * ldo + r] = W[r] . x[j] for rows [r0, r1) of a bf16 matrix W [R, k] and n inputs x
+   in kern's form: four rows a pass where the kernels have one for that many inputs, else two
+   (each row's sum is the same either way). */
+void gl_bf_rows_range(bf_kernels kern, const uint16_t *w, int64_t k, const void *x, int64_t n,
+                      int64_t r0, int64_t r1, float *out, int64_t ldo) {
+    int64_t r = r0;
+    for (; n == 1 && r + 4 <= r1; r += 4) kern.rows4(w + r * k, k, x, out + r);
+    for (; kern.rows4n != NULL && n <= 4 && r + 4 <= r1; r += 4) {
+        float o[16];
+        kern.rows4n(w + r * k, k, x, (int)n, o);
+        for (int64_t j = 0; j < n; j++)
+            for (int i = 0; i < 4; i++) out[j * ldo + r + i] = o[4 * j + i];
+    }
+    for (; r < r1; r += 2) {
+        int64_t q = r + 1 < r1 ? r + 1 : r; /* an odd last row is computed twice, stored once */
+        for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+            int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
+            float o0[MAX_TOKENS], o1[MAX_TOKENS];
+            kern.rows(w + r * k, w + q * k, k, (const char *)x + j0 * k * kern.size, m, o0, o1);
+            for (int j = 0; j < m; j++) {
+                out[(j0 + j) * ldo + r] = o0[j];
+                if (q != r) out[(j0 + j) * ldo + q] = o1[j];
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ entry points */
 
 /* y[n, rows] = x[n, K] W^T + bias (bias may be NULL), W packed MXFP4 [rows, K]; x holds bf16
@@ -644,11 +671,10 @@ void gl_mxfp4_matmul(int isa, const uint8_t *blocks, const uint8_t *scales, cons
    of the pairs. */
 void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t *offsets,
                       const float *xs, int xs_bf16, const float *wt, const int64_t *tok,
-                      const uint8_t *blocks1,
-                      const uint8_t *scales1, const float *bias1, const uint8_t *blocks2,
-                      const uint8_t *scales2, const float *bias2, int64_t hidden,
-                      int64_t intermediate, float alpha, float limit, float *xd, float *ad,
-                      float *out, int nthreads) {
+                      const uint8_t *blocks1, const uint8_t *scales1, const float *bias1,
+                      const uint8_t *blocks2, const uint8_t *scales2, const float *bias2,
+                      int64_t hidden, int64_t intermediate, float alpha, float limit, float *xd,
+                      float *ad, float *out, int nthreads) {
     mx_kernels k1 = gl_mx_kernels(isa, xs_bf16), k2 = gl_mx_kernels(isa, 0);
     int64_t g1 = hidden / BLOCK, g2 = intermediate / BLOCK, rows1 = 2 * intermediate;
     int64_t npairs = offsets[n_used], xrow = hidden * k1.size;
@@ -732,29 +758,8 @@ void gl_bf16_matmul(int isa, const uint16_t *w, const float *bias, const float *
     {
         int64_t r0, r1;
         gl_split_rows(rows, thread_id(), thread_count(), &r0, &r1);
-        for (; n == 1 && r0 + 4 <= r1; r0 += 4) { /* one input: four rows at a time */
-            float o[4];
-            kern.rows4(w + r0 * k, k, x, o);
-            for (int j = 0; j < 4; j++) y[r0 + j] = o[j] + (bias ? bias[r0 + j] : 0.0f);
-        }
-        for (; kern.rows4n != NULL && n <= 4 && r0 + 4 <= r1; r0 += 4) {
-            float o[16];
-            kern.rows4n(w + r0 * k, k, x, (int)n, o);
-            for (int64_t j = 0; j < n; j++)
-                for (int i = 0; i < 4; i++)
-                    y[j * rows + r0 + i] = o[4 * j + i] + (bias ? bias[r0 + i] : 0.0f);
-        }
-        for (int64_t r = r0; r < r1; r += 2) {
-            int64_t q = r + 1 < r1 ? r + 1 : r;
-            for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
-                int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
-                float o0[MAX_TOKENS], o1[MAX_TOKENS];
-                kern.rows(w + r * k, w + q * k, k, (const char *)x + j0 * k * kern.size, m, o0, o1);
-                for (int j = 0; j < m; j++) {
-                    y[(j0 + j) * rows + r] = o0[j] + (bias ? bias[r] : 0.0f);
-                    if (q != r) y[(j0 + j) * rows + q] = o1[j] + (bias ? bias[q] : 0.0f);
-                }
-            }
-        }
+        gl_bf_rows_range(kern, w, k, x, n, r0, r1, y, rows);
+        for (int64_t j = 0; j < n; j++)
+            for (int64_t r = r0; r < r1; r++) y[j * rows + r] += bias ? bias[r] : 0.0f;
     }
 }
