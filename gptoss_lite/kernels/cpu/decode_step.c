@@ -401,7 +401,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
         int32_t *slots = (int32_t *)(scores + group * stride);
         part_clock clk = {phase, seconds(), phase != NULL && tid == 0};
         int64_t r0, r1, ids[n][k], ptok[npairs], first[E + 1];
-        float wt[n][k], pw[npairs];
+        float wt[n][k], pw[npairs], tile[MAX_TOKENS * ROW_TILE];
         for (int64_t l = 0; l < m->layers; l++) {
             const gl_layer *L = m->layer + l;
             /* attention */
@@ -449,32 +449,23 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             first[E] = p;
             lap(&clk, PH_ROUTER);
             gl_split_rows(2 * ni, tid, nth, &r0, &r1);
-            for (int64_t e = 0; e < E; e++) {
-                int64_t p0 = first[e], c = first[e + 1] - p0;
+            for (int64_t e = 0; e < E; e++) { /* rows 2i (gate) and 2i+1 (up) give activation i */
+                int64_t p0 = first[e], c = first[e + 1] - p0, bu = e * 2 * ni;
                 const uint8_t *b = L->gu_blocks + e * 2 * ni * g1 * BLOCK_BYTES;
                 const uint8_t *s = L->gu_scales + e * 2 * ni * g1;
-                int64_t r = r0, bu = e * 2 * ni; /* rows 2i (gate), 2i+1 (up) */
-                for (; c == 1 && r + 4 <= r1; r += 4) { /* one token: two activations at a time */
-                    float o[4];
-                    k1.rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, (char *)xd + p0 * xrow, o);
-                    for (int i = 0; i < 4; i += 2)
-                        a[p0 * ni + gl_deinterleaved((r + i) / 2)] =
-                            gl_swiglu(o[i] + act_load(act, L->gu_bias, bu + r + i),
-                                      o[i + 1] + act_load(act, L->gu_bias, bu + r + i + 1),
-                                      m->alpha, m->limit);
-                }
-                for (; c && r < r1; r += 2) {
+                for (int64_t rt = r0; c && rt < r1; rt += ROW_TILE) {
+                    int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
                     for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
-                        int cj = c - j0 < MAX_TOKENS ? (int)(c - j0) : MAX_TOKENS;
-                        float gate[MAX_TOKENS], up[MAX_TOKENS];
-                        k1.rows(b + r * g1 * BLOCK_BYTES, s + r * g1,
-                                b + (r + 1) * g1 * BLOCK_BYTES, s + (r + 1) * g1, g1,
-                                (char *)xd + (p0 + j0) * xrow, h, cj, gate, up);
-                        for (int j = 0; j < cj; j++)
-                            a[(p0 + j0 + j) * ni + gl_deinterleaved(r / 2)] =
-                                gl_swiglu(gate[j] + act_load(act, L->gu_bias, bu + r),
-                                          up[j] + act_load(act, L->gu_bias, bu + r + 1),
-                                          m->alpha, m->limit);
+                        int64_t cj = c - j0 < MAX_TOKENS ? c - j0 : MAX_TOKENS;
+                        gl_mx_rows_range(k1, b, s, g1, (char *)xd + (p0 + j0) * xrow, cj, rt, re,
+                                         tile, ROW_TILE);
+                        for (int64_t j = 0; j < cj; j++)
+                            for (int64_t r = rt; r < re; r += 2)
+                                a[(p0 + j0 + j) * ni + gl_deinterleaved(r / 2)] = gl_swiglu(
+                                    tile[j * ROW_TILE + r - rt] + act_load(act, L->gu_bias, bu + r),
+                                    tile[j * ROW_TILE + r + 1 - rt] +
+                                        act_load(act, L->gu_bias, bu + r + 1),
+                                    m->alpha, m->limit);
                     }
                 }
             }
@@ -487,24 +478,17 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
                 int64_t p0 = first[e], c = first[e + 1] - p0;
                 const uint8_t *b = L->dn_blocks + e * h * g2 * BLOCK_BYTES;
                 const uint8_t *s = L->dn_scales + e * h * g2;
-                int64_t r = r0;
-                for (; c == 1 && r + 4 <= r1; r += 4) { /* one token: four rows at a time */
-                    float y[4], *out = moe + ptok[p0] * h, w = pw[p0];
-                    k2.rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, a + p0 * ni, y);
-                    for (int i = 0; i < 4; i++)
-                        out[r + i] += w * (y[i] + act_load(act, L->dn_bias, e * h + r + i));
-                }
-                for (; c && r < r1; r += 2) {
-                    int64_t q = r + 1 < r1 ? r + 1 : r;
+                for (int64_t rt = r0; c && rt < r1; rt += ROW_TILE) {
+                    int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
                     for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
-                        int cj = c - j0 < MAX_TOKENS ? (int)(c - j0) : MAX_TOKENS;
-                        float y0[MAX_TOKENS], y1[MAX_TOKENS];
-                        k2.rows(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
-                                s + q * g2, g2, a + (p0 + j0) * ni, ni, cj, y0, y1);
-                        for (int j = 0; j < cj; j++) {
+                        int64_t cj = c - j0 < MAX_TOKENS ? c - j0 : MAX_TOKENS;
+                        gl_mx_rows_range(k2, b, s, g2, a + (p0 + j0) * ni, cj, rt, re, tile,
+                                         ROW_TILE);
+                        for (int64_t j = 0; j < cj; j++) {
                             float *out = moe + ptok[p0 + j0 + j] * h, w = pw[p0 + j0 + j];
-                            out[r] += w * (y0[j] + act_load(act, L->dn_bias, e * h + r));
-                            if (q != r) out[q] += w * (y1[j] + act_load(act, L->dn_bias, e * h + q));
+                            for (int64_t r = rt; r < re; r++)
+                                out[r] += w * (tile[j * ROW_TILE + r - rt] +
+                                               act_load(act, L->dn_bias, e * h + r));
                         }
                     }
                 }

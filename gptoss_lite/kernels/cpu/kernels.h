@@ -30,6 +30,10 @@
 #define BLOCK 32
 #define BLOCK_BYTES 16
 #define MAX_TOKENS 8 /* tokens sharing one decoded weight block in the inner loop */
+/* Rows a caller of gl_mx_rows_range asks for at a time, MAX_TOKENS inputs a call, when it
+   works on the dot products before going on (its buffer stays small; the rows' weights stay
+   in L2 for the next inputs). */
+#define ROW_TILE 64
 
 /* Two rows (r0, r1) of an MXFP4 matrix against n <= MAX_TOKENS inputs x[j] in the form the
    kernel reads (see mx_kernels; row length groups*32, stride ldx elements): dot products into
@@ -87,6 +91,9 @@ typedef void (*q8_rows_fn)(const int8_t *w, int64_t k, const float *x, int64_t n
 INTERNAL mx_kernels gl_mx_kernels(int isa, int bf16_inputs);
 INTERNAL q8_rows_fn gl_q8_rows_for(int isa);
 INTERNAL bf_kernels gl_bf_kernels(int isa, int bf16_inputs, int64_t k);
+INTERNAL void gl_mx_rows_range(mx_kernels kern, const uint8_t *b, const uint8_t *s, int64_t groups,
+                               const void *x, int64_t n, int64_t r0, int64_t r1, float *out,
+                               int64_t ldo);
 INTERNAL void gl_bf_rows_range(bf_kernels kern, const uint16_t *w, int64_t k, const void *x,
                                int64_t n, int64_t r0, int64_t r1, float *out, int64_t ldo);
 

@@ -590,27 +590,25 @@ void gl_deinterleave(const float *x, void *out, int64_t len) {
     for (int64_t k = 0; k < len; k++) xd[gl_deinterleaved(k)] = x[k];
 }
 
-/* y[j, r] = W[r] . x[j] + bias[r] for rows [r0, r1) and n inputs x in kern's form. */
-static void mx_matmul_rows(mx_kernels kern, const uint8_t *blocks, const uint8_t *scales,
-                           const float *bias, int64_t groups, const char *x, int n, float *y,
-                           int64_t ldy, int64_t r0, int64_t r1) {
-    int64_t k = groups * BLOCK;
-    for (; n == 1 && r0 + 4 <= r1; r0 += 4) { /* one input: four rows at a time */
-        float o[4];
-        kern.rows4(blocks + r0 * groups * BLOCK_BYTES, scales + r0 * groups, groups, x, o);
-        for (int i = 0; i < 4; i++) y[r0 + i] = o[i] + (bias ? bias[r0 + i] : 0.0f);
-    }
-    for (int64_t r = r0; r < r1; r += 2) {
-        int64_t q = r + 1 < r1 ? r + 1 : r; /* an odd last row is computed twice, stored once */
-        for (int j0 = 0; j0 < n; j0 += MAX_TOKENS) {
-            int m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
+/* out[j * ldo + r - r0] = W[r] . x[j] for rows [r0, r1) of an MXFP4 matrix W (b, s: its first
+   row's blocks and scales, `groups` blocks a row) and n inputs x in kern's form, one after
+   another: four rows a pass for one input, else two (an odd last row computed twice, stored
+   once) for MAX_TOKENS inputs a pass (each row's sum is the same either way). */
+void gl_mx_rows_range(mx_kernels kern, const uint8_t *b, const uint8_t *s, int64_t groups,
+                      const void *x, int64_t n, int64_t r0, int64_t r1, float *out, int64_t ldo) {
+    int64_t k = groups * BLOCK, r = r0;
+    for (; n == 1 && r + 4 <= r1; r += 4)
+        kern.rows4(b + r * groups * BLOCK_BYTES, s + r * groups, groups, x, out + r - r0);
+    for (; r < r1; r += 2) {
+        int64_t q = r + 1 < r1 ? r + 1 : r;
+        for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+            int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
             float o0[MAX_TOKENS], o1[MAX_TOKENS];
-            kern.rows(blocks + r * groups * BLOCK_BYTES, scales + r * groups,
-                      blocks + q * groups * BLOCK_BYTES, scales + q * groups, groups,
-                      x + j0 * k * kern.size, k, m, o0, o1);
+            kern.rows(b + r * groups * BLOCK_BYTES, s + r * groups, b + q * groups * BLOCK_BYTES,
+                      s + q * groups, groups, (const char *)x + j0 * k * kern.size, k, m, o0, o1);
             for (int j = 0; j < m; j++) {
-                y[(j0 + j) * ldy + r] = o0[j] + (bias ? bias[r] : 0.0f);
-                if (q != r) y[(j0 + j) * ldy + q] = o1[j] + (bias ? bias[q] : 0.0f);
+                out[(j0 + j) * ldo + r - r0] = o0[j];
+                if (q != r) out[(j0 + j) * ldo + q - r0] = o1[j];
             }
         }
     }
@@ -659,7 +657,9 @@ void gl_mxfp4_matmul(int isa, const uint8_t *blocks, const uint8_t *scales, cons
 #pragma omp barrier
         int64_t r0, r1;
         gl_split_rows(rows, tid, nth, &r0, &r1);
-        mx_matmul_rows(kern, blocks, scales, bias, groups, (const char *)xd, (int)n, y, rows, r0, r1);
+        gl_mx_rows_range(kern, blocks, scales, groups, xd, n, r0, r1, y + r0, rows);
+        for (int64_t j = 0; bias != NULL && j < n; j++)
+            for (int64_t r = r0; r < r1; r++) y[j * rows + r] += bias[r];
     }
 }
 
@@ -681,6 +681,7 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
 #pragma omp parallel num_threads(nthreads)
     {
         int tid = thread_id(), nth = thread_count();
+        float tile[MAX_TOKENS * ROW_TILE];
         for (int64_t p = tid; p < npairs; p += nth) k1.prepare(xs + p * hidden, (char *)xd + p * xrow, hidden);
 #pragma omp barrier
         /* gate_up and SwiGLU: rows 2i (gate) and 2i+1 (up) give activation i. */
@@ -691,53 +692,39 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
             const uint8_t *b = blocks1 + e * rows1 * g1 * BLOCK_BYTES;
             const uint8_t *s = scales1 + e * rows1 * g1;
             const float *bu = bias1 + u * rows1;
-            int64_t r = r0;
-            for (; n == 1 && r + 4 <= r1; r += 4) { /* one input: two activations at a time */
-                float o[4];
-                k1.rows4(b + r * g1 * BLOCK_BYTES, s + r * g1, g1, (char *)xd + p0 * xrow, o);
-                for (int i = 0; i < 4; i += 2)
-                    ad[p0 * intermediate + gl_deinterleaved((r + i) / 2)] =
-                        gl_swiglu(o[i] + bu[r + i], o[i + 1] + bu[r + i + 1], alpha, limit);
-            }
-            for (; r < r1; r += 2) {
+            for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
+                int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
                 for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
-                    int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
-                    float gate[MAX_TOKENS], up[MAX_TOKENS];
-                    k1.rows(b + r * g1 * BLOCK_BYTES, s + r * g1, b + (r + 1) * g1 * BLOCK_BYTES,
-                            s + (r + 1) * g1, g1, (char *)xd + (p0 + j0) * xrow, hidden, m, gate,
-                            up);
-                    for (int j = 0; j < m; j++)
-                        ad[(p0 + j0 + j) * intermediate + gl_deinterleaved(r / 2)] =
-                            gl_swiglu(gate[j] + bu[r], up[j] + bu[r + 1], alpha, limit);
+                    int64_t m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
+                    gl_mx_rows_range(k1, b, s, g1, (char *)xd + (p0 + j0) * xrow, m, rt, re, tile,
+                                     ROW_TILE);
+                    for (int64_t j = 0; j < m; j++)
+                        for (int64_t r = rt; r < re; r += 2)
+                            ad[(p0 + j0 + j) * intermediate + gl_deinterleaved(r / 2)] =
+                                gl_swiglu(tile[j * ROW_TILE + r - rt] + bu[r],
+                                          tile[j * ROW_TILE + r + 1 - rt] + bu[r + 1], alpha,
+                                          limit);
                 }
             }
         }
 #pragma omp barrier
         /* down, weighted and summed into the token's output row. */
         gl_split_rows(hidden, tid, nth, &r0, &r1);
-        float y[MAX_TOKENS * 2];
         for (int64_t u = 0; u < n_used; u++) {
             int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
             const uint8_t *b = blocks2 + e * hidden * g2 * BLOCK_BYTES;
             const uint8_t *s = scales2 + e * hidden * g2;
-            int64_t r = r0;
-            for (; n == 1 && r + 4 <= r1; r += 4) { /* one input: four rows at a time */
-                float o[4], *to = out + tok[p0] * hidden;
-                k2.rows4(b + r * g2 * BLOCK_BYTES, s + r * g2, g2, ad + p0 * intermediate, o);
-                for (int i = 0; i < 4; i++) to[r + i] += wt[p0] * (o[i] + bias2[u * hidden + r + i]);
-            }
-            for (; r < r1; r += 2) {
-                int64_t q = r + 1 < r1 ? r + 1 : r;
+            for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
+                int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
                 for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
-                    int m = n - j0 < MAX_TOKENS ? (int)(n - j0) : MAX_TOKENS;
-                    k2.rows(b + r * g2 * BLOCK_BYTES, s + r * g2, b + q * g2 * BLOCK_BYTES,
-                            s + q * g2, g2, ad + (p0 + j0) * intermediate, intermediate, m, y,
-                            y + MAX_TOKENS);
-                    for (int j = 0; j < m; j++) {
+                    int64_t m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
+                    gl_mx_rows_range(k2, b, s, g2, ad + (p0 + j0) * intermediate, m, rt, re, tile,
+                                     ROW_TILE);
+                    for (int64_t j = 0; j < m; j++) {
                         int64_t p = p0 + j0 + j;
                         float *o = out + tok[p] * hidden;
-                        o[r] += wt[p] * (y[j] + bias2[u * hidden + r]);
-                        if (q != r) o[q] += wt[p] * (y[MAX_TOKENS + j] + bias2[u * hidden + q]);
+                        for (int64_t r = rt; r < re; r++)
+                            o[r] += wt[p] * (tile[j * ROW_TILE + r - rt] + bias2[u * hidden + r]);
                     }
                 }
             }
