@@ -353,7 +353,6 @@ static int64_t max_slots(const gl_model *m, const gl_cache *const *caches, int64
     return most;
 }
 
-/* Floats of scratch `gl_decode_step` needs for n tokens of these caches and nthreads threads. */
 /* Floats of a thread's scratch for the inputs in the kernels' form: the experts' n * top_k
    rows of the hidden size, or n rows of a dense product's input. */
 static int64_t input_scratch(const gl_model *m, int64_t n) {
@@ -361,6 +360,7 @@ static int64_t input_scratch(const gl_model *m, int64_t n) {
     return n * (experts > dense ? experts : dense);
 }
 
+/* Floats of scratch `gl_decode_step` needs for n tokens of these caches and nthreads threads. */
 int64_t gl_decode_work(const gl_model *m, const gl_cache *const *caches, int64_t n,
                        int nthreads) {
     int64_t h = m->hidden, d = m->head_dim, k = m->top_k, group = m->heads / m->kv_heads;
