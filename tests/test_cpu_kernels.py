@@ -244,7 +244,7 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("tokens", [1, 3, 8])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 19])
 def test_bf16_linear_matches_torch(isa, tokens):
     g = torch.Generator().manual_seed(tokens)
     rows, k = 1001, 88  # odd rows, a row length that is not a whole number of vectors
@@ -267,9 +267,9 @@ def test_a_bf16_row_sums_the_same_alone_or_with_other_inputs(isa):
     g = torch.Generator().manual_seed(7)
     rows, k = 203, 2888  # rows not a whole number of fours, k not of vectors
     w = torch.randn(rows, k, generator=g).bfloat16()
-    x = torch.randn(3, k, generator=g)
+    x = torch.randn(11, k, generator=g)  # more than one pass of MAX_TOKENS inputs
     together = cpu.linear(x, w, isa=isa)
-    for j in range(3):
+    for j in range(11):
         assert torch.equal(cpu.linear(x[j : j + 1], w, isa=isa), together[j : j + 1])
 
 
@@ -313,7 +313,7 @@ def test_bf16_inputs_sum_bit_for_bit_as_the_fp32_bf16_rows_sum_them():
 
 def test_bf16_linear_leaves_larger_inputs_to_torch(monkeypatch):
     monkeypatch.setattr(cpu, "_library", lambda: pytest.fail("the kernel ran"))
-    x, w = torch.randn(cpu.DECODE_ROWS + 1, 32).bfloat16(), torch.randn(5, 32).bfloat16()
+    x, w = torch.randn(cpu.BF16_ROWS + 1, 32).bfloat16(), torch.randn(5, 32).bfloat16()
     assert torch.equal(cpu.linear(x, w), F.linear(x, w))
     x32, w32 = x.float(), w.float()
     assert torch.equal(cpu.linear(x32[:1], w32), F.linear(x32[:1], w32))
