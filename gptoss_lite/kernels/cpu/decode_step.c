@@ -65,10 +65,6 @@ INLINE float act_round(int act, float v) {
     return act == ACT_BF16 ? bf16_to_float(float_to_bf16(v)) : v;
 }
 
-INLINE float act_load(int act, const void *p, int64_t i) {
-    return act == ACT_BF16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
 INLINE void act_store(int act, void *p, int64_t i, float v) {
     if (act == ACT_BF16)
         ((uint16_t *)p)[i] = float_to_bf16(v);
@@ -125,7 +121,7 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *
         for (; r < r1; r++) {
             q8(wq + r * k, k, x, n, k, o);
             for (int64_t j = 0; j < n; j++)
-                y[j * ldy + r] = act_round(act, o[j] * ws[r] + (b ? act_load(act, b, r) : 0.0f));
+                y[j * ldy + r] = act_round(act, o[j] * ws[r] + (b ? gl_load(act, b, r) : 0.0f));
         }
         return;
     }
@@ -139,7 +135,7 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *
         gl_bf_rows_range(kern, w, k, xk, n, r0, r1, y, ldy);
         for (int64_t j = 0; j < n; j++)
             for (r = r0; r < r1; r++)
-                y[j * ldy + r] = act_round(act, y[j * ldy + r] + (b ? act_load(act, b, r) : 0.0f));
+                y[j * ldy + r] = act_round(act, y[j * ldy + r] + (b ? gl_load(act, b, r) : 0.0f));
         return;
     }
     for (; r < r1; r++) {
@@ -147,7 +143,7 @@ static void dense_rows(const gl_model *m, int isa, const void *w, const int8_t *
         for (int64_t j = 0; j < n; j++) {
             float a = 0;
             for (int64_t i = 0; i < k; i++) a += row[i] * x[j * k + i];
-            y[j * ldy + r] = a + (b ? act_load(act, b, r) : 0.0f);
+            y[j * ldy + r] = a + (b ? gl_load(act, b, r) : 0.0f);
         }
     }
 }
@@ -157,7 +153,7 @@ INLINE void rope(int act, const float *in, const void *cos, const void *sin, int
                  float *out) {
     int64_t half = d / 2;
     for (int64_t i = 0; i < half; i++) {
-        float c = act_load(act, cos, i), s = act_load(act, sin, i);
+        float c = gl_load(act, cos, i), s = gl_load(act, sin, i);
         float x1 = in[i], x2 = in[half + i];
         out[i] = act_round(act, act_round(act, x1 * c) - act_round(act, x2 * s));
         out[half + i] = act_round(act, act_round(act, x2 * c) + act_round(act, x1 * s));
@@ -385,7 +381,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
     int64_t stride = max_slots(m, caches, n);
     float *x = work, *qkv = x + n * h, *o = qkv + n * qkv_rows, *rl = o + n * m->heads * d;
     float *a = rl + n * E, *moe = a + npairs * ni, *own = moe + n * h;
-    for (int64_t i = 0; i < n * h; i++) x[i] = act_load(act, x_in, i);
+    for (int64_t i = 0; i < n * h; i++) x[i] = gl_load(act, x_in, i);
     /* the experts' gate_up reads the norm's output, bf16 values in bf16; down reads fp32 */
     mx_kernels k1 = gl_mx_kernels(isa, act == ACT_BF16), k2 = gl_mx_kernels(isa, 0);
     int64_t xrow = h * k1.size;
@@ -401,7 +397,7 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
         int32_t *slots = (int32_t *)(scores + group * stride);
         part_clock clk = {phase, seconds(), phase != NULL && tid == 0};
         int64_t r0, r1, ids[n][k], ptok[npairs], first[E + 1];
-        float wt[n][k], pw[npairs], tile[MAX_TOKENS * ROW_TILE];
+        float wt[n][k], pw[npairs];
         for (int64_t l = 0; l < m->layers; l++) {
             const gl_layer *L = m->layer + l;
             /* attention */
@@ -449,50 +445,24 @@ void gl_decode_step(const gl_model *m, int isa, int64_t n, const void *x_in,
             first[E] = p;
             lap(&clk, PH_ROUTER);
             gl_split_rows(2 * ni, tid, nth, &r0, &r1);
-            for (int64_t e = 0; e < E; e++) { /* rows 2i (gate) and 2i+1 (up) give activation i */
-                int64_t p0 = first[e], c = first[e + 1] - p0, bu = e * 2 * ni;
-                const uint8_t *b = L->gu_blocks + e * 2 * ni * g1 * BLOCK_BYTES;
-                const uint8_t *s = L->gu_scales + e * 2 * ni * g1;
-                for (int64_t rt = r0; c && rt < r1; rt += ROW_TILE) {
-                    int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
-                    for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
-                        int64_t cj = c - j0 < MAX_TOKENS ? c - j0 : MAX_TOKENS;
-                        gl_mx_rows_range(k1, b, s, g1, (char *)xd + (p0 + j0) * xrow, cj, rt, re,
-                                         tile, ROW_TILE);
-                        for (int64_t j = 0; j < cj; j++)
-                            for (int64_t r = rt; r < re; r += 2)
-                                a[(p0 + j0 + j) * ni + gl_deinterleaved(r / 2)] = gl_swiglu(
-                                    tile[j * ROW_TILE + r - rt] + act_load(act, L->gu_bias, bu + r),
-                                    tile[j * ROW_TILE + r + 1 - rt] +
-                                        act_load(act, L->gu_bias, bu + r + 1),
-                                    m->alpha, m->limit);
-                    }
-                }
-            }
+            int64_t bsize = act == ACT_BF16 ? 2 : 4; /* bytes of a bias */
+            for (int64_t e = 0; e < E; e++)
+                gl_expert_gate_up(k1, L->gu_blocks + e * 2 * ni * g1 * BLOCK_BYTES,
+                                  L->gu_scales + e * 2 * ni * g1, g1, (char *)xd + first[e] * xrow,
+                                  xrow, first[e + 1] - first[e], r0, r1,
+                                  (const char *)L->gu_bias + e * 2 * ni * bsize, act, m->alpha,
+                                  m->limit, a + first[e] * ni, ni);
             lap(&clk, PH_GATE_UP);
             wait_all(&clk);
             gl_split_rows(h, tid, nth, &r0, &r1);
             for (int64_t t = 0; t < n; t++)
                 for (int64_t r = r0; r < r1; r++) moe[t * h + r] = 0;
-            for (int64_t e = 0; e < E; e++) { /* a token's experts add up in ascending id */
-                int64_t p0 = first[e], c = first[e + 1] - p0;
-                const uint8_t *b = L->dn_blocks + e * h * g2 * BLOCK_BYTES;
-                const uint8_t *s = L->dn_scales + e * h * g2;
-                for (int64_t rt = r0; c && rt < r1; rt += ROW_TILE) {
-                    int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
-                    for (int64_t j0 = 0; j0 < c; j0 += MAX_TOKENS) {
-                        int64_t cj = c - j0 < MAX_TOKENS ? c - j0 : MAX_TOKENS;
-                        gl_mx_rows_range(k2, b, s, g2, a + (p0 + j0) * ni, cj, rt, re, tile,
-                                         ROW_TILE);
-                        for (int64_t j = 0; j < cj; j++) {
-                            float *out = moe + ptok[p0 + j0 + j] * h, w = pw[p0 + j0 + j];
-                            for (int64_t r = rt; r < re; r++)
-                                out[r] += w * (tile[j * ROW_TILE + r - rt] +
-                                               act_load(act, L->dn_bias, e * h + r));
-                        }
-                    }
-                }
-            }
+            for (int64_t e = 0; e < E; e++) /* a token's experts add up in ascending id */
+                gl_expert_down(k2, L->dn_blocks + e * h * g2 * BLOCK_BYTES,
+                               L->dn_scales + e * h * g2, g2, a + first[e] * ni, ni,
+                               first[e + 1] - first[e], r0, r1,
+                               (const char *)L->dn_bias + e * h * bsize, act, pw + first[e],
+                               ptok + first[e], moe, h);
             for (int64_t t = 0; t < n; t++)
                 for (int64_t r = r0; r < r1; r++)
                     x[t * h + r] = act_round(act, x[t * h + r] + act_round(act, moe[t * h + r]));

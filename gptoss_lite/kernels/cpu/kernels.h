@@ -94,6 +94,14 @@ INTERNAL bf_kernels gl_bf_kernels(int isa, int bf16_inputs, int64_t k);
 INTERNAL void gl_mx_rows_range(mx_kernels kern, const uint8_t *b, const uint8_t *s, int64_t groups,
                                const void *x, int64_t n, int64_t r0, int64_t r1, float *out,
                                int64_t ldo);
+INTERNAL void gl_expert_gate_up(mx_kernels kern, const uint8_t *b, const uint8_t *s,
+                                int64_t groups, const char *x, int64_t xrow, int64_t n, int64_t r0,
+                                int64_t r1, const void *bias, int bias_bf16, float alpha,
+                                float limit, float *a, int64_t ni);
+INTERNAL void gl_expert_down(mx_kernels kern, const uint8_t *b, const uint8_t *s, int64_t groups,
+                             const float *a, int64_t ni, int64_t n, int64_t r0, int64_t r1,
+                             const void *bias, int bias_bf16, const float *w, const int64_t *tok,
+                             float *out, int64_t ldo);
 INTERNAL void gl_bf_rows_range(bf_kernels kern, const uint16_t *w, int64_t k, const void *x,
                                int64_t n, int64_t r0, int64_t r1, float *out, int64_t ldo);
 
@@ -115,6 +123,11 @@ INLINE uint16_t float_to_bf16(float f) {
     if ((bits & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
     bits += 0x7fffu + ((bits >> 16) & 1);
     return (uint16_t)(bits >> 16);
+}
+
+/* Element i of p as a float: p holds bf16 values when `bf16`, else floats. */
+INLINE float gl_load(int bf16, const void *p, int64_t i) {
+    return bf16 ? bf16_to_float(((const uint16_t *)p)[i]) : ((const float *)p)[i];
 }
 
 /* The sum of 16 lanes as a fixed tree (lane l += lane l + w for w = 8, 4, 2, 1): the order

@@ -614,6 +614,52 @@ void gl_mx_rows_range(mx_kernels kern, const uint8_t *b, const uint8_t *s, int64
     }
 }
 
+/* One expert's gate_up rows [r0, r1) (r0 even; row 2i the gate and 2i+1 the up of activation
+   i) against its n inputs (kern's form, one every xrow bytes from x), its biases added (bias:
+   the expert's 2I, bf16 values when bias_bf16) and each pair's SwiGLU stored in a[j * ni + i],
+   ROW_TILE rows and MAX_TOKENS inputs at a time. */
+void gl_expert_gate_up(mx_kernels kern, const uint8_t *b, const uint8_t *s, int64_t groups,
+                       const char *x, int64_t xrow, int64_t n, int64_t r0, int64_t r1,
+                       const void *bias, int bias_bf16, float alpha, float limit, float *a,
+                       int64_t ni) {
+    float tile[MAX_TOKENS * ROW_TILE];
+    for (int64_t rt = r0; n > 0 && rt < r1; rt += ROW_TILE) {
+        int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
+        for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+            int64_t m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
+            gl_mx_rows_range(kern, b, s, groups, x + j0 * xrow, m, rt, re, tile, ROW_TILE);
+            for (int64_t j = 0; j < m; j++)
+                for (int64_t r = rt; r < re; r += 2)
+                    a[(j0 + j) * ni + gl_deinterleaved(r / 2)] =
+                        gl_swiglu(tile[j * ROW_TILE + r - rt] + gl_load(bias_bf16, bias, r),
+                                  tile[j * ROW_TILE + r + 1 - rt] + gl_load(bias_bf16, bias, r + 1),
+                                  alpha, limit);
+        }
+    }
+}
+
+/* One expert's down rows [r0, r1) against its n activations a[j * ni], its biases added (bias:
+   the expert's H, bf16 values when bias_bf16), weighted by w[j] and added to row tok[j] of out
+   (ldo floats a row), ROW_TILE rows and MAX_TOKENS inputs at a time. */
+void gl_expert_down(mx_kernels kern, const uint8_t *b, const uint8_t *s, int64_t groups,
+                    const float *a, int64_t ni, int64_t n, int64_t r0, int64_t r1,
+                    const void *bias, int bias_bf16, const float *w, const int64_t *tok,
+                    float *out, int64_t ldo) {
+    float tile[MAX_TOKENS * ROW_TILE];
+    for (int64_t rt = r0; n > 0 && rt < r1; rt += ROW_TILE) {
+        int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
+        for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
+            int64_t m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
+            gl_mx_rows_range(kern, b, s, groups, a + j0 * ni, m, rt, re, tile, ROW_TILE);
+            for (int64_t j = 0; j < m; j++) {
+                float *o = out + tok[j0 + j] * ldo;
+                for (int64_t r = rt; r < re; r++)
+                    o[r] += w[j0 + j] * (tile[j * ROW_TILE + r - rt] + gl_load(bias_bf16, bias, r));
+            }
+        }
+    }
+}
+
 /* out[j * ldo + r] = W[r] . x[j] for rows [r0, r1) of a bf16 matrix W [R, k] and n inputs x
    in kern's form: four rows a pass where the kernels have one for that many inputs, else two
    (each row's sum is the same either way). */
@@ -681,53 +727,24 @@ void gl_mxfp4_experts(int isa, int64_t n_used, const int64_t *ids, const int64_t
 #pragma omp parallel num_threads(nthreads)
     {
         int tid = thread_id(), nth = thread_count();
-        float tile[MAX_TOKENS * ROW_TILE];
         for (int64_t p = tid; p < npairs; p += nth) k1.prepare(xs + p * hidden, (char *)xd + p * xrow, hidden);
 #pragma omp barrier
-        /* gate_up and SwiGLU: rows 2i (gate) and 2i+1 (up) give activation i. */
         int64_t r0, r1;
         gl_split_rows(rows1, tid, nth, &r0, &r1);
         for (int64_t u = 0; u < n_used; u++) {
-            int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
-            const uint8_t *b = blocks1 + e * rows1 * g1 * BLOCK_BYTES;
-            const uint8_t *s = scales1 + e * rows1 * g1;
-            const float *bu = bias1 + u * rows1;
-            for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
-                int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
-                for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
-                    int64_t m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
-                    gl_mx_rows_range(k1, b, s, g1, (char *)xd + (p0 + j0) * xrow, m, rt, re, tile,
-                                     ROW_TILE);
-                    for (int64_t j = 0; j < m; j++)
-                        for (int64_t r = rt; r < re; r += 2)
-                            ad[(p0 + j0 + j) * intermediate + gl_deinterleaved(r / 2)] =
-                                gl_swiglu(tile[j * ROW_TILE + r - rt] + bu[r],
-                                          tile[j * ROW_TILE + r + 1 - rt] + bu[r + 1], alpha,
-                                          limit);
-                }
-            }
+            int64_t e = ids[u], p0 = offsets[u];
+            gl_expert_gate_up(k1, blocks1 + e * rows1 * g1 * BLOCK_BYTES, scales1 + e * rows1 * g1,
+                              g1, (char *)xd + p0 * xrow, xrow, offsets[u + 1] - p0, r0, r1,
+                              bias1 + u * rows1, 0, alpha, limit, ad + p0 * intermediate,
+                              intermediate);
         }
 #pragma omp barrier
-        /* down, weighted and summed into the token's output row. */
         gl_split_rows(hidden, tid, nth, &r0, &r1);
         for (int64_t u = 0; u < n_used; u++) {
-            int64_t e = ids[u], p0 = offsets[u], n = offsets[u + 1] - p0;
-            const uint8_t *b = blocks2 + e * hidden * g2 * BLOCK_BYTES;
-            const uint8_t *s = scales2 + e * hidden * g2;
-            for (int64_t rt = r0; rt < r1; rt += ROW_TILE) {
-                int64_t re = rt + ROW_TILE < r1 ? rt + ROW_TILE : r1;
-                for (int64_t j0 = 0; j0 < n; j0 += MAX_TOKENS) {
-                    int64_t m = n - j0 < MAX_TOKENS ? n - j0 : MAX_TOKENS;
-                    gl_mx_rows_range(k2, b, s, g2, ad + (p0 + j0) * intermediate, m, rt, re, tile,
-                                     ROW_TILE);
-                    for (int64_t j = 0; j < m; j++) {
-                        int64_t p = p0 + j0 + j;
-                        float *o = out + tok[p] * hidden;
-                        for (int64_t r = rt; r < re; r++)
-                            o[r] += wt[p] * (tile[j * ROW_TILE + r - rt] + bias2[u * hidden + r]);
-                    }
-                }
-            }
+            int64_t e = ids[u], p0 = offsets[u];
+            gl_expert_down(k2, blocks2 + e * hidden * g2 * BLOCK_BYTES, scales2 + e * hidden * g2,
+                           g2, ad + p0 * intermediate, intermediate, offsets[u + 1] - p0, r0, r1,
+                           bias2 + u * hidden, 0, wt + p0, tok + p0, out, hidden);
         }
     }
 }
