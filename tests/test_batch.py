@@ -238,33 +238,68 @@ def test_a_short_request_is_answered_while_a_long_prompt_prefills(runner, monkey
     assert heads.count(True) == 2  # logits for each prompt's last chunk only
 
 
-def test_short_prompts_arriving_together_are_prefilled_in_one_step(runner, monkeypatch):
+def test_short_prompts_arriving_together_are_prefilled_in_one_pass(runner, monkeypatch):
     """Prompts whose chunks fit in one chunk's tokens together all start in the next step, each
-    fed in its own chunks (as alone) and getting the tokens it gets alone."""
-    fed = []
-    forward = type(runner.model).forward
+    fed in its own chunks (as alone), those of more than one token in one pass whose experts run
+    once (`forward_parts`), and each gets the tokens it gets alone."""
+    passes = []
+    model = type(runner.model)
+    forward, forward_parts = model.forward, model.forward_parts
 
     def counted(model, tokens, cache, last_only=False, logits=True):
-        fed.append(tokens.numel())
+        passes.append([tokens.numel()])
         return forward(model, tokens, cache, last_only, logits)
+
+    def counted_parts(model, parts, caches, logits):
+        passes.append([part.numel() for part in parts])
+        return forward_parts(model, parts, caches, logits)
 
     requests = [
         Request(_prompt(60 + i, n), Sampling(max_new_tokens=3, temperature=0))
-        for i, n in enumerate((3, 2, 12))
+        for i, n in enumerate((3, 1, 2, 12))
     ]
     batch = runner.batch()
-    monkeypatch.setattr(type(runner.model), "forward", counted)
+    monkeypatch.setattr(model, "forward", counted)
+    monkeypatch.setattr(model, "forward_parts", counted_parts)
     sequences = [batch.add(r) for r in requests]
     batch.step()
-    # the 2- and 3-token prompts fit together in 8 tokens; the 12-token one's first 8 do not
-    assert fed == [2, 3] and [bool(s.output) for s in sequences] == [True, True, False]
+    # 1 + 2 + 3 tokens fit in 8, the 12-token prompt's first 8 do not; the one-token chunk goes
+    # alone (to the fused step, as it would alone)
+    assert passes == [[2, 3], [1]]
+    assert [bool(s.output) for s in sequences] == [True, True, True, False]
     batch.step()
-    assert fed == [2, 3, 8]  # the next step: one full chunk of the long prompt alone
+    assert passes[2:] == [[8]]  # the next step: one full chunk of the long prompt alone
     while batch.running:
         batch.step()
-    assert fed == [2, 3, 8, 4]
+    assert passes[2:] == [[8], [4]]
     monkeypatch.undo()
     assert [s.output for s in sequences] == [_alone(runner, r) for r in requests]
+
+
+def test_prompt_chunks_in_one_pass_get_the_bits_they_get_alone(runner):
+    """`Transformer.forward_parts` over three caches at different lengths (the sliding window,
+    8, crossed differently) gives each part's logits, and leaves each cache, bit for bit as
+    `forward` alone does."""
+    config, model = runner.config, runner.model
+    lengths, parts = (0, 12, 7), (5, 9, 3)
+    caches = KVPool(config, 3, CONTEXT).caches()
+    alone = [KVCache(config, CONTEXT) for _ in lengths]
+    for n, cache, solo in zip(lengths, caches, alone, strict=True):
+        for c in (cache, solo):
+            if n:
+                prefill(model, c, torch.tensor(_prompt(n, n)), CHUNK)
+    tokens = [torch.tensor(_prompt(70 + n, n)) for n in parts]
+    with torch.inference_mode():
+        together = model.forward_parts(tokens, caches, [True, False, True])
+        solo = [model(t, c, last_only=True) for t, c in zip(tokens, alone, strict=True)]
+        assert together[1] is None
+        for i in (0, 2):
+            assert torch.equal(together[i], solo[i])
+        after = [model(torch.tensor([5]), c, True) for c in caches]
+        expected = [model(torch.tensor([5]), c, True) for c in alone]
+    for got, want in zip(after, expected, strict=True):
+        assert torch.equal(got, want)
+    assert [c.length for c in caches] == [n + p + 1 for n, p in zip(lengths, parts, strict=True)]
 
 
 def test_requests_that_cannot_run_are_refused(runner):

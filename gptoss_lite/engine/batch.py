@@ -6,9 +6,10 @@ half of it (a client resending its history; llama.cpp picks its slots by the sam
 similarity), else the slot left longest ago, never used first; either way the prompt's common
 prefix with the slot's cache is reused. `step()` advances every sequence once: the next chunk
 (`prefill_chunk` tokens, or what is left) of the prompts with the fewest tokens left, as many as
-fit in `prefill_chunk` tokens together (at least one), so a short request answers while a long
-prompt is still prefilling and requests arriving together all start at the next step; then one
-forward pass over the sequences that have a token to feed (`Transformer.decode`). So a request
+fit in `prefill_chunk` tokens together (at least one), in one pass whose experts run once for all
+of them, so a short request answers while a long prompt is still prefilling and requests
+arriving together all start at the next step; then one forward pass over the sequences that
+have a token to feed (`Transformer.decode`). So a request
 joins at the next step, and the stall prompts add to the decoding sequences is bounded by one
 chunk's tokens per step (`step_chunk`: the plan's chunk, on a CPU at most CPU_STEP_TOKENS).
 A sequence leaves when it samples a stop token or reaches `max_new_tokens` (its last token is
@@ -189,15 +190,15 @@ class Batch:
         self._steps += 1
         decoding = [s for s in self.running if not s.prefilling]
         prefilling = [s for s in self.running if s.prefilling]
-        changed, budget = [], self.prefill_chunk
+        chunked, budget = [], self.prefill_chunk
         # A prompt's chunks keep their bounds (a full chunk or its rest), as it would alone.
         for sequence in sorted(prefilling, key=lambda s: len(s.request.prompt) - s.fed):
             size = min(self.prefill_chunk, len(sequence.request.prompt) - sequence.fed)
             if size > budget:  # never the first: a chunk is at most prefill_chunk
                 break
             budget -= size
-            if self._prefill_chunk(sequence):
-                changed.append(sequence)
+            chunked.append(sequence)
+        changed = self._prefill(chunked)
         if decoding:
             tokens = torch.tensor([s.output[-1] for s in decoding], device=self.model.device)
             logits = self.model.decode(tokens, [self.caches[s.slot] for s in decoding])
@@ -209,18 +210,32 @@ class Batch:
                 self._leave(sequence)
         return changed
 
-    def _prefill_chunk(self, sequence: Sequence) -> bool:
-        """Feed the next chunk of the sequence's prompt; True when that was the last (and the
-        first token is sampled)."""
-        prompt, start = sequence.request.prompt, sequence.fed
-        part = torch.tensor(prompt[start : start + self.prefill_chunk], device=self.model.device)
-        last = start + part.numel() == len(prompt)
-        logits = self.model(part, self.caches[sequence.slot], last_only=True, logits=last)
-        sequence.fed += part.numel()
-        if not last:
-            return False
-        sequence._sample(logits[-1])
-        return True
+    def _prefill(self, sequences: list[Sequence]) -> list[Sequence]:
+        """Feed the next chunk of each sequence's prompt, the chunks of more than one token in
+        one pass when there are several (`Transformer.forward_parts`: their experts run once);
+        the sequences whose chunk was the last, their first token sampled."""
+        chunk, device = self.prefill_chunk, self.model.device
+        part = {
+            s: torch.tensor(s.request.prompt[s.fed :][:chunk], device=device) for s in sequences
+        }
+        last = {s: s.fed + part[s].numel() == len(s.request.prompt) for s in sequences}
+        joint = [s for s in sequences if part[s].numel() > 1]
+        logits = {}
+        if len(joint) > 1:
+            caches = [self.caches[s.slot] for s in joint]
+            out = self.model.forward_parts(
+                [part[s] for s in joint], caches, [last[s] for s in joint]
+            )
+            logits = dict(zip(joint, out, strict=True))
+        for s in sequences:
+            if s not in logits:
+                cache = self.caches[s.slot]
+                logits[s] = self.model(part[s], cache, last_only=True, logits=last[s])
+            s.fed += part[s].numel()
+        done = [s for s in sequences if last[s]]
+        for sequence in done:
+            sequence._sample(logits[sequence][-1])
+        return done
 
     def _leave(self, sequence: Sequence) -> None:
         self.running.remove(sequence)

@@ -165,11 +165,26 @@ class MoEBlock(nn.Module):
         return PackedExperts(*(getattr(self, f.name) for f in fields(PackedExperts)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, idx, weight = self._routed(x)
+        return x + self._experts(t, idx, weight)
+
+    def together(self, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """`forward` of each of xs (several sequences' rows), the norm and the router applied
+        to each alone and the experts run once over all their rows."""
+        t, idx, weight = (torch.cat(parts) for parts in zip(*map(self._routed, xs), strict=True))
+        ys = self._experts(t, idx, weight).split([x.shape[0] for x in xs])
+        return [x + y for x, y in zip(xs, ys, strict=True)]
+
+    def _routed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The normed rows, their experts and the experts' weights."""
         c = self.config
         t = rms_norm(x, self.norm, c.rms_norm_eps)
         k = c.experts_per_token
-        idx, weight = route(t, self.router_weight, self.router_bias, k, self.linear)
-        return x + self.run_experts(t, idx, weight, self.experts, c.swiglu_alpha, c.swiglu_limit)
+        return t, *route(t, self.router_weight, self.router_bias, k, self.linear)
+
+    def _experts(self, t: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        return self.run_experts(t, idx, weight, self.experts, c.swiglu_alpha, c.swiglu_limit)
 
 
 class Transformer(nn.Module):
@@ -231,6 +246,31 @@ class Transformer(nn.Module):
         out = self.layers_forward(self.embed(tokens), positions, cache, last_only, logits)
         cache.advance(positions)
         return out
+
+    def forward_parts(
+        self, parts: Sequence[torch.Tensor], caches: Sequence[KVCache], logits: Sequence[bool]
+    ) -> list[torch.Tensor | None]:
+        """`forward(parts[i], caches[i], last_only=True, logits=logits[i])` for each i: several
+        sequences' prompt chunks (distinct caches) in one pass, attention per sequence and each
+        layer's experts once over every part's tokens. A part gets the bits it gets alone where
+        the experts compute each token independently of the others (the CPU kernels), unless it
+        is one token, which `forward` gives to the fused step."""
+        if self.rotary is None:
+            self.rotary = Rotary(self.config, self.device)
+        xs, positions, ropes = [], [], []
+        for part, cache in zip(parts, caches, strict=True):
+            cache.reserve(part.shape[0])
+            at = torch.arange(cache.length, cache.length + part.shape[0], device=self.device)
+            xs.append(self.embed(part))
+            positions.append(at)
+            ropes.append(self.rotary.cos_sin(at, xs[-1].dtype))
+        for attn, mlp in zip(self.attn, self.mlp, strict=True):
+            xs = mlp.together(
+                [attn(*row) for row in zip(xs, positions, ropes, caches, strict=True)]
+            )
+        for cache, at in zip(caches, positions, strict=True):
+            cache.advance(at)
+        return [self.head(x[-1:]) if want else None for x, want in zip(xs, logits, strict=True)]
 
     def decode(self, tokens: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
         """Logits [B, V] (float32) for tokens [B], token i following the contents of caches[i]
