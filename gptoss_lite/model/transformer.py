@@ -251,10 +251,11 @@ class Transformer(nn.Module):
         self, parts: Sequence[torch.Tensor], caches: Sequence[KVCache], logits: Sequence[bool]
     ) -> list[torch.Tensor | None]:
         """`forward(parts[i], caches[i], last_only=True, logits=logits[i])` for each i: several
-        sequences' prompt chunks (distinct caches) in one pass, attention per sequence and each
-        layer's experts once over every part's tokens. A part gets the bits it gets alone where
-        the experts compute each token independently of the others (the CPU kernels), unless it
-        is one token, which `forward` gives to the fused step."""
+        sequences' prompt chunks (distinct caches) in one pass, attention per sequence, each
+        layer's experts once over every part's tokens and the head once over their last rows. A
+        part gets the bits it gets alone where the kernels compute each row independently of the
+        others (the CPU kernels), unless it is one token, which `forward` gives to the fused
+        step."""
         if self.rotary is None:
             self.rotary = Rotary(self.config, self.device)
         xs, positions, ropes = [], [], []
@@ -270,7 +271,10 @@ class Transformer(nn.Module):
             )
         for cache, at in zip(caches, positions, strict=True):
             cache.advance(at)
-        return [self.head(x[-1:]) if want else None for x, want in zip(xs, logits, strict=True)]
+        # The parts' last rows through the head in one pass over it, each normed on its own.
+        last = [x[-1:] for x, want in zip(xs, logits, strict=True) if want]
+        rows = iter(self.head(torch.cat(last), each_alone=True).split(1) if last else ())
+        return [next(rows) if want else None for want in logits]
 
     def decode(self, tokens: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
         """Logits [B, V] (float32) for tokens [B], token i following the contents of caches[i]
@@ -326,7 +330,12 @@ class Transformer(nn.Module):
             return None
         return self.head(x[-1:] if last_only else x)
 
-    def head(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (float32) of hidden states x [T, H] after the last layer."""
-        x = rms_norm(x, self.norm, self.config.rms_norm_eps)
+    def head(self, x: torch.Tensor, each_alone: bool = False) -> torch.Tensor:
+        """Logits (float32) of hidden states x [T, H] after the last layer; `each_alone`: each
+        row normed on its own (rows of several sequences, as each would be alone)."""
+        eps = self.config.rms_norm_eps
+        if each_alone:
+            x = torch.cat([rms_norm(row, self.norm, eps) for row in x.split(1)])
+        else:
+            x = rms_norm(x, self.norm, eps)
         return self.linear(x, self.unembedding).float()
