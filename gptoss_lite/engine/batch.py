@@ -216,7 +216,8 @@ class Batch:
         the sequences whose chunk was the last, their first token sampled."""
         chunk, device = self.prefill_chunk, self.model.device
         part = {
-            s: torch.tensor(s.request.prompt[s.fed :][:chunk], device=device) for s in sequences
+            s: torch.tensor(s.request.prompt[s.fed : s.fed + chunk], device=device)
+            for s in sequences
         }
         last = {s: s.fed + part[s].numel() == len(s.request.prompt) for s in sequences}
         joint = [s for s in sequences if part[s].numel() > 1]

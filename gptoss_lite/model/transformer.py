@@ -256,15 +256,13 @@ class Transformer(nn.Module):
         part gets the bits it gets alone where the kernels compute each row independently of the
         others (the CPU kernels), unless it is one token, which `forward` gives to the fused
         step."""
-        if self.rotary is None:
-            self.rotary = Rotary(self.config, self.device)
         xs, positions, ropes = [], [], []
         for part, cache in zip(parts, caches, strict=True):
             cache.reserve(part.shape[0])
             at = torch.arange(cache.length, cache.length + part.shape[0], device=self.device)
             xs.append(self.embed(part))
             positions.append(at)
-            ropes.append(self.rotary.cos_sin(at, xs[-1].dtype))
+            ropes.append(self.cos_sin(at, xs[-1].dtype))
         for attn, mlp in zip(self.attn, self.mlp, strict=True):
             xs = mlp.together(
                 [attn(*row) for row in zip(xs, positions, ropes, caches, strict=True)]
@@ -283,11 +281,9 @@ class Transformer(nn.Module):
         for cache in caches:
             cache.reserve(1)
         positions = torch.tensor([c.length for c in caches], device=self.device)
-        if self.rotary is None:
-            self.rotary = Rotary(self.config, self.device)
         x = self.embed(tokens)
         # RoPE row by row: a vectorized cos over several rows may round unlike one row alone.
-        ropes = [self.rotary.cos_sin(positions[i : i + 1], x.dtype) for i in range(len(caches))]
+        ropes = [self.cos_sin(positions[i : i + 1], x.dtype) for i in range(len(caches))]
         rope = torch.cat([r[0] for r in ropes]), torch.cat([r[1] for r in ropes])
         logits = (
             None if self.fused_step is None else self.fused_step(self, x, positions, rope, caches)
@@ -299,6 +295,15 @@ class Transformer(nn.Module):
         for i, cache in enumerate(caches):
             cache.advance(positions[i : i + 1])
         return logits
+
+    def cos_sin(
+        self, positions: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """RoPE's (cos, sin) at `positions`, the tables made at the first use (on the model's
+        device, known once the weights are loaded)."""
+        if self.rotary is None:
+            self.rotary = Rotary(self.config, self.device)
+        return self.rotary.cos_sin(positions, dtype)
 
     def embed(self, tokens: torch.Tensor) -> torch.Tensor:
         """Hidden states [T, H] of tokens [T], on the model's device."""
@@ -316,9 +321,7 @@ class Transformer(nn.Module):
         (None without `logits`). Writes the new keys and values but leaves the cache's
         bookkeeping to the caller; tensor work only, so a CUDA graph can capture it (see
         `engine/graphs.py`)."""
-        if self.rotary is None:
-            self.rotary = Rotary(self.config, self.device)
-        rope = self.rotary.cos_sin(positions, x.dtype)  # the same for every layer
+        rope = self.cos_sin(positions, x.dtype)  # the same for every layer
         if x.shape[0] == 1 and self.fused_step is not None:
             fused = self.fused_step(self, x, positions, rope, [cache])
             if fused is not None:
