@@ -519,8 +519,20 @@ AVX512BF16 static void bfp_rows4n_512(const uint16_t *w, int64_t k, const void *
     }
 }
 
+/* Four rows against one input, one row after another: a row's sum is one chain of products
+   waiting on the instruction's latency (about 36 GB/s a core on Zen 4, more than a core's share
+   of the memory), and the reads are a single stream, which memory serves faster than four
+   rows side by side (two threads over the head's 201,088 x 2880 weights: 1.00-1.19x, median
+   1.07x, as fast as a plain read of the same bytes). */
 AVX512BF16 static void bfp_rows4_512(const uint16_t *w, int64_t k, const void *x, float *out) {
-    bfp_rows4_512_n(w, k, x, 1, out);
+    const __m512i order = pair_order();
+    const uint16_t *xp = x;
+    for (int r = 0; r < 4; r++, w += k) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t i = 0; i < k; i += BLOCK)
+            acc = _mm512_dpbf16_ps(acc, bf_pairs(w + i, order), (__m512bh)_mm512_loadu_si512(xp + i));
+        out[r] = hsum512(acc);
+    }
 }
 #endif
 
