@@ -14,6 +14,8 @@ from conftest import GEOMETRIES
 import gptoss_lite
 from gptoss_lite.kernels import cpu, kernel_functions
 from gptoss_lite.kernels.cpu import decode
+from gptoss_lite.measure.bench import bench
+from gptoss_lite.measure.step_profile import profile_step
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="no C compiler for the CPU kernels")
 ISAS = cpu.ISAS[: cpu.ISAS.index(cpu.best_isa()) + 1] if cpu.available() else ()
@@ -98,3 +100,22 @@ def test_quant_error_measures_the_q8_decode_against_the_exact_one(tmp_path):
     assert "| cpu-q8 |" in (tmp_path / "report.md").read_text()
     refused = CliRunner().invoke(main, [*args[:2], "cpu", *args[3:], "--overwrite"])
     assert refused.exit_code != 0 and "exact reference" in refused.output
+
+
+def test_bench_and_the_step_profile_count_the_bytes_the_q8_step_reads(checkpoint):
+    # The q8 step reads the attention projections and the head as their q8 forms (codes and a
+    # scale a row, as q8_form makes them from the model's weights), not as bf16: the bytes
+    # bench divides by, and the profile's for the head, are those.
+    folder = checkpoint("g1")
+    runs = {}
+    for kernels in ("cpu", "cpu-q8"):
+        runner = gptoss_lite.load(folder, device="cpu", context=64, kernels=kernels)
+        runs[kernels] = bench(runner, prompt_tokens=4, gen_tokens=2, repeats=1)
+    model = runner.model
+    weights = [w for a in model.attn for w in (a.qkv_weight, a.out_weight)] + [model.unembedding]
+    saved = sum(w.nbytes - sum(t.nbytes for t in decode.q8_form(w)) for w in weights)
+    assert saved > 0
+    assert runs["cpu-q8"].decode_bytes_per_token == runs["cpu"].decode_bytes_per_token - saved
+    parts = {p.name: p for p in profile_step(runner, prompt_tokens=4, steps=2).parts}
+    head = sum(t.nbytes for t in decode.q8_form(model.unembedding))
+    assert parts["head (lm_head)"].nbytes == head

@@ -74,6 +74,7 @@ def kernel_functions(name: str) -> Kernels:
             experts=cpu.experts_forward,
             linear=cpu.linear,
             fused_step=partial(decode_step, dense=dense),
+            int8_dense=dense == "q8",
         )
     if name != "triton":
         raise GptossError(f"unknown kernels {name!r}; use auto, {' or '.join(KERNELS)}")

@@ -189,6 +189,7 @@ def bench(
         *runs,
         probe,
         kv_slot=None if plan is None else plan.kv_slot_bytes,
+        int8_dense=model.int8_dense,
     )
 
 
@@ -249,6 +250,7 @@ def bench_constrained(
             *runs[flag],
             probe,
             kv_slot=kv_slot,
+            int8_dense=model.int8_dense,
         )
         for name, flag in (("gptoss-lite, free", False), ("gptoss-lite, constrained", True))
     )
@@ -409,6 +411,7 @@ def _result(
     probe: ReadProbe,
     kv_slot: int | None = None,
     dense_experts: bool = False,
+    int8_dense: bool = False,
 ) -> BenchResult:
     peak = probe.peak
     # the cache holds the prompt plus, on average, half the generated tokens
@@ -422,7 +425,7 @@ def _result(
         prefill_runs=prefill_runs,
         decode_runs=decode_runs,
         decode_bytes_per_token=decode_bytes_per_token(
-            config, context, kv_slot, dense_experts=dense_experts
+            config, context, kv_slot, dense_experts=dense_experts, int8_dense=int8_dense
         ),
         peak_memory_bytes=peak[0] if peak else None,
         peak_memory_kind=peak[1] if peak else "unknown",

@@ -118,9 +118,13 @@ def _bytes(model: transformer.Transformer, cache: KVCache, context: int) -> dict
     gate_up = sum(t[0].nbytes for t in experts.tensors()[:3])
     down = sum(t[0].nbytes for t in experts.tensors()[3:])
     attended = c.num_full_layers * context + c.num_sliding_layers * min(context, c.sliding_window)
+
+    def dense(w: torch.Tensor) -> int:  # as decode reads it: bf16, or its q8 form (cpu-q8)
+        return cpu_decode.q8_nbytes(*w.shape) if model.int8_dense else w.nbytes
+
     per_layer = {
-        "qkv": lambda a, m: a.qkv_weight.nbytes + a.qkv_bias.nbytes,
-        "out": lambda a, m: a.out_weight.nbytes + a.out_bias.nbytes,
+        "qkv": lambda a, m: dense(a.qkv_weight) + a.qkv_bias.nbytes,
+        "out": lambda a, m: dense(a.out_weight) + a.out_bias.nbytes,
         "router": lambda a, m: m.router_weight.nbytes + m.router_bias.nbytes,
     }
     out = {
@@ -130,7 +134,7 @@ def _bytes(model: transformer.Transformer, cache: KVCache, context: int) -> dict
     out["gate_up"] = c.num_layers * c.experts_per_token * gate_up
     out["down"] = c.num_layers * c.experts_per_token * down
     out["attention"] = attended * kv_slot_bytes(c, cache.kv_dtypes)
-    out["head"] = model.unembedding.nbytes
+    out["head"] = dense(model.unembedding)
     out["embedding"] = model.embedding[0].nbytes
     return out
 

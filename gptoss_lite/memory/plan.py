@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, replace
 
 from ..config import ModelConfig
 from ..errors import GptossError
+from ..kernels.cpu.decode import q8_nbytes
 from ..model.attention import KEY_BLOCK
 from ..model.kv_quant import UNQUANTIZED, KVDtypes, row_bytes
 from ..model.mxfp4 import packed_nbytes
@@ -189,15 +190,25 @@ def decode_bytes_per_token(
     kv_slot: int | None = None,
     *,
     dense_experts: bool = False,
+    int8_dense: bool = False,
 ) -> int:
     """Bytes one decode step must read with `context` tokens in the cache.
 
     The routed experts' share of the experts (k of E per layer), all of attention, router, norms
     and lm_head, one embedding row, and the K and V attended over: every cached token of a full
     layer, at most the window of a sliding one (`kv_slot` bytes each; default bf16). Weights as
-    this runner holds them, or with `dense_experts` as HF transformers does (all bf16)."""
+    this runner holds them, or with `dense_experts` as HF transformers does (all bf16); with
+    `int8_dense` the attention projections and the head in the q8 form decode then reads."""
     c = config
     weights = weight_bytes(c, dense_experts=True) if dense_experts else held_weights(c)
+    if int8_dense:
+        q, kv, h = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size
+        for key, count, rows, cols in (
+            ("attention", c.num_layers, q + 2 * kv, h),
+            ("attention", c.num_layers, h, q),
+            ("lm_head", 1, c.vocab_size, h),
+        ):
+            weights[key] -= count * (rows * cols * BF16 - q8_nbytes(rows, cols))
     slot = kv_slot_bytes(c) if kv_slot is None else kv_slot
     routed = weights.pop("experts") * c.experts_per_token // c.num_experts
     row = weights.pop("embedding") // c.vocab_size

@@ -48,6 +48,8 @@ class Kernels:
     # B tokens, token i fed to caches[i], through every layer and the head at once, or None
     # where it does not apply: (model, x [B, H], positions [B], rope, caches) -> [B, V] | None.
     fused_step: Callable | None = None
+    # Whether decode reads the attention projections and the head in an int8 form (cpu-q8).
+    int8_dense: bool = False
 
 
 TORCH_KERNELS = Kernels("torch")
@@ -205,6 +207,7 @@ class Transformer(nn.Module):
         self.config, self.dtype, self.kernels = c, dtype, kernels.name
         self.host_experts = host_experts
         self.kernel_name = kernels.name  # what bench and -v print, e.g. "cpu-avx512"
+        self.int8_dense = kernels.int8_dense
         if host_experts:
             self.kernel_name += f", host experts {host_kernels.name}"
         self.embedding = _empty(c.vocab_size, c.hidden_size, dtype=dtype)

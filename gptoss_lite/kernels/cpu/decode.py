@@ -14,6 +14,7 @@ profile.
 from __future__ import annotations
 
 import ctypes
+import math
 import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -151,14 +152,20 @@ def _q8_forms(model: Transformer) -> dict[torch.Tensor, tuple[torch.Tensor, torc
     scales)}."""
     weights = [w for a in model.attn for w in (a.qkv_weight, a.out_weight)]
     weights.append(model.unembedding)
-    arena = HostArena(arena_bytes([s for w in weights for s in _q8_shapes(w)]))
-    forms = {w: q8_form(w, *(arena.empty(*s) for s in _q8_shapes(w))) for w in weights}
+    arena = HostArena(arena_bytes([s for w in weights for s in q8_shapes(*w.shape)]))
+    forms = {w: q8_form(w, *(arena.empty(*s) for s in q8_shapes(*w.shape))) for w in weights}
     arena.collapse()
     return forms
 
 
-def _q8_shapes(w: torch.Tensor) -> list[tuple[tuple[int, ...], torch.dtype]]:
-    return [(tuple(w.shape), torch.int8), ((w.shape[0],), torch.float32)]
+def q8_shapes(rows: int, cols: int) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    """The q8 form of a [rows, cols] matrix: int8 codes, and an fp32 scale a row."""
+    return [((rows, cols), torch.int8), ((rows,), torch.float32)]
+
+
+def q8_nbytes(rows: int, cols: int) -> int:
+    """Bytes of the q8 form of a [rows, cols] matrix."""
+    return sum(math.prod(shape) * dtype.itemsize for shape, dtype in q8_shapes(rows, cols))
 
 
 class _CachePlan:
