@@ -18,6 +18,12 @@
 #define PROMPT 128
 #define STEPS 32
 
+/* llama.cpp's loading notes are many lines a load; its errors still show. */
+static void errors_only(enum ggml_log_level level, const char *text, void *data) {
+    (void)data;
+    if (level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+}
+
 static double now(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -29,6 +35,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: llama_decode MODEL.gguf THREADS\n");
         return 2;
     }
+    llama_log_set(errors_only, NULL);
     llama_backend_init();
     struct llama_model *model = llama_model_load_from_file(argv[1], llama_model_default_params());
     if (model == NULL) {

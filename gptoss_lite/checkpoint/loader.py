@@ -6,10 +6,8 @@ model uses, which the original layout stores as is). `load_weights` first checks
 checkpoint from its description alone (every parameter filled with the shape and kind the config
 implies, every checkpoint tensor used), then reads each tensor straight onto its device. The
 MXFP4 expert blocks and scales stay uint8. The tensors a CPU reads at every token (everything
-in host memory but the embedding) sit in 2 MiB pages (`kernels/cpu/host_memory`): mapped from
-their file and faulted in at load, or, where loading makes them (concatenated, converted),
-read into one `HostArena`; a file whose pages did not map as 2 MiB pages has its tensors moved
-into another.
+in host memory but the embedding) are read into one `HostArena` (`kernels/cpu/host_memory`):
+anonymous memory in 2 MiB pages, which the kernel does not take back as it does a file's.
 """
 
 from __future__ import annotations
@@ -49,16 +47,14 @@ def load_weights(
     for param_name in table:
         where = embedding_device if param_name == "embedding" and embedding_device else device
         places[param_name] = torch.device("cpu" if param_name in host_parameters else where)
-    # What the CPU reads at every token sits in 2 MiB pages: mapped from its file where it is
-    # stored as the model holds it, else made in an arena. The embedding only has rows
-    # gathered: it stays mapped, read ahead into the page cache, and only rows used are read.
+    # What the CPU reads at every token is read into one arena in 2 MiB pages. The embedding
+    # only has rows gathered: it stays mapped, read ahead into the page cache, and only rows
+    # used are read.
     streamed = [n for n, w in places.items() if w.type == "cpu" and n != "embedding"]
-    made = [n for n in streamed if not _mapped_as_is(checkpoint, table[n], params[n])]
-    arena = HostArena(arena_bytes([(params[n].shape, params[n].dtype) for n in made]))
-    mapped_params = {}  # streamed parameter -> (its file, offset, tensor) where it stays mapped
+    arena = HostArena(arena_bytes([(params[n].shape, params[n].dtype) for n in streamed]))
     for param_name, sources in table.items():
         target = params[param_name]
-        if param_name in made:
+        if param_name in streamed:
             tensor = arena.empty(tuple(target.shape), target.dtype)
             _read_into(checkpoint, sources, tensor)
         else:
@@ -67,38 +63,19 @@ def load_weights(
             mapped = mapping_of(tensor) if places[param_name].type == "cpu" else None
             if mapped is not None:
                 file, offset = mapped
-                fetch = file.populate if param_name in streamed else file.prefetch
-                fetch(offset, tensor.numel() * tensor.element_size())
-                if param_name in streamed:
-                    mapped_params[param_name] = (file, offset, tensor)
+                file.prefetch(offset, tensor.numel() * tensor.element_size())
         _assign(model, param_name, tensor.to(target.dtype))
         done += target.numel() * target.element_size()
         if progress is not None:
             progress(done, total)
-    arena.collapse()
-    _move_from_small_pages(model, mapped_params)
-
-
-def _move_from_small_pages(model: nn.Module, mapped_params: dict) -> None:
-    """Move the parameters mapped from a file whose pages did not map as 2 MiB pages into a
-    `HostArena` (decode reads them about a fifth faster there)."""
-    files = {file for file, _, _ in mapped_params.values()}
-    small = {file for file in files if not file.in_huge_pages()}  # reads /proc: once a file
-    moving = {n: m for n, m in mapped_params.items() if m[0] in small}
-    if not moving:
-        return
-    arena = HostArena(arena_bytes([(t.shape, t.dtype) for _, _, t in moving.values()]))
-    for param_name, (file, offset, tensor) in moving.items():
-        out = arena.empty(tuple(tensor.shape), tensor.dtype)
-        file.move(offset, tensor, out)
-        _assign(model, param_name, out)
-    arena.collapse()
-
-
-def _mapped_as_is(checkpoint: Checkpoint, sources: tuple[str, ...], target: torch.Tensor) -> bool:
-    """Whether the parameter is one tensor stored in a file in the parameter's dtype."""
-    info = checkpoint.tensors[sources[0]]
-    return len(sources) == 1 and info.offset is not None and info.dtype == target.dtype
+    release = getattr(checkpoint, "release", None)
+    if not arena.collapse() and release is not None:
+        # The page cache still holds what the arena copied, and on a machine the checkpoint
+        # nearly fills, that is the memory the 2 MiB pages want (20b geometry on 23 GiB: 8.6 of
+        # 12.6 GB collapsed with it cached, all once it was dropped).
+        for source in {s for n in streamed for s in table[n]}:
+            release(source)
+        arena.collapse()
 
 
 def check_tensors(
