@@ -26,6 +26,9 @@ import time
 
 PROMPT, STEPS, THREADS = 128, 32, 2
 WARM_UP = 2  # untimed rounds per engine before the first timed one
+# Seconds between one engine's run and the next: an engine's threads poll for work a while after
+# it (llama.cpp's by default), and would share the cores with the next one's first steps.
+GAP = 1.0
 
 
 def serve_rounds(checkpoint: str, kernels: str) -> None:
@@ -57,7 +60,8 @@ def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
 
 
 def run_round(engine: subprocess.Popen) -> float:
-    """Ask one engine for a round; its decode tok/s."""
+    """Ask one engine for a round, once the last one's threads are idle; its decode tok/s."""
+    time.sleep(GAP)
     engine.stdin.write("go\n")
     engine.stdin.flush()
     line = engine.stdout.readline()
