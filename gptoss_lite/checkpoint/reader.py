@@ -104,9 +104,15 @@ class FileCheckpoint:
                     raise OSError("the file is shorter than its header says")
                 done += got
 
+        pieces = range(0, len(view), READ_CHUNK)
         try:
-            with open(info.file, "rb", buffering=0) as f, ThreadPoolExecutor(READERS) as pool:
-                list(pool.map(read, range(0, len(view), READ_CHUNK)))
+            with open(info.file, "rb", buffering=0) as f:
+                if len(pieces) > 1:
+                    with ThreadPoolExecutor(min(READERS, len(pieces))) as pool:
+                        list(pool.map(read, pieces))
+                else:  # a norm, a bias, a scale: no threads to start for one read
+                    for begin in pieces:
+                        read(begin)
         except OSError as exc:  # the file changed since its header was read
             raise GptossError(f"cannot read tensor {name} from {info.file}: {exc}") from None
 
