@@ -39,7 +39,10 @@ def serve_rounds(checkpoint: str, kernels: str) -> None:
     from gptoss_lite.engine.generate import prefill
 
     torch.set_num_threads(THREADS)
-    runner = gptoss_lite.load(checkpoint, device="cpu", kernels=kernels)
+    try:
+        runner = gptoss_lite.load(checkpoint, device="cpu", kernels=kernels)
+    except gptoss_lite.GptossError as exc:  # one line, and the rounds say an engine stopped
+        raise SystemExit(f"gptoss-lite: {exc}") from None
     model, cache = runner.model, runner.cache
     generator = torch.Generator().manual_seed(1)
     for _ in sys.stdin:
@@ -62,9 +65,12 @@ def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
 def run_round(engine: subprocess.Popen) -> float:
     """Ask one engine for a round, once the last one's threads are idle; its decode tok/s."""
     time.sleep(GAP)
-    engine.stdin.write("go\n")
-    engine.stdin.flush()
-    line = engine.stdout.readline()
+    try:
+        engine.stdin.write("go\n")
+        engine.stdin.flush()
+        line = engine.stdout.readline()
+    except BrokenPipeError:  # it had stopped already
+        line = ""
     if not line:
         raise SystemExit(f"an engine stopped (exit status {engine.wait()})")
     return float(line)
@@ -84,6 +90,8 @@ def main() -> None:
         return
     if not (args.gguf and args.llama_decode):
         parser.error("the GGUF and --llama-decode are needed")
+    if not os.access(args.llama_decode, os.X_OK):
+        parser.error(f"--llama-decode {args.llama_decode} is not a program to run")
     engines = {"llama.cpp": start([args.llama_decode, args.gguf, str(THREADS)], dict(os.environ))}
     for spec in args.engine or ["gptoss-lite="]:
         name, _, where = spec.partition("=")
