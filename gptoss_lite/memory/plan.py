@@ -112,6 +112,18 @@ class Plan:
         return json.dumps(data, indent=2)
 
 
+def dense_matrices(config: ModelConfig) -> list[tuple[str, int, int, int]]:
+    """The dense matrices decode reads, as (category, how many, rows, columns): each layer's qkv
+    and attention output projections, and the head."""
+    h, layers = config.hidden_size, config.num_layers
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    return [
+        ("attention", layers, q + 2 * kv, h),
+        ("attention", layers, h, q),
+        ("lm_head", 1, config.vocab_size, h),
+    ]
+
+
 def weight_bytes(config: ModelConfig, *, dense_experts: bool = False) -> dict[str, int]:
     """Checkpoint bytes per category (MXFP4 experts, bf16 rest): they sum to the file sizes.
 
@@ -126,14 +138,17 @@ def weight_bytes(config: ModelConfig, *, dense_experts: bool = False) -> dict[st
         else packed_nbytes(2 * i, h) + packed_nbytes(h, i)
     )
     experts = e * (matrices + (2 * i + h) * BF16)
-    attention = ((q + 2 * kv) * h + h * q + (q + 2 * kv + h) + config.num_heads) * BF16
+    dense = {"attention": 0, "lm_head": 0}
+    for category, count, rows, cols in dense_matrices(config):
+        dense[category] += count * rows * cols * BF16
+    biases_and_sinks = layers * (q + 2 * kv + h + config.num_heads) * BF16
     return {
         "experts": layers * experts,
-        "attention": layers * attention,
+        "attention": dense["attention"] + biases_and_sinks,
         "router": layers * (e * h + e) * BF16,
         "norms": (2 * layers + 1) * h * BF16,
         "embedding": config.vocab_size * h * BF16,
-        "lm_head": config.vocab_size * h * BF16,
+        "lm_head": dense["lm_head"],
     }
 
 
@@ -202,13 +217,8 @@ def decode_bytes_per_token(
     c = config
     weights = weight_bytes(c, dense_experts=True) if dense_experts else held_weights(c)
     if int8_dense:
-        q, kv, h = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.hidden_size
-        for key, count, rows, cols in (
-            ("attention", c.num_layers, q + 2 * kv, h),
-            ("attention", c.num_layers, h, q),
-            ("lm_head", 1, c.vocab_size, h),
-        ):
-            weights[key] -= count * (rows * cols * BF16 - q8_nbytes(rows, cols))
+        for category, count, rows, cols in dense_matrices(c):
+            weights[category] -= count * (rows * cols * BF16 - q8_nbytes(rows, cols))
     slot = kv_slot_bytes(c) if kv_slot is None else kv_slot
     routed = weights.pop("experts") * c.experts_per_token // c.num_experts
     row = weights.pop("embedding") // c.vocab_size
